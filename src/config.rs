@@ -1,0 +1,234 @@
+//! Configuration: every setting from `MYTHOS_*` environment variables, mirrored
+//! by CLI flags, validated once at start-up.
+//!
+//! Owns: names, defaults and validation of settings. Must not touch: anything
+//! that runs. A bad value stops start-up with one line naming the setting
+//! (exit code 2, like every usage error).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::Limits;
+
+/// Redis-backed, guaranteed-delivery real-time message broker for MythosMUD.
+///
+/// Without MYTHOS_REDIS_URL the broker runs on the embedded in-memory engine:
+/// one node, and NOT durable (a restart forgets every event, cursor, room and
+/// account). Set MYTHOS_REDIS_URL for durability and several nodes.
+#[derive(Debug, Parser)]
+#[command(name = "mythos-broker", version, about, long_about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: Config,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the broker (the default).
+    Serve,
+    /// Run the broker with the demo world (web terminal at /, demo accounts).
+    Demo,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create an account; the password is read from the first line of stdin.
+    Add {
+        /// The username, which is also the player id ([A-Za-z0-9_-]{1,64}).
+        name: String,
+        /// The account's role.
+        #[arg(long, default_value = "player", value_parser = ["player", "service", "admin"])]
+        role: String,
+    },
+}
+
+/// Every setting. Each flag can also be given by its environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Listen address.
+    #[arg(long, env = "MYTHOS_BIND", default_value = "127.0.0.1:54731", value_parser = parse_addr)]
+    pub bind: SocketAddr,
+
+    /// Redis URL (redis:// or rediss://). Unset: the embedded in-memory engine (not durable).
+    #[arg(long, env = "MYTHOS_REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    /// HS256 secret for JWTs. Required unless --dev.
+    #[arg(long, env = "MYTHOS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or Ed25519) accepted for RS256/EdDSA tokens minted by a game backend.
+    #[arg(long, env = "MYTHOS_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Development mode: generates and prints a JWT secret if none is set.
+    #[arg(long, env = "MYTHOS_DEV")]
+    pub dev: bool,
+
+    /// Per-player cap on retained unacknowledged events.
+    #[arg(long, env = "MYTHOS_MAX_BACKLOG", default_value = "10000", value_parser = parse_count("MYTHOS_MAX_BACKLOG"))]
+    pub max_backlog: u64,
+
+    /// Per-player cap on the age of retained unacknowledged events (e.g. 7d, 12h).
+    #[arg(long, env = "MYTHOS_MAX_BACKLOG_AGE", default_value = "7d", value_parser = parse_duration("MYTHOS_MAX_BACKLOG_AGE"))]
+    pub max_backlog_age: Duration,
+
+    /// How long a publish `id` is remembered.
+    #[arg(long, env = "MYTHOS_DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration("MYTHOS_DEDUPE_WINDOW"))]
+    pub dedupe_window: Duration,
+
+    /// Largest `data` of one published event, in bytes.
+    #[arg(long, env = "MYTHOS_MAX_EVENT_BYTES", default_value = "65536", value_parser = parse_count("MYTHOS_MAX_EVENT_BYTES"))]
+    pub max_event_bytes: u64,
+
+    /// Lifetime of tokens issued by login and refresh.
+    #[arg(long, env = "MYTHOS_TOKEN_TTL", default_value = "1h", value_parser = parse_duration("MYTHOS_TOKEN_TTL"))]
+    pub token_ttl: Duration,
+
+    /// Tracing filter (info, mythos_broker=debug, ...).
+    #[arg(long, env = "MYTHOS_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Interval of SSE keep-alive comments.
+    #[arg(long, env = "MYTHOS_KEEPALIVE", default_value = "15s", value_parser = parse_duration("MYTHOS_KEEPALIVE"))]
+    pub keepalive: Duration,
+
+    /// A WebSocket peer silent this long is dropped (the server pings at a third of it).
+    #[arg(long, env = "MYTHOS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration("MYTHOS_IDLE_TIMEOUT"))]
+    pub idle_timeout: Duration,
+
+    /// Largest WebSocket frame accepted from a client, in bytes.
+    #[arg(long, env = "MYTHOS_WS_MAX_FRAME", default_value = "8192", value_parser = parse_count("MYTHOS_WS_MAX_FRAME"))]
+    pub ws_max_frame: u64,
+
+    /// Client messages per second allowed per player (WebSocket).
+    #[arg(long, env = "MYTHOS_RATE_PER_SEC", default_value = "10", value_parser = parse_count("MYTHOS_RATE_PER_SEC"))]
+    pub rate_per_sec: u64,
+
+    /// Burst of client messages allowed per player above the rate.
+    #[arg(long, env = "MYTHOS_RATE_BURST", default_value = "20", value_parser = parse_count("MYTHOS_RATE_BURST"))]
+    pub rate_burst: u64,
+
+    /// Events queued for one connection before it counts as a slow consumer.
+    #[arg(long, env = "MYTHOS_SEND_QUEUE", default_value = "1024", value_parser = parse_count("MYTHOS_SEND_QUEUE"))]
+    pub send_queue: u64,
+
+    /// Allowed browser origins for WebSocket and CORS, comma-separated; `*` allows any.
+    #[arg(long, env = "MYTHOS_ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+
+    /// Pooled Redis connections per node.
+    #[arg(long, env = "MYTHOS_REDIS_POOL", default_value = "32", value_parser = parse_count("MYTHOS_REDIS_POOL"))]
+    pub redis_pool: u64,
+
+    /// This node's name in Redis consumer groups (default: host-pid).
+    #[arg(long, env = "MYTHOS_NODE_ID")]
+    pub node_id: Option<String>,
+}
+
+impl Config {
+    /// Checks what a single flag's parser cannot; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.dev {
+            return Err(
+                "MYTHOS_JWT_SECRET is required (set it, or run with --dev for a generated one)"
+                    .into(),
+            );
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+            return Err("MYTHOS_JWT_SECRET must be at least 16 bytes".into());
+        }
+        for (name, v) in [
+            ("MYTHOS_MAX_BACKLOG", self.max_backlog),
+            ("MYTHOS_MAX_EVENT_BYTES", self.max_event_bytes),
+            ("MYTHOS_WS_MAX_FRAME", self.ws_max_frame),
+            ("MYTHOS_RATE_PER_SEC", self.rate_per_sec),
+            ("MYTHOS_RATE_BURST", self.rate_burst),
+            ("MYTHOS_SEND_QUEUE", self.send_queue),
+            ("MYTHOS_REDIS_POOL", self.redis_pool),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} must be at least 1"));
+            }
+        }
+        for (name, d) in [
+            ("MYTHOS_TOKEN_TTL", self.token_ttl),
+            ("MYTHOS_KEEPALIVE", self.keepalive),
+            ("MYTHOS_IDLE_TIMEOUT", self.idle_timeout),
+            ("MYTHOS_DEDUPE_WINDOW", self.dedupe_window),
+            ("MYTHOS_MAX_BACKLOG_AGE", self.max_backlog_age),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{name} must be longer than zero"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's retention limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_backlog: self.max_backlog,
+            max_backlog_age: self.max_backlog_age,
+            dedupe_window: self.dedupe_window,
+        }
+    }
+
+    /// This node's consumer name.
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "node".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// A configuration with every default and the given secret, for tests and embedding.
+    pub fn for_tests(secret: &str) -> Self {
+        let mut cli = Cli::parse_from(["mythos-broker"]);
+        cli.config.jwt_secret = Some(secret.to_string());
+        cli.config.bind = "127.0.0.1:0".parse().unwrap_or(cli.config.bind);
+        cli.config
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("MYTHOS_BIND: `{s}` is not an address like 127.0.0.1:54731"))
+}
+
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    if !(s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://"))
+    {
+        return Err(format!(
+            "MYTHOS_REDIS_URL: `{s}` must start with redis:// or rediss://"
+        ));
+    }
+    redis::Client::open(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("MYTHOS_REDIS_URL: `{s}` is not a valid Redis URL ({e})"))
+}
+
+fn parse_count(name: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{name}: `{s}` is not a non-negative whole number"))
+    }
+}
+
+fn parse_duration(name: &'static str) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |s: &str| {
+        humantime::parse_duration(s.trim())
+            .map_err(|_| format!("{name}: `{s}` is not a duration like 30s, 12h or 7d"))
+    }
+}

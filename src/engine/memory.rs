@@ -1,0 +1,426 @@
+//! The embedded in-memory engine: the default when `MYTHOS_REDIS_URL` is unset.
+//!
+//! Owns: one process's logs, cursors, rooms, command stream and accounts, with
+//! exactly the semantics of the Redis engine. Single node, not durable: a
+//! restart forgets everything. Must not touch: anything outside this process.
+//! One mutex guards all state, so a fan-out is atomic across its members.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{resync_body, Account, Command, CommandEntry, Cursor, Engine, Limits, Result, Resume};
+use crate::hub::Hub;
+use crate::protocol::{Delivery, Event, EventBody, Target};
+
+struct Stored {
+    seq: u64,
+    body: Arc<EventBody>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct PlayerLog {
+    events: VecDeque<Stored>,
+    last: u64,
+    acked: u64,
+    /// publisher key → (sequence number, remembered until)
+    dedupe: HashMap<String, (u64, Instant)>,
+    rooms: BTreeSet<String>,
+}
+
+impl PlayerLog {
+    fn cursor(&self) -> Cursor {
+        Cursor {
+            last: self.last,
+            acked: self.acked,
+            oldest: self.events.front().map_or(self.last + 1, |e| e.seq),
+        }
+    }
+
+    /// Drops events past the age cap and the count cap.
+    fn enforce_caps(&mut self, limits: &Limits, now: Instant) {
+        while self.events.len() as u64 > limits.max_backlog {
+            self.events.pop_front();
+        }
+        while self
+            .events
+            .front()
+            .is_some_and(|e| now.duration_since(e.at) > limits.max_backlog_age)
+        {
+            self.events.pop_front();
+        }
+    }
+
+    fn append(&mut self, body: Arc<EventBody>, limits: &Limits, now: Instant) -> Event {
+        self.last += 1;
+        self.events.push_back(Stored {
+            seq: self.last,
+            body: body.clone(),
+            at: now,
+        });
+        self.enforce_caps(limits, now);
+        Event {
+            sequence_number: self.last,
+            body,
+        }
+    }
+
+    fn dedupe_hit(&mut self, key: &str, now: Instant) -> Option<u64> {
+        match self.dedupe.get(key) {
+            Some(&(seq, until)) if until > now => Some(seq),
+            Some(_) => {
+                self.dedupe.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&mut self, key: &str, seq: u64, until: Instant, now: Instant) {
+        if self.dedupe.len() >= 1024 && self.dedupe.len().is_power_of_two() {
+            self.dedupe.retain(|_, (_, u)| *u > now);
+        }
+        self.dedupe.insert(key.to_string(), (seq, until));
+    }
+}
+
+#[derive(Default)]
+struct CommandGroup {
+    /// Index into `CommandLog::entries` of the next entry to hand out.
+    next: u64,
+    pending: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct CommandLog {
+    entries: BTreeMap<u64, CommandEntry>,
+    counter: u64,
+    /// (player, id) → (entry id, remembered until)
+    seen: HashMap<(String, String), (String, Instant)>,
+    groups: HashMap<String, CommandGroup>,
+}
+
+#[derive(Default)]
+struct State {
+    players: HashMap<String, PlayerLog>,
+    rooms: HashMap<String, BTreeSet<String>>,
+    commands: CommandLog,
+    users: HashMap<String, Account>,
+}
+
+/// The embedded engine.
+pub struct MemoryEngine {
+    state: Mutex<State>,
+    limits: Limits,
+    hub: Arc<Hub>,
+    commands_ready: Notify,
+}
+
+/// Commands kept for game servers before the oldest is dropped (memory only).
+const MAX_COMMANDS: usize = 100_000;
+
+impl MemoryEngine {
+    pub fn new(limits: Limits, hub: Arc<Hub>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            limits,
+            hub,
+            commands_ready: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation completes under the lock before any await point.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl Engine for MemoryEngine {
+    async fn publish(
+        &self,
+        target: &Target,
+        body: Arc<EventBody>,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<Delivery>> {
+        let now = Instant::now();
+        let until = now + self.limits.dedupe_window;
+        let mut fresh = Vec::new();
+        let deliveries = {
+            let mut st = self.lock();
+            let players: Vec<String> = match target {
+                Target::Player(p) => vec![p.clone()],
+                Target::Players(ps) => ps.clone(),
+                Target::Room(r) => st
+                    .rooms
+                    .get(r)
+                    .map(|m| m.iter().cloned().collect())
+                    .unwrap_or_default(),
+            };
+            let mut out = Vec::with_capacity(players.len());
+            for p in players {
+                let log = st.players.entry(p.clone()).or_default();
+                let hit = dedupe_key.and_then(|k| log.dedupe_hit(k, now));
+                let seq = match hit {
+                    Some(seq) => seq,
+                    None => {
+                        let ev = log.append(body.clone(), &self.limits, now);
+                        if let Some(k) = dedupe_key {
+                            log.remember(k, ev.sequence_number, until, now);
+                        }
+                        fresh.push((p.clone(), ev.clone()));
+                        ev.sequence_number
+                    }
+                };
+                out.push(Delivery {
+                    player_id: p,
+                    sequence_number: seq,
+                });
+            }
+            out
+        };
+        for (p, ev) in &fresh {
+            self.hub.deliver(p, ev);
+        }
+        Ok(deliveries)
+    }
+
+    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let st = self.lock();
+        let Some(log) = st.players.get(player) else {
+            return Ok(Vec::new());
+        };
+        let start = log.events.partition_point(|e| e.seq <= after);
+        Ok(log
+            .events
+            .range(start..)
+            .take(limit)
+            .map(|e| Event {
+                sequence_number: e.seq,
+                body: e.body.clone(),
+            })
+            .collect())
+    }
+
+    async fn resume(&self, player: &str, after: u64) -> Result<Resume> {
+        let now = Instant::now();
+        let (resume, resync) = {
+            let mut st = self.lock();
+            let log = st.players.entry(player.to_string()).or_default();
+            log.enforce_caps(&self.limits, now);
+            let cur = log.cursor();
+            let after = after.min(cur.last);
+            if after + 1 >= cur.oldest {
+                let r = Resume {
+                    cursor: cur,
+                    resync: None,
+                    after,
+                };
+                (r, None)
+            } else {
+                let oldest = cur.oldest;
+                let ev = log.append(Arc::new(resync_body(oldest)), &self.limits, now);
+                let r = Resume {
+                    cursor: log.cursor(),
+                    resync: Some(ev.clone()),
+                    after: oldest - 1,
+                };
+                (r, Some(ev))
+            }
+        };
+        if let Some(ev) = resync {
+            self.hub.deliver(player, &ev);
+        }
+        Ok(resume)
+    }
+
+    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
+        let mut st = self.lock();
+        let log = st.players.entry(player.to_string()).or_default();
+        let seq = seq.min(log.last);
+        if seq > log.acked {
+            log.acked = seq;
+            while log.events.front().is_some_and(|e| e.seq <= seq) {
+                log.events.pop_front();
+            }
+        }
+        Ok(log.cursor())
+    }
+
+    async fn cursor(&self, player: &str) -> Result<Cursor> {
+        let mut st = self.lock();
+        Ok(match st.players.get_mut(player) {
+            Some(log) => {
+                log.enforce_caps(&self.limits, Instant::now());
+                log.cursor()
+            }
+            None => Cursor {
+                last: 0,
+                acked: 0,
+                oldest: 1,
+            },
+        })
+    }
+
+    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        let mut st = self.lock();
+        let members = st.rooms.entry(room.to_string()).or_default();
+        if !members.insert(player.to_string()) {
+            return Ok(None);
+        }
+        let others = members.iter().filter(|m| *m != player).cloned().collect();
+        st.players
+            .entry(player.to_string())
+            .or_default()
+            .rooms
+            .insert(room.to_string());
+        Ok(Some(others))
+    }
+
+    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        let mut st = self.lock();
+        let Some(members) = st.rooms.get_mut(room) else {
+            return Ok(None);
+        };
+        if !members.remove(player) {
+            return Ok(None);
+        }
+        let rest: Vec<String> = members.iter().cloned().collect();
+        if rest.is_empty() {
+            st.rooms.remove(room);
+        }
+        if let Some(log) = st.players.get_mut(player) {
+            log.rooms.remove(room);
+        }
+        Ok(Some(rest))
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>> {
+        let st = self.lock();
+        Ok(st
+            .rooms
+            .get(room)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
+        let st = self.lock();
+        Ok(st
+            .players
+            .get(player)
+            .map(|l| l.rooms.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)> {
+        let now = Instant::now();
+        let (entry_id, fresh) = {
+            let mut st = self.lock();
+            let log = &mut st.commands;
+            let key = (cmd.player_id.clone(), cmd.id.clone());
+            match log.seen.get(&key) {
+                Some((id, until)) if *until > now => (id.clone(), false),
+                _ => {
+                    log.counter += 1;
+                    let ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis();
+                    let entry_id = format!("{ms}-{}", log.counter);
+                    log.entries.insert(
+                        log.counter,
+                        CommandEntry {
+                            entry_id: entry_id.clone(),
+                            command: cmd.clone(),
+                        },
+                    );
+                    while log.entries.len() > MAX_COMMANDS {
+                        log.entries.pop_first();
+                    }
+                    if log.seen.len() >= 4096 && log.seen.len().is_power_of_two() {
+                        log.seen.retain(|_, (_, u)| *u > now);
+                    }
+                    log.seen
+                        .insert(key, (entry_id.clone(), now + self.limits.dedupe_window));
+                    (entry_id, true)
+                }
+            }
+        };
+        if fresh {
+            self.commands_ready.notify_waiters();
+        }
+        Ok((entry_id, fresh))
+    }
+
+    async fn read_commands(
+        &self,
+        group: &str,
+        _consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<CommandEntry>> {
+        let deadline = Instant::now() + block;
+        loop {
+            let notified = self.commands_ready.notified();
+            {
+                let mut st = self.lock();
+                let log = &mut st.commands;
+                // Like `XGROUP CREATE mythos:commands <group> 0`: a new group
+                // sees every command still kept.
+                let g = log.groups.entry(group.to_string()).or_default();
+                let batch: Vec<CommandEntry> = log
+                    .entries
+                    .range(g.next..)
+                    .take(count.max(1))
+                    .map(|(k, e)| {
+                        g.next = k + 1;
+                        e.clone()
+                    })
+                    .collect();
+                for e in &batch {
+                    g.pending.insert(e.entry_id.clone());
+                }
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+
+    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
+        let mut st = self.lock();
+        if let Some(g) = st.commands.groups.get_mut(group) {
+            for id in entry_ids {
+                g.pending.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
+        let mut st = self.lock();
+        if st.users.contains_key(username) {
+            return Ok(false);
+        }
+        st.users.insert(username.to_string(), account.clone());
+        Ok(true)
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<Account>> {
+        Ok(self.lock().users.get(username).cloned())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}

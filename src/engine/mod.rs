@@ -1,0 +1,178 @@
+//! The storage engine: the one trait every backend implements, and its types.
+//!
+//! Owns: the contract of a player's durable event log (dense sequence numbers,
+//! idempotent appends, cumulative acknowledgements, retention, `resync_required`),
+//! room membership, the upstream command stream and accounts. Must not touch:
+//! HTTP, sockets, JWTs. Engines announce appends to this node's [`Hub`], which
+//! routes them to the live connections; engines never hold a connection.
+//!
+//! Two engines: [`memory::MemoryEngine`] (embedded default, one node, not
+//! durable) and [`redis::RedisEngine`] (durable, many nodes). Both pass the same
+//! conformance suite (`tests/conformance.rs`).
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use crate::error::EngineError;
+use crate::protocol::{Delivery, Event, EventBody, Target};
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Retention and idempotency limits, shared by both engines.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most unacknowledged events kept per player (`MYTHOS_MAX_BACKLOG`).
+    pub max_backlog: u64,
+    /// Oldest unacknowledged event kept (`MYTHOS_MAX_BACKLOG_AGE`).
+    pub max_backlog_age: Duration,
+    /// How long a publisher's idempotency key is remembered (`MYTHOS_DEDUPE_WINDOW`).
+    pub dedupe_window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_backlog: 10_000,
+            max_backlog_age: Duration::from_secs(7 * 24 * 3600),
+            dedupe_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Where a player's log stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursor {
+    /// Sequence number of the newest event (0 = none yet).
+    pub last: u64,
+    /// Highest acknowledged sequence number.
+    pub acked: u64,
+    /// Sequence number of the oldest retained event; `last + 1` when none is retained.
+    pub oldest: u64,
+}
+
+/// The answer to opening a reader at a resume point.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The cursor after any `resync_required` was appended.
+    pub cursor: Cursor,
+    /// Present when the resume point fell before the oldest retained event: the
+    /// freshly appended `resync_required` event, to be sent before anything else.
+    pub resync: Option<Event>,
+    /// Read from here (exclusive): `min(resume point, last)`, or `oldest - 1` after a resync.
+    pub after: u64,
+}
+
+/// A command or chat line from a player, bound for `mythos:commands`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub player_id: String,
+    pub session_id: String,
+    /// `command` or `chat`.
+    pub kind: String,
+    /// The client's id for it; a repeat from the same player is the same command.
+    pub id: String,
+    /// The message as JSON text.
+    pub payload: String,
+}
+
+/// A command read back from the stream by a game server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandEntry {
+    /// The stream entry id (Redis `ms-n`).
+    pub entry_id: String,
+    pub command: Command,
+}
+
+/// A stored account: an argon2id PHC hash (never the password) and a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub password_hash: String,
+    /// `player`, `service` or `admin`.
+    pub role: String,
+}
+
+/// Name of the broker's own event types.
+pub const RESYNC_REQUIRED: &str = "resync_required";
+
+/// The operations the broker needs from storage.
+///
+/// Every append is atomic per player; a fan-out appends to each member exactly
+/// once. A publish with a dedupe key that a player's log has seen inside the
+/// dedupe window returns that player's earlier delivery and appends nothing.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// Appends `body` to every player of `target` (a room: its members now).
+    async fn publish(
+        &self,
+        target: &Target,
+        body: Arc<EventBody>,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<Delivery>>;
+
+    /// Up to `limit` events with sequence number `> after`, oldest first.
+    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// Opens a reader resuming after `after`: appends `resync_required` if events
+    /// after `after` are no longer retained.
+    async fn resume(&self, player: &str, after: u64) -> Result<Resume>;
+
+    /// Acknowledges `1..=seq` (clamped to `last`, never backwards) and trims them.
+    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor>;
+
+    /// The player's cursor.
+    async fn cursor(&self, player: &str) -> Result<Cursor>;
+
+    /// Adds `player` to `room`; returns the other members if the player was not
+    /// a member yet, `None` if they already were.
+    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>>;
+
+    /// Removes `player` from `room`; returns the remaining members if the player
+    /// was a member, `None` otherwise.
+    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>>;
+
+    /// The room's members, sorted.
+    async fn members(&self, room: &str) -> Result<Vec<String>>;
+
+    /// The rooms a player is in, sorted.
+    async fn rooms_of(&self, player: &str) -> Result<Vec<String>>;
+
+    /// Appends a command to the upstream stream unless `(player, id)` was seen
+    /// inside the dedupe window; returns the entry id and whether it is new.
+    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)>;
+
+    /// Reads new commands for consumer `consumer` of group `group` (created on
+    /// first use), waiting up to `block` for some.
+    async fn read_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<CommandEntry>>;
+
+    /// Marks commands as processed by `group`.
+    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()>;
+
+    /// Stores an account; `false` if the name exists.
+    async fn create_user(&self, username: &str, account: &Account) -> Result<bool>;
+
+    /// A stored account.
+    async fn user(&self, username: &str) -> Result<Option<Account>>;
+
+    /// Fails if the engine cannot serve requests.
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The body of a broker-emitted `resync_required` event.
+pub fn resync_body(oldest_available: u64) -> EventBody {
+    let data = serde_json::value::to_raw_value(&serde_json::json!({
+        "oldest_available": oldest_available
+    }))
+    .unwrap_or_default();
+    EventBody::now(RESYNC_REQUIRED, data, None, None)
+}

@@ -1,0 +1,1 @@
+//! The Redis engine (stub, being written).

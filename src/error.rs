@@ -1,0 +1,71 @@
+//! Error types shared across modules, and their mapping to HTTP answers.
+//!
+//! Owns: [`EngineError`] (what storage can fail with) and [`ApiError`] (what a
+//! client is told, as `{"error": {"code", "message"}}`). Must not touch: I/O.
+
+use warp::http::StatusCode;
+
+use crate::protocol::ProtocolError;
+
+/// A failure of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis pool: {0}")]
+    Pool(String),
+    #[error("engine data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Rejected(&'static str),
+}
+
+/// An error answer: HTTP status, protocol code and a human message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        Self::bad_request(e.code, e.message)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        tracing::error!(error = %e, "engine error");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engine_unavailable",
+            "the event store is unavailable; retry",
+        )
+    }
+}

@@ -1,0 +1,188 @@
+//! This node's live-delivery registry: which connections want which player's
+//! events, and a bounded queue to each.
+//!
+//! Owns: routing an appended event to every local connection of its player
+//! without blocking the publisher, and deciding when a queue overflow means
+//! "slow consumer" (the connection is live) or merely "lagged" (the connection
+//! is still replaying, and will re-read the log). Must not touch: storage,
+//! sockets. Engines call [`Hub::deliver`]; sessions call [`Hub::subscribe`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::protocol::Event;
+
+/// What a subscriber's queue carries.
+#[derive(Debug, Clone)]
+pub enum Live {
+    /// A newly appended event.
+    Event(Event),
+    /// Something may have been missed (e.g. the node's Redis subscription was
+    /// re-established): re-read the log.
+    Nudge,
+}
+
+/// Per-subscription flags shared between the hub and the session.
+#[derive(Debug, Default)]
+pub struct SubState {
+    live: AtomicBool,
+    lagged: AtomicBool,
+    slow: AtomicBool,
+    kill: Notify,
+}
+
+impl SubState {
+    /// Marks the session as caught up: from now on an overflow is fatal.
+    pub fn set_live(&self, live: bool) {
+        self.live.store(live, Ordering::SeqCst);
+    }
+    /// True (once) if events were dropped while the session was replaying.
+    pub fn take_lagged(&self) -> bool {
+        self.lagged.swap(false, Ordering::SeqCst)
+    }
+    /// True if the hub gave up on this subscriber because its queue was full.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::SeqCst)
+    }
+    /// Resolves when the hub has cut this subscriber off.
+    pub async fn killed(&self) {
+        if self.is_slow() {
+            return;
+        }
+        self.kill.notified().await
+    }
+}
+
+struct Sub {
+    id: u64,
+    tx: mpsc::Sender<Live>,
+    state: Arc<SubState>,
+}
+
+/// A live subscription; unsubscribes when dropped.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Live>,
+    pub state: Arc<SubState>,
+    hub: Arc<Hub>,
+    player: String,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.player, self.id);
+    }
+}
+
+/// The registry. One per node, shared by the engine and every session.
+pub struct Hub {
+    players: Mutex<HashMap<String, Vec<Sub>>>,
+    next_id: AtomicU64,
+    queue_len: usize,
+    slow_consumers: AtomicU64,
+}
+
+impl Hub {
+    /// A hub whose subscriber queues hold `queue_len` events.
+    pub fn new(queue_len: usize) -> Arc<Self> {
+        Arc::new(Self {
+            players: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            queue_len: queue_len.max(1),
+            slow_consumers: AtomicU64::new(0),
+        })
+    }
+
+    /// Starts receiving `player`'s new events. Subscribe *before* reading the
+    /// log, so nothing appended in between is missed.
+    pub fn subscribe(self: &Arc<Self>, player: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue_len);
+        let state = Arc::new(SubState::default());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Sub {
+            id,
+            tx,
+            state: state.clone(),
+        };
+        self.lock().entry(player.to_string()).or_default().push(sub);
+        Subscription {
+            rx,
+            state,
+            hub: self.clone(),
+            player: player.to_string(),
+            id,
+        }
+    }
+
+    /// True if some connection on this node wants `player`'s events.
+    pub fn wants(&self, player: &str) -> bool {
+        self.lock().contains_key(player)
+    }
+
+    /// Hands `event` to every local connection of `player`, never waiting.
+    pub fn deliver(&self, player: &str, event: &Event) {
+        let mut map = self.lock();
+        let Some(subs) = map.get_mut(player) else {
+            return;
+        };
+        subs.retain(|s| match s.tx.try_send(Live::Event(event.clone())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if s.state.live.load(Ordering::SeqCst) {
+                    s.state.slow.store(true, Ordering::SeqCst);
+                    s.state.kill.notify_one();
+                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mythos_slow_consumers_total").increment(1);
+                    false
+                } else {
+                    s.state.lagged.store(true, Ordering::SeqCst);
+                    true
+                }
+            }
+        });
+        if subs.is_empty() {
+            map.remove(player);
+        }
+    }
+
+    /// Tells every local connection to re-read its log (something may have been missed).
+    pub fn nudge_all(&self) {
+        for subs in self.lock().values() {
+            for s in subs {
+                if s.tx.try_send(Live::Nudge).is_err() {
+                    s.state.lagged.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// Slow consumers cut off since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    /// Connections currently subscribed.
+    pub fn subscribers(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    fn remove(&self, player: &str, id: u64) {
+        let mut map = self.lock();
+        if let Some(subs) = map.get_mut(player) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                map.remove(player);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Sub>>> {
+        // A panic while holding the lock leaves the map consistent (every
+        // mutation is a single call), so recover from poisoning.
+        self.players.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,14 @@
+//! mythos-broker: a Redis-backed, guaranteed-delivery real-time message broker
+//! for MythosMUD.
+//!
+//! Data flows one way: `transport` (SSE, WebSocket) → `session` (replay + live,
+//! acks, commands) → `engine` (Redis or memory). Publishing flows `server` /
+//! `ingest` → `publish` → `engine`, and the engine announces appends to the
+//! node's `hub`, which feeds the sessions.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod hub;
+pub mod protocol;
+pub mod publish;
