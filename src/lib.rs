@@ -6,9 +6,20 @@
 //! `ingest` → `publish` → `engine`, and the engine announces appends to the
 //! node's `hub`, which feeds the sessions.
 
+pub mod api;
+pub mod auth;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod listener;
+pub mod node;
 pub mod protocol;
 pub mod publish;
+pub mod rooms;
+pub mod server;
+pub mod session;
+pub mod state;
+pub mod transport;
+pub mod web;

@@ -195,3 +195,225 @@ pub struct Delivery {
     pub player_id: String,
     pub sequence_number: u64,
 }
+
+/// Deepest JSON nesting accepted in a client message.
+pub const MAX_DEPTH: usize = 16;
+/// Most `args` of one command.
+pub const MAX_ARGS: usize = 16;
+/// Longest command name, and the charset allowed.
+pub const MAX_COMMAND: usize = 64;
+/// Longest chat message, in characters.
+pub const MAX_CHAT: usize = 2000;
+/// Longest client-chosen id.
+pub const MAX_CLIENT_ID: usize = 128;
+
+/// What a WebSocket client may send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Ack(u64),
+    Command {
+        id: String,
+        command: String,
+        args: Vec<String>,
+    },
+    Chat {
+        id: String,
+        channel: String,
+        message: String,
+    },
+    Ping,
+}
+
+impl ClientMessage {
+    /// The upstream kind and JSON payload of a command or chat line.
+    pub fn upstream(&self) -> Option<(&'static str, &str, String)> {
+        match self {
+            Self::Command { id, command, args } => Some((
+                "command",
+                id,
+                serde_json::json!({"command": command, "args": args}).to_string(),
+            )),
+            Self::Chat {
+                id,
+                channel,
+                message,
+            } => Some((
+                "chat",
+                id,
+                serde_json::json!({"channel": channel, "message": message}).to_string(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The nesting depth of a JSON text (brackets outside strings).
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_str {
+            match (esc, b) {
+                (true, _) => esc = false,
+                (false, b'\\') => esc = true,
+                (false, b'"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn short_str(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    max: usize,
+) -> Result<String, ProtocolError> {
+    match obj.get(key) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.chars().count() <= max => {
+            Ok(s.clone())
+        }
+        _ => Err(ProtocolError::invalid(format!(
+            "`{key}` must be a string of 1 to {max} characters"
+        ))),
+    }
+}
+
+fn name(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Result<String, ProtocolError> {
+    let s = short_str(obj, key, MAX_COMMAND)?;
+    if s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        Ok(s)
+    } else {
+        Err(ProtocolError::invalid(format!(
+            "`{key}` must be 1 to {MAX_COMMAND} characters of [a-z_]"
+        )))
+    }
+}
+
+/// Parses and validates one client text frame.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
+    if json_depth(text) > MAX_DEPTH {
+        return Err(ProtocolError::invalid(format!(
+            "JSON nested deeper than {MAX_DEPTH}"
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|_| ProtocolError::invalid("not valid JSON"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ProtocolError::invalid("a message must be a JSON object"))?;
+    let kind = obj
+        .get("type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| ProtocolError::invalid("a message needs a string `type`"))?;
+    match kind {
+        "ping" => Ok(ClientMessage::Ping),
+        "ack" => obj
+            .get("sequence_number")
+            .and_then(|n| n.as_u64())
+            .map(ClientMessage::Ack)
+            .ok_or_else(|| {
+                ProtocolError::invalid("`sequence_number` must be a non-negative integer")
+            }),
+        "command" => {
+            let id = short_str(obj, "id", MAX_CLIENT_ID)?;
+            let command = name(obj, "command")?;
+            let args = match obj.get("args") {
+                None => Vec::new(),
+                Some(serde_json::Value::Array(a)) if a.len() <= MAX_ARGS => a
+                    .iter()
+                    .map(|x| {
+                        x.as_str()
+                            .filter(|s| s.chars().count() <= 256)
+                            .map(str::to_string)
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        ProtocolError::invalid("`args` must be strings of at most 256 characters")
+                    })?,
+                Some(_) => {
+                    return Err(ProtocolError::invalid(format!(
+                        "`args` must be an array of at most {MAX_ARGS} strings"
+                    )))
+                }
+            };
+            Ok(ClientMessage::Command { id, command, args })
+        }
+        "chat" => Ok(ClientMessage::Chat {
+            id: short_str(obj, "id", MAX_CLIENT_ID)?,
+            channel: name(obj, "channel")?,
+            message: short_str(obj, "message", MAX_CHAT)?,
+        }),
+        other => Err(ProtocolError::invalid(format!(
+            "unknown message type `{}`",
+            other.chars().take(32).collect::<String>()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_each_client_message() {
+        assert_eq!(
+            parse_client_message(r#"{"type":"ack","sequence_number":5}"#),
+            Ok(ClientMessage::Ack(5))
+        );
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"command","id":"c1","command":"look","args":["north"]}"#
+            ),
+            Ok(ClientMessage::Command {
+                id: "c1".into(),
+                command: "look".into(),
+                args: vec!["north".into()]
+            })
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#),
+            Ok(ClientMessage::Ping)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_messages() {
+        for bad in [
+            "nope",
+            "[1]",
+            r#"{"type":"dance"}"#,
+            r#"{"type":"ack","sequence_number":-1}"#,
+            r#"{"type":"command","id":"c1","command":"Look!"}"#,
+            r#"{"type":"command","command":"look"}"#,
+            r#"{"type":"chat","id":"c","channel":"say","message":""}"#,
+        ] {
+            let e = parse_client_message(bad).expect_err(bad);
+            assert_eq!(e.code, "invalid_message", "{bad}");
+        }
+        let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
+        assert!(parse_client_message(&deep).is_err());
+        assert_eq!(json_depth(r#"{"a":"[[[[","b":[1]}"#), 2);
+    }
+
+    #[test]
+    fn targets_and_ids() {
+        let t = Target::from_json(&serde_json::json!({"players": ["a", "b", "a"]})).expect("t");
+        assert_eq!(t, Target::Players(vec!["a".into(), "b".into()]));
+        assert!(Target::from_json(&serde_json::json!({"player": "a b"})).is_err());
+        assert!(Target::from_json(&serde_json::json!({"team": "x"})).is_err());
+        assert!(valid_id(&"x".repeat(64)) && !valid_id(&"x".repeat(65)) && !valid_id(""));
+    }
+}

@@ -72,6 +72,14 @@ impl Publish {
                 .into());
             }
         }
+        // SSE carries the envelope on one `data:` line: keep `data` on one line.
+        let data = if data.get().contains(['\n', '\r']) {
+            let v: serde_json::Value = serde_json::from_str(data.get())
+                .map_err(|_| ProtocolError::new("invalid_json", "`data` is not valid JSON"))?;
+            serde_json::value::to_raw_value(&v).unwrap_or(data)
+        } else {
+            data
+        };
         let size = data.get().len();
         if size as u64 > max_event_bytes {
             return Err(PublishError::TooLarge(size, max_event_bytes));

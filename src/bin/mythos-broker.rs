@@ -1,1 +1,142 @@
-fn main() {}
+//! The `mythos-broker` command: run a node (`serve`, the default), run it with
+//! the demo world (`demo`), or manage accounts (`user add`).
+//!
+//! Owns: process concerns — parsing configuration, logging, signals, exit
+//! codes (2 for a bad setting or usage). Must not touch: broker logic.
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use clap::Parser;
+use mythos_broker::auth::Role;
+use mythos_broker::config::{Cli, Cmd, Config, UserCmd};
+use mythos_broker::state::App;
+use mythos_broker::{api, server};
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("mythos-broker: {msg}");
+    ExitCode::from(2)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = cli.config;
+    if let Err(msg) = config.validate() {
+        return usage_error(&msg);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&config.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => serve(config, false).await,
+        Cmd::Demo => {
+            config.dev = true;
+            serve(config, true).await
+        }
+        Cmd::User(UserCmd::Add { name, role }) => user_add(config, &name, &role).await,
+    }
+}
+
+async fn serve(mut config: Config, demo: bool) -> ExitCode {
+    if config.jwt_secret.is_none() && config.dev {
+        let secret: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        println!("dev mode: generated MYTHOS_JWT_SECRET={secret}");
+        config.jwt_secret = Some(secret);
+    }
+    let engine_name = if config.redis_url.is_some() {
+        "redis"
+    } else {
+        "memory (embedded, not durable)"
+    };
+    let app = match App::new(config).await {
+        Ok(a) => a,
+        Err(msg) => return usage_error(&msg),
+    };
+    let running = match server::start(app.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "mythos-broker: cannot listen on {} (MYTHOS_BIND): {e}",
+                app.config.bind
+            );
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(addr = %running.addr, engine = engine_name, "mythos-broker listening");
+    println!(
+        "mythos-broker listening on http://{} (engine: {engine_name})",
+        running.addr
+    );
+    mythos_broker::node::start_background(&app);
+    if app.config.dev {
+        for role in [Role::Service, Role::Admin] {
+            if let Ok((token, _)) = app.auth.issue(&format!("dev-{}", role.as_str()), role) {
+                println!("dev mode: {} token: {token}", role.as_str());
+            }
+        }
+    }
+    if demo {
+        mythos_broker::demo::start(&app, running.addr).await;
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections, finishing in-flight appends");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn user_add(config: Config, name: &str, role: &str) -> ExitCode {
+    if config.redis_url.is_none() {
+        return usage_error(
+            "`user add` needs MYTHOS_REDIS_URL: the embedded engine keeps accounts inside the \
+             running server's memory, which this command cannot reach. Create the account on the \
+             running server instead: POST /v1/admin/users {\"username\",\"password\"} with an \
+             admin token (run the server with --dev to get one printed).",
+        );
+    }
+    let mut password = String::new();
+    if std::io::stdin().lock().read_line(&mut password).is_err() {
+        return usage_error("could not read the password from stdin");
+    }
+    let password = password.trim_end_matches(['\n', '\r']);
+    let app = match App::new(config).await {
+        Ok(a) => a,
+        Err(msg) => return usage_error(&msg),
+    };
+    match api::create_account(&app, name, password, role).await {
+        Ok(true) => {
+            println!("created account {name} (role {role})");
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            eprintln!("mythos-broker: an account named {name} exists (user_exists)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("mythos-broker: {}", e.message);
+            ExitCode::from(if e.status.is_client_error() { 2 } else { 1 })
+        }
+    }
+}

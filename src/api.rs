@@ -1,0 +1,264 @@
+//! The request/response endpoints: login, refresh, accounts, publish, rooms,
+//! acks, cursor, health.
+//!
+//! Owns: each endpoint's checks (role, ids, body shape) and answer. Must not
+//! touch: routing (see `server`), streaming (see `transport`).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use warp::http::StatusCode;
+use warp::reply::{Reply, Response};
+
+use crate::auth::{hash_password, Principal, Role};
+use crate::engine::Account;
+use crate::error::ApiError;
+use crate::protocol::{check_id, valid_id};
+use crate::publish::{PublishBody, PublishError};
+use crate::rooms;
+use crate::state::App;
+
+pub type Answer = Result<Response, ApiError>;
+
+/// A JSON answer with a status.
+pub fn json_reply(status: StatusCode, v: &Value) -> Response {
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+/// Parses a JSON body into `T`, with the protocol's error codes.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::bad_request("invalid_request", e.to_string())
+        }
+        _ => ApiError::bad_request("invalid_json", "the body is not valid JSON"),
+    })
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Invalid(p) => p.into(),
+            PublishError::TooLarge(..) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            PublishError::Engine(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+fn token_body(app: &App, sub: &str, role: Role) -> Answer {
+    let (token, expires_in) = app.auth.issue(sub, role)?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"access_token": token, "token_type": "Bearer",
+                "expires_in": expires_in, "player_id": sub}),
+    ))
+}
+
+/// `POST /v1/auth/login`
+pub async fn login(app: Arc<App>, body: bytes::Bytes) -> Answer {
+    let c: Credentials = parse_body(&body)?;
+    if app.login_limiter.check_key(&c.username).is_err() {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many login attempts for this user; wait a few seconds",
+        ));
+    }
+    let account = if valid_id(&c.username) {
+        app.engine.user(&c.username).await?
+    } else {
+        None
+    };
+    let username = c.username.clone();
+    let app2 = app.clone();
+    let stored = account.as_ref().map(|a| a.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || {
+        app2.auth.check_password(&c.password, stored.as_deref())
+    })
+    .await
+    .unwrap_or(false);
+    match account {
+        Some(a) if ok => {
+            let role = Role::parse(&a.role).unwrap_or(Role::Player);
+            token_body(&app, &username, role)
+        }
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "unknown user or wrong password",
+        )),
+    }
+}
+
+/// `POST /v1/auth/refresh`
+pub async fn refresh(app: Arc<App>, p: Principal) -> Answer {
+    token_body(&app, &p.player_id, p.role)
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    username: String,
+    password: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Creates an account (shared by the admin endpoint, `user add` and the demo).
+pub async fn create_account(
+    app: &App,
+    username: &str,
+    password: &str,
+    role: &str,
+) -> Result<bool, ApiError> {
+    check_id("username", username)?;
+    if password.is_empty() || password.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the password must be 1 to 1024 bytes",
+        ));
+    }
+    if Role::parse(role).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "role must be player, service or admin",
+        ));
+    }
+    let pw = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "hashing failed",
+            )
+        })?;
+    let account = Account {
+        password_hash: hash,
+        role: role.to_string(),
+    };
+    Ok(app.engine.create_user(username, &account).await?)
+}
+
+/// `POST /v1/admin/users`
+pub async fn add_user(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer {
+    p.require(&[Role::Admin])?;
+    let u: NewUser = parse_body(&body)?;
+    let role = u.role.as_deref().unwrap_or("player");
+    if create_account(&app, &u.username, &u.password, role).await? {
+        Ok(json_reply(
+            StatusCode::CREATED,
+            &json!({"username": u.username, "player_id": u.username, "role": role}),
+        ))
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "user_exists",
+            "an account with this username exists",
+        ))
+    }
+}
+
+/// `POST /v1/publish`
+pub async fn publish(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer {
+    p.require(&[Role::Service, Role::Admin])?;
+    let req: PublishBody = parse_body(&body)?;
+    let publish = req.into_publish(app.config.max_event_bytes)?;
+    let deliveries = publish.run(app.engine.as_ref()).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"deliveries": deliveries}),
+    ))
+}
+
+/// `PUT` / `DELETE /v1/rooms/{room}/members/{player}`
+pub async fn membership(
+    app: Arc<App>,
+    p: Principal,
+    room: String,
+    player: String,
+    join: bool,
+) -> Answer {
+    p.require(&[Role::Service, Role::Admin])?;
+    check_id("room id", &room)?;
+    check_id("player id", &player)?;
+    let change = if join {
+        rooms::join(app.engine.as_ref(), &room, &player).await?
+    } else {
+        rooms::leave(app.engine.as_ref(), &room, &player).await?
+    };
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"room_id": room, "player_id": player, "member": join,
+                "changed": change.changed, "deliveries": change.deliveries}),
+    ))
+}
+
+/// `GET /v1/rooms/{room}/members`
+pub async fn members(app: Arc<App>, p: Principal, room: String) -> Answer {
+    p.require(&[Role::Service, Role::Admin])?;
+    check_id("room id", &room)?;
+    let members = app.engine.members(&room).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"room_id": room, "members": members}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct AckBody {
+    sequence_number: u64,
+}
+
+/// `POST /v1/ack`
+pub async fn ack(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer {
+    p.require(&[Role::Player])?;
+    let a: AckBody = parse_body(&body)?;
+    let c = app.engine.ack(&p.player_id, a.sequence_number).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"player_id": p.player_id, "acked": c.acked, "last_sequence_number": c.last}),
+    ))
+}
+
+/// `GET /v1/cursor`: where the caller's log stands.
+pub async fn cursor(app: Arc<App>, p: Principal) -> Answer {
+    p.require(&[Role::Player])?;
+    let c = app.engine.cursor(&p.player_id).await?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"player_id": p.player_id, "last_sequence_number": c.last,
+                "acked": c.acked, "oldest_available": c.oldest}),
+    ))
+}
+
+/// `GET /readyz`
+pub async fn ready(app: Arc<App>) -> Answer {
+    match app.engine.ping().await {
+        Ok(()) => Ok(json_reply(StatusCode::OK, &json!({"status": "ready"}))),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "engine_unavailable",
+                "the event store is not reachable",
+            ))
+        }
+    }
+}

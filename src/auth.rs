@@ -1,0 +1,336 @@
+//! Authentication: JWT validation and issuing, where a request's token comes
+//! from, roles, and password hashing.
+//!
+//! Owns: which algorithms verify (each key only its own: the HS256 secret only
+//! HS256, a public key only its RS256/EdDSA; never `none`), `exp` enforcement
+//! with no leeway, and argon2id hashes. Must not touch: storage (accounts are
+//! loaded by the caller) or logging of tokens — a token never reaches a log line.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::protocol::valid_id;
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Player,
+    Service,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "player" => Some(Self::Player),
+            "service" => Some(Self::Service),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Player => "player",
+            Self::Service => "service",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+fn default_role() -> Role {
+    Role::Player
+}
+
+/// The claims the broker reads and writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: Option<u64>,
+    #[serde(default = "default_role")]
+    pub role: Role,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub player_id: String,
+    pub role: Role,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+}
+
+impl Principal {
+    /// Time left until the token expires (zero if past).
+    pub fn time_left(&self) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(now_secs()))
+    }
+    /// Refuses with 403 unless the role is one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            let need: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            Err(ApiError::forbidden(format!(
+                "this needs a token with role {}",
+                need.join(" or ")
+            )))
+        }
+    }
+    /// Refuses with 403 unless `player` is the token's subject.
+    pub fn require_player(&self, player: &str) -> Result<(), ApiError> {
+        if self.player_id == player {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "the player in the path is not the token's subject",
+            ))
+        }
+    }
+}
+
+/// The keys tokens are verified (and issued) with.
+pub struct Auth {
+    secret: Option<(EncodingKey, DecodingKey)>,
+    public: Option<(Algorithm, DecodingKey)>,
+    ttl: Duration,
+    /// A hash verified when the user does not exist, so both answers take as long.
+    dummy_hash: String,
+}
+
+impl Auth {
+    /// Builds from an HS256 secret and/or a PEM public key (RSA → RS256, Ed25519 → EdDSA).
+    pub fn new(
+        secret: Option<&str>,
+        public_pem: Option<&[u8]>,
+        ttl: Duration,
+    ) -> Result<Self, String> {
+        let public = match public_pem {
+            None => None,
+            Some(pem) => Some(
+                DecodingKey::from_rsa_pem(pem)
+                    .map(|k| (Algorithm::RS256, k))
+                    .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (Algorithm::EdDSA, k)))
+                    .map_err(|_| {
+                        "MYTHOS_JWT_PUBLIC_KEY: not an RSA or Ed25519 public key in PEM".to_string()
+                    })?,
+            ),
+        };
+        Ok(Self {
+            secret: secret.map(|s| {
+                (
+                    EncodingKey::from_secret(s.as_bytes()),
+                    DecodingKey::from_secret(s.as_bytes()),
+                )
+            }),
+            public,
+            ttl,
+            dummy_hash: hash_password("not-a-real-password")
+                .map_err(|e| format!("argon2 unavailable: {e}"))?,
+        })
+    }
+
+    /// Verifies a token: signature by the key of its algorithm, `exp` required and in the future.
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let bad = |why: &str| ApiError::unauthorized(format!("invalid token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed"))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.secret.as_ref().map(|(_, d)| d),
+            alg => self
+                .public
+                .as_ref()
+                .filter(|(a, _)| *a == alg)
+                .map(|(_, d)| d),
+        }
+        .ok_or_else(|| bad("algorithm not accepted"))?;
+        let mut v = Validation::new(header.alg);
+        v.leeway = 0;
+        v.validate_exp = true;
+        v.validate_aud = false;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => bad("expired"),
+                ErrorKind::InvalidSignature => bad("bad signature"),
+                _ => bad("malformed or missing claims"),
+            }
+        })?;
+        let c = data.claims;
+        if !valid_id(&c.sub) {
+            return Err(bad("`sub` must match [A-Za-z0-9_-]{1,64}"));
+        }
+        // jsonwebtoken compares `exp` with whole seconds; enforce it ourselves too.
+        if c.exp <= now_secs() {
+            return Err(bad("expired"));
+        }
+        Ok(Principal {
+            player_id: c.sub,
+            role: c.role,
+            exp: c.exp,
+        })
+    }
+
+    /// Issues an HS256 token for `sub` with `role`; returns it and its lifetime in seconds.
+    pub fn issue(&self, sub: &str, role: Role) -> Result<(String, u64), ApiError> {
+        let (enc, _) = self.secret.as_ref().ok_or_else(|| {
+            ApiError::new(
+                warp::http::StatusCode::NOT_IMPLEMENTED,
+                "login_disabled",
+                "this broker has no MYTHOS_JWT_SECRET, so it cannot issue tokens",
+            )
+        })?;
+        let now = now_secs();
+        let ttl = self.ttl.as_secs().max(1);
+        let claims = Claims {
+            sub: sub.to_string(),
+            exp: now + ttl,
+            iat: Some(now),
+            role,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).map_err(|_| {
+                ApiError::new(
+                    warp::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "could not sign a token",
+                )
+            })?;
+        Ok((token, ttl))
+    }
+
+    /// Checks a password against a stored hash, or against a dummy hash when
+    /// there is no account, so unknown users and wrong passwords look alike.
+    pub fn check_password(&self, password: &str, stored: Option<&str>) -> bool {
+        let hash = stored.unwrap_or(&self.dummy_hash);
+        let ok = verify_password(password, hash);
+        ok && stored.is_some()
+    }
+}
+
+/// Where a request's token was found.
+pub fn token_from(
+    authorization: Option<&str>,
+    query_token: Option<&str>,
+    ws_protocols: Option<&str>,
+) -> Option<String> {
+    if let Some(h) = authorization {
+        let mut parts = h.splitn(2, ' ');
+        if let (Some(scheme), Some(tok)) = (parts.next(), parts.next()) {
+            if scheme.eq_ignore_ascii_case("bearer") && !tok.trim().is_empty() {
+                return Some(tok.trim().to_string());
+            }
+        }
+        return None;
+    }
+    if let Some(t) = query_token.filter(|t| !t.is_empty()) {
+        return Some(t.to_string());
+    }
+    ws_protocols.and_then(|list| {
+        list.split(',')
+            .map(str::trim)
+            .find_map(|p| p.strip_prefix("bearer."))
+            .map(str::to_string)
+    })
+}
+
+/// An argon2id PHC hash of `password` with a fresh salt.
+pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+    let salt = SaltString::generate(&mut OsRng);
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)?
+        .to_string())
+}
+
+fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth() -> Auth {
+        Auth::new(Some("0123456789abcdef0123"), None, Duration::from_secs(60)).expect("auth")
+    }
+
+    #[test]
+    fn issued_token_verifies_with_role() {
+        let a = auth();
+        let (t, ttl) = a.issue("alice", Role::Service).expect("issue");
+        assert_eq!(ttl, 60);
+        let p = a.verify(&t).expect("verify");
+        assert_eq!((p.player_id.as_str(), p.role), ("alice", Role::Service));
+    }
+
+    #[test]
+    fn rejects_other_secret_none_alg_and_expired() {
+        let a = auth();
+        let other =
+            Auth::new(Some("another-secret-of-16+"), None, Duration::from_secs(60)).expect("auth");
+        let (t, _) = other.issue("alice", Role::Player).expect("issue");
+        assert_eq!(a.verify(&t).expect_err("wrong key").status, 401);
+        // alg "none": header {"alg":"none"} + payload, no signature.
+        let none =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        assert_eq!(a.verify(none).expect_err("none").status, 401);
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: now_secs() - 1,
+            iat: None,
+            role: Role::Player,
+        };
+        let t = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"0123456789abcdef0123"),
+        )
+        .expect("enc");
+        assert_eq!(a.verify(&t).expect_err("expired").status, 401);
+    }
+
+    #[test]
+    fn token_sources_in_order() {
+        assert_eq!(
+            token_from(Some("Bearer abc"), Some("q"), None).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(token_from(None, Some("q"), None).as_deref(), Some("q"));
+        assert_eq!(
+            token_from(None, None, Some("mythos.v1, bearer.xyz")).as_deref(),
+            Some("xyz")
+        );
+        assert_eq!(token_from(Some("Basic abc"), Some("q"), None), None);
+    }
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let a = auth();
+        let h = hash_password("hunter2").expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(a.check_password("hunter2", Some(&h)));
+        assert!(!a.check_password("wrong", Some(&h)));
+        assert!(!a.check_password("hunter2", None));
+    }
+}

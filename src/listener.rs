@@ -1,0 +1,109 @@
+//! The HTTP listener: accepts connections, serves the warp routes on each, and
+//! drains them on shutdown.
+//!
+//! Owns: the accept loop and one thing warp 0.4 cannot do itself — streaming a
+//! response body of our own framing. A route that streams (SSE) answers with an
+//! empty body plus a [`StreamBody`] extension; this layer swaps it in.
+//! Must not touch: routing, auth, sessions.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, StreamBody as HttpStreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use warp::Filter;
+
+type BoxBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A response body produced chunk by chunk by a session task.
+#[derive(Clone)]
+pub struct StreamBody(Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>);
+
+impl StreamBody {
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self(Arc::new(Mutex::new(Some(rx))))
+    }
+    fn take(&self) -> Option<mpsc::Receiver<Bytes>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+fn into_box_body(resp: warp::reply::Response) -> hyper::Response<BoxBody> {
+    let (parts, body) = resp.into_parts();
+    if let Some(rx) = parts
+        .extensions
+        .get::<StreamBody>()
+        .and_then(StreamBody::take)
+    {
+        let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
+        return hyper::Response::from_parts(parts, BodyExt::boxed(HttpStreamBody::new(frames)));
+    }
+    hyper::Response::from_parts(parts, body.map_err(|e| e.into()).boxed())
+}
+
+/// Serves `filter` on `listener` until `shutdown`, then waits up to `grace`
+/// for open HTTP exchanges to finish.
+pub async fn serve<F>(
+    listener: TcpListener,
+    filter: F,
+    shutdown: CancellationToken,
+    grace: Duration,
+) where
+    F: Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (io, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = io.set_nodelay(true);
+        let svc = warp::service(filter.clone());
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut svc = svc.clone();
+            async move {
+                let resp = svc
+                    .call(req)
+                    .await
+                    .unwrap_or_else(|e: Infallible| match e {});
+                Ok::<_, Infallible>(into_box_body(resp))
+            }
+        });
+        let conn = Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some HTTP connections were still open after the grace period");
+    }
+}

@@ -1,0 +1,401 @@
+//! The HTTP surface: warp routes, authentication of each request, error
+//! answers, CORS, and starting/stopping a node.
+//!
+//! Owns: which path and method reach which handler, and turning every
+//! rejection into the JSON error shape. Must not touch: handler logic (in
+//! `api` and `transport`), storage.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::json;
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::{Filter, Rejection};
+
+use crate::api::{self, json_reply, Answer};
+use crate::auth::{token_from, Principal};
+use crate::error::ApiError;
+use crate::session::Feed;
+use crate::state::App;
+use crate::transport::{self, check_reader, parse_resume, resolve_after, sse, ws};
+
+type Query = HashMap<String, String>;
+
+fn respond(r: Answer) -> Response {
+    r.unwrap_or_else(|e| json_reply(e.status, &e.body()))
+}
+
+/// Authenticates from the `Authorization` header or `?token=`.
+fn authenticate(app: &App, headers: &HeaderMap, q: &Query) -> Result<Principal, ApiError> {
+    let authz = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let proto = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok());
+    let token = token_from(authz, q.get("token").map(String::as_str), proto)
+        .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+    app.auth.verify(&token)
+}
+
+/// Largest request body accepted: an event of the maximum size plus its envelope.
+fn body_limit(app: &App) -> u64 {
+    app.config.max_event_bytes.saturating_mul(2) + 16 * 1024
+}
+
+fn metrics_handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .as_ref()
+}
+
+/// Every route of a node.
+pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+    let _ = metrics_handle();
+    let with_app = {
+        let app = app.clone();
+        warp::any().map(move || app.clone())
+    };
+    let query = warp::query::<Query>()
+        .or(warp::any().map(Query::new))
+        .unify();
+    let authed = with_app
+        .clone()
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .map(|app: Arc<App>, h: HeaderMap, q: Query| {
+            let p = authenticate(&app, &h, &q);
+            (app, p)
+        })
+        .untuple_one();
+    let body = warp::body::content_length_limit(body_limit(&app)).and(warp::body::bytes());
+
+    macro_rules! with_principal {
+        ($f:expr) => {
+            |app: Arc<App>, p: Result<Principal, ApiError>, rest| async move {
+                Ok::<_, Rejection>(respond(match p {
+                    Ok(p) => $f(app, p, rest).await,
+                    Err(e) => Err(e),
+                }))
+            }
+        };
+    }
+
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
+    let ready = warp::path!("readyz")
+        .and(warp::get())
+        .and(with_app.clone())
+        .then(|app| async move { respond(api::ready(app).await) });
+    let metrics = warp::path!("metrics").and(warp::get()).map(|| {
+        let text = metrics_handle().map(|h| h.render()).unwrap_or_default();
+        warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
+    });
+    let login = warp::path!("v1" / "auth" / "login")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(body)
+        .then(|app, b| async move { respond(api::login(app, b).await) });
+    let refresh = warp::path!("v1" / "auth" / "refresh")
+        .and(warp::post())
+        .and(authed.clone())
+        .then(|app, p: Result<Principal, ApiError>| async move {
+            respond(match p {
+                Ok(p) => api::refresh(app, p).await,
+                Err(e) => Err(e),
+            })
+        });
+    let users = warp::path!("v1" / "admin" / "users")
+        .and(warp::post())
+        .and(authed.clone())
+        .and(body)
+        .and_then(with_principal!(api::add_user));
+    let publish = warp::path!("v1" / "publish")
+        .and(warp::post())
+        .and(authed.clone())
+        .and(body)
+        .and_then(with_principal!(api::publish));
+    let member = warp::path!("v1" / "rooms" / String / "members" / String);
+    let join = member.and(warp::put()).and(authed.clone()).then(
+        |room, player, app, p: Result<Principal, ApiError>| async move {
+            respond(match p {
+                Ok(p) => api::membership(app, p, room, player, true).await,
+                Err(e) => Err(e),
+            })
+        },
+    );
+    let leave = member.and(warp::delete()).and(authed.clone()).then(
+        |room, player, app, p: Result<Principal, ApiError>| async move {
+            respond(match p {
+                Ok(p) => api::membership(app, p, room, player, false).await,
+                Err(e) => Err(e),
+            })
+        },
+    );
+    let members = warp::path!("v1" / "rooms" / String / "members")
+        .and(warp::get())
+        .and(authed.clone())
+        .then(|room, app, p: Result<Principal, ApiError>| async move {
+            respond(match p {
+                Ok(p) => api::members(app, p, room).await,
+                Err(e) => Err(e),
+            })
+        });
+    let ack = warp::path!("v1" / "ack")
+        .and(warp::post())
+        .and(authed.clone())
+        .and(body)
+        .and_then(with_principal!(api::ack));
+    let cursor = warp::path!("v1" / "cursor")
+        .and(warp::get())
+        .and(authed.clone())
+        .then(|app, p: Result<Principal, ApiError>| async move {
+            respond(match p {
+                Ok(p) => api::cursor(app, p).await,
+                Err(e) => Err(e),
+            })
+        });
+
+    let sse_path = warp::path!("v1" / "events")
+        .map(|| None)
+        .or(warp::path!("events" / String).map(Some))
+        .unify();
+    let events = sse_path
+        .and(warp::get())
+        .and(authed.clone())
+        .and(warp::header::optional::<String>("last-event-id"))
+        .and(query)
+        .then(
+            |path_player: Option<String>,
+             app: Arc<App>,
+             p: Result<Principal, ApiError>,
+             lei,
+             q: Query| async move {
+                respond(match p {
+                    Ok(principal) => {
+                        let req = sse::SseRequest {
+                            principal,
+                            path_player,
+                            last_event_id: lei,
+                            query_last_event_id: q.get("last_event_id").cloned(),
+                        };
+                        sse::open(app, req).await
+                    }
+                    Err(e) => Err(e),
+                })
+            },
+        );
+
+    let ws_path = warp::path!("v1" / "ws")
+        .map(|| None)
+        .or(warp::path!("ws" / String).map(Some))
+        .unify();
+    let maybe_ws = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let websocket = ws_path
+        .and(warp::get())
+        .and(authed.clone())
+        .and(warp::header::headers_cloned())
+        .and(query)
+        .and(maybe_ws)
+        .then(
+            |path_player, app, p: Result<Principal, ApiError>, h, q, upgrade| async move {
+                respond(open_ws(app, p, path_player, h, q, upgrade).await)
+            },
+        );
+
+    let all: Vec<BoxedFilter<(Response,)>> = vec![
+        health.boxed(),
+        ready.boxed(),
+        metrics.boxed(),
+        login.boxed(),
+        refresh.boxed(),
+        users.boxed(),
+        publish.boxed(),
+        join.boxed(),
+        leave.boxed(),
+        members.boxed(),
+        ack.boxed(),
+        cursor.boxed(),
+        events.boxed(),
+        websocket.boxed(),
+        crate::web::routes(),
+    ];
+    let api_routes = all
+        .into_iter()
+        .reduce(|a, b| a.or(b).unify().boxed())
+        .unwrap_or_else(|| {
+            warp::any()
+                .map(|| json_reply(StatusCode::NOT_FOUND, &json!({})))
+                .boxed()
+        });
+    api_routes
+        .recover(recover)
+        .unify()
+        .with(cors(&app))
+        .map(Reply::into_response)
+        .boxed()
+}
+
+fn cors(app: &App) -> warp::cors::Builder {
+    let base = warp::cors()
+        .allow_methods(vec!["GET", "POST", "PUT", "DELETE", "OPTIONS"])
+        .allow_headers(vec!["authorization", "content-type", "last-event-id"])
+        .max_age(Duration::from_secs(600));
+    let origins = app.config.allowed_origins.trim();
+    if origins == "*" {
+        base.allow_any_origin()
+    } else {
+        base.allow_origins(origins.split(',').map(str::trim).filter(|o| !o.is_empty()))
+    }
+}
+
+fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
+    let allowed = app.config.allowed_origins.trim();
+    if allowed == "*" {
+        return true;
+    }
+    match headers.get("origin").and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(o) => allowed.split(',').map(str::trim).any(|a| a == o),
+    }
+}
+
+async fn open_ws(
+    app: Arc<App>,
+    principal: Result<Principal, ApiError>,
+    path_player: Option<String>,
+    headers: HeaderMap,
+    q: Query,
+    upgrade: Option<warp::ws::Ws>,
+) -> Answer {
+    let principal = principal?;
+    check_reader(&principal, path_player.as_deref())?;
+    if !origin_allowed(&app, &headers) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this Origin may not open a WebSocket here (MYTHOS_ALLOWED_ORIGINS)",
+        ));
+    }
+    let since = q.get("since").map(|s| parse_resume(s)).transpose()?;
+    let Some(upgrade) = upgrade else {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket only",
+        ));
+    };
+    let player = principal.player_id.clone();
+    let after = resolve_after(&app, &player, since).await?;
+    let (feed, resume) = Feed::open(app.engine.clone(), &app.hub, &player, after).await?;
+    let session_id = transport::session_id();
+    let welcome = json!({"type": "welcome", "player_id": player, "session_id": session_id,
+        "last_sequence_number": resume.cursor.last, "acked": resume.cursor.acked})
+    .to_string();
+    let session = ws::WsSession {
+        app: app.clone(),
+        player,
+        session_id,
+        feed,
+        welcome,
+        expires_in: principal.time_left(),
+    };
+    let offered_v1 = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|l| l.split(',').any(|p| p.trim() == "mythos.v1"));
+    let tracker = app.sessions.clone();
+    let reply = upgrade
+        .max_message_size(ws::HARD_FRAME_LIMIT)
+        .max_frame_size(ws::HARD_FRAME_LIMIT)
+        .on_upgrade(move |socket| tracker.track_future(ws::run(socket, session)));
+    Ok(if offered_v1 {
+        warp::reply::with_header(reply, "sec-websocket-protocol", "mythos.v1").into_response()
+    } else {
+        reply.into_response()
+    })
+}
+
+async fn recover(r: Rejection) -> Result<Response, Rejection> {
+    let e = if r.is_not_found() {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    } else if let Some(e) = r.find::<ApiError>() {
+        e.clone()
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the request body is too large",
+        )
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        ApiError::new(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "send a Content-Length header",
+        )
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this method is not allowed here",
+        )
+    } else if r.find::<warp::reject::UnsupportedMediaType>().is_some() {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send JSON",
+        )
+    } else if r.find::<warp::reject::InvalidHeader>().is_some()
+        || r.find::<warp::reject::InvalidQuery>().is_some()
+    {
+        ApiError::bad_request(
+            "invalid_request",
+            "a header or the query string is malformed",
+        )
+    } else {
+        tracing::debug!(rejection = ?r, "unhandled rejection");
+        ApiError::bad_request("invalid_request", "the request could not be handled")
+    };
+    Ok(json_reply(e.status, &e.body()))
+}
+
+/// A running node.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, closes every session (WebSocket 1012, SSE end), lets
+    /// in-flight requests finish, and returns when the node is down.
+    pub async fn shutdown(self) {
+        self.app.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `app.config.bind` and serves until [`Running::shutdown`].
+pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(app.config.bind).await?;
+    let addr = listener.local_addr()?;
+    let filter = routes(app.clone());
+    let app2 = app.clone();
+    let task = tokio::spawn(async move {
+        let shutdown = app2.shutdown.clone();
+        crate::listener::serve(listener, filter, shutdown, Duration::from_secs(10)).await;
+        app2.sessions.close();
+        if tokio::time::timeout(Duration::from_secs(5), app2.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not close within 5 s");
+        }
+    });
+    Ok(Running { addr, app, task })
+}

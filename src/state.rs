@@ -1,0 +1,110 @@
+//! The node's shared state, handed to every route and session.
+//!
+//! Owns: construction of the engine chosen by configuration, the hub, the
+//! auth keys, the per-player rate limiter, and the shutdown signal. Must not
+//! touch: request handling.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
+use crate::engine::Engine;
+use crate::hub::Hub;
+
+/// Everything a request or session may need.
+pub struct App {
+    pub config: Config,
+    pub engine: Arc<dyn Engine>,
+    pub hub: Arc<Hub>,
+    pub auth: Auth,
+    /// Client messages per player (WebSocket).
+    pub limiter: DefaultKeyedRateLimiter<String>,
+    /// Login attempts per username.
+    pub login_limiter: DefaultKeyedRateLimiter<String>,
+    /// Cancelled when the node shuts down; sessions close their connections.
+    pub shutdown: CancellationToken,
+    /// Every open session, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    /// The Redis engine, when configured (Redis-native publishing needs it).
+    pub redis: Option<Arc<RedisEngine>>,
+}
+
+impl App {
+    /// Builds the state; the engine is Redis when `MYTHOS_REDIS_URL` is set.
+    pub async fn new(config: Config) -> Result<Arc<Self>, String> {
+        let hub = Hub::new(config.send_queue as usize);
+        let (engine, redis): (Arc<dyn Engine>, _) = match &config.redis_url {
+            Some(url) => {
+                let r = RedisEngine::connect(
+                    url,
+                    config.redis_pool as usize,
+                    config.limits(),
+                    hub.clone(),
+                )
+                .await
+                .map_err(|e| {
+                    format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url))
+                })?;
+                (r.clone(), Some(r))
+            }
+            None => (
+                Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
+                None,
+            ),
+        };
+        Self::with_engine(config, engine, hub, redis)
+    }
+
+    /// Builds the state around an existing engine.
+    pub fn with_engine(
+        config: Config,
+        engine: Arc<dyn Engine>,
+        hub: Arc<Hub>,
+        redis: Option<Arc<RedisEngine>>,
+    ) -> Result<Arc<Self>, String> {
+        let public_pem =
+            match &config.jwt_public_key {
+                Some(p) => Some(std::fs::read(p).map_err(|e| {
+                    format!("MYTHOS_JWT_PUBLIC_KEY: cannot read {}: {e}", p.display())
+                })?),
+                None => None,
+            };
+        let auth = Auth::new(
+            config.jwt_secret.as_deref(),
+            public_pem.as_deref(),
+            config.token_ttl,
+        )?;
+        let per_sec = NonZeroU32::new(config.rate_per_sec.min(u32::MAX as u64) as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.rate_burst.min(u32::MAX as u64) as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let login_quota = Quota::per_second(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN));
+        Ok(Arc::new(Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            login_limiter: RateLimiter::keyed(login_quota),
+            config,
+            engine,
+            hub,
+            auth,
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            redis,
+        }))
+    }
+}
+
+/// A Redis URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,342 @@
+//! WebSocket: `GET /v1/ws` and `GET /ws/{player_id}`.
+//!
+//! Owns: the frame protocol (welcome, events, pong, command_accepted, error),
+//! per-message validation and the per-player rate limit, the abuse policy
+//! (close 1008), server pings and the idle timeout, and the close codes of the
+//! connection lifecycle (4001 token_expired, 4008 slow_consumer, 1012 restart).
+//! Two tasks per connection: a reader (client → engine) and a writer (feed and
+//! replies → socket). Must not touch: the engine beyond acks and commands.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use governor::clock::{Clock, DefaultClock};
+use serde_json::json;
+use tokio::sync::mpsc;
+use warp::ws::{Message, WebSocket};
+
+use crate::engine::Command;
+use crate::protocol::{envelope_json, parse_client_message, ClientMessage, ProtocolError};
+use crate::session::{Feed, FeedEnd};
+use crate::state::App;
+
+/// Frames above this close the connection with 1009; between the configured
+/// frame limit and this they get a `too_large` error.
+pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
+/// Violations within [`STRIKE_WINDOW`] that count as sustained abuse.
+const MAX_STRIKES: u32 = 20;
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// Events written before one flush when several are ready.
+const MAX_BATCH: usize = 64;
+
+/// What the reader asks the writer to do.
+enum Ctrl {
+    Send(String),
+    Close(u16, &'static str),
+}
+
+/// A connection that passed auth and whose feed is open.
+pub struct WsSession {
+    pub app: Arc<App>,
+    pub player: String,
+    pub session_id: String,
+    pub feed: Feed,
+    pub welcome: String,
+    pub expires_in: Duration,
+}
+
+fn error_frame(e: &ProtocolError, id: Option<&str>) -> String {
+    let mut v = json!({"type": "error", "code": e.code, "message": e.message});
+    if let Some(id) = id {
+        v["id"] = json!(id);
+    }
+    v.to_string()
+}
+
+/// Runs a connection to its end.
+pub async fn run(ws: WebSocket, s: WsSession) {
+    let WsSession {
+        app,
+        player,
+        session_id,
+        mut feed,
+        welcome,
+        expires_in,
+    } = s;
+    metrics::gauge!("mythos_ws_connections").increment(1.0);
+    let (mut sink, stream) = ws.split();
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Ctrl>(32);
+    let clock = Liveness::new();
+    let reader = tokio::spawn(read_loop(
+        app.clone(),
+        player.clone(),
+        session_id,
+        stream,
+        ctrl_tx,
+        clock.clone(),
+    ));
+    if sink.send(Message::text(welcome)).await.is_ok() {
+        let w = Writer {
+            app: &app,
+            player: &player,
+            expires_in,
+            clock,
+        };
+        if let Some((code, reason)) = w.run(&mut feed, &mut sink, ctrl_rx).await {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                sink.send(Message::close_with(code, reason)),
+            )
+            .await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    reader.abort();
+    metrics::gauge!("mythos_ws_connections").decrement(1.0);
+}
+
+/// When the peer was last heard from.
+#[derive(Clone)]
+struct Liveness {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn silent_for(&self) -> Duration {
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocket>;
+
+struct Writer<'a> {
+    app: &'a Arc<App>,
+    player: &'a str,
+    expires_in: Duration,
+    clock: Liveness,
+}
+
+impl Writer<'_> {
+    /// Sends events and replies until something ends the connection; returns
+    /// the close frame to send, if any.
+    async fn run(
+        &self,
+        feed: &mut Feed,
+        sink: &mut Sink,
+        mut ctrl_rx: mpsc::Receiver<Ctrl>,
+    ) -> Option<(u16, &'static str)> {
+        let app = self.app;
+        let state = feed.state();
+        let idle = app.config.idle_timeout;
+        let mut ping = tokio::time::interval(idle / 3);
+        ping.tick().await;
+        let expiry = tokio::time::sleep(self.expires_in);
+        tokio::pin!(expiry);
+        loop {
+            let outgoing: Vec<Message> = tokio::select! {
+                biased;
+                _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
+                _ = &mut expiry => return Some((4001, "token_expired")),
+                _ = state.killed() => return Some((4008, "slow_consumer")),
+                c = ctrl_rx.recv() => match c {
+                    Some(Ctrl::Send(text)) => vec![Message::text(text)],
+                    Some(Ctrl::Close(code, reason)) => return Some((code, reason)),
+                    None => return None,
+                },
+                _ = ping.tick() => {
+                    if self.clock.silent_for() > idle {
+                        return Some((1001, "idle_timeout"));
+                    }
+                    vec![Message::ping(Vec::new())]
+                }
+                r = feed.next() => match r {
+                    Ok(ev) => {
+                        let mut batch = vec![Message::text(envelope_json(self.player, &ev, true))];
+                        while batch.len() < MAX_BATCH {
+                            match feed.try_next() {
+                                Some(ev) => batch.push(Message::text(envelope_json(self.player, &ev, true))),
+                                None => break,
+                            }
+                        }
+                        batch
+                    }
+                    Err(FeedEnd::SlowConsumer) => return Some((4008, "slow_consumer")),
+                    Err(FeedEnd::Engine(e)) => {
+                        tracing::warn!(error = %e, "WebSocket feed stopped: engine error");
+                        return Some((1011, "engine_unavailable"));
+                    }
+                },
+            };
+            let send = async {
+                for m in outgoing {
+                    sink.feed(m).await?;
+                }
+                sink.flush().await
+            };
+            tokio::select! {
+                r = send => if r.is_err() { return None },
+                _ = state.killed() => return Some((4008, "slow_consumer")),
+                _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
+            }
+        }
+    }
+}
+
+/// Counts protocol violations; too many in a window is sustained abuse.
+struct Strikes {
+    count: u32,
+    since: Instant,
+}
+
+impl Strikes {
+    fn hit(&mut self) -> bool {
+        if self.since.elapsed() > STRIKE_WINDOW {
+            self.count = 0;
+            self.since = Instant::now();
+        }
+        self.count += 1;
+        self.count > MAX_STRIKES
+    }
+}
+
+/// Reads client frames and acts on them; replies go through the writer.
+async fn read_loop(
+    app: Arc<App>,
+    player: String,
+    session_id: String,
+    mut stream: Stream,
+    ctrl: mpsc::Sender<Ctrl>,
+    clock: Liveness,
+) {
+    let max_frame = app.config.ws_max_frame as usize;
+    let mut strikes = Strikes {
+        count: 0,
+        since: Instant::now(),
+    };
+    while let Some(frame) = stream.next().await {
+        clock.touch();
+        let msg = match frame {
+            Ok(m) => m,
+            Err(e) => {
+                let too_big = matches!(
+                    e.to_string().to_ascii_lowercase(),
+                    s if s.contains("too long") || s.contains("too big") || s.contains("capacity")
+                );
+                if too_big {
+                    let _ = ctrl.send(Ctrl::Close(1009, "message_too_big")).await;
+                }
+                break;
+            }
+        };
+        if msg.is_close() {
+            break;
+        }
+        if msg.is_ping() || msg.is_pong() {
+            continue;
+        }
+        let reply = handle(&app, &player, &session_id, &msg, max_frame).await;
+        let Some((text, violation)) = reply else {
+            continue;
+        };
+        if violation && strikes.hit() {
+            let _ = ctrl.send(Ctrl::Close(1008, "policy_violation")).await;
+            break;
+        }
+        if ctrl.send(Ctrl::Send(text)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Handles one frame; returns the reply frame and whether it was a violation.
+async fn handle(
+    app: &Arc<App>,
+    player: &str,
+    session_id: &str,
+    msg: &Message,
+    max_frame: usize,
+) -> Option<(String, bool)> {
+    if let Err(not_until) = app.limiter.check_key(&player.to_string()) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        metrics::counter!("mythos_ws_rate_limited_total").increment(1);
+        let mut v = json!({"type": "error", "code": "rate_limited",
+            "message": "too many messages; slow down",
+            "retry_after_ms": wait.as_millis().max(1) as u64});
+        if let Some(id) = msg.to_str().ok().and_then(peek_id) {
+            v["id"] = json!(id);
+        }
+        return Some((v.to_string(), true));
+    }
+    if msg.as_bytes().len() > max_frame {
+        let e = ProtocolError::new(
+            "too_large",
+            format!("a message may be at most {max_frame} bytes"),
+        );
+        return Some((error_frame(&e, None), true));
+    }
+    let Ok(text) = msg.to_str() else {
+        let e = ProtocolError::invalid("binary frames are not supported; send JSON text");
+        return Some((error_frame(&e, None), true));
+    };
+    let parsed = match parse_client_message(text) {
+        Ok(m) => m,
+        Err(e) => return Some((error_frame(&e, peek_id(text).as_deref()), true)),
+    };
+    match &parsed {
+        ClientMessage::Ping => Some((json!({"type": "pong"}).to_string(), false)),
+        ClientMessage::Ack(n) => match app.engine.ack(player, *n).await {
+            Ok(_) => None,
+            Err(e) => Some((engine_error(&e, None), false)),
+        },
+        ClientMessage::Command { .. } | ClientMessage::Chat { .. } => {
+            let (kind, id, payload) = parsed.upstream()?;
+            let cmd = Command {
+                player_id: player.to_string(),
+                session_id: session_id.to_string(),
+                kind: kind.to_string(),
+                id: id.to_string(),
+                payload,
+            };
+            match app.engine.push_command(&cmd).await {
+                Ok(_) => {
+                    metrics::counter!("mythos_commands_total").increment(1);
+                    Some((
+                        json!({"type": "command_accepted", "id": id}).to_string(),
+                        false,
+                    ))
+                }
+                Err(e) => Some((engine_error(&e, Some(id)), false)),
+            }
+        }
+    }
+}
+
+fn engine_error(e: &crate::engine::EngineError, id: Option<&str>) -> String {
+    tracing::warn!(error = %e, "engine error on a client message");
+    error_frame(
+        &ProtocolError::new("unavailable", "the event store is unavailable; retry"),
+        id,
+    )
+}
+
+/// The `id` of a message, if it has one, to label its error.
+fn peek_id(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("id")?.as_str().map(|s| s.chars().take(128).collect())
+}

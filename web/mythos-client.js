@@ -1,0 +1,779 @@
+// GENERATED FILE - do not edit. Source: clients/js/src/client.ts (@mythos/client).
+// Regenerate with `npm ci && npm run build` in clients/js/; `npm run check` there fails when this copy is stale.
+// Served by mythos-broker as /assets/mythos-client.js: import { MythosClient } from "/assets/mythos-client.js".
+/**
+ * @mythos/client: browser and Node client for the mythos-broker wire protocol v1.
+ *
+ * Deliberately one module without imports, so that the compiled file can be served
+ * as-is to browsers (`/assets/mythos-client.js`). See clients/js/README.md.
+ */
+/** Every error the library reports: a broker error body, an error frame, or a client-side condition. */
+export class MythosError extends Error {
+    constructor(code, message, extra = {}) {
+        super(message);
+        this.name = "MythosError";
+        this.code = code;
+        if (extra.status !== undefined)
+            this.status = extra.status;
+        if (extra.id !== undefined)
+            this.id = extra.id;
+        if (extra.closeCode !== undefined)
+            this.closeCode = extra.closeCode;
+        if (extra.retryAfterMs !== undefined)
+            this.retryAfterMs = extra.retryAfterMs;
+    }
+}
+const WS_OPEN = 1;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const noop = () => undefined;
+const systemClock = {
+    now: () => Date.now(),
+    setTimeout: (fn, ms) => setTimeout(fn, ms),
+    clearTimeout: (h) => clearTimeout(h),
+};
+function defaultFetch() {
+    const f = globalThis.fetch;
+    if (!f)
+        return () => Promise.reject(new MythosError("no_fetch", "no global fetch: pass options.fetch"));
+    return f.bind(globalThis);
+}
+/** Strips trailing slashes; resolves a relative base against `location` in browsers. */
+function normalizeBase(baseUrl) {
+    let b = baseUrl.replace(/\/+$/, "");
+    const loc = globalThis.location;
+    if (!/^[a-z][a-z0-9+.-]*:/i.test(b) && loc)
+        b = new URL(b || "/", loc.href).href.replace(/\/+$/, "");
+    return b;
+}
+// ---------------------------------------------------------------------------
+// HTTP: login, refresh
+// ---------------------------------------------------------------------------
+async function errorFromResponse(res) {
+    let code = `http_${res.status}`;
+    let message = `HTTP ${res.status}`;
+    try {
+        const body = await res.json();
+        if (body && body.error && typeof body.error.code === "string") {
+            code = body.error.code;
+            message = typeof body.error.message === "string" ? body.error.message : code;
+        }
+    }
+    catch {
+        /* not JSON: keep the generic code */
+    }
+    return new MythosError(code, message, { status: res.status });
+}
+async function postJson(fetchImpl, url, body, token) {
+    const headers = { "Content-Type": "application/json" };
+    if (token !== undefined)
+        headers.Authorization = `Bearer ${token}`;
+    let res;
+    try {
+        res = await fetchImpl(url, { method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    }
+    catch (e) {
+        throw new MythosError("network_error", `POST ${url}: ${e?.message ?? e}`);
+    }
+    if (!res.ok)
+        throw await errorFromResponse(res);
+    return res;
+}
+/** `POST /v1/auth/login`. Rejects with a MythosError (`invalid_credentials`, ...). */
+export async function login(baseUrl, username, password, options = {}) {
+    const res = await postJson(options.fetch ?? defaultFetch(), `${normalizeBase(baseUrl)}/v1/auth/login`, { username, password });
+    return (await res.json());
+}
+/** `POST /v1/auth/refresh` with `Authorization: Bearer <token>`; a bad token rejects with status 401. */
+export async function refreshAccessToken(baseUrl, token, options = {}) {
+    const res = await postJson(options.fetch ?? defaultFetch(), `${normalizeBase(baseUrl)}/v1/auth/refresh`, undefined, token);
+    return (await res.json());
+}
+// ---------------------------------------------------------------------------
+// Pure helpers: JWT, backoff
+// ---------------------------------------------------------------------------
+/** Decodes a JWT payload WITHOUT verifying it. Returns null when it is not a JWT. */
+export function decodeJwt(token) {
+    const part = token.split(".")[1];
+    if (!part)
+        return null;
+    try {
+        const b64 = part.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((part.length + 3) % 4);
+        const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
+        const claims = JSON.parse(new TextDecoder().decode(bytes));
+        return claims && typeof claims === "object" ? claims : null;
+    }
+    catch {
+        return null;
+    }
+}
+/**
+ * Milliseconds from `now` until the token should be refreshed: `exp` minus
+ * min(60 s, 10 % of its lifetime `exp - iat`), never negative. Null without a numeric `exp`.
+ */
+export function refreshDelay(token, now) {
+    const claims = decodeJwt(token);
+    if (!claims || typeof claims.exp !== "number")
+        return null;
+    const expMs = claims.exp * 1000;
+    const lifetime = typeof claims.iat === "number" ? expMs - claims.iat * 1000 : expMs - now;
+    const margin = Math.min(60000, Math.max(0, lifetime) * 0.1);
+    return Math.max(0, expMs - margin - now);
+}
+function expiresWithin(token, ms, now) {
+    const exp = decodeJwt(token)?.exp;
+    return typeof exp === "number" && exp * 1000 - now <= ms;
+}
+/** Delay before reconnect attempt `attempt` (1-based): 1, 2, 4, 8, 16, 30, 30 ... s, each ±20 %, never above the cap. */
+export function backoffDelay(attempt, options = {}, random = Math.random) {
+    const initial = options.initialDelayMs ?? 1000;
+    const max = options.maxDelayMs ?? 30000;
+    const jitter = options.jitter ?? 0.2;
+    const base = Math.min(max, initial * (options.factor ?? 2) ** Math.max(0, attempt - 1));
+    const scaled = base * (1 - jitter + 2 * jitter * random());
+    return Math.round(Math.min(max, Math.max(0, scaled)));
+}
+const RESYNC = "resync_required";
+function oldestAvailable(ev) {
+    const v = ev.data?.oldest_available;
+    return typeof v === "number" && Number.isSafeInteger(v) && v >= 1 && v <= ev.sequence_number ? v : null;
+}
+/**
+ * Turns events arriving in any order, with duplicates, into deliveries strictly in
+ * sequence order, each exactly once. Pure: no I/O, no timers.
+ *
+ * `position` is the last sequence number delivered (contiguously); it is the resume
+ * point and the value to acknowledge. A `resync_required` event R with
+ * `oldest_available` S > position + 1 is "fresh": it is delivered at once as a resync,
+ * R is remembered as already delivered, and position becomes S - 1 so that S..R-1
+ * are delivered next and R is skipped when reached. A `resync_required` event that
+ * does not announce a gap (a replay of an old one) is consumed silently in order.
+ */
+export class SequenceTracker {
+    /** `position`: last sequence number already handled, or null for "unknown, start at the first event seen". */
+    constructor(position = null) {
+        this.buffer = new Map();
+        this.ahead = new Set();
+        /** A resync seen while the position was unknown: fresh or old is decided by the next event. */
+        this.held = null;
+        this.last = position;
+    }
+    get position() {
+        return this.last;
+    }
+    /** Number of events waiting for a gap to be filled. */
+    get buffered() {
+        return this.buffer.size;
+    }
+    /** Sets the position if it is still unknown (e.g. from `welcome.acked`). */
+    init(position) {
+        if (this.last === null && this.held === null)
+            this.last = position;
+    }
+    push(ev) {
+        const seq = ev.sequence_number;
+        if (!Number.isSafeInteger(seq) || seq < 1)
+            return [];
+        const out = [];
+        if (this.last === null) {
+            const held = this.held;
+            if (held === null) {
+                if (ev.event_type === RESYNC && oldestAvailable(ev) !== null) {
+                    this.held = ev;
+                    return out;
+                }
+                this.last = seq - 1;
+            }
+            else {
+                if (seq === held.sequence_number)
+                    return out;
+                this.held = null;
+                if (seq < held.sequence_number) {
+                    this.resync(held, oldestAvailable(held), out); // a replay follows: it was fresh
+                }
+                else {
+                    this.last = held.sequence_number; // live events follow it: an old marker
+                }
+                return out.concat(this.push(ev));
+            }
+        }
+        if (seq <= this.last || this.ahead.has(seq) || this.buffer.has(seq))
+            return out;
+        const oldest = ev.event_type === RESYNC ? oldestAvailable(ev) : null;
+        if (oldest !== null && oldest > this.last + 1)
+            this.resync(ev, oldest, out);
+        else
+            this.buffer.set(seq, ev);
+        this.drain(out);
+        return out;
+    }
+    resync(ev, oldest, out) {
+        this.last = oldest - 1;
+        this.ahead.add(ev.sequence_number);
+        for (const k of this.buffer.keys())
+            if (k <= this.last)
+                this.buffer.delete(k);
+        for (const k of this.ahead)
+            if (k <= this.last)
+                this.ahead.delete(k);
+        out.push({ kind: "resync", event: ev, oldestAvailable: oldest });
+    }
+    drain(out) {
+        for (;;) {
+            const next = this.last + 1;
+            if (this.ahead.delete(next)) {
+                this.last = next;
+                continue;
+            }
+            const ev = this.buffer.get(next);
+            if (!ev)
+                return;
+            this.buffer.delete(next);
+            this.last = next;
+            if (ev.event_type !== RESYNC)
+                out.push({ kind: "event", event: ev });
+        }
+    }
+}
+/** Incremental parser for `text/event-stream` (HTML spec rules; `retry:` is ignored). */
+export class SseParser {
+    constructor() {
+        this.rest = "";
+        this.data = [];
+        this.event = "";
+    }
+    push(chunk) {
+        const text = this.rest + chunk;
+        const out = [];
+        let start = 0;
+        for (let i = 0; i < text.length; i++) {
+            const ch = text[i];
+            if (ch !== "\n" && ch !== "\r")
+                continue;
+            if (ch === "\r" && i + 1 === text.length)
+                break; // may be the first half of \r\n
+            this.line(text.slice(start, i), out);
+            if (ch === "\r" && text[i + 1] === "\n")
+                i++;
+            start = i + 1;
+        }
+        this.rest = text.slice(start);
+        return out;
+    }
+    line(line, out) {
+        if (line === "") {
+            if (this.data.length > 0)
+                out.push({ id: this.id, event: this.event || "message", data: this.data.join("\n") });
+            this.data = [];
+            this.event = "";
+            return;
+        }
+        if (line[0] === ":")
+            return;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value[0] === " ")
+            value = value.slice(1);
+        if (field === "data")
+            this.data.push(value);
+        else if (field === "event")
+            this.event = value;
+        else if (field === "id" && !value.includes("\0"))
+            this.id = value;
+    }
+}
+export class MythosClient {
+    constructor(options) {
+        this.listeners = new Map();
+        this.pending = new Map();
+        this._state = "disconnected";
+        this.conn = null;
+        this.running = false;
+        this.closed = false;
+        this.attempt = 0;
+        this.needRefresh = false;
+        this.refreshing = null;
+        this.counter = 0;
+        this.unacked = 0;
+        this.lastAcked = 0;
+        this.base = normalizeBase(options.baseUrl);
+        this._token = options.token;
+        this.transport = options.transport ?? "ws";
+        this.useWs = this.transport === "ws" || options.commandSocket !== false;
+        this.o = {
+            reconnect: options.reconnect ?? {},
+            maxAttempts: options.reconnect?.maxAttempts ?? Infinity,
+            ackEvery: options.ackEvery ?? 50,
+            ackIntervalMs: options.ackIntervalMs ?? 1000,
+            autoRefresh: options.autoRefresh ?? true,
+            pingIntervalMs: options.pingIntervalMs ?? 25000,
+            idleTimeoutMs: options.idleTimeoutMs ?? 60000,
+            maxPendingCommands: options.maxPendingCommands ?? 1000,
+        };
+        this.WS = options.WebSocket ?? globalThis.WebSocket;
+        this.fetch = options.fetch ?? defaultFetch();
+        this.clock = options.clock ?? systemClock;
+        this.random = options.random ?? Math.random;
+        this.refresher =
+            options.tokenRefresher ?? ((old) => refreshAccessToken(this.base, old, { fetch: this.fetch }).then((r) => r.access_token));
+        this.tracker = new SequenceTracker(options.since ?? null);
+        this.lastAcked = options.since ?? 0;
+        this.idPrefix = Math.floor(this.random() * 36 ** 6).toString(36);
+    }
+    get state() {
+        return this._state;
+    }
+    get token() {
+        return this._token;
+    }
+    /** Last sequence number delivered to the app (contiguously), or null before the first. */
+    get lastSequenceNumber() {
+        return this.tracker.position;
+    }
+    /** Commands and chat messages not yet accepted by the broker (queued or in flight). */
+    get pendingCommands() {
+        return this.pending.size;
+    }
+    /** Subscribes to an event; returns the function that unsubscribes. */
+    on(name, fn) {
+        let set = this.listeners.get(name);
+        if (!set)
+            this.listeners.set(name, (set = new Set()));
+        set.add(fn);
+        return () => void set.delete(fn);
+    }
+    /** Opens the connection (no-op unless disconnected). Reconnects on its own until `close()`. */
+    connect() {
+        if (this._state !== "disconnected")
+            return;
+        if (!this.useWs || this.WS) {
+            this.running = true;
+            this.closed = false;
+            this.attempt = 0;
+            this.setState("connecting");
+            this.scheduleRefresh();
+            void this.open();
+        }
+        else {
+            this.emit("error", new MythosError("no_websocket", "no global WebSocket: pass options.WebSocket (e.g. from the ws package)"));
+        }
+    }
+    /** Sends the pending acknowledgement, closes everything, rejects pending commands; no reconnect. */
+    close() {
+        this.flushAck();
+        this.closed = true;
+        this.halt();
+        for (const p of this.pending.values())
+            p.reject(new MythosError("closed", "the client was closed", { id: p.frame.id }));
+        this.pending.clear();
+    }
+    /** Replaces the token (e.g. after a new login); used from the next connection attempt on. */
+    setToken(token) {
+        this._token = token;
+        this.needRefresh = false;
+        this.scheduleRefresh();
+    }
+    /** Refreshes the token now (single flight); emits `token`. */
+    refreshToken() {
+        if (!this.refreshing) {
+            const p = this.refresher(this._token).then((token) => {
+                this.refreshing = null;
+                this.setToken(token);
+                this.emit("token", token);
+                return token;
+            }, (err) => {
+                this.refreshing = null;
+                throw err instanceof MythosError ? err : new MythosError("refresh_failed", String(err?.message ?? err));
+            });
+            this.refreshing = p;
+        }
+        return this.refreshing;
+    }
+    /** Sends `{"type":"command"}`; resolves with its id on `command_accepted`, rejects on an `error` frame with that id. */
+    sendCommand(command, args = []) {
+        return this.submit({ type: "command", id: this.nextId(), command, args });
+    }
+    /** Sends `{"type":"chat"}`; settles like `sendCommand`. */
+    say(channel, message) {
+        return this.submit({ type: "chat", id: this.nextId(), channel, message });
+    }
+    /** Acknowledges everything delivered so far now, instead of waiting for the batch. */
+    flushAck() {
+        this.clearTimer("ackTimer");
+        const n = this.tracker.position;
+        if (n === null || n <= this.lastAcked) {
+            this.unacked = 0;
+            return;
+        }
+        if (this.transport === "ws") {
+            if (!this.conn?.wsReady || !this.sendFrame(this.conn, { type: "ack", sequence_number: n }))
+                return; // resent on reconnect
+        }
+        else {
+            const previous = this.lastAcked;
+            postJson(this.fetch, `${this.base}/v1/ack`, { sequence_number: n }, this._token).catch((err) => {
+                if (this.lastAcked === n)
+                    this.lastAcked = previous;
+                this.emit("error", err);
+            });
+        }
+        this.lastAcked = n;
+        this.unacked = 0;
+    }
+    // -- connection lifecycle -------------------------------------------------
+    async open() {
+        try {
+            if (this.needRefresh || expiresWithin(this._token, 5000, this.clock.now()))
+                await this.refreshToken();
+        }
+        catch (e) {
+            if (!this.running || this.conn)
+                return;
+            const err = e;
+            this.emit("error", err);
+            if (err.status === 401 || err.status === 403)
+                this.halt(); // the app must log in again
+            else
+                this.scheduleReconnect(false);
+            return;
+        }
+        if (!this.running || this.conn || this.reconnectTimer !== undefined)
+            return;
+        const now = this.clock.now();
+        const c = { token: this._token, wsReady: false, sseReady: false, seenWs: now, seenSse: now };
+        this.conn = c;
+        if (this.useWs)
+            this.openWs(c);
+        if (this.transport === "sse")
+            void this.openSse(c);
+        this.armHeartbeat(c);
+    }
+    openWs(c) {
+        const events = this.transport === "ws";
+        // The command socket of the SSE transport asks for no replay: its events are ignored.
+        const since = events ? this.tracker.position : Number.MAX_SAFE_INTEGER;
+        const query = `token=${encodeURIComponent(c.token)}${since === null ? "" : `&since=${since}`}`;
+        let ws;
+        try {
+            ws = new this.WS(`${this.base.replace(/^http/i, "ws")}/v1/ws?${query}`);
+        }
+        catch (e) {
+            this.emit("error", new MythosError("network_error", String(e?.message ?? e)));
+            this.clock.setTimeout(() => this.drop(c, 1006, "WebSocket constructor failed"), 0);
+            return;
+        }
+        c.ws = ws;
+        ws.onopen = noop;
+        ws.onerror = noop; // a close event follows
+        ws.onclose = (ev) => this.drop(c, ev?.code ?? 1006, ev?.reason ?? "");
+        ws.onmessage = (ev) => {
+            if (this.conn !== c)
+                return;
+            c.seenWs = this.clock.now();
+            this.onFrame(c, ev.data, events);
+        };
+    }
+    async openSse(c) {
+        const abort = new AbortController();
+        c.sse = abort;
+        const pos = this.tracker.position;
+        const headers = { Accept: "text/event-stream", Authorization: `Bearer ${c.token}` };
+        let url = `${this.base}/v1/events`;
+        if (pos !== null) {
+            headers["Last-Event-ID"] = String(pos);
+            url += `?last_event_id=${pos}`;
+        }
+        let reader;
+        try {
+            const res = await this.fetch(url, { headers, signal: abort.signal });
+            if (this.conn !== c)
+                return;
+            if (!res.ok || !res.body) {
+                const err = res.ok ? new MythosError("protocol_error", "event stream without a body") : await errorFromResponse(res);
+                if (this.conn !== c)
+                    return;
+                if (res.status !== 401)
+                    this.emit("error", err);
+                this.drop(c, res.status === 401 ? 4001 : 1006, err.message);
+                return;
+            }
+            reader = res.body.getReader();
+            if (pos !== null && pos > this.lastAcked)
+                this.lastAcked = pos; // Last-Event-ID acknowledged it
+        }
+        catch (e) {
+            this.drop(c, 1006, String(e?.message ?? e));
+            return;
+        }
+        c.sseReady = true;
+        this.checkConnected(c);
+        const decoder = new TextDecoder();
+        const parser = new SseParser();
+        try {
+            for (;;) {
+                const { value, done } = await reader.read();
+                if (this.conn !== c)
+                    break;
+                if (done)
+                    break;
+                c.seenSse = this.clock.now();
+                for (const m of parser.push(decoder.decode(value, { stream: true }))) {
+                    if (this.conn !== c)
+                        break;
+                    this.onSseMessage(m);
+                }
+            }
+        }
+        catch {
+            /* aborted or network failure */
+        }
+        if (this.conn === c)
+            this.drop(c, 1006, "event stream ended");
+        else
+            reader.cancel().catch(noop);
+    }
+    checkConnected(c) {
+        if (this.conn !== c || (this.useWs && !c.wsReady) || (this.transport === "sse" && !c.sseReady))
+            return;
+        this.attempt = 0;
+        this.setState("connected");
+        this.flushAck();
+    }
+    /** A channel of `c` ended: tear everything down and schedule a reconnect. */
+    drop(c, code, reason) {
+        if (this.conn !== c || !this.running)
+            return;
+        this.teardown();
+        if (code === 4001 && c.token === this._token)
+            this.needRefresh = true;
+        if (code === 1008)
+            this.emit("error", new MythosError("policy_violation", reason || "closed by the broker (1008)", { closeCode: code }));
+        if (code === 1009)
+            this.emit("error", new MythosError("too_large", reason || "closed by the broker (1009)", { closeCode: code }));
+        const tokenExpired = code === 4001 || expiresWithin(c.token, 0, this.clock.now());
+        this.scheduleReconnect(tokenExpired);
+    }
+    scheduleReconnect(immediate) {
+        if (!this.running)
+            return;
+        this.setState("reconnecting");
+        this.attempt++;
+        if (this.attempt > this.o.maxAttempts) {
+            this.emit("error", new MythosError("max_attempts", `gave up after ${this.o.maxAttempts} reconnect attempts`));
+            this.halt();
+            return;
+        }
+        const delay = immediate && this.attempt === 1 ? 0 : backoffDelay(this.attempt, this.o.reconnect, this.random);
+        this.reconnectTimer = this.clock.setTimeout(() => {
+            this.reconnectTimer = undefined;
+            void this.open();
+        }, delay);
+    }
+    teardown(reason = "client reconnecting") {
+        const c = this.conn;
+        if (!c)
+            return;
+        this.conn = null;
+        if (c.heartbeat !== undefined)
+            this.clock.clearTimeout(c.heartbeat);
+        c.sse?.abort();
+        if (c.ws) {
+            c.ws.onclose = c.ws.onmessage = c.ws.onopen = noop;
+            try {
+                c.ws.close(1000, reason);
+            }
+            catch {
+                /* already closed */
+            }
+        }
+    }
+    /** Stops without rejecting pending commands (they are sent after the next `connect()`). */
+    halt() {
+        this.running = false;
+        this.teardown("client closed");
+        this.clearTimer("reconnectTimer");
+        this.clearTimer("refreshTimer");
+        this.clearTimer("ackTimer");
+        this.setState("disconnected");
+    }
+    armHeartbeat(c) {
+        c.heartbeat = this.clock.setTimeout(() => {
+            if (this.conn !== c)
+                return;
+            const now = this.clock.now();
+            const idle = this.o.idleTimeoutMs;
+            if (idle > 0 && ((c.ws && now - c.seenWs > idle) || (c.sse && now - c.seenSse > idle))) {
+                this.drop(c, 4000, "idle timeout");
+                return;
+            }
+            if (c.wsReady)
+                this.sendFrame(c, { type: "ping" });
+            this.armHeartbeat(c);
+        }, this.o.pingIntervalMs);
+    }
+    scheduleRefresh() {
+        this.clearTimer("refreshTimer");
+        if (!this.o.autoRefresh || !this.running)
+            return;
+        const delay = refreshDelay(this._token, this.clock.now());
+        if (delay === null)
+            return;
+        this.refreshTimer = this.clock.setTimeout(() => {
+            this.refreshTimer = undefined;
+            const left = refreshDelay(this._token, this.clock.now());
+            if (left !== null && left > 1000)
+                return this.scheduleRefresh(); // the timer was capped
+            this.refreshToken().catch((err) => {
+                this.emit("error", err);
+                // Retry while the token is still valid; past that, reconnects refresh or halt.
+                if (this.running && err.status !== 401 && !expiresWithin(this._token, 10000, this.clock.now()))
+                    this.refreshTimer = this.clock.setTimeout(() => this.scheduleRefresh(), 10000);
+            });
+        }, Math.min(delay, MAX_TIMER_MS));
+    }
+    // -- frames and events ----------------------------------------------------
+    onFrame(c, data, events) {
+        let msg;
+        try {
+            msg = JSON.parse(String(data));
+        }
+        catch {
+            this.emit("error", new MythosError("protocol_error", "frame is not JSON"));
+            return;
+        }
+        switch (msg?.type) {
+            case "welcome": {
+                const { type: _t, ...welcome } = msg;
+                c.wsReady = true;
+                if (events && typeof welcome.acked === "number")
+                    this.tracker.init(welcome.acked);
+                this.emit("welcome", welcome);
+                if (this.conn !== c)
+                    return;
+                for (const p of this.pending.values())
+                    this.sendFrame(c, p.frame); // queued and unconfirmed, same ids
+                this.checkConnected(c);
+                return;
+            }
+            case "event":
+                if (events) {
+                    const { type: _t, ...envelope } = msg;
+                    this.ingest(envelope);
+                }
+                return;
+            case "command_accepted": {
+                const p = this.pending.get(msg.id);
+                if (p) {
+                    this.pending.delete(msg.id);
+                    p.resolve(msg.id);
+                }
+                return;
+            }
+            case "error": {
+                const err = new MythosError(String(msg.code ?? "error"), String(msg.message ?? ""), {
+                    id: typeof msg.id === "string" ? msg.id : undefined,
+                    retryAfterMs: typeof msg.retry_after_ms === "number" ? msg.retry_after_ms : undefined,
+                });
+                const p = err.id === undefined ? undefined : this.pending.get(err.id);
+                if (p) {
+                    this.pending.delete(err.id);
+                    p.reject(err);
+                }
+                else
+                    this.emit("error", err);
+                return;
+            }
+            default:
+                return; // pong and future frame types
+        }
+    }
+    onSseMessage(m) {
+        let env;
+        try {
+            env = JSON.parse(m.data);
+        }
+        catch {
+            this.emit("error", new MythosError("protocol_error", "SSE data is not JSON"));
+            return;
+        }
+        if (!env || typeof env !== "object")
+            return;
+        if (typeof env.sequence_number !== "number" && m.id !== undefined)
+            env.sequence_number = Number(m.id);
+        if (typeof env.event_type !== "string")
+            env.event_type = m.event;
+        this.ingest(env);
+    }
+    ingest(env) {
+        for (const d of this.tracker.push(env)) {
+            if (d.kind === "resync")
+                this.emit("resync", { oldestAvailable: d.oldestAvailable, event: d.event });
+            else
+                this.emit("event", d.event);
+            this.unacked++;
+        }
+        if (this.unacked >= this.o.ackEvery)
+            this.flushAck();
+        else if (this.unacked > 0 && this.ackTimer === undefined)
+            this.ackTimer = this.clock.setTimeout(() => {
+                this.ackTimer = undefined;
+                this.flushAck();
+            }, this.o.ackIntervalMs);
+    }
+    // -- commands -------------------------------------------------------------
+    nextId() {
+        return `c-${this.idPrefix}-${++this.counter}`;
+    }
+    submit(frame) {
+        if (this.closed)
+            return Promise.reject(new MythosError("closed", "the client was closed", { id: frame.id }));
+        if (!this.useWs)
+            return Promise.reject(new MythosError("no_command_channel", "commandSocket is false", { id: frame.id }));
+        if (this.pending.size >= this.o.maxPendingCommands)
+            return Promise.reject(new MythosError("queue_full", "too many pending commands", { id: frame.id }));
+        return new Promise((resolve, reject) => {
+            this.pending.set(frame.id, { frame, resolve, reject });
+            if (this.conn?.wsReady)
+                this.sendFrame(this.conn, frame); // else sent after the next welcome
+        });
+    }
+    sendFrame(c, frame) {
+        if (!c.ws || c.ws.readyState !== WS_OPEN)
+            return false;
+        try {
+            c.ws.send(JSON.stringify(frame));
+            return true;
+        }
+        catch {
+            return false;
+        }
+    }
+    // -- plumbing -------------------------------------------------------------
+    setState(next) {
+        const prev = this._state;
+        if (prev === next)
+            return;
+        this._state = next;
+        this.emit("state", next, prev);
+    }
+    emit(name, ...args) {
+        const set = this.listeners.get(name);
+        if (!set)
+            return;
+        for (const fn of [...set]) {
+            try {
+                fn(...args);
+            }
+            catch (e) {
+                queueMicrotask(() => {
+                    throw e; // like EventTarget: report, do not break the client
+                });
+            }
+        }
+    }
+    clearTimer(name) {
+        if (this[name] !== undefined)
+            this.clock.clearTimeout(this[name]);
+        this[name] = undefined;
+    }
+}
