@@ -222,7 +222,11 @@ impl Engine for MemoryEngine {
                 };
                 (r, None)
             } else {
-                let oldest = cur.oldest;
+                // Appending the resync event may push one more event out
+                // under the count cap: name the oldest that stays.
+                let oldest = cur
+                    .oldest
+                    .max((cur.last + 2).saturating_sub(self.limits.max_backlog));
                 let ev = log.append(Arc::new(resync_body(oldest)), &self.limits, now);
                 let r = Resume {
                     cursor: log.cursor(),

@@ -1,0 +1,516 @@
+//! Delivery over real SSE and WebSocket connections, on both engines: resume
+//! points, acks, replay/live handover, several connections, reconnect storms,
+//! slow consumers, token expiry and shutdown. Every check is by sequence number.
+
+mod support;
+
+use std::time::Duration;
+
+use mythos_broker::auth::Role;
+use serde_json::json;
+use support::broker::*;
+
+on_both_engines!(
+    sse_resumes_from_header_query_and_cursor,
+    sse_rejects_bad_resume_points_and_wrong_player,
+    acks_are_cumulative_clamped_and_shared,
+    disconnect_mid_replay_resumes_exactly,
+    events_published_during_replay_arrive_once_in_order,
+    two_connections_both_receive,
+    abrupt_disconnects_lose_nothing,
+    slow_consumer_is_cut_off_and_recovers,
+    token_expiry_closes_connections,
+    shutdown_closes_with_1012,
+    resync_required_when_backlog_was_trimmed,
+    rooms_announce_entry_and_exit,
+    ws_auth_is_checked_before_upgrade,
+);
+
+async fn sse_resumes_from_header_query_and_cursor(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    assert_eq!(n.publish_n("alice", 10).await, range(1, 10));
+    let tok = player_token("alice");
+
+    let mut s = n.sse("/v1/events", &tok, Some("4")).await.expect("stream");
+    assert_eq!(s.next_block().await.as_deref(), Some("retry: 1000"));
+    assert_eq!(s.seqs(6).await, range(5, 10));
+    drop(s);
+    // The Last-Event-ID reconnect acknowledged 1..4.
+    let (_, c) = n
+        .request(reqwest::Method::GET, "/v1/cursor", Some(&tok))
+        .await;
+    assert_eq!(
+        (c["acked"].as_u64(), c["last_sequence_number"].as_u64()),
+        (Some(4), Some(10))
+    );
+
+    let mut s = n
+        .sse("/v1/events?last_event_id=7", &tok, None)
+        .await
+        .expect("stream");
+    assert_eq!(s.seqs(3).await, range(8, 10));
+    drop(s);
+
+    // No resume point: from the acked cursor (4), through the alias path.
+    let mut s = n.sse("/events/alice", &tok, None).await.expect("stream");
+    assert_eq!(s.seqs(6).await, range(5, 10));
+    // ... then live.
+    n.publish_n("alice", 2).await;
+    assert_eq!(s.seqs(2).await, range(11, 12));
+
+    // A resume point past the end means nothing to replay; live continues.
+    let mut s = n
+        .sse("/v1/events", &tok, Some("999"))
+        .await
+        .expect("stream");
+    n.publish_n("alice", 1).await;
+    assert_eq!(s.seqs(1).await, vec![13]);
+}
+
+async fn sse_rejects_bad_resume_points_and_wrong_player(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let tok = player_token("alice");
+    for (path, lei) in [
+        ("/v1/events", Some("abc")),
+        ("/v1/events", Some("-1")),
+        ("/v1/events?last_event_id=1.5", None),
+    ] {
+        let Err((status, body)) = n.sse(path, &tok, lei).await else {
+            panic!("{path} {lei:?} must be refused")
+        };
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_resume_point"))
+        );
+    }
+    let Err((status, body)) = n.sse("/events/bob", &tok, None).await else {
+        panic!("403")
+    };
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let Err((status, _)) = n.sse("/v1/events", &service_token(), None).await else {
+        panic!("403")
+    };
+    assert_eq!(status, 403);
+    for bad in [
+        "",
+        "not-a-jwt",
+        &token_with("alice", Role::Player, -10),
+        &(tok.clone() + "x"),
+    ] {
+        let Err((status, body)) = n.sse("/v1/events", bad, None).await else {
+            panic!("401")
+        };
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        n.publish_n("alice", 1).await,
+        vec![1],
+        "nothing was appended by refusals"
+    );
+}
+
+async fn acks_are_cumulative_clamped_and_shared(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    n.publish_n("alice", 10).await;
+    let tok = player_token("alice");
+    let ack = |seq: u64| {
+        let tok = tok.clone();
+        let n = &n;
+        async move {
+            let (s, b) = n
+                .post(
+                    "/v1/ack",
+                    Some(&tok),
+                    Body::Json(json!({"sequence_number": seq})),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+            b["acked"].as_u64().expect("acked")
+        }
+    };
+    assert_eq!(ack(5).await, 5);
+    assert_eq!(ack(3).await, 5, "never backwards");
+    assert_eq!(ack(1000).await, 10, "clamped to the last sequence number");
+    let (s, b) = n
+        .post(
+            "/v1/ack",
+            Some(&tok),
+            Body::Json(json!({"sequence_number": -1})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+
+    // WebSocket acks move the same cursor.
+    n.publish_n("alice", 5).await;
+    let (mut ws, welcome) = n.ws_player("alice", None).await;
+    assert_eq!(
+        (
+            welcome["acked"].as_u64(),
+            welcome["last_sequence_number"].as_u64()
+        ),
+        (Some(10), Some(15))
+    );
+    assert_eq!(ws.seqs(5).await, range(11, 15));
+    ws.send_json(json!({"type": "ack", "sequence_number": 13}))
+        .await;
+    let tok2 = tok.clone();
+    eventually("ws ack reaches the cursor", || {
+        let tok = tok2.clone();
+        let n = &n;
+        async move {
+            let (_, c) = n
+                .request(reqwest::Method::GET, "/v1/cursor", Some(&tok))
+                .await;
+            c["acked"].as_u64() == Some(13)
+        }
+    })
+    .await;
+    // A new connection without a resume point starts after the shared cursor.
+    let (mut ws2, _) = n.ws_player("alice", None).await;
+    assert_eq!(ws2.seqs(2).await, range(14, 15));
+}
+
+async fn disconnect_mid_replay_resumes_exactly(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    n.publish_n("alice", 300).await;
+    let tok = player_token("alice");
+    let mut s = n.sse("/v1/events", &tok, None).await.expect("stream");
+    assert_eq!(s.seqs(100).await, range(1, 100));
+    drop(s);
+    let mut s = n
+        .sse("/v1/events", &tok, Some("100"))
+        .await
+        .expect("stream");
+    assert_eq!(s.seqs(200).await, range(101, 300));
+    let (mut ws, _) = n.ws_player("alice", Some(250)).await;
+    assert_eq!(ws.seqs(50).await, range(251, 300));
+}
+
+async fn events_published_during_replay_arrive_once_in_order(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    n.publish_n("alice", 1000).await;
+    let base = n.base.clone();
+    let publisher = tokio::spawn(async move {
+        let b = Broker {
+            base: base.clone(),
+            ws_base: String::new(),
+            running: None,
+        };
+        b.publish_n("alice", 300).await
+    });
+    let (mut ws, _) = n.ws_player("alice", Some(0)).await;
+    let mut sse = n
+        .sse("/v1/events?last_event_id=0", &player_token("alice"), None)
+        .await
+        .expect("sse");
+    assert_eq!(ws.seqs(1300).await, range(1, 1300));
+    assert_eq!(sse.seqs(1300).await, range(1, 1300));
+    assert_eq!(publisher.await.expect("publisher"), range(1001, 1300));
+}
+
+async fn two_connections_both_receive(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let (mut ws_a, _) = n.ws_player("alice", None).await;
+    let (mut ws_b, _) = n.ws_player("alice", None).await;
+    let mut sse = n
+        .sse("/v1/events", &player_token("alice"), None)
+        .await
+        .expect("sse");
+    let (mut bob, _) = n.ws_player("bob", None).await;
+    n.publish_n("alice", 5).await;
+    n.publish_n("bob", 1).await;
+    assert_eq!(ws_a.seqs(5).await, range(1, 5));
+    assert_eq!(ws_b.seqs(5).await, range(1, 5));
+    assert_eq!(sse.seqs(5).await, range(1, 5));
+    let b = bob.next_event().await.expect("bob's event");
+    assert_eq!(
+        (b["player_id"].as_str(), b["sequence_number"].as_u64()),
+        (Some("bob"), Some(1))
+    );
+}
+
+async fn abrupt_disconnects_lose_nothing(kind: Kind) {
+    const TOTAL: u64 = 2000;
+    let n = Node::start(kind, |_| {}).await;
+    let base = n.base.clone();
+    let publisher = tokio::spawn(async move {
+        let b = Broker {
+            base,
+            ws_base: String::new(),
+            running: None,
+        };
+        b.publish_n("alice", TOTAL as usize).await
+    });
+    let mut received: Vec<u64> = Vec::new();
+    let tok = player_token("alice");
+    for round in 0..20u64 {
+        let last = received.last().copied().unwrap_or(0);
+        let take = 40 + (round * 37) % 80;
+        if round % 2 == 0 {
+            let (mut ws, _) = n.ws_player("alice", Some(last)).await;
+            received.extend(ws.seqs(take as usize).await);
+            drop(ws); // no close frame: the TCP connection just goes away
+        } else {
+            let mut s = n
+                .sse("/v1/events", &tok, Some(&last.to_string()))
+                .await
+                .expect("sse");
+            received.extend(s.seqs(take as usize).await);
+            drop(s);
+        }
+    }
+    let last = *received.last().expect("received some");
+    let (mut ws, _) = n.ws_player("alice", Some(last)).await;
+    received.extend(ws.seqs((TOTAL - last) as usize).await);
+    assert_eq!(
+        received,
+        range(1, TOTAL),
+        "exactly 1..{TOTAL}, no gap, no duplicate"
+    );
+    assert_eq!(publisher.await.expect("publisher").len(), TOTAL as usize);
+}
+
+async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
+    let n = Node::start(kind, |c| c.send_queue = 8).await;
+    // Connect, read the welcome, then stop reading.
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let big = "x".repeat(32 * 1024);
+    let hub = n.app().hub.clone();
+    let mut published = 0u64;
+    while hub.slow_consumers() == 0 {
+        assert!(
+            published < 5000,
+            "a client that does not read must be cut off"
+        );
+        n.publish(json!({"player": "alice"}), "blob", json!({"pad": big}))
+            .await;
+        published += 1;
+    }
+    eventually("the slow subscriber is gone from the hub", || {
+        let hub = hub.clone();
+        async move { hub.subscribers() == 0 }
+    })
+    .await;
+    // The client drains what reached it, then sees the close (or a dropped socket).
+    let mut got = Vec::new();
+    let end = loop {
+        match ws.next_json().await {
+            Ok(v) if v["type"] == "event" => got.push(v["sequence_number"].as_u64().expect("seq")),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&end, WsEnd::Close(4008, r) if r == "slow_consumer") || end == WsEnd::Dropped,
+        "{end:?}"
+    );
+    assert_eq!(got, range(1, got.len() as u64), "what arrived was in order");
+    // Reconnecting resumes after what was received: everything arrives.
+    let (mut ws, _) = n.ws_player("alice", Some(got.len() as u64)).await;
+    assert_eq!(
+        ws.seqs((published - got.len() as u64) as usize).await,
+        range(got.len() as u64 + 1, published)
+    );
+}
+
+async fn token_expiry_closes_connections(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let short = token_with("alice", Role::Player, 2);
+    let mut ws = n
+        .ws(&format!("/v1/ws?token={short}"), &[])
+        .await
+        .expect("ws");
+    assert_eq!(ws.next_json().await.expect("welcome")["type"], "welcome");
+    let mut sse = n.sse("/v1/events", &short, None).await.expect("sse");
+    assert_eq!(ws.end().await, WsEnd::Close(4001, "token_expired".into()));
+    while sse.next_event().await.is_some() {}
+}
+
+async fn shutdown_closes_with_1012(kind: Kind) {
+    let mut n = Node::start(kind, |_| {}).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let mut sse = n
+        .sse("/v1/events", &player_token("alice"), None)
+        .await
+        .expect("sse");
+    assert_eq!(n.publish_n("alice", 3).await, range(1, 3));
+    assert_eq!(ws.seqs(3).await, range(1, 3));
+    assert_eq!(sse.seqs(3).await, range(1, 3));
+    n.stop().await;
+    assert_eq!(
+        ws.end().await,
+        WsEnd::Close(1012, "server restarting".into())
+    );
+    assert!(sse.next_event().await.is_none(), "the SSE stream ends");
+}
+
+async fn resync_required_when_backlog_was_trimmed(kind: Kind) {
+    let n = Node::start(kind, |c| c.max_backlog = 5).await;
+    n.publish_n("alice", 10).await;
+    let mut s = n
+        .sse("/v1/events", &player_token("alice"), Some("0"))
+        .await
+        .expect("sse");
+    let first = s.next_event().await.expect("resync");
+    assert_eq!(first.event.as_deref(), Some("resync_required"));
+    assert_eq!(
+        first.seq(),
+        11,
+        "the broker event takes the next sequence number"
+    );
+    // 6..10 were retained; the resync event itself (cap 5) pushed 6 out.
+    assert_eq!(first.data["data"]["oldest_available"].as_u64(), Some(7));
+    assert_eq!(s.seqs(4).await, range(7, 10));
+    n.publish_n("alice", 1).await;
+    assert_eq!(
+        s.seqs(1).await,
+        vec![12],
+        "the resync event is not sent twice"
+    );
+}
+
+async fn rooms_announce_entry_and_exit(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let svc = service_token();
+    let (mut alice, _) = n.ws_player("alice", None).await;
+    let (mut bob, _) = n.ws_player("bob", None).await;
+    assert_eq!(
+        n.request(
+            reqwest::Method::PUT,
+            "/v1/rooms/tavern/members/alice",
+            Some(&svc)
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        n.request(
+            reqwest::Method::PUT,
+            "/v1/rooms/tavern/members/bob",
+            Some(&svc)
+        )
+        .await
+        .0,
+        200
+    );
+    let e = alice.next_event().await.expect("entered");
+    assert_eq!(
+        (e["event_type"].as_str(), e["data"]["player_id"].as_str()),
+        (Some("player_entered"), Some("bob"))
+    );
+    assert_eq!(e["room_id"], "tavern");
+    let (s, m) = n
+        .request(reqwest::Method::GET, "/v1/rooms/tavern/members", Some(&svc))
+        .await;
+    assert_eq!((s, m["members"].clone()), (200, json!(["alice", "bob"])));
+    let d = n
+        .publish(
+            json!({"room": "tavern"}),
+            "chat_message",
+            json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(d, vec![("alice".to_string(), 2), ("bob".to_string(), 1)]);
+    assert_eq!(
+        alice.next_event().await.expect("chat")["sequence_number"],
+        2
+    );
+    let b = bob.next_event().await.expect("chat");
+    assert_eq!(
+        (b["event_type"].as_str(), b["room_id"].as_str()),
+        (Some("chat_message"), Some("tavern"))
+    );
+    assert_eq!(
+        n.request(
+            reqwest::Method::DELETE,
+            "/v1/rooms/tavern/members/bob",
+            Some(&svc)
+        )
+        .await
+        .0,
+        200
+    );
+    let e = alice.next_event().await.expect("left");
+    assert_eq!(
+        (e["event_type"].as_str(), e["data"]["player_id"].as_str()),
+        (Some("player_left"), Some("bob"))
+    );
+    let (s, _) = n
+        .request(
+            reqwest::Method::PUT,
+            "/v1/rooms/tavern/members/bob",
+            Some(&player_token("bob")),
+        )
+        .await;
+    assert_eq!(s, 403, "players cannot change membership");
+}
+
+async fn ws_auth_is_checked_before_upgrade(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let good = player_token("alice");
+    let expired = token_with("alice", Role::Player, -5);
+    let other_key = {
+        let claims = mythos_broker::auth::Claims {
+            sub: "alice".into(),
+            exp: mythos_broker::auth::now_secs() + 60,
+            iat: None,
+            role: Role::Player,
+        };
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"some-other-secret-entirely"),
+        )
+        .expect("t")
+    };
+    let none_alg =
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+    for (q, want) in [
+        ("/v1/ws".to_string(), 401),
+        ("/v1/ws?token=garbage".to_string(), 401),
+        (format!("/v1/ws?token={expired}"), 401),
+        (format!("/v1/ws?token={other_key}"), 401),
+        (format!("/v1/ws?token={none_alg}"), 401),
+        (format!("/v1/ws?token={}", service_token()), 403),
+        (format!("/ws/bob?token={good}"), 403),
+        (format!("/v1/ws?token={good}&since=x"), 400),
+    ] {
+        assert_eq!(n.ws(&q, &[]).await.err(), Some(want), "{q}");
+    }
+    // The alias, the subprotocol carrier and the Authorization header all work.
+    let mut c = n
+        .ws(&format!("/ws/alice?token={good}"), &[])
+        .await
+        .expect("alias");
+    assert_eq!(c.next_json().await.expect("welcome")["player_id"], "alice");
+    let proto = format!("mythos.v1, bearer.{good}");
+    let c = n
+        .ws("/v1/ws", &[("sec-websocket-protocol", &proto)])
+        .await
+        .expect("subprotocol");
+    assert_eq!(c.protocol.as_deref(), Some("mythos.v1"));
+    let bearer = format!("Bearer {good}");
+    n.ws("/v1/ws", &[("authorization", &bearer)])
+        .await
+        .expect("header");
+    // A plain GET without upgrade is refused with a JSON error.
+    let (s, b) = n
+        .request(reqwest::Method::GET, &format!("/v1/ws?token={good}"), None)
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (426, Some("upgrade_required"))
+    );
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,492 @@
+//! A broker node started inside the test process on a free port, plus real
+//! clients for it: HTTP (reqwest), SSE (a streaming reader), WebSocket
+//! (tokio-tungstenite). Nothing here is a mock: every call crosses a socket.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use mythos_broker::auth::{Claims, Role};
+use mythos_broker::config::Config;
+use mythos_broker::server::{self, Running};
+use mythos_broker::state::App;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A default test configuration (memory engine, port 0).
+pub fn config() -> Config {
+    Config::for_tests(SECRET)
+}
+
+/// A running node and a base URL.
+pub struct Broker {
+    pub base: String,
+    pub ws_base: String,
+    pub running: Option<Running>,
+}
+
+impl Broker {
+    pub async fn start(config: Config) -> Self {
+        let app = App::new(config).await.expect("broker state");
+        Self::start_app(app).await
+    }
+
+    pub async fn start_app(app: Arc<App>) -> Self {
+        let running = server::start(app).await.expect("broker listens");
+        let addr = running.addr;
+        Self {
+            base: format!("http://{addr}"),
+            ws_base: format!("ws://{addr}"),
+            running: Some(running),
+        }
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.running.as_ref().expect("running").app
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub fn http() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(PATIENCE)
+            .build()
+            .expect("client")
+    }
+
+    /// POSTs JSON (or raw text) with a bearer token; returns status and body JSON.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Body) -> (u16, Value) {
+        let mut req = Self::http().post(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req = match body {
+            Body::Json(v) => req.json(&v),
+            Body::Raw(s) => req.header("content-type", "application/json").body(s),
+        };
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = Self::http().request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes `event_type` with `data` to `to`; panics unless 200. Returns the deliveries.
+    pub async fn publish(&self, to: Value, event_type: &str, data: Value) -> Vec<(String, u64)> {
+        let (status, body) = self
+            .post(
+                "/v1/publish",
+                Some(&service_token()),
+                Body::Json(json!({"to": to, "event_type": event_type, "data": data})),
+            )
+            .await;
+        assert_eq!(status, 200, "publish failed: {body}");
+        deliveries(&body)
+    }
+
+    /// Publishes `n` events `{"n": i}` to one player; returns their sequence numbers.
+    pub async fn publish_n(&self, player: &str, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(n);
+        for i in 0..n {
+            let d = self
+                .publish(json!({"player": player}), "tick", json!({"n": i}))
+                .await;
+            seqs.push(d[0].1);
+        }
+        seqs
+    }
+
+    pub async fn sse(
+        &self,
+        path: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<SseClient, (u16, Value)> {
+        let mut req = Self::http_stream()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token);
+        if let Some(l) = last_event_id {
+            req = req.header("last-event-id", l);
+        }
+        let resp = req.send().await.expect("sse request");
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err((status, resp.json().await.unwrap_or(Value::Null)));
+        }
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("text/event-stream")
+        );
+        Ok(SseClient {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        })
+    }
+
+    fn http_stream() -> reqwest::Client {
+        reqwest::Client::builder().build().expect("client")
+    }
+
+    /// Opens a WebSocket at `path` (with any query); `Err` carries the HTTP status of a refusal.
+    pub async fn ws(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, u16> {
+        let mut req = format!("{}{path_and_query}", self.ws_base)
+            .into_client_request()
+            .expect("ws request");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                reqwest::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((ws, resp)) => Ok(WsClient {
+                ws,
+                protocol: resp
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+            Err(e) => panic!("ws connect: {e}"),
+        }
+    }
+
+    /// Opens `/v1/ws?token=..&since=..` and reads the welcome.
+    pub async fn ws_player(&self, player: &str, since: Option<u64>) -> (WsClient, Value) {
+        let mut q = format!("/v1/ws?token={}", player_token(player));
+        if let Some(s) = since {
+            q.push_str(&format!("&since={s}"));
+        }
+        let mut c = self.ws(&q, &[]).await.expect("ws opens");
+        let welcome = c.next_json().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (c, welcome)
+    }
+}
+
+pub enum Body {
+    Json(Value),
+    Raw(String),
+}
+
+pub fn deliveries(body: &Value) -> Vec<(String, u64)> {
+    body["deliveries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    (
+                        d["player_id"].as_str().unwrap_or_default().to_string(),
+                        d["sequence_number"].as_u64().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn token_with(sub: &str, role: Role, exp_in_secs: i64) -> String {
+    let now = mythos_broker::auth::now_secs() as i64;
+    let claims = Claims {
+        sub: sub.to_string(),
+        exp: (now + exp_in_secs).max(0) as u64,
+        iat: Some(now as u64),
+        role,
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+pub fn player_token(p: &str) -> String {
+    token_with(p, Role::Player, 3600)
+}
+pub fn service_token() -> String {
+    token_with("game", Role::Service, 3600)
+}
+pub fn admin_token() -> String {
+    token_with("root", Role::Admin, 3600)
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Value,
+}
+
+impl SseEvent {
+    pub fn seq(&self) -> u64 {
+        self.data["sequence_number"]
+            .as_u64()
+            .expect("sequence_number")
+    }
+}
+
+pub struct SseClient {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    pub buf: String,
+}
+
+impl SseClient {
+    /// The next raw block (text up to a blank line), or None when the stream ends.
+    pub async fn next_block(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block = self.buf[..i].to_string();
+                self.buf.drain(..i + 2);
+                return Some(block);
+            }
+            match tokio::time::timeout(PATIENCE, self.stream.next()).await {
+                Ok(Some(Ok(b))) => self.buf.push_str(&String::from_utf8_lossy(&b)),
+                Ok(_) => return None,
+                Err(_) => panic!("SSE: nothing within {PATIENCE:?}; buffered: {:?}", self.buf),
+            }
+        }
+    }
+
+    /// The next event (skipping `retry:` and comments), or None at the end of the stream.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let block = self.next_block().await?;
+            let mut ev = SseEvent {
+                id: None,
+                event: None,
+                data: Value::Null,
+            };
+            let mut has_data = false;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    ev.id = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    ev.event = Some(v.to_string());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    ev.data = serde_json::from_str(v).expect("data is JSON");
+                    has_data = true;
+                }
+            }
+            if has_data {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The sequence numbers of the next `n` events.
+    pub async fn seqs(&mut self, n: usize) -> Vec<u64> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let ev = self.next_event().await.expect("stream ended early");
+            assert_eq!(
+                ev.id.as_deref(),
+                Some(ev.seq().to_string().as_str()),
+                "id: matches sequence_number"
+            );
+            out.push(ev.seq());
+        }
+        out
+    }
+}
+
+pub struct WsClient {
+    pub ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    pub protocol: Option<String>,
+}
+
+/// How a WebSocket ended.
+#[derive(Debug, PartialEq)]
+pub enum WsEnd {
+    Close(u16, String),
+    Dropped,
+}
+
+impl WsClient {
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send(&mut self, m: Message) {
+        self.ws.send(m).await.expect("ws send");
+    }
+
+    /// The next JSON text frame; Err with how the connection ended.
+    pub async fn next_json(&mut self) -> Result<Value, WsEnd> {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.ws.next()).await {
+                Err(_) => panic!("WebSocket: nothing within {PATIENCE:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Err(WsEnd::Dropped),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Ok(serde_json::from_str(&t).expect("JSON frame"))
+                }
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Err(c.map_or(WsEnd::Dropped, |f| {
+                        WsEnd::Close(f.code.into(), f.reason.to_string())
+                    }))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next frame that is an event; other frames are returned to nobody.
+    pub async fn next_event(&mut self) -> Result<Value, WsEnd> {
+        loop {
+            let v = self.next_json().await?;
+            if v["type"] == "event" {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Sequence numbers of the next `n` events.
+    pub async fn seqs(&mut self, n: usize) -> Vec<u64> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self.next_event().await.expect("connection ended early");
+            out.push(v["sequence_number"].as_u64().expect("seq"));
+        }
+        out
+    }
+
+    /// Reads frames until one with `type` = `kind`, returning it.
+    pub async fn until_type(&mut self, kind: &str) -> Result<Value, WsEnd> {
+        loop {
+            let v = self.next_json().await?;
+            if v["type"] == kind {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Reads until the connection ends; returns how.
+    pub async fn end(&mut self) -> WsEnd {
+        loop {
+            if let Err(e) = self.next_json().await {
+                return e;
+            }
+        }
+    }
+}
+
+/// `a..=b` as a vector, for comparing sequences.
+pub fn range(a: u64, b: u64) -> Vec<u64> {
+    (a..=b).collect()
+}
+
+/// Polls `f` until it is true or PATIENCE runs out.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// Which engine a test node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Memory,
+    Redis,
+}
+
+/// A node of `kind` (with its own redis-server for Redis), configured by `tweak`.
+pub struct Node {
+    pub broker: Broker,
+    pub redis: Option<super::redis::RedisServer>,
+}
+
+impl Node {
+    pub async fn start(kind: Kind, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut c = config();
+        let redis = match kind {
+            Kind::Memory => None,
+            Kind::Redis => {
+                let r = super::redis::RedisServer::start();
+                c.redis_url = Some(r.url());
+                Some(r)
+            }
+        };
+        tweak(&mut c);
+        Self {
+            broker: Broker::start(c).await,
+            redis,
+        }
+    }
+}
+
+impl std::ops::Deref for Node {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Broker {
+        &mut self.broker
+    }
+}
+
+/// Generates `mod memory` and `mod redis`, each running every listed
+/// `async fn name(kind: Kind)` on its engine.
+#[macro_export]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::support::broker::Kind::Memory).await } )*
+        }
+        #[cfg(any())]
+        mod redis {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::support::broker::Kind::Redis).await } )*
+        }
+    };
+}
