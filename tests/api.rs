@@ -1,0 +1,461 @@
+//! The request/response surface over real HTTP and the WebSocket message
+//! protocol, on both engines: publish validation, idempotency, accounts and
+//! login, roles, message validation, rate limits, commands upstream.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use serde_json::{json, Value};
+use support::broker::*;
+use tokio_tungstenite::tungstenite::Message;
+
+on_both_engines!(
+    publish_bad_input_is_refused_and_appends_nothing,
+    publish_is_idempotent_by_id,
+    publish_to_players_and_rooms,
+    accounts_login_and_refresh,
+    roles_and_missing_tokens,
+    ws_invalid_messages_get_errors_and_keep_the_connection,
+    ws_rate_limit_and_sustained_abuse,
+    ws_commands_reach_the_command_stream_once,
+    health_and_unknown_routes,
+);
+
+async fn publish_bad_input_is_refused_and_appends_nothing(kind: Kind) {
+    let n = Node::start(kind, |c| c.max_event_bytes = 1024).await;
+    let svc = service_token();
+    assert_eq!(n.publish_n("alice", 1).await, vec![1]);
+    let cases: Vec<(Body, u16, &str)> = vec![
+        (
+            Body::Json(json!({"to": {"team": "x"}, "event_type": "t", "data": 1})),
+            400,
+            "invalid_target",
+        ),
+        (
+            Body::Json(json!({"to": {"player": "a", "room": "b"}, "event_type": "t", "data": 1})),
+            400,
+            "invalid_target",
+        ),
+        (
+            Body::Json(json!({"to": {"players": []}, "event_type": "t", "data": 1})),
+            400,
+            "invalid_target",
+        ),
+        (
+            Body::Json(json!({"to": {"player": "alice"}, "event_type": "", "data": 1})),
+            400,
+            "invalid_event_type",
+        ),
+        (
+            Body::Json(json!({"to": {"player": "al ice"}, "event_type": "t", "data": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Body::Json(json!({"to": {"player": "x".repeat(65)}, "event_type": "t", "data": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Body::Json(json!({"to": {"players": ["alice", "b/c"]}, "event_type": "t", "data": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            Body::Json(json!({"to": {"player": "alice"}, "data": 1})),
+            400,
+            "invalid_request",
+        ),
+        (Body::Raw("{not json".into()), 400, "invalid_json"),
+        (Body::Raw("[1,2]".into()), 400, "invalid_request"),
+        (
+            Body::Json(
+                json!({"to": {"player": "alice"}, "event_type": "t", "data": "x".repeat(2000)}),
+            ),
+            413,
+            "too_large",
+        ),
+        (Body::Raw("x".repeat(10 * 1024 * 1024)), 413, "too_large"),
+    ];
+    for (body, status, code) in cases {
+        let (s, b) = n.post("/v1/publish", Some(&svc), body).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{b}"
+        );
+        assert!(b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        n.publish_n("alice", 1).await,
+        vec![2],
+        "the next good publish gets the next number"
+    );
+}
+
+async fn publish_is_idempotent_by_id(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let svc = service_token();
+    let body = json!({"to": {"players": ["alice", "bob"]}, "event_type": "loot", "data": {"gold": 5}, "id": "pub-1"});
+    let (s1, b1) = n
+        .post("/v1/publish", Some(&svc), Body::Json(body.clone()))
+        .await;
+    let (s2, b2) = n.post("/v1/publish", Some(&svc), Body::Json(body)).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(b1, b2, "a repeat returns the same deliveries");
+    assert_eq!(
+        deliveries(&b1),
+        vec![("alice".into(), 1), ("bob".into(), 1)]
+    );
+    assert_eq!(
+        n.publish_n("alice", 1).await,
+        vec![2],
+        "the repeat appended nothing"
+    );
+    let (mut ws, _) = n.ws_player("alice", Some(0)).await;
+    let e = ws.next_event().await.expect("event");
+    assert_eq!(
+        (e["id"].as_str(), e["data"]["gold"].as_u64()),
+        (Some("pub-1"), Some(5))
+    );
+}
+
+async fn publish_to_players_and_rooms(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let d = n
+        .publish(json!({"players": ["a", "b", "c"]}), "t", json!(null))
+        .await;
+    assert_eq!(d, vec![("a".into(), 1), ("b".into(), 1), ("c".into(), 1)]);
+    let d = n.publish(json!({"room": "empty"}), "t", json!(null)).await;
+    assert!(d.is_empty(), "a room without members gets nothing");
+    let svc = service_token();
+    for p in ["a", "b"] {
+        n.request(
+            reqwest::Method::PUT,
+            &format!("/v1/rooms/hall/members/{p}"),
+            Some(&svc),
+        )
+        .await;
+    }
+    let d = n.publish(json!({"room": "hall"}), "t", json!(null)).await;
+    // a: 1 (players), 2 (player_entered for b), 3; b: 1, 2.
+    assert_eq!(d, vec![("a".into(), 3), ("b".into(), 2)]);
+}
+
+async fn accounts_login_and_refresh(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let admin = admin_token();
+    let user = json!({"username": "dora", "password": "correct horse"});
+    let (s, b) = n
+        .post("/v1/admin/users", Some(&admin), Body::Json(user.clone()))
+        .await;
+    assert_eq!((s, b["username"].as_str()), (201, Some("dora")));
+    let (s, b) = n
+        .post("/v1/admin/users", Some(&admin), Body::Json(user.clone()))
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (409, Some("user_exists")));
+    let (s, b) = n
+        .post(
+            "/v1/admin/users",
+            Some(&player_token("x")),
+            Body::Json(user.clone()),
+        )
+        .await;
+    assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (s, _) = n
+        .post(
+            "/v1/admin/users",
+            Some(&admin),
+            Body::Json(json!({"username": "bad name", "password": "p"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    let (s, b) = n.post("/v1/auth/login", None, Body::Json(user)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["token_type"].as_str(), b["player_id"].as_str()),
+        (Some("Bearer"), Some("dora"))
+    );
+    assert_eq!(b["expires_in"].as_u64(), Some(3600));
+    let token = b["access_token"].as_str().expect("token").to_string();
+    let (s, c) = n
+        .request(reqwest::Method::GET, "/v1/cursor", Some(&token))
+        .await;
+    assert_eq!((s, c["player_id"].as_str()), (200, Some("dora")));
+
+    for (u, p) in [
+        ("dora", "wrong"),
+        ("nobody", "correct horse"),
+        ("bad name!", "x"),
+    ] {
+        let (s, b) = n
+            .post(
+                "/v1/auth/login",
+                None,
+                Body::Json(json!({"username": u, "password": p})),
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (401, Some("invalid_credentials")),
+            "{u}"
+        );
+    }
+    let (s, b) = n
+        .post("/v1/auth/refresh", Some(&token), Body::Raw(String::new()))
+        .await;
+    assert_eq!((s, b["player_id"].as_str()), (200, Some("dora")));
+    assert!(b["access_token"].as_str().is_some_and(|t| !t.is_empty()));
+    let (s, b) = n
+        .post("/v1/auth/refresh", Some("nope"), Body::Raw(String::new()))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+}
+
+async fn roles_and_missing_tokens(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let pub_body = || Body::Json(json!({"to": {"player": "a"}, "event_type": "t", "data": 1}));
+    assert_eq!(n.post("/v1/publish", None, pub_body()).await.0, 401);
+    assert_eq!(
+        n.post("/v1/publish", Some(&player_token("a")), pub_body())
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        n.post("/v1/publish", Some(&admin_token()), pub_body())
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        n.post(
+            "/v1/ack",
+            Some(&service_token()),
+            Body::Json(json!({"sequence_number": 1}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        n.request(
+            reqwest::Method::GET,
+            "/v1/rooms/x/members",
+            Some(&player_token("a"))
+        )
+        .await
+        .0,
+        403
+    );
+}
+
+async fn ws_invalid_messages_get_errors_and_keep_the_connection(kind: Kind) {
+    let n = Node::start(kind, |c| c.rate_burst = 1000).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::text("x".repeat(9000)), "too_large"),
+        (Message::text("{nope"), "invalid_message"),
+        (Message::text("[1,2]"), "invalid_message"),
+        (Message::text(r#"{"type":"dance"}"#), "invalid_message"),
+        (Message::binary(vec![1u8, 2, 3]), "invalid_message"),
+        (
+            Message::text(r#"{"type":"command","id":"c1","command":"Look!"}"#),
+            "invalid_message",
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"command","id":"c1","command":"{}"}}"#,
+                "a".repeat(65)
+            )),
+            "invalid_message",
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"command","id":"c1","command":"go","args":{}}}"#,
+                json!(vec!["x"; 17])
+            )),
+            "invalid_message",
+        ),
+        (
+            Message::text(format!(
+                r#"{{"type":"ping","x":{}{}}}"#,
+                "[".repeat(20),
+                "]".repeat(20)
+            )),
+            "invalid_message",
+        ),
+        (
+            Message::text(r#"{"type":"ack","sequence_number":"7"}"#),
+            "invalid_message",
+        ),
+    ];
+    for (msg, code) in cases {
+        ws.send(msg).await;
+        let e = ws.until_type("error").await.expect("error frame");
+        assert_eq!(e["code"].as_str(), Some(code), "{e}");
+    }
+    ws.send_json(json!({"type": "command", "id": "c9", "command": "Bad"}))
+        .await;
+    let e = ws.until_type("error").await.expect("error");
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("invalid_message"), Some("c9"))
+    );
+    ws.send_json(json!({"type": "ping"})).await;
+    assert_eq!(
+        ws.until_type("pong").await.expect("still open")["type"],
+        "pong"
+    );
+    // Above the hard limit the connection is closed with 1009.
+    ws.send(Message::text("y".repeat(70 * 1024))).await;
+    let end = ws.end().await;
+    assert!(
+        matches!(end, WsEnd::Close(1009, _) | WsEnd::Dropped),
+        "{end:?}"
+    );
+}
+
+async fn ws_rate_limit_and_sustained_abuse(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    for _ in 0..30 {
+        ws.send_json(json!({"type": "ping"})).await;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..30 {
+        let v = ws.next_json().await.expect("reply");
+        match v["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "rate_limited");
+                assert!(
+                    v["retry_after_ms"]
+                        .as_u64()
+                        .is_some_and(|ms| ms > 0 && ms <= 1000),
+                    "{v}"
+                );
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        (20..=22).contains(&pongs),
+        "burst of 20 allowed, got {pongs}"
+    );
+    assert_eq!(pongs + limited, 30);
+    // The connection stays open after a short burst ...
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    ws.send_json(json!({"type": "ping"})).await;
+    assert_eq!(ws.until_type("pong").await.expect("open")["type"], "pong");
+    // ... but sustained abuse closes it with 1008.
+    let mut closed = None;
+    for _ in 0..200 {
+        if ws
+            .ws
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    while closed.is_none() {
+        if let Err(e) = ws.next_json().await {
+            closed = Some(e);
+        }
+    }
+    assert_eq!(closed, Some(WsEnd::Close(1008, "policy_violation".into())));
+}
+
+async fn ws_commands_reach_the_command_stream_once(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let engine = n.app().engine.clone();
+    // A game server's group, created before any command arrives.
+    assert!(engine
+        .read_commands("game", "g1", 10, Duration::from_millis(1))
+        .await
+        .expect("read")
+        .is_empty());
+    let (mut ws, welcome) = n.ws_player("alice", None).await;
+    let session = welcome["session_id"].as_str().expect("session").to_string();
+    ws.send_json(json!({"type": "command", "id": "c1", "command": "look", "args": ["north"]}))
+        .await;
+    ws.send_json(json!({"type": "chat", "id": "c2", "channel": "say", "message": "hello"}))
+        .await;
+    ws.send_json(json!({"type": "command", "id": "c1", "command": "look", "args": ["north"]}))
+        .await;
+    for id in ["c1", "c2", "c1"] {
+        let a = ws.until_type("command_accepted").await.expect("accepted");
+        assert_eq!(a["id"], id);
+    }
+    let got = engine
+        .read_commands("game", "g1", 10, Duration::from_secs(1))
+        .await
+        .expect("read");
+    assert_eq!(
+        got.len(),
+        2,
+        "the repeated id c1 was appended once: {got:?}"
+    );
+    let c = &got[0].command;
+    assert_eq!(
+        (
+            c.player_id.as_str(),
+            c.kind.as_str(),
+            c.id.as_str(),
+            c.session_id.as_str()
+        ),
+        ("alice", "command", "c1", session.as_str())
+    );
+    let payload: Value = serde_json::from_str(&c.payload).expect("payload JSON");
+    assert_eq!(payload, json!({"command": "look", "args": ["north"]}));
+    let chat: Value = serde_json::from_str(&got[1].command.payload).expect("payload JSON");
+    assert_eq!(chat, json!({"channel": "say", "message": "hello"}));
+    let ids: Vec<String> = got.iter().map(|e| e.entry_id.clone()).collect();
+    engine.ack_commands("game", &ids).await.expect("ack");
+}
+
+async fn health_and_unknown_routes(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    assert_eq!(
+        n.request(reqwest::Method::GET, "/healthz", None).await.0,
+        200
+    );
+    assert_eq!(
+        n.request(reqwest::Method::GET, "/readyz", None).await,
+        (200, json!({"status": "ready"}))
+    );
+    let (s, b) = n.request(reqwest::Method::GET, "/v1/nothing", None).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("not_found")));
+    let (s, b) = n
+        .request(
+            reqwest::Method::DELETE,
+            "/v1/publish",
+            Some(&service_token()),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    n.publish_n("a", 1).await;
+    let text = Broker::http()
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(text.contains("mythos_published_total"), "{text}");
+}
