@@ -10,5 +10,6 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod hub;
+pub mod ingest;
 pub mod protocol;
 pub mod publish;
