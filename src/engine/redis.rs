@@ -8,6 +8,7 @@
 //! The key layout is in [`keys`] and `docs/redis-layout.md`.
 
 pub mod keys;
+mod lanes;
 mod live;
 pub mod stream;
 
@@ -26,6 +27,8 @@ use crate::protocol::{now_rfc3339, Delivery, Event, EventBody, Target};
 
 /// How long one ordinary command may take before it fails.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Multiplexed connections shared by all non-blocking commands (see [`lanes`]).
+pub const LANES: usize = 4;
 
 const LIB: &str = include_str!("../../lua/lib.lua");
 
@@ -67,6 +70,7 @@ impl Scripts {
 /// The Redis engine. Dropping it stops its live subscription.
 pub struct RedisEngine {
     pool: Pool,
+    lanes: lanes::Lanes,
     limits: Limits,
     scripts: Scripts,
     listener: JoinHandle<()>,
@@ -87,7 +91,8 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl RedisEngine {
-    /// Connects a pool of `pool_size` connections, loads the scripts and
+    /// Connects a pool of `pool_size` connections for blocking commands plus
+    /// [`LANES`] multiplexed lanes for all others, loads the scripts and
     /// subscribes to `mythos:live` (before returning, so no append made after
     /// this returns can be missed by the hub). Fails if Redis is unreachable.
     pub async fn connect(
@@ -102,7 +107,7 @@ impl RedisEngine {
             .set_response_timeout(Some(OP_TIMEOUT));
         let manager = Manager::new_with_config(url, config)?;
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(pool_size.max(1) + LANES)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(OP_TIMEOUT))
             .create_timeout(Some(OP_TIMEOUT))
@@ -119,6 +124,7 @@ impl RedisEngine {
         let first = live::subscribe(&client).await?;
         let listener = tokio::spawn(live::listen(client, hub, first));
         Ok(Arc::new(Self {
+            lanes: lanes::Lanes::new(pool.clone(), LANES),
             pool,
             limits,
             scripts,
@@ -136,8 +142,9 @@ impl RedisEngine {
         &self.scripts
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(pool_err)
+    /// A connection for a non-blocking command (a multiplexed lane).
+    async fn conn(&self) -> Result<lanes::Lane<'_>> {
+        self.lanes.get().await
     }
 
     fn age_ms(&self) -> u64 {
@@ -460,7 +467,7 @@ impl Engine for RedisEngine {
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.pool.get().await.map_err(pool_err)?;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP").arg(group).arg(consumer);
         cmd.arg("COUNT").arg(count.max(1));
