@@ -96,6 +96,14 @@ struct Args {
     /// Longest wait for a quiet machine, in seconds (0: don't wait).
     #[arg(long, default_value = "300")]
     quiet_wait: u64,
+    /// Diagnostics: an extra environment variable for the broker (KEY=VALUE),
+    /// e.g. `LD_PRELOAD=...` or a `MYTHOS_*` setting; repeatable.
+    #[arg(long = "broker-env", value_parser = parse_kv)]
+    broker_env: Vec<(String, String)>,
+    /// Diagnostics: a command the broker runs under, split on spaces (e.g.
+    /// `valgrind --tool=massif`); CPU and RSS figures then describe it.
+    #[arg(long)]
+    broker_prefix: Option<String>,
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -125,12 +133,12 @@ struct Env {
 }
 
 impl Env {
-    fn start(bin: &std::path::Path, env: &[(String, String)]) -> Self {
+    fn start(bin: &std::path::Path, prefix: Option<&str>, env: &[(String, String)]) -> Self {
         let redis = Redis::start();
         let secret: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        let broker = Broker::start(bin, &redis.url(), &secret, env);
+        let broker = Broker::start(bin, prefix, &redis.url(), &secret, env);
         let service = mint(&secret, "bench-service", Role::Service);
         Self {
             redis,
@@ -1329,6 +1337,12 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
 
 // ---------------------------------------------------------------------------
 
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
 fn broker_bin(a: &Args) -> PathBuf {
     a.broker_bin.clone().unwrap_or_else(|| {
         std::env::current_exe()
@@ -1394,7 +1408,7 @@ fn main() -> ExitCode {
             }
         };
         eprintln!("== {w:?} ({quiet})");
-        let env = Env::start(&bin, &[]);
+        let env = Env::start(&bin, a.broker_prefix.as_deref(), &a.broker_env);
         let mut part = String::new();
         let t = Instant::now();
         rt.block_on(async {

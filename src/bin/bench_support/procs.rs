@@ -112,13 +112,28 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts `bin` against `redis_url` with `secret`, plus `env` overrides.
-    pub fn start(bin: &Path, redis_url: &str, secret: &str, env: &[(String, String)]) -> Self {
+    /// Starts `bin` (under `prefix`, a command split on spaces, if given)
+    /// against `redis_url` with `secret`, plus `env` overrides.
+    pub fn start(
+        bin: &Path,
+        prefix: Option<&str>,
+        redis_url: &str,
+        secret: &str,
+        env: &[(String, String)],
+    ) -> Self {
         let dir = temp_dir("broker");
         let log = dir.join("broker.log");
         let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut cmd = Command::new(bin);
+        let mut words = prefix.unwrap_or("").split_whitespace();
+        let mut cmd = match words.next() {
+            Some(first) => {
+                let mut c = Command::new(first);
+                c.args(words).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("--bind")
             .arg(addr.to_string())
             .env("MYTHOS_REDIS_URL", redis_url)
@@ -142,7 +157,7 @@ impl Broker {
             log,
             dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if probe(
                 addr,
@@ -185,7 +200,19 @@ impl Broker {
 }
 
 impl Drop for Broker {
+    /// SIGTERM first (a broker under a profiler then writes its output), then
+    /// SIGKILL if it is still there after 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
