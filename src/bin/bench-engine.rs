@@ -40,9 +40,12 @@ struct Args {
     /// Rooms published to.
     #[arg(long, default_value = "20")]
     rooms: usize,
-    /// Pooled connections.
+    /// Pooled connections (for blocking commands; appends use the lanes).
     #[arg(long, default_value = "32")]
     pool: usize,
+    /// Rounds; each measures the engine and the ceilings in turn. Medians are reported.
+    #[arg(long, default_value = "3")]
+    rounds: usize,
 }
 
 const DATA: &str =
@@ -89,11 +92,14 @@ fn body() -> Arc<EventBody> {
     Arc::new(EventBody::now("bench", data, None, None))
 }
 
+/// Failed publishes (they count for nothing; any is reported).
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
 /// Runs `publishers` loops of `op` for `secs` (after a 1 s warm-up); returns units/s.
 async fn measure<F, Fut>(publishers: usize, secs: u64, op: F) -> f64
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = u64> + Send,
+    Fut: std::future::Future<Output = Option<u64>> + Send,
 {
     let op = Arc::new(op);
     let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -105,7 +111,10 @@ where
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < stop {
-                let n = op(w, i).await;
+                let Some(n) = op(w, i).await else {
+                    ERRORS.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
                 if counting.load(Ordering::Relaxed) {
                     done.fetch_add(n, Ordering::Relaxed);
                 }
@@ -122,8 +131,15 @@ where
     done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// `redis-benchmark` running EVALSHA of append.lua with `members` members; calls/s.
-fn ceiling(port: u16, sha: &str, members: usize, clients: usize, secs: u64) -> Result<f64, String> {
+/// `redis-benchmark -c clients -P pipeline` running EVALSHA of append.lua with
+/// `members` members; calls/s.
+fn ceiling(
+    port: u16,
+    sha: &str,
+    members: usize,
+    (clients, pipeline): (usize, usize),
+    secs: u64,
+) -> Result<f64, String> {
     // One shared meta key keeps every sequence number increasing, so the
     // members' events keys can be random (as many players as the engine run).
     let mut cmd = vec![
@@ -153,7 +169,8 @@ fn ceiling(port: u16, sha: &str, members: usize, clients: usize, secs: u64) -> R
     cmd.extend((0..members).map(|i| format!("p{i}")));
     let run = |n: u64| -> Result<f64, String> {
         let out = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "-P", "1"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .args(["-P", &pipeline.to_string()])
             .args([
                 "-c",
                 &clients.to_string(),
@@ -191,52 +208,72 @@ async fn bench(a: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let sha = engine.scripts().append.get_hash().to_string();
-
+    for r in 0..a.rooms {
+        for m in 0..a.room_size {
+            let (room, member) = (format!("room{r}"), format!("r{r}m{m}"));
+            engine
+                .join(&room, &member)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let players: Arc<Vec<Target>> = Arc::new(
         (0..a.players)
             .map(|i| Target::Player(format!("p{i}")))
             .collect(),
     );
-    let e = engine.clone();
-    let np = a.publishers;
-    let singles = measure(a.publishers, a.seconds, move |w, i| {
-        let (e, players) = (e.clone(), players.clone());
-        async move {
-            let t = &players[(w + i as usize * np) % players.len()];
-            e.publish(t, body(), None)
-                .await
-                .map_or(0, |d| d.len() as u64)
-        }
-    })
-    .await;
-
-    for r in 0..a.rooms {
-        for m in 0..a.room_size {
-            engine
-                .join(&format!("room{r}"), &format!("r{r}m{m}"))
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-    }
     let rooms: Arc<Vec<Target>> = Arc::new(
         (0..a.rooms)
             .map(|r| Target::Room(format!("room{r}")))
             .collect(),
     );
-    let e = engine.clone();
-    let room_deliveries = measure(a.publishers, a.seconds, move |w, i| {
-        let (e, rooms) = (e.clone(), rooms.clone());
-        async move {
-            let t = &rooms[(w + i as usize) % rooms.len()];
-            e.publish(t, body(), None)
-                .await
-                .map_or(0, |d| d.len() as u64)
-        }
-    })
-    .await;
 
-    let c1 = ceiling(server.1, &sha, 1, a.publishers, a.seconds)?;
-    let cn = ceiling(server.1, &sha, a.room_size, a.publishers, a.seconds)? * a.room_size as f64;
+    // The ceiling of the issue: one request in flight per connection. And,
+    // for information, as many in flight pipelined over as many connections
+    // as the engine has lanes, which is how the engine sends them.
+    let plain = (a.publishers, 1);
+    let lanes = mythos_broker::engine::redis::LANES;
+    let piped = (lanes, a.publishers.div_ceil(lanes));
+    let room = a.room_size as f64;
+    // [engine, ceiling, pipelined] for (a) and (b), one figure per round.
+    let mut single: [Vec<f64>; 3] = Default::default();
+    let mut rooms_out: [Vec<f64>; 3] = Default::default();
+    for round in 1..=a.rounds {
+        eprintln!("round {round}/{}: (a) single players", a.rounds);
+        let (e, ps, np) = (engine.clone(), players.clone(), a.publishers);
+        single[0].push(
+            measure(a.publishers, a.seconds, move |w, i| {
+                let (e, ps) = (e.clone(), ps.clone());
+                async move {
+                    let t = &ps[(w + i as usize * np) % ps.len()];
+                    e.publish(t, body(), None)
+                        .await
+                        .ok()
+                        .map(|d| d.len() as u64)
+                }
+            })
+            .await,
+        );
+        single[1].push(ceiling(server.1, &sha, 1, plain, a.seconds)?);
+        single[2].push(ceiling(server.1, &sha, 1, piped, a.seconds)?);
+        eprintln!("round {round}/{}: (b) rooms", a.rounds);
+        let (e, rs) = (engine.clone(), rooms.clone());
+        rooms_out[0].push(
+            measure(a.publishers, a.seconds, move |w, i| {
+                let (e, rs) = (e.clone(), rs.clone());
+                async move {
+                    let t = &rs[(w + i as usize) % rs.len()];
+                    e.publish(t, body(), None)
+                        .await
+                        .ok()
+                        .map(|d| d.len() as u64)
+                }
+            })
+            .await,
+        );
+        rooms_out[1].push(ceiling(server.1, &sha, a.room_size, plain, a.seconds)? * room);
+        rooms_out[2].push(ceiling(server.1, &sha, a.room_size, piped, a.seconds)? * room);
+    }
 
     let redis_version = Command::new("redis-server")
         .arg("--version")
@@ -245,27 +282,49 @@ async fn bench(a: Args) -> Result<(), String> {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("machine: {cores} cores; {redis_version}");
+    let errors = ERRORS.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("WARNING: {errors} publishes failed during the engine runs");
+    }
     println!(
-        "setup: {} publishers, pool {}, {} s per measurement, redis-benchmark -c {} -P 1",
-        a.publishers, a.pool, a.seconds, a.publishers
+        "setup: {} publishers, {lanes} lanes, {} rounds of {} s; ceiling: redis-benchmark \
+         -c {} -P 1; pipelined: -c {} -P {}; figures: median (min-max)",
+        a.publishers, a.rounds, a.seconds, plain.0, piped.0, piped.1
     );
     println!();
-    println!("| workload | engine | raw EVALSHA ceiling | ratio |");
-    println!("|---|---:|---:|---:|");
-    let row = |name: String, e: f64, c: f64| {
-        println!("| {name} | {e:.0}/s | {c:.0}/s | {:.0} % |", 100.0 * e / c);
+    println!("| workload | engine | ceiling (-P 1) | ratio | pipelined | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: String, v: &[Vec<f64>; 3]| {
+        let [e, c, p] = [median(&v[0]), median(&v[1]), median(&v[2])];
+        let (rc, rp) = (100.0 * e / c, 100.0 * e / p);
+        println!(
+            "| {name} | {} | {} | {rc:.0} % | {} | {rp:.0} % |",
+            spread(&v[0]),
+            spread(&v[1]),
+            spread(&v[2])
+        );
     };
     row(
-        format!("(a) appends to single players ({} players)", a.players),
-        singles,
-        c1,
+        format!("(a) appends/s, single players ({} players)", a.players),
+        &single,
     );
     row(
-        format!("(b) room deliveries ({} rooms of {})", a.rooms, a.room_size),
-        room_deliveries,
-        cn,
+        format!("(b) deliveries/s, {} rooms of {}", a.rooms, a.room_size),
+        &rooms_out,
     );
     drop(engine);
     drop(server);
     Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0} ({:.0}-{:.0})", median(v), lo, hi)
 }

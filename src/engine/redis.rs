@@ -7,9 +7,11 @@
 //! Must not touch: HTTP, sockets, validation (callers pass checked input).
 //! The key layout is in [`keys`] and `docs/redis-layout.md`.
 
+mod decode;
 pub mod keys;
 mod lanes;
 mod live;
+pub mod scripts;
 pub mod stream;
 
 use std::sync::Arc;
@@ -18,9 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Script, Value};
-use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
 
+use self::decode::{command_of, cursor_of, event_of};
+pub use self::scripts::Scripts;
 use super::{Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result, Resume};
 use crate::hub::Hub;
 use crate::protocol::{now_rfc3339, Delivery, Event, EventBody, Target};
@@ -29,43 +32,6 @@ use crate::protocol::{now_rfc3339, Delivery, Event, EventBody, Target};
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Multiplexed connections shared by all non-blocking commands (see [`lanes`]).
 pub const LANES: usize = 4;
-
-const LIB: &str = include_str!("../../lua/lib.lua");
-
-/// The loaded scripts; those that use the helpers get `lua/lib.lua` prepended.
-pub struct Scripts {
-    pub append: Script,
-    pub ack: Script,
-    pub cursor: Script,
-    pub resume: Script,
-    pub command: Script,
-    pub create_user: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let with_lib = |s: &str| Script::new(&[LIB, s].concat());
-        Self {
-            append: with_lib(include_str!("../../lua/append.lua")),
-            ack: with_lib(include_str!("../../lua/ack.lua")),
-            cursor: with_lib(include_str!("../../lua/cursor.lua")),
-            resume: with_lib(include_str!("../../lua/resume.lua")),
-            command: Script::new(include_str!("../../lua/command.lua")),
-            create_user: Script::new(include_str!("../../lua/create_user.lua")),
-        }
-    }
-
-    fn all(&self) -> [&Script; 6] {
-        [
-            &self.append,
-            &self.ack,
-            &self.cursor,
-            &self.resume,
-            &self.command,
-            &self.create_user,
-        ]
-    }
-}
 
 /// The Redis engine. Dropping it stops its live subscription.
 pub struct RedisEngine {
@@ -219,53 +185,6 @@ impl RedisEngine {
         }
         Ok(out)
     }
-}
-
-fn cursor_of(v: &[u64]) -> Cursor {
-    Cursor {
-        last: v[0],
-        acked: v[1],
-        oldest: v[2],
-    }
-}
-
-fn utf8(b: Vec<u8>) -> Result<String> {
-    String::from_utf8(b).map_err(|_| EngineError::Corrupt("non-UTF-8 event field".into()))
-}
-
-/// An event read back from a player's log.
-fn event_of(e: stream::Entry) -> Result<Event> {
-    let seq =
-        e.id.split('-')
-            .next()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| EngineError::Corrupt(format!("bad event id {}", e.id)))?;
-    let (mut event_type, mut timestamp, mut data, mut room_id, mut id) =
-        (None, None, None, None, None);
-    for (k, v) in e.fields.unwrap_or_default() {
-        let v = utf8(v)?;
-        match k.as_str() {
-            "event_type" => event_type = Some(v),
-            "timestamp" => timestamp = Some(v),
-            "data" => data = Some(v),
-            "room_id" => room_id = Some(v),
-            "id" => id = Some(v),
-            _ => {}
-        }
-    }
-    let missing = |f: &str| EngineError::Corrupt(format!("event {seq} has no {f}"));
-    let data = data.ok_or_else(|| missing("data"))?;
-    Ok(Event {
-        sequence_number: seq,
-        body: Arc::new(EventBody {
-            event_type: event_type.ok_or_else(|| missing("event_type"))?,
-            timestamp: timestamp.ok_or_else(|| missing("timestamp"))?,
-            room_id,
-            data: RawValue::from_string(data)
-                .map_err(|_| EngineError::Corrupt(format!("event {seq} data is not JSON")))?,
-            id,
-        }),
-    })
 }
 
 /// Creates `group` on `mythos:commands` (from the start) unless it exists.
@@ -532,23 +451,4 @@ impl Engine for RedisEngine {
             .await?;
         Ok(())
     }
-}
-
-/// A command read back from `mythos:commands`; `None` for a deleted entry.
-fn command_of(e: stream::Entry) -> Result<Option<CommandEntry>> {
-    if e.fields.is_none() {
-        return Ok(None);
-    }
-    let field = |name: &str| -> Result<String> { utf8(e.get(name).unwrap_or_default().to_vec()) };
-    let command = Command {
-        player_id: field("player_id")?,
-        session_id: field("session_id")?,
-        kind: field("type")?,
-        id: field("id")?,
-        payload: field("payload")?,
-    };
-    Ok(Some(CommandEntry {
-        entry_id: e.id,
-        command,
-    }))
 }
