@@ -124,28 +124,8 @@ pub fn envelope_json(player: &str, event: &Event, ws: bool) -> String {
         data: &b.data,
         id: b.id.as_deref(),
     };
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    // Serialised into a per-thread scratch buffer, then copied once into a
-    // string of exactly its length: one allocation per envelope instead of a
-    // growing buffer plus, when the socket layer turns the string into
-    // `Bytes`, a second header allocation for the spare capacity.
     // Serialising borrowed strings and a RawValue cannot fail.
-    SCRATCH
-        .try_with(|scratch| {
-            let mut buf = scratch.try_borrow_mut().ok()?;
-            buf.clear();
-            serde_json::to_writer(&mut *buf, &env).ok()?;
-            let out = String::from_utf8(buf.to_vec()).ok();
-            if buf.capacity() > 64 * 1024 {
-                *buf = Vec::new();
-            }
-            out
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| serde_json::to_string(&env).unwrap_or_default())
+    serde_json::to_string(&env).unwrap_or_default()
 }
 
 /// Who a publish goes to.
@@ -386,39 +366,6 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_is_the_plain_serde_serialisation() {
-        let body = EventBody {
-            event_type: "chat_message".into(),
-            timestamp: "2026-11-23T10:30:00.123Z".into(),
-            room_id: Some("tavern".into()),
-            data: RawValue::from_string(r#"{"text":"h\u00e9llo \"you\"","n":[1,2]}"#.into())
-                .expect("valid JSON"),
-            id: None,
-        };
-        let ev = Event {
-            sequence_number: 42,
-            body: Arc::new(body),
-        };
-        for ws in [true, false] {
-            let b = &ev.body;
-            let plain = serde_json::to_string(&EnvelopeRef {
-                kind: ws.then_some("event"),
-                event_type: &b.event_type,
-                sequence_number: 42,
-                timestamp: &b.timestamp,
-                player_id: "al\"ice",
-                room_id: b.room_id.as_deref(),
-                data: &b.data,
-                id: b.id.as_deref(),
-            })
-            .expect("serialises");
-            assert_eq!(envelope_json("al\"ice", &ev, ws), plain);
-        }
-        assert!(envelope_json("p", &ev, true)
-            .starts_with(r#"{"type":"event","event_type":"chat_message","sequence_number":42,"#));
-    }
 
     #[test]
     fn parses_each_client_message() {

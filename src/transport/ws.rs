@@ -148,23 +148,14 @@ impl Writer<'_> {
         ping.tick().await;
         let expiry = tokio::time::sleep(self.expires_in);
         tokio::pin!(expiry);
-        // Created once and polled by reference: a fresh `cancelled()` or
-        // `killed()` per event would register (and drop) a waiter under a
-        // lock every time, the shutdown one on a list shared by every session.
-        let shutdown = app.shutdown.cancelled();
-        tokio::pin!(shutdown);
-        let killed = state.killed();
-        tokio::pin!(killed);
-        // Reused for every write, so a batch costs no allocation of its own.
-        let mut outgoing: Vec<Message> = Vec::new();
         loop {
-            tokio::select! {
+            let outgoing: Vec<Message> = tokio::select! {
                 biased;
-                _ = &mut shutdown => return Some((1012, "server restarting")),
+                _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
                 _ = &mut expiry => return Some((4001, "token_expired")),
-                _ = &mut killed => return Some((4008, "slow_consumer")),
+                _ = state.killed() => return Some((4008, "slow_consumer")),
                 c = ctrl_rx.recv() => match c {
-                    Some(Ctrl::Send(text)) => outgoing.push(Message::text(text)),
+                    Some(Ctrl::Send(text)) => vec![Message::text(text)],
                     Some(Ctrl::Close(code, reason)) => return Some((code, reason)),
                     None => return None,
                 },
@@ -172,17 +163,18 @@ impl Writer<'_> {
                     if self.clock.silent_for() > idle {
                         return Some((1001, "idle_timeout"));
                     }
-                    outgoing.push(Message::ping(Vec::new()));
+                    vec![Message::ping(Vec::new())]
                 }
                 r = feed.next() => match r {
                     Ok(ev) => {
-                        outgoing.push(Message::text(envelope_json(self.player, &ev, true)));
-                        while outgoing.len() < MAX_BATCH {
+                        let mut batch = vec![Message::text(envelope_json(self.player, &ev, true))];
+                        while batch.len() < MAX_BATCH {
                             match feed.try_next() {
-                                Some(ev) => outgoing.push(Message::text(envelope_json(self.player, &ev, true))),
+                                Some(ev) => batch.push(Message::text(envelope_json(self.player, &ev, true))),
                                 None => break,
                             }
                         }
+                        batch
                     }
                     Err(FeedEnd::SlowConsumer) => return Some((4008, "slow_consumer")),
                     Err(FeedEnd::Engine(e)) => {
@@ -190,17 +182,17 @@ impl Writer<'_> {
                         return Some((1011, "engine_unavailable"));
                     }
                 },
-            }
+            };
             let send = async {
-                for m in outgoing.drain(..) {
+                for m in outgoing {
                     sink.feed(m).await?;
                 }
                 sink.flush().await
             };
             tokio::select! {
                 r = send => if r.is_err() { return None },
-                _ = &mut killed => return Some((4008, "slow_consumer")),
-                _ = &mut shutdown => return Some((1012, "server restarting")),
+                _ = state.killed() => return Some((4008, "slow_consumer")),
+                _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
             }
         }
     }
