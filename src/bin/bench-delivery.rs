@@ -81,8 +81,9 @@ struct Args {
     /// Players per room (W1, W1max).
     #[arg(long, default_value = "50")]
     room_size: usize,
-    /// Publisher tasks, each with its own keep-alive HTTP connection.
-    #[arg(long, default_value = "8")]
+    /// Publisher tasks, each with its own keep-alive HTTP connection (one
+    /// request in flight each, so this bounds publishes in flight).
+    #[arg(long, default_value = "16")]
     publishers: usize,
     /// W2: reconnections measured per backlog size.
     #[arg(long, default_value = "20")]
@@ -154,6 +155,40 @@ impl Env {
 
     fn cpu(&self) -> Cpu {
         Cpu::sample(self.broker.pid(), self.redis.pid())
+    }
+
+    /// Redis's own account of the commands the run sent (`INFO
+    /// commandstats`): calls and microseconds per call, the engine's side of
+    /// the cost.
+    fn redis_commandstats(&self) -> String {
+        let info: Result<String, redis::RedisError> = redis::Client::open(self.redis.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("commandstats").query(&mut c));
+        let Ok(info) = info else {
+            return "commandstats unavailable".into();
+        };
+        let mut rows: Vec<(f64, String)> = info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let field = |k: &str| {
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<f64>().ok())
+                };
+                let (calls, usec, per) = (field("calls")?, field("usec")?, field("usec_per_call")?);
+                Some((
+                    usec,
+                    format!("{name} {} calls × {per:.1} µs", fmt_int(calls)),
+                ))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        rows.into_iter()
+            .take(6)
+            .map(|r| r.1)
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     fn token(&self, player: &str) -> String {
@@ -800,6 +835,11 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         String::new(),
     ]);
     report.push_str(&tab.render());
+    let _ = writeln!(
+        report,
+        "\nRedis time by command (INFO commandstats): {}.",
+        env.redis_commandstats()
+    );
     if t.ended + t.publish_errors > 0 {
         let _ = writeln!(
             report,
@@ -902,6 +942,11 @@ async fn w1max(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         } else {
             format!(" ({})", t.end_reasons.join("; "))
         }
+    );
+    let _ = writeln!(
+        report,
+        "Redis time by command over the whole ramp (INFO commandstats): {}.",
+        env.redis_commandstats()
     );
     match best {
         Some(b) => {
