@@ -821,6 +821,13 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         String::new(),
     ]);
     tab.row(vec![
+        "other processes' CPU meanwhile (noise)".into(),
+        format!("{:.2} cores", s.cpu.others_cores()),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
         "deliveries per broker CPU-second".into(),
         fmt_int(s.per_broker_cpu()),
         "—".into(),
@@ -905,6 +912,7 @@ async fn w1max(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
             "p99",
             "max",
             "CPU broker / Redis / gen",
+            "others",
             "per broker CPU-s",
             "publisher late",
             "result",
@@ -919,6 +927,7 @@ async fn w1max(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
             ms(s.lat.p99),
             ms(s.lat.max),
             s.cpu.percent(),
+            format!("{:.2}", s.cpu.others_cores()),
             fmt_int(s.per_broker_cpu()),
             ms(s.lag_ms),
             s.failure.clone().unwrap_or_else(|| "ok".into()),
@@ -1256,10 +1265,6 @@ async fn w2_live(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
 // W3
 // ---------------------------------------------------------------------------
 
-/// tungstenite's read buffer: `BytesMut::with_capacity(128 KiB)`, which glibc
-/// serves with its own mmap (131,072 bytes + the chunk header, page-rounded).
-const READ_BUFFER_MAPPING: u64 = 132 * 1024;
-
 async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
     let n = a.connections;
     let limit = procs::open_files_limit();
@@ -1278,12 +1283,13 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         return;
     }
     let pid = env.broker.pid();
-    // Warm up: the engine's connections, the allocator's arenas, lazy statics.
+    // Warm up a little: the engine's connections, the allocator's arenas,
+    // lazy statics. Few, so that memory they free is not reused by the
+    // measured connections (which would hide part of their cost).
     let warm: Vec<(String, usize)> = (0..20).map(|i| (format!("w3warm-{i}"), 0)).collect();
-    drop(connect_all(env, &warm, None, 64).await);
+    drop(connect_all(env, &warm, None, 16).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss0 = procs::rss_kib(pid);
-    let (maps0, maps_rss0) = procs::mappings_of_size(pid, READ_BUFFER_MAPPING);
     let gen0 = procs::rss_kib(std::process::id());
     let players: Vec<(String, usize)> = (0..n).map(|i| (format!("w3-{i}"), 0)).collect();
     let t0 = Instant::now();
@@ -1291,23 +1297,11 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss1 = procs::rss_kib(pid);
-    let (maps1, maps_rss1) = procs::mappings_of_size(pid, READ_BUFFER_MAPPING);
     let gen1 = procs::rss_kib(std::process::id());
     let per = (rss1.saturating_sub(rss0)) as f64 / n as f64;
-    let buf_maps = maps1.saturating_sub(maps0);
-    let buf_rss = maps_rss1.saturating_sub(maps_rss0) as f64 / n as f64;
     drop(sockets);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss2 = procs::rss_kib(pid);
-
-    // The hub's part, measured here: the same `Hub::subscribe` the broker
-    // calls per connection (an mpsc channel of MYTHOS_SEND_QUEUE = 1024).
-    let hub = mythos_broker::hub::Hub::new(1024);
-    let h0 = procs::rss_kib(std::process::id());
-    let subs: Vec<_> = (0..n).map(|i| hub.subscribe(&format!("w3-{i}"))).collect();
-    let h1 = procs::rss_kib(std::process::id());
-    drop(subs);
-    let hub_per = h1.saturating_sub(h0) as f64 / n as f64;
 
     let mut tab = Table::new(
         &format!(
@@ -1324,34 +1318,13 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         verdict(per <= goal::W3_TARGET_KIB),
     ]);
     tab.row(vec![
-        "broker RSS before / with / after".into(),
+        "broker RSS before / with / after closing".into(),
         format!(
             "{:.1} / {:.1} / {:.1} MiB",
             rss0 as f64 / 1024.0,
             rss1 as f64 / 1024.0,
             rss2 as f64 / 1024.0
         ),
-        "—".into(),
-        "—".into(),
-        String::new(),
-    ]);
-    tab.row(vec![
-        "of which: tungstenite read buffers (132 KiB mmaps, touched pages)".into(),
-        format!("{buf_rss:.1} KiB ({buf_maps} mappings)"),
-        "—".into(),
-        "—".into(),
-        String::new(),
-    ]);
-    tab.row(vec![
-        "of which: hub subscription (measured in-process)".into(),
-        format!("{hub_per:.1} KiB"),
-        "—".into(),
-        "—".into(),
-        String::new(),
-    ]);
-    tab.row(vec![
-        "rest: two tasks, WebSocket + session state, hyper upgrade, malloc".into(),
-        format!("{:.1} KiB", (per - buf_rss - hub_per).max(0.0)),
         "—".into(),
         "—".into(),
         String::new(),
@@ -1371,6 +1344,10 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         String::new(),
     ]);
     report.push_str(&tab.render());
+    let _ = writeln!(
+        report,
+        "\nWhere it goes (heap profile, docs/benchmarks.md): tungstenite's read buffer, 128 KiB per connection, zero-filled on its first read; everything else is about 8 KiB."
+    );
     sum.add(
         "W3 RSS per connection",
         format!("{per:.1} KiB"),

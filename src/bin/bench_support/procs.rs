@@ -265,36 +265,6 @@ pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS")
 }
 
-/// Anonymous mappings of exactly `size` bytes in a process: how many, and
-/// their resident KiB in total (from `/proc/<pid>/smaps`).
-pub fn mappings_of_size(pid: u32, size: u64) -> (usize, u64) {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
-        return (0, 0);
-    };
-    let (mut count, mut rss, mut inside) = (0usize, 0u64, false);
-    for line in text.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((a, b)) = first.split_once('-') {
-            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                // A mapping header: anonymous ones have no path (6th column).
-                inside = b - a == size && line.split_whitespace().nth(5).is_none();
-                if inside {
-                    count += 1;
-                }
-                continue;
-            }
-        }
-        if inside && line.starts_with("Rss:") {
-            rss += line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    (count, rss)
-}
-
 /// The soft limit on open files of this process (`/proc/self/limits`).
 pub fn open_files_limit() -> u64 {
     std::fs::read_to_string("/proc/self/limits")
@@ -314,6 +284,11 @@ pub fn loadavg1() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0.0)
+}
+
+/// CPU seconds all processes of the machine have used (`/proc/stat`).
+pub fn machine_busy_seconds() -> f64 {
+    cpu_jiffies().0 as f64 / clk_tck()
 }
 
 /// Busy and total jiffies of all CPUs (`/proc/stat`).
@@ -402,6 +377,8 @@ pub struct Cpu {
     pub broker: f64,
     pub redis: f64,
     pub generator: f64,
+    /// Every process of the machine, the three above included.
+    pub machine: f64,
     pub at: Option<Instant>,
 }
 
@@ -411,6 +388,7 @@ impl Cpu {
             broker: cpu_seconds(broker),
             redis: cpu_seconds(redis),
             generator: cpu_seconds(std::process::id()),
+            machine: machine_busy_seconds(),
             at: Some(Instant::now()),
         }
     }
@@ -425,6 +403,7 @@ impl Cpu {
             broker: self.broker - earlier.broker,
             redis: self.redis - earlier.redis,
             generator: self.generator - earlier.generator,
+            machine: self.machine - earlier.machine,
             wall,
         }
     }
@@ -436,10 +415,20 @@ pub struct CpuUse {
     pub broker: f64,
     pub redis: f64,
     pub generator: f64,
+    pub machine: f64,
     pub wall: f64,
 }
 
 impl CpuUse {
+    /// Cores used by everything else on the machine meanwhile (colleagues'
+    /// builds, the kernel's own threads): a disturbed measurement shows here.
+    pub fn others_cores(&self) -> f64 {
+        if self.wall <= 0.0 {
+            return 0.0;
+        }
+        ((self.machine - self.broker - self.redis - self.generator) / self.wall).max(0.0)
+    }
+
     /// `broker / redis / generator` as percent of one core.
     pub fn percent(&self) -> String {
         let p = |s: f64| {
