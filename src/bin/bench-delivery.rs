@@ -957,6 +957,25 @@ async fn w1max(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         "Redis time by command over the whole ramp (INFO commandstats): {}.",
         env.redis_commandstats()
     );
+    // With closed-loop publishers, a saturated step still delivers at p99 well
+    // under 100 ms (the queue is bounded by the requests in flight): report
+    // the most any step delivered without loss or p99 > 100 ms as well.
+    if let Some(m) = results
+        .iter()
+        .filter(|s| {
+            s.failure
+                .as_deref()
+                .is_none_or(|f| f.starts_with("generator reached"))
+        })
+        .max_by(|x, y| x.achieved.total_cmp(&y.achieved))
+    {
+        let _ = writeln!(
+            report,
+            "Most delivered by any step at p99 ≤ 100 ms without loss (rate reached or not): {} deliveries/s, {} per broker CPU-second.",
+            fmt_int(m.achieved),
+            fmt_int(m.per_broker_cpu())
+        );
+    }
     match best {
         Some(b) => {
             let per_cpu = b.per_broker_cpu();
