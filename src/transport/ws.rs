@@ -28,6 +28,8 @@ pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
 /// Violations within [`STRIKE_WINDOW`] that count as sustained abuse.
 const MAX_STRIKES: u32 = 20;
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Events written before one flush when several are ready.
 const MAX_BATCH: usize = 64;
 
@@ -69,7 +71,7 @@ pub async fn run(ws: WebSocket, s: WsSession) {
     let (mut sink, stream) = ws.split();
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Ctrl>(32);
     let clock = Liveness::new();
-    let reader = tokio::spawn(read_loop(
+    let mut reader = tokio::spawn(read_loop(
         app.clone(),
         player.clone(),
         session_id,
@@ -85,15 +87,19 @@ pub async fn run(ws: WebSocket, s: WsSession) {
             clock,
         };
         if let Some((code, reason)) = w.run(&mut feed, &mut sink, ctrl_rx).await {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                sink.send(Message::close_with(code, reason)),
-            )
-            .await;
+            let close = Message::close_with(code, reason);
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    reader.abort();
+    // Give the peer a moment to answer our close frame (the closing
+    // handshake), so the frame is not lost to a reset of the TCP connection.
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    if tokio::time::timeout(CLOSE_GRACE, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
     metrics::gauge!("mythos_ws_connections").decrement(1.0);
 }
 
