@@ -132,6 +132,11 @@ pub struct Config {
     /// This node's name in Redis consumer groups (default: host-pid).
     #[arg(long, env = "MYTHOS_NODE_ID")]
     pub node_id: Option<String>,
+
+    /// Redis-native publishing: entries pending this long on a consumer (a
+    /// crashed node) are taken over by another node.
+    #[arg(long, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
+    pub ingest_claim_idle: Duration,
 }
 
 impl Config {
@@ -165,6 +170,7 @@ impl Config {
             ("MYTHOS_IDLE_TIMEOUT", self.idle_timeout),
             ("MYTHOS_DEDUPE_WINDOW", self.dedupe_window),
             ("MYTHOS_MAX_BACKLOG_AGE", self.max_backlog_age),
+            ("MYTHOS_INGEST_CLAIM_IDLE", self.ingest_claim_idle),
         ] {
             if d.is_zero() {
                 return Err(format!("{name} must be longer than zero"));

@@ -309,7 +309,7 @@ async fn open_ws(
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|l| l.split(',').any(|p| p.trim() == "mythos.v1"));
-    let tracker = app.sessions.clone();
+    let tracker = app.tasks.clone();
     let reply = upgrade
         .max_message_size(ws::HARD_FRAME_LIMIT)
         .max_frame_size(ws::HARD_FRAME_LIMIT)
@@ -385,12 +385,13 @@ pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
     let listener = tokio::net::TcpListener::bind(app.config.bind).await?;
     let addr = listener.local_addr()?;
     let filter = routes(app.clone());
+    crate::node::start_background(&app);
     let app2 = app.clone();
     let task = tokio::spawn(async move {
         let shutdown = app2.shutdown.clone();
         crate::listener::serve(listener, filter, shutdown, Duration::from_secs(10)).await;
-        app2.sessions.close();
-        if tokio::time::timeout(Duration::from_secs(5), app2.sessions.wait())
+        app2.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), app2.tasks.wait())
             .await
             .is_err()
         {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mythos_broker::auth::Role;
 use serde_json::json;
 use support::broker::*;
+use support::eventually;
 
 on_both_engines!(
     sse_resumes_from_header_query_and_cursor,
@@ -201,14 +202,14 @@ async fn acks_are_cumulative_clamped_and_shared(kind: Kind) {
     ws.send_json(json!({"type": "ack", "sequence_number": 13}))
         .await;
     let tok2 = tok.clone();
-    eventually("ws ack reaches the cursor", || {
+    eventually(PATIENCE, "ws ack reaches the cursor", || {
         let tok = tok2.clone();
         let n = &n;
         async move {
             let (_, c) = n
                 .request(reqwest::Method::GET, "/v1/cursor", Some(&tok))
                 .await;
-            c["acked"].as_u64() == Some(13)
+            (c["acked"].as_u64() == Some(13)).then_some(())
         }
     })
     .await;
@@ -333,9 +334,9 @@ async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
             .await;
         published += 1;
     }
-    eventually("the slow subscriber is gone from the hub", || {
+    eventually(PATIENCE, "the slow subscriber is gone from the hub", || {
         let hub = hub.clone();
-        async move { hub.subscribers() == 0 }
+        async move { (hub.subscribers() == 0).then_some(()) }
     })
     .await;
     // The client drains what reached it, then sees the close (or a dropped socket).

@@ -74,7 +74,6 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         "mythos-broker listening on http://{} (engine: {engine_name})",
         running.addr
     );
-    mythos_broker::node::start_background(&app);
     if app.config.dev {
         for role in [Role::Service, Role::Admin] {
             if let Ok((token, _)) = app.auth.issue(&format!("dev-{}", role.as_str()), role) {

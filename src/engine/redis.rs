@@ -1,79 +1,454 @@
-//! The Redis engine (placeholder until the redis-engine branch lands).
+//! The Redis engine: durable logs shared by many broker nodes.
+//!
+//! Owns: the command pool (deadpool-redis), the Lua scripts in `lua/` that
+//! make every append, ack and resume atomic, and this node's one pub/sub
+//! subscription to `mythos:live` (see [`live`]), which is the only way
+//! appends reach the node's [`Hub`], including this node's own appends.
+//! Must not touch: HTTP, sockets, validation (callers pass checked input).
+//! The key layout is in [`keys`] and `docs/redis-layout.md`.
+
+mod decode;
+pub mod keys;
+mod lanes;
+mod live;
+pub mod scripts;
+pub mod stream;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::{AsyncConnectionConfig, Script, Value};
+use tokio::task::JoinHandle;
 
+use self::decode::{command_of, cursor_of, event_of};
+pub use self::scripts::Scripts;
 use super::{Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result, Resume};
 use crate::hub::Hub;
-use crate::protocol::{Delivery, Event, EventBody, Target};
+use crate::protocol::{now_rfc3339, Delivery, Event, EventBody, Target};
 
-pub struct RedisEngine;
+/// How long one ordinary command may take before it fails.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Multiplexed connections shared by all non-blocking commands (see [`lanes`]).
+pub const LANES: usize = 4;
 
-impl RedisEngine {
-    pub async fn connect(_: &str, _: usize, _: Limits, _: Arc<Hub>) -> Result<Arc<Self>> {
-        Err(EngineError::Rejected("redis engine not built yet"))
+/// The Redis engine. Dropping it stops its live subscription.
+pub struct RedisEngine {
+    pool: Pool,
+    lanes: lanes::Lanes,
+    limits: Limits,
+    scripts: Scripts,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for RedisEngine {
+    fn drop(&mut self) {
+        self.listener.abort();
     }
 }
 
-const NO: EngineError = EngineError::Rejected("redis engine not built yet");
+fn pool_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Pool(e.to_string())
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisEngine {
+    /// Connects a pool of `pool_size` connections for blocking commands plus
+    /// [`LANES`] multiplexed lanes for all others, loads the scripts and
+    /// subscribes to `mythos:live` (before returning, so no append made after
+    /// this returns can be missed by the hub). Fails if Redis is unreachable.
+    pub async fn connect(
+        url: &str,
+        pool_size: usize,
+        limits: Limits,
+        hub: Arc<Hub>,
+    ) -> Result<Arc<Self>> {
+        let client = redis::Client::open(url)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        let manager = Manager::new_with_config(url, config)?;
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1) + LANES)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(OP_TIMEOUT))
+            .create_timeout(Some(OP_TIMEOUT))
+            .recycle_timeout(Some(OP_TIMEOUT))
+            .build()
+            .map_err(pool_err)?;
+        let scripts = Scripts::new();
+        {
+            let mut conn = pool.get().await.map_err(pool_err)?;
+            for s in scripts.all() {
+                s.prepare_invoke().load_async(&mut conn).await?;
+            }
+        }
+        let first = live::subscribe(&client).await?;
+        let listener = tokio::spawn(live::listen(client, hub, first));
+        Ok(Arc::new(Self {
+            lanes: lanes::Lanes::new(pool.clone(), LANES),
+            pool,
+            limits,
+            scripts,
+            listener,
+        }))
+    }
+
+    /// The command pool, for the Redis-native publish consumer (`ingest`).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The scripts, for benchmarks that call them directly.
+    pub fn scripts(&self) -> &Scripts {
+        &self.scripts
+    }
+
+    /// A connection for a non-blocking command (a multiplexed lane).
+    async fn conn(&self) -> Result<lanes::Lane<'_>> {
+        self.lanes.get().await
+    }
+
+    fn age_ms(&self) -> u64 {
+        ms(self.limits.max_backlog_age)
+    }
+
+    /// Appends `body` to `players` (distinct, in delivery order) in one script call.
+    async fn append(
+        &self,
+        players: &[String],
+        body: &EventBody,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<Delivery>> {
+        if players.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = self.scripts.append.prepare_invoke();
+        for p in players {
+            inv.key(keys::events(p)).key(keys::meta(p));
+            if let Some(k) = dedupe_key {
+                inv.key(keys::dedupe(p, k));
+            }
+        }
+        let flags = match (&body.room_id, &body.id) {
+            (Some(_), Some(_)) => "ri",
+            (Some(_), None) => "r",
+            (None, Some(_)) => "i",
+            (None, None) => "",
+        };
+        inv.arg(players.len())
+            .arg(dedupe_key.map_or(0, |_| ms(self.limits.dedupe_window)))
+            .arg(self.limits.max_backlog)
+            .arg(self.age_ms())
+            .arg(flags)
+            .arg(&body.event_type)
+            .arg(&body.timestamp)
+            .arg(body.data.get())
+            .arg(body.room_id.as_deref().unwrap_or(""))
+            .arg(body.id.as_deref().unwrap_or(""));
+        for p in players {
+            inv.arg(p.as_str());
+        }
+        let out: Vec<u64> = inv.invoke_async(&mut self.conn().await?).await?;
+        if out.len() != players.len() * 2 {
+            return Err(EngineError::Corrupt("append.lua answered short".into()));
+        }
+        Ok(players
+            .iter()
+            .zip(out.chunks_exact(2))
+            .map(|(p, r)| Delivery {
+                player_id: p.clone(),
+                sequence_number: r[0],
+            })
+            .collect())
+    }
+
+    /// Runs a script over one player's events and meta keys, answering a cursor first.
+    async fn player_script(
+        &self,
+        script: &Script,
+        player: &str,
+        args: &[String],
+    ) -> Result<Vec<u64>> {
+        let mut inv = script.prepare_invoke();
+        inv.key(keys::events(player)).key(keys::meta(player));
+        for a in args {
+            inv.arg(a.as_str());
+        }
+        let out: Vec<u64> = inv.invoke_async(&mut self.conn().await?).await?;
+        if out.len() < 3 {
+            return Err(EngineError::Corrupt("script answered short".into()));
+        }
+        Ok(out)
+    }
+}
+
+/// Creates `group` on `mythos:commands` (from the start) unless it exists.
+async fn ensure_group(
+    conn: &mut deadpool_redis::Connection,
+    stream: &str,
+    group: &str,
+) -> Result<()> {
+    let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Sends a command that may block for `block` on the server.
+pub(crate) async fn query_blocking(
+    conn: &mut deadpool_redis::Connection,
+    cmd: &redis::Cmd,
+    block: Duration,
+) -> redis::RedisResult<Value> {
+    conn.set_response_timeout(block + OP_TIMEOUT);
+    let r = cmd.query_async(&mut *conn).await;
+    conn.set_response_timeout(OP_TIMEOUT);
+    r
+}
+
+/// Creates consumer group `group` on `stream` (from its start) unless it exists.
+pub async fn create_group(pool: &Pool, stream: &str, group: &str) -> Result<()> {
+    let mut conn = pool.get().await.map_err(pool_err)?;
+    ensure_group(&mut conn, stream, group).await
+}
 
 #[async_trait]
 impl Engine for RedisEngine {
     async fn publish(
         &self,
-        _: &Target,
-        _: Arc<EventBody>,
-        _: Option<&str>,
+        target: &Target,
+        body: Arc<EventBody>,
+        dedupe_key: Option<&str>,
     ) -> Result<Vec<Delivery>> {
-        Err(NO)
+        match target {
+            Target::Player(p) => {
+                self.append(std::slice::from_ref(p), &body, dedupe_key)
+                    .await
+            }
+            Target::Players(ps) => self.append(ps, &body, dedupe_key).await,
+            Target::Room(r) => {
+                let mut members: Vec<String> = redis::cmd("SMEMBERS")
+                    .arg(keys::members(r))
+                    .query_async(&mut self.conn().await?)
+                    .await?;
+                members.sort_unstable();
+                self.append(&members, &body, dedupe_key).await
+            }
+        }
     }
-    async fn read(&self, _: &str, _: u64, _: usize) -> Result<Vec<Event>> {
-        Err(NO)
+
+    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let v: Value = redis::cmd("XRANGE")
+            .arg(keys::events(player))
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        stream::entries(v)?.into_iter().map(event_of).collect()
     }
-    async fn resume(&self, _: &str, _: u64) -> Result<Resume> {
-        Err(NO)
+
+    async fn resume(&self, player: &str, after: u64) -> Result<Resume> {
+        let timestamp = now_rfc3339();
+        let args = [
+            after.to_string(),
+            self.limits.max_backlog.to_string(),
+            self.age_ms().to_string(),
+            player.to_string(),
+            timestamp.clone(),
+        ];
+        let v = self
+            .player_script(&self.scripts.resume, player, &args)
+            .await?;
+        if v.len() < 6 {
+            return Err(EngineError::Corrupt("resume.lua answered short".into()));
+        }
+        let resync = (v[4] > 0).then(|| {
+            let mut body = super::resync_body(v[5]);
+            body.timestamp = timestamp;
+            Event {
+                sequence_number: v[4],
+                body: Arc::new(body),
+            }
+        });
+        Ok(Resume {
+            cursor: cursor_of(&v),
+            resync,
+            after: v[3],
+        })
     }
-    async fn ack(&self, _: &str, _: u64) -> Result<Cursor> {
-        Err(NO)
+
+    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
+        let v = self
+            .player_script(&self.scripts.ack, player, &[seq.to_string()])
+            .await?;
+        Ok(cursor_of(&v))
     }
-    async fn cursor(&self, _: &str) -> Result<Cursor> {
-        Err(NO)
+
+    async fn cursor(&self, player: &str) -> Result<Cursor> {
+        let args = [
+            self.limits.max_backlog.to_string(),
+            self.age_ms().to_string(),
+        ];
+        let v = self
+            .player_script(&self.scripts.cursor, player, &args)
+            .await?;
+        Ok(cursor_of(&v))
     }
-    async fn join(&self, _: &str, _: &str) -> Result<Option<Vec<String>>> {
-        Err(NO)
+
+    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        let (added, _, mut members): (u64, u64, Vec<String>) = redis::pipe()
+            .atomic()
+            .sadd(keys::members(room), player)
+            .sadd(keys::rooms(player), room)
+            .smembers(keys::members(room))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        if added == 0 {
+            return Ok(None);
+        }
+        members.retain(|m| m != player);
+        members.sort_unstable();
+        Ok(Some(members))
     }
-    async fn leave(&self, _: &str, _: &str) -> Result<Option<Vec<String>>> {
-        Err(NO)
+
+    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        let (removed, _, mut members): (u64, u64, Vec<String>) = redis::pipe()
+            .atomic()
+            .srem(keys::members(room), player)
+            .srem(keys::rooms(player), room)
+            .smembers(keys::members(room))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        if removed == 0 {
+            return Ok(None);
+        }
+        members.sort_unstable();
+        Ok(Some(members))
     }
-    async fn members(&self, _: &str) -> Result<Vec<String>> {
-        Err(NO)
+
+    async fn members(&self, room: &str) -> Result<Vec<String>> {
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::members(room))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        m.sort_unstable();
+        Ok(m)
     }
-    async fn rooms_of(&self, _: &str) -> Result<Vec<String>> {
-        Err(NO)
+
+    async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
+        let mut r: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::rooms(player))
+            .query_async(&mut self.conn().await?)
+            .await?;
+        r.sort_unstable();
+        Ok(r)
     }
-    async fn push_command(&self, _: &Command) -> Result<(String, bool)> {
-        Err(NO)
+
+    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)> {
+        let (id, fresh): (String, u8) = self
+            .scripts
+            .command
+            .key(keys::command(&cmd.player_id, &cmd.id))
+            .key(keys::COMMANDS)
+            .arg(ms(self.limits.dedupe_window))
+            .arg(&cmd.player_id)
+            .arg(&cmd.session_id)
+            .arg(&cmd.kind)
+            .arg(&cmd.id)
+            .arg(&cmd.payload)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok((id, fresh == 1))
     }
+
     async fn read_commands(
         &self,
-        _: &str,
-        _: &str,
-        _: usize,
-        _: Duration,
+        group: &str,
+        consumer: &str,
+        count: usize,
+        block: Duration,
     ) -> Result<Vec<CommandEntry>> {
-        Err(NO)
+        let mut conn = self.pool.get().await.map_err(pool_err)?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(group).arg(consumer);
+        cmd.arg("COUNT").arg(count.max(1));
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(ms(block));
+        }
+        cmd.arg("STREAMS").arg(keys::COMMANDS).arg(">");
+        let v = match query_blocking(&mut conn, &cmd, block).await {
+            Err(e) if e.code() == Some("NOGROUP") => {
+                ensure_group(&mut conn, keys::COMMANDS, group).await?;
+                query_blocking(&mut conn, &cmd, block).await?
+            }
+            r => r?,
+        };
+        stream::read_group(v)?
+            .into_iter()
+            .filter_map(|e| command_of(e).transpose())
+            .collect()
     }
-    async fn ack_commands(&self, _: &str, _: &[String]) -> Result<()> {
-        Err(NO)
+
+    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
+        if entry_ids.is_empty() {
+            return Ok(());
+        }
+        let _: u64 = redis::cmd("XACK")
+            .arg(keys::COMMANDS)
+            .arg(group)
+            .arg(entry_ids)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(())
     }
-    async fn create_user(&self, _: &str, _: &Account) -> Result<bool> {
-        Err(NO)
+
+    async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
+        let created: u8 = self
+            .scripts
+            .create_user
+            .key(keys::user(username))
+            .arg(&account.password_hash)
+            .arg(&account.role)
+            .invoke_async(&mut self.conn().await?)
+            .await?;
+        Ok(created == 1)
     }
-    async fn user(&self, _: &str) -> Result<Option<Account>> {
-        Err(NO)
+
+    async fn user(&self, username: &str) -> Result<Option<Account>> {
+        let (hash, role): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys::user(username))
+            .arg("password_hash")
+            .arg("role")
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(hash.map(|password_hash| Account {
+            password_hash,
+            role: role.unwrap_or_else(|| "player".into()),
+        }))
     }
+
     async fn ping(&self) -> Result<()> {
-        Err(NO)
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(())
     }
 }

@@ -1,4 +1,8 @@
-//! Shared test support: real redis-server processes and real broker nodes.
+//! Shared test support: real redis-server processes (`redis`) and real broker
+//! nodes with HTTP/SSE/WebSocket clients (`broker`).
 #![allow(dead_code)]
 pub mod broker;
 pub mod redis;
+
+#[allow(unused_imports)]
+pub use self::redis::{eventually, wait_for, RedisServer};

@@ -1,0 +1,59 @@
+-- append.lua: appends one event to the logs of N players (a fan-out) in one call.
+--
+-- KEYS, per member i, in order:
+--   mythos:player:{p}:events   the log (stream, entry id '<seq>-0')
+--   mythos:player:{p}:meta     hash: seq (last sequence number), acked
+--   mythos:player:{p}:dedupe:<key>   only when ARGV[2] > 0: the dedupe marker
+-- ARGV:
+--   1 n (members)   2 dedupe window in ms (0: no dedupe key, 2 KEYS per member)
+--   3 max_backlog   4 max_backlog_age in ms
+--   5 flags ('r': room_id present, 'i': id present)
+--   6 event_type    7 timestamp (stamped by the broker)   8 data (JSON text)
+--   9 room_id ('' when absent)   10 id ('' when absent)   10+i: member i's player id
+-- Returns a flat array: for each member, its sequence number and 1 if the
+-- event was appended now, 0 if the dedupe key returned an earlier one.
+--
+-- Atomic because Redis runs a script alone: every member gets the event
+-- exactly once, the sequence numbers stay dense, a dedupe hit can't race a
+-- concurrent append, and the one PUBLISH on `mythos:live` (for every fresh
+-- append of the call, with the event body) happens after all of them.
+-- Each member touches only its own hash-tagged keys, but a fan-out spans many
+-- players' slots: under Redis Cluster a fan-out would have to be split per slot.
+
+local n = tonumber(ARGV[1])
+local dedupe_ms = tonumber(ARGV[2])
+local max_backlog = ARGV[3]
+local max_age_ms = tonumber(ARGV[4])
+local flags, event_type, timestamp, data = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local room_id, id = ARGV[9], ARGV[10]
+local stride = 2
+if dedupe_ms > 0 then stride = 3 end
+
+local fields = event_fields(flags, event_type, timestamp, data, room_id, id)
+local now = now_ms()
+local out = {}
+local fresh = {}
+for i = 1, n do
+  local k = (i - 1) * stride
+  local events, meta = KEYS[k + 1], KEYS[k + 2]
+  local seq = nil
+  if dedupe_ms > 0 then
+    local old = redis.call('GET', KEYS[k + 3])
+    if old then
+      seq = tonumber(old)
+      out[2 * i - 1] = seq
+      out[2 * i] = 0
+    end
+  end
+  if not seq then
+    seq = append_one(events, meta, fields, max_backlog, max_age_ms, now)
+    if dedupe_ms > 0 then
+      redis.call('SET', KEYS[k + 3], int(seq), 'PX', dedupe_ms)
+    end
+    out[2 * i - 1] = seq
+    out[2 * i] = 1
+    fresh[#fresh + 1] = frame(ARGV[10 + i]) .. frame(int(seq))
+  end
+end
+announce(fresh, flags, event_type, timestamp, data, room_id, id)
+return out

@@ -1,0 +1,129 @@
+-- lib.lua: helpers shared by the mythos scripts.
+--
+-- Not a script on its own: the engine prepends this file to append.lua,
+-- resume.lua, cursor.lua and ack.lua before loading them (`SCRIPT LOAD`), so
+-- each loaded script is self-contained and its SHA covers these helpers too.
+-- Everything here runs inside the calling script, hence atomically.
+
+-- A number as an integer string: tostring() would print 1e+15 for big numbers.
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Milliseconds since the epoch of '2026-11-23T10:30:00.123Z' (RFC 3339, UTC);
+-- nil when the text is not in that shape.
+local function ts_ms(s)
+  if type(s) ~= 'string' then return nil end
+  local y, mo, d, h, mi, se, frac =
+    string.match(s, '^(%d%d%d%d)-(%d%d)-(%d%d)T(%d%d):(%d%d):(%d%d)%.?(%d*)')
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- days from civil (H. Hinnant), valid for the proleptic Gregorian calendar
+  if mo <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local doy = math.floor((153 * ((mo + 9) % 12) + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  local days = era * 146097 + doe - 719468
+  local ms = tonumber(string.sub(frac .. '000', 1, 3))
+  return (((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60 + tonumber(se)) * 1000 + ms
+end
+
+-- The server's clock, in milliseconds (one clock for every node).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The sequence number of a stream entry id '<seq>-0'.
+local function id_seq(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+-- The `timestamp` field of an entry (stored second, after `event_type`).
+local function entry_ts(fields)
+  if fields[3] == 'timestamp' then return fields[4] end
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'timestamp' then return fields[i + 1] end
+  end
+  return nil
+end
+
+-- Drops the entries older than max_age_ms from the front of the log. Entries
+-- are appended in time order, so the expired ones form a prefix: look at the
+-- oldest one, and only if it expired at the next ones, in batches. An entry
+-- whose timestamp cannot be read is kept.
+local function trim_age(events, max_age_ms, now)
+  local cutoff = now - max_age_ms
+  local batch = 1
+  while true do
+    local old = redis.call('XRANGE', events, '-', '+', 'COUNT', batch)
+    local expired = 0
+    for _, e in ipairs(old) do
+      local t = ts_ms(entry_ts(e[2]))
+      if t == nil or t >= cutoff then break end
+      expired = expired + 1
+    end
+    if expired > 0 then
+      redis.call('XTRIM', events, 'MINID', int(id_seq(old[expired][1]) + 1))
+    end
+    if expired < #old or #old < batch then return end
+    batch = 64
+  end
+end
+
+-- Both caps, as the memory engine's enforce_caps: count, then age.
+local function enforce_caps(events, max_backlog, max_age_ms, now)
+  redis.call('XTRIM', events, 'MAXLEN', '=', max_backlog)
+  trim_age(events, max_age_ms, now)
+end
+
+-- last, acked and oldest (the first retained sequence number, else last + 1).
+local function cursor(events, meta)
+  local m = redis.call('HMGET', meta, 'seq', 'acked')
+  local last = tonumber(m[1]) or 0
+  local acked = tonumber(m[2]) or 0
+  local first = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
+  local oldest = last + 1
+  if first[1] then oldest = id_seq(first[1][1]) end
+  return last, acked, oldest
+end
+
+-- Appends one event (a flat field list) under the next sequence number and
+-- enforces the caps; returns the sequence number.
+local function append_one(events, meta, fields, max_backlog, max_age_ms, now)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('XADD', events, 'MAXLEN', '=', max_backlog, int(seq) .. '-0', unpack(fields))
+  trim_age(events, max_age_ms, now)
+  return seq
+end
+
+-- A netstring-like frame: '<byte length>:<bytes>'.
+local function frame(s)
+  return #s .. ':' .. s
+end
+
+-- The stream fields of an event; flags holds 'r' when room_id is present and
+-- 'i' when id is.
+local function event_fields(flags, event_type, timestamp, data, room_id, id)
+  local f = { 'event_type', event_type, 'timestamp', timestamp, 'data', data }
+  if string.find(flags, 'r', 1, true) then
+    f[#f + 1] = 'room_id'; f[#f + 1] = room_id
+  end
+  if string.find(flags, 'i', 1, true) then
+    f[#f + 1] = 'id'; f[#f + 1] = id
+  end
+  return f
+end
+
+-- Announces fresh appends on `mythos:live`: one message for the whole call,
+-- `frame(n) (frame(player) frame(seq)){n} frame(flags) frame(event_type)
+-- frame(timestamp) frame(room_id) frame(id) frame(data)`, so that every node
+-- can hand the event to its local connections without reading it back.
+local function announce(targets, flags, event_type, timestamp, data, room_id, id)
+  if #targets == 0 then return end
+  redis.call('PUBLISH', 'mythos:live', frame(int(#targets)) .. table.concat(targets)
+    .. frame(flags) .. frame(event_type) .. frame(timestamp) .. frame(room_id)
+    .. frame(id) .. frame(data))
+end
+

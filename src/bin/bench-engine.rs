@@ -1,0 +1,330 @@
+//! `bench-engine`: throughput of the Redis engine next to the raw Redis
+//! ceiling for the same script, measured in one run (issue 3).
+//!
+//! Starts its own `redis-server` (no persistence) on a free port, then
+//! measures (a) appends/s to single players and (b) deliveries/s of room
+//! events, through `RedisEngine::publish`, and (c) `redis-benchmark` running
+//! `EVALSHA` of the same `append.lua` with the same number of keys and
+//! arguments. Must not touch: any Redis it did not start.
+//!
+//! `cargo run --release --bin bench-engine -- [--seconds N]`
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::{Engine, Limits};
+use mythos_broker::hub::Hub;
+use mythos_broker::protocol::{now_rfc3339, EventBody, Target};
+use serde_json::value::RawValue;
+
+#[derive(Parser)]
+#[command(about = "Redis engine throughput vs the raw Redis ceiling")]
+struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value = "5")]
+    seconds: u64,
+    /// Distinct players for single-player appends.
+    #[arg(long, default_value = "10000")]
+    players: usize,
+    /// Concurrent publishers (and redis-benchmark clients).
+    #[arg(long, default_value = "64")]
+    publishers: usize,
+    /// Members per room.
+    #[arg(long, default_value = "50")]
+    room_size: usize,
+    /// Rooms published to.
+    #[arg(long, default_value = "20")]
+    rooms: usize,
+    /// Pooled connections (for blocking commands; appends use the lanes).
+    #[arg(long, default_value = "32")]
+    pool: usize,
+    /// Rounds; each measures the engine and the ceilings in turn. Medians are reported.
+    #[arg(long, default_value = "3")]
+    rounds: usize,
+}
+
+const DATA: &str =
+    r#"{"text":"The innkeeper polishes a glass and eyes you warily.","from":"innkeeper","n":1}"#;
+
+struct Server(Child, u16, std::path::PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.2);
+    }
+}
+
+fn start_redis() -> Result<Server, String> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let dir = std::env::temp_dir().join(format!("mythos-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
+    let server = Server(child, port, dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("redis-server did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+fn body() -> Arc<EventBody> {
+    let data = RawValue::from_string(DATA.to_string()).unwrap_or_default();
+    Arc::new(EventBody::now("bench", data, None, None))
+}
+
+/// Failed publishes (they count for nothing; any is reported).
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs `publishers` loops of `op` for `secs` (after a 1 s warm-up); returns units/s.
+async fn measure<F, Fut>(publishers: usize, secs: u64, op: F) -> f64
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<u64>> + Send,
+{
+    let op = Arc::new(op);
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(1 + secs);
+    let mut tasks = Vec::new();
+    for w in 0..publishers {
+        let (op, counting, done) = (op.clone(), counting.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                let Some(n) = op(w, i).await else {
+                    ERRORS.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if counting.load(Ordering::Relaxed) {
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    for t in tasks {
+        let _ = t.await;
+    }
+    done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// `redis-benchmark -c clients -P pipeline` running EVALSHA of append.lua with
+/// `members` members; calls/s.
+fn ceiling(
+    port: u16,
+    sha: &str,
+    members: usize,
+    (clients, pipeline): (usize, usize),
+    secs: u64,
+) -> Result<f64, String> {
+    // One shared meta key keeps every sequence number increasing, so the
+    // members' events keys can be random (as many players as the engine run).
+    let mut cmd = vec![
+        "EVALSHA".to_string(),
+        sha.to_string(),
+        (2 * members).to_string(),
+    ];
+    for _ in 0..members {
+        cmd.push("mythos:player:{b__rand_int__}:events".into());
+        cmd.push("mythos:player:{bench-meta}:meta".into());
+    }
+    let ts = now_rfc3339();
+    for a in [
+        &members.to_string(),
+        "0",
+        "10000",
+        "604800000",
+        "",
+        "bench",
+        &ts,
+        DATA,
+        "",
+        "",
+    ] {
+        cmd.push(a.to_string());
+    }
+    cmd.extend((0..members).map(|i| format!("p{i}")));
+    let run = |n: u64| -> Result<f64, String> {
+        let out = Command::new("redis-benchmark")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .args(["-P", &pipeline.to_string()])
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-n",
+                &n.to_string(),
+                "-r",
+                "10000",
+            ])
+            .args(&cmd)
+            .output()
+            .map_err(|e| format!("redis-benchmark: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+        text.lines()
+            .filter_map(|l| l.split(" requests per second").next()?.rsplit(' ').next())
+            .filter_map(|v| v.parse::<f64>().ok())
+            .next_back()
+            .ok_or_else(|| format!("unreadable redis-benchmark output: {text}"))
+    };
+    let rough = run(2_000)?;
+    run(((rough * secs as f64) as u64).max(2_000))
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = bench(Args::parse()).await {
+        eprintln!("bench-engine: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn bench(a: Args) -> Result<(), String> {
+    let server = start_redis()?;
+    let url = format!("redis://127.0.0.1:{}/", server.1);
+    let engine = RedisEngine::connect(&url, a.pool, Limits::default(), Hub::new(1024))
+        .await
+        .map_err(|e| e.to_string())?;
+    let sha = engine.scripts().append.get_hash().to_string();
+    for r in 0..a.rooms {
+        for m in 0..a.room_size {
+            let (room, member) = (format!("room{r}"), format!("r{r}m{m}"));
+            engine
+                .join(&room, &member)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let players: Arc<Vec<Target>> = Arc::new(
+        (0..a.players)
+            .map(|i| Target::Player(format!("p{i}")))
+            .collect(),
+    );
+    let rooms: Arc<Vec<Target>> = Arc::new(
+        (0..a.rooms)
+            .map(|r| Target::Room(format!("room{r}")))
+            .collect(),
+    );
+
+    // The ceiling of the issue: one request in flight per connection. And,
+    // for information, as many in flight pipelined over as many connections
+    // as the engine has lanes, which is how the engine sends them.
+    let plain = (a.publishers, 1);
+    let lanes = mythos_broker::engine::redis::LANES;
+    let piped = (lanes, a.publishers.div_ceil(lanes));
+    let room = a.room_size as f64;
+    // [engine, ceiling, pipelined] for (a) and (b), one figure per round.
+    let mut single: [Vec<f64>; 3] = Default::default();
+    let mut rooms_out: [Vec<f64>; 3] = Default::default();
+    for round in 1..=a.rounds {
+        eprintln!("round {round}/{}: (a) single players", a.rounds);
+        let (e, ps, np) = (engine.clone(), players.clone(), a.publishers);
+        single[0].push(
+            measure(a.publishers, a.seconds, move |w, i| {
+                let (e, ps) = (e.clone(), ps.clone());
+                async move {
+                    let t = &ps[(w + i as usize * np) % ps.len()];
+                    e.publish(t, body(), None)
+                        .await
+                        .ok()
+                        .map(|d| d.len() as u64)
+                }
+            })
+            .await,
+        );
+        single[1].push(ceiling(server.1, &sha, 1, plain, a.seconds)?);
+        single[2].push(ceiling(server.1, &sha, 1, piped, a.seconds)?);
+        eprintln!("round {round}/{}: (b) rooms", a.rounds);
+        let (e, rs) = (engine.clone(), rooms.clone());
+        rooms_out[0].push(
+            measure(a.publishers, a.seconds, move |w, i| {
+                let (e, rs) = (e.clone(), rs.clone());
+                async move {
+                    let t = &rs[(w + i as usize) % rs.len()];
+                    e.publish(t, body(), None)
+                        .await
+                        .ok()
+                        .map(|d| d.len() as u64)
+                }
+            })
+            .await,
+        );
+        rooms_out[1].push(ceiling(server.1, &sha, a.room_size, plain, a.seconds)? * room);
+        rooms_out[2].push(ceiling(server.1, &sha, a.room_size, piped, a.seconds)? * room);
+    }
+
+    let redis_version = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cores} cores; {redis_version}");
+    let errors = ERRORS.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("WARNING: {errors} publishes failed during the engine runs");
+    }
+    println!(
+        "setup: {} publishers, {lanes} lanes, {} rounds of {} s; ceiling: redis-benchmark \
+         -c {} -P 1; pipelined: -c {} -P {}; figures: median (min-max)",
+        a.publishers, a.rounds, a.seconds, plain.0, piped.0, piped.1
+    );
+    println!();
+    println!("| workload | engine | ceiling (-P 1) | ratio | pipelined | ratio |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: String, v: &[Vec<f64>; 3]| {
+        let [e, c, p] = [median(&v[0]), median(&v[1]), median(&v[2])];
+        let (rc, rp) = (100.0 * e / c, 100.0 * e / p);
+        println!(
+            "| {name} | {} | {} | {rc:.0} % | {} | {rp:.0} % |",
+            spread(&v[0]),
+            spread(&v[1]),
+            spread(&v[2])
+        );
+    };
+    row(
+        format!("(a) appends/s, single players ({} players)", a.players),
+        &single,
+    );
+    row(
+        format!("(b) deliveries/s, {} rooms of {}", a.rooms, a.room_size),
+        &rooms_out,
+    );
+    drop(engine);
+    drop(server);
+    Ok(())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn spread(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0} ({:.0}-{:.0})", median(v), lo, hi)
+}

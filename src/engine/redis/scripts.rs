@@ -1,0 +1,50 @@
+//! The Lua scripts of `lua/`, ready to run with `EVALSHA`.
+//!
+//! Owns: which files make up which script (`lua/lib.lua` is prepended to
+//! those that use its helpers, so every loaded script is self-contained).
+//! Must not touch: Redis (loading happens in `RedisEngine::connect`).
+
+use redis::Script;
+
+const LIB: &str = include_str!("../../../lua/lib.lua");
+
+/// The loaded scripts; those that use the helpers get `lua/lib.lua` prepended.
+pub struct Scripts {
+    pub append: Script,
+    pub ack: Script,
+    pub cursor: Script,
+    pub resume: Script,
+    pub command: Script,
+    pub create_user: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        let with_lib = |s: &str| Script::new(&[LIB, s].concat());
+        Self {
+            append: with_lib(include_str!("../../../lua/append.lua")),
+            ack: with_lib(include_str!("../../../lua/ack.lua")),
+            cursor: with_lib(include_str!("../../../lua/cursor.lua")),
+            resume: with_lib(include_str!("../../../lua/resume.lua")),
+            command: Script::new(include_str!("../../../lua/command.lua")),
+            create_user: Script::new(include_str!("../../../lua/create_user.lua")),
+        }
+    }
+
+    pub fn all(&self) -> [&Script; 6] {
+        [
+            &self.append,
+            &self.ack,
+            &self.cursor,
+            &self.resume,
+            &self.command,
+            &self.create_user,
+        ]
+    }
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,386 @@
+//! Redis-native publishing: consuming `mythos:publish` for game servers that
+//! speak Redis rather than HTTP.
+//!
+//! Owns: the consumer group `mythos-broker` on `mythos:publish`, one consumer
+//! per node (the node name). Each entry
+//! `to <json target> event_type <t> data <json> [id <key>] [room_id <r>]`
+//! is validated by [`Publish::new`] (as HTTP bodies are), appended with the
+//! dedupe key `id`, else `stream:<entry id>`, and only then `XACK`ed, so a
+//! crash in between duplicates nothing: whoever takes the entry over (with
+//! `XAUTOCLAIM`, after `claim_idle`) gets the same deliveries back from the
+//! dedupe key. Malformed entries go to `mythos:publish:dead` with a `reason`
+//! and are acked (never retried forever, never dropped silently); engine
+//! errors (Redis down) are retried. Unknown fields are ignored.
+//!
+//! Must not touch: anything but these two streams and the engine's publish.
+//! Entries are processed one at a time per node, in stream order; across
+//! several nodes two entries may be appended in either order.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::Pool;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::engine::redis::keys::{PUBLISH, PUBLISH_DEAD};
+use crate::engine::redis::stream::{self, Entry};
+use crate::engine::redis::{create_group, query_blocking};
+use crate::engine::{Engine, EngineError};
+use crate::publish::{Publish, PublishError};
+
+/// The consumer group every broker node shares.
+pub const GROUP: &str = "mythos-broker";
+
+/// How the consumer runs; [`IngestOptions::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// This node's consumer name.
+    pub consumer: String,
+    /// Largest `data` accepted (`MYTHOS_MAX_EVENT_BYTES`).
+    pub max_event_bytes: u64,
+    /// Entries pending this long on another consumer are taken over (default 30 s).
+    pub claim_idle: Duration,
+    /// Entries read per call.
+    pub batch: usize,
+    /// Longest wait for new entries in one `XREADGROUP`.
+    pub block: Duration,
+    /// Pause after an engine or Redis error before retrying.
+    pub retry_delay: Duration,
+    /// Fault point for tests: stop right after the first append, without `XACK`,
+    /// as a crashed node would.
+    pub crash_after_append: bool,
+}
+
+impl IngestOptions {
+    pub fn new(consumer: impl Into<String>, max_event_bytes: u64) -> Self {
+        Self {
+            consumer: consumer.into(),
+            max_event_bytes,
+            claim_idle: Duration::from_secs(30),
+            batch: 100,
+            block: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(500),
+            crash_after_append: false,
+        }
+    }
+
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            claim_idle: config.ingest_claim_idle,
+            ..Self::new(config.node_name(), config.max_event_bytes)
+        }
+    }
+
+    /// How often idle entries of other consumers are looked for.
+    fn claim_every(&self) -> Duration {
+        (self.claim_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
+    }
+}
+
+/// Why the consumer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `shutdown` was set.
+    Shutdown,
+    /// The `crash_after_append` fault point fired.
+    Crashed,
+}
+
+/// Spawns [`run`].
+pub fn spawn(
+    engine: Arc<dyn Engine>,
+    pool: Pool,
+    opts: IngestOptions,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<Exit> {
+    tokio::spawn(run(engine, pool, opts, shutdown))
+}
+
+/// Consumes `mythos:publish` until `shutdown` turns true (or the fault point fires).
+pub async fn run(
+    engine: Arc<dyn Engine>,
+    pool: Pool,
+    opts: IngestOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Exit {
+    let mut c = Consumer {
+        engine,
+        pool,
+        opts,
+        own_pending: true,
+        group_ready: false,
+        last_claim: None,
+    };
+    loop {
+        if *shutdown.borrow() {
+            return Exit::Shutdown;
+        }
+        let step = tokio::select! {
+            r = c.step() => r,
+            _ = shutdown.changed() => return Exit::Shutdown,
+        };
+        match step {
+            Ok(Some(exit)) => return exit,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "publish stream: will retry");
+                metrics::counter!("mythos_ingest_retries_total").increment(1);
+                c.own_pending = true;
+                c.group_ready = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(c.opts.retry_delay) => {}
+                    _ = shutdown.changed() => return Exit::Shutdown,
+                }
+            }
+        }
+    }
+}
+
+struct Consumer {
+    engine: Arc<dyn Engine>,
+    pool: Pool,
+    opts: IngestOptions,
+    /// Re-read this consumer's own pending entries (at start and after an error).
+    own_pending: bool,
+    group_ready: bool,
+    last_claim: Option<Instant>,
+}
+
+type Step = Result<Option<Exit>, EngineError>;
+
+impl Consumer {
+    async fn conn(&self) -> Result<deadpool_redis::Connection, EngineError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| EngineError::Pool(e.to_string()))
+    }
+
+    /// One round: own pending entries first, then idle ones of others, then new ones.
+    async fn step(&mut self) -> Step {
+        if !self.group_ready {
+            create_group(&self.pool, PUBLISH, GROUP).await?;
+            self.group_ready = true;
+        }
+        if self.own_pending {
+            let entries = self.read("0", Duration::ZERO).await?;
+            if entries.is_empty() {
+                self.own_pending = false;
+            }
+            return self.process(entries).await;
+        }
+        let claim_every = self.opts.claim_every();
+        if self.last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
+            self.last_claim = Some(Instant::now());
+            if let Some(exit) = self.claim().await? {
+                return Ok(Some(exit));
+            }
+        }
+        let entries = self.read(">", self.opts.block.min(claim_every)).await?;
+        self.process(entries).await
+    }
+
+    async fn read(&self, from: &str, block: Duration) -> Result<Vec<Entry>, EngineError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(&self.opts.consumer);
+        cmd.arg("COUNT").arg(self.opts.batch.max(1));
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(PUBLISH).arg(from);
+        let v = query_blocking(&mut self.conn().await?, &cmd, block).await?;
+        stream::read_group(v)
+    }
+
+    /// Takes over entries idle for `claim_idle` on any consumer and processes them.
+    async fn claim(&mut self) -> Step {
+        let mut cursor = "0-0".to_string();
+        loop {
+            let v = redis::cmd("XAUTOCLAIM")
+                .arg(PUBLISH)
+                .arg(GROUP)
+                .arg(&self.opts.consumer)
+                .arg(self.opts.claim_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(self.opts.batch.max(1))
+                .query_async(&mut self.conn().await?)
+                .await?;
+            let (next, entries, _deleted) = stream::autoclaim(v)?;
+            if !entries.is_empty() {
+                tracing::info!(n = entries.len(), "took over idle publish entries");
+                metrics::counter!("mythos_ingest_claimed_total").increment(entries.len() as u64);
+            }
+            if let Some(exit) = self.process(entries).await? {
+                return Ok(Some(exit));
+            }
+            if next == "0-0" {
+                return Ok(None);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Handles entries in order; stops at the first engine error (not acked: retried).
+    async fn process(&self, entries: Vec<Entry>) -> Step {
+        for e in entries {
+            if e.fields.is_none() {
+                self.ack(&e.id).await?;
+                continue;
+            }
+            let publish = match parse(&e, self.opts.max_event_bytes) {
+                Ok(p) => p,
+                Err(reason) => {
+                    self.dead_letter(&e, &reason).await?;
+                    continue;
+                }
+            };
+            match publish.run(&*self.engine).await {
+                Ok(_) => {}
+                Err(PublishError::Engine(err)) => return Err(err),
+                Err(other) => {
+                    self.dead_letter(&e, &reason_of(&other)).await?;
+                    continue;
+                }
+            }
+            if self.opts.crash_after_append {
+                tracing::warn!(entry = %e.id, "fault point: crashing before XACK");
+                return Ok(Some(Exit::Crashed));
+            }
+            self.ack(&e.id).await?;
+            metrics::counter!("mythos_ingest_published_total").increment(1);
+        }
+        Ok(None)
+    }
+
+    async fn ack(&self, id: &str) -> Result<(), EngineError> {
+        let _: u64 = redis::cmd("XACK")
+            .arg(PUBLISH)
+            .arg(GROUP)
+            .arg(id)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves an entry to `mythos:publish:dead` (original fields + `reason` +
+    /// `entry_id`) and acks it, in one transaction.
+    async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), EngineError> {
+        tracing::warn!(entry = %e.id, reason, "publish entry dead-lettered");
+        metrics::counter!("mythos_ingest_dead_letters_total").increment(1);
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(PUBLISH_DEAD).arg("*");
+        for (k, v) in e.fields.iter().flatten() {
+            xadd.arg(k).arg(v.as_slice());
+        }
+        xadd.arg("reason").arg(reason).arg("entry_id").arg(&e.id);
+        let mut xack = redis::cmd("XACK");
+        xack.arg(PUBLISH).arg(GROUP).arg(&e.id);
+        let _: (String, u64) = redis::pipe()
+            .atomic()
+            .add_command(xadd)
+            .add_command(xack)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        Ok(())
+    }
+}
+
+fn reason_of(e: &PublishError) -> String {
+    match e {
+        PublishError::Invalid(p) => format!("{}: {}", p.code, p.message),
+        PublishError::TooLarge(..) => format!("too_large: {e}"),
+        PublishError::Engine(_) => format!("engine: {e}"),
+    }
+}
+
+/// Validates an entry; the error is the dead-letter reason (`<code>: <message>`).
+pub fn parse(e: &Entry, max_event_bytes: u64) -> Result<Publish, String> {
+    let field = |name: &str| -> Result<Option<&str>, String> {
+        e.get(name)
+            .map(|b| {
+                std::str::from_utf8(b)
+                    .map_err(|_| format!("invalid_encoding: `{name}` is not UTF-8"))
+            })
+            .transpose()
+    };
+    let required = |name: &str| -> Result<&str, String> {
+        field(name)?.ok_or_else(|| format!("missing_field: `{name}` is required"))
+    };
+    let to = required("to")?;
+    let event_type = required("event_type")?;
+    let data = required("data")?;
+    let to: serde_json::Value =
+        serde_json::from_str(to).map_err(|err| format!("invalid_json: `to`: {err}"))?;
+    if data.len() as u64 > max_event_bytes {
+        return Err(reason_of(&PublishError::TooLarge(
+            data.len(),
+            max_event_bytes,
+        )));
+    }
+    let data = RawValue::from_string(data.to_string())
+        .map_err(|err| format!("invalid_json: `data`: {err}"))?;
+    let room_id = field("room_id")?.map(str::to_string);
+    let id = field("id")?.map(str::to_string);
+    let mut p = Publish::new(&to, event_type, data, room_id, id, max_event_bytes)
+        .map_err(|err| reason_of(&err))?;
+    if p.dedupe_key.is_none() {
+        p.dedupe_key = Some(format!("stream:{}", e.id));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fields: &[(&str, &str)]) -> Entry {
+        Entry {
+            id: "5-1".into(),
+            fields: Some(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn parses_and_keys_by_entry_id() {
+        let e = entry(&[
+            ("to", r#"{"player":"a"}"#),
+            ("event_type", "t"),
+            ("data", "1"),
+        ]);
+        let p = parse(&e, 100).expect("valid");
+        assert_eq!(p.dedupe_key.as_deref(), Some("stream:5-1"));
+        assert_eq!(p.body.id, None);
+        let e = entry(&[
+            ("to", r#"{"room":"r"}"#),
+            ("event_type", "t"),
+            ("data", "1"),
+            ("id", "k"),
+        ]);
+        let p = parse(&e, 100).expect("valid");
+        assert_eq!(p.dedupe_key.as_deref(), Some("k"));
+        assert_eq!(p.body.room_id.as_deref(), Some("r"));
+    }
+
+    #[test]
+    fn reasons() {
+        let r = |f: &[(&str, &str)]| parse(&entry(f), 8).err().unwrap_or_default();
+        assert!(r(&[("event_type", "t"), ("data", "1")]).starts_with("missing_field"));
+        let to = r#"{"player":"a"}"#;
+        assert!(r(&[("to", "{"), ("event_type", "t"), ("data", "1")]).starts_with("invalid_json"));
+        assert!(r(&[("to", to), ("event_type", "t"), ("data", "[")]).starts_with("invalid_json"));
+        assert!(
+            r(&[("to", "{}"), ("event_type", "t"), ("data", "1")]).starts_with("invalid_target")
+        );
+        let big = "\"0123456789\"";
+        assert!(r(&[("to", to), ("event_type", "t"), ("data", big)]).starts_with("too_large"));
+    }
+}

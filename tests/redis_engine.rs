@@ -1,0 +1,210 @@
+//! Redis-only behaviour of the Redis engine: the documented key layout, the
+//! live subscription surviving a Redis restart, durability with AOF, and
+//! errors (not panics) while Redis is down.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::{Command, Engine, Limits};
+use mythos_broker::hub::{Hub, Live};
+use mythos_broker::protocol::{EventBody, Target};
+use redis::AsyncCommands;
+use serde_json::value::RawValue;
+use support::{eventually, RedisServer};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn body(data: &str, room: Option<&str>, id: Option<&str>) -> Arc<EventBody> {
+    let data = RawValue::from_string(data.to_string()).expect("valid JSON");
+    Arc::new(EventBody::now(
+        "chat",
+        data,
+        room.map(Into::into),
+        id.map(Into::into),
+    ))
+}
+
+async fn engine(server: &RedisServer, hub: &Arc<Hub>) -> Arc<RedisEngine> {
+    RedisEngine::connect(&server.url(), 4, Limits::default(), hub.clone())
+        .await
+        .expect("connect")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_layout_is_as_documented() {
+    let server = RedisServer::start();
+    let hub = Hub::new(64);
+    let e = engine(&server, &hub).await;
+    let alice = Target::Player("alice".into());
+    e.publish(&alice, body("1", None, None), None)
+        .await
+        .unwrap();
+    e.publish(
+        &alice,
+        body(r#"{"x":2}"#, Some("tavern"), Some("p2")),
+        Some("p2"),
+    )
+    .await
+    .unwrap();
+    e.join("tavern", "alice").await.unwrap();
+    e.ack("alice", 1).await.unwrap();
+    let mut c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // XRANGE mythos:player:{alice}:events 2 2 shows event 2, fields in order.
+    let v: Vec<(String, Vec<(String, String)>)> = c
+        .xrange("mythos:player:{alice}:events", "2", "2")
+        .await
+        .unwrap();
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].0, "2-0");
+    let names: Vec<&str> = v[0].1.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["event_type", "timestamp", "data", "room_id", "id"]);
+    assert_eq!(v[0].1[2].1, r#"{"x":2}"#);
+    // Event 1 was acked and trimmed; event 1 had neither room_id nor id.
+    let left: usize = c.xlen("mythos:player:{alice}:events").await.unwrap();
+    assert_eq!(left, 1);
+    let meta: (u64, u64) = redis::cmd("HMGET")
+        .arg("mythos:player:{alice}:meta")
+        .arg("seq")
+        .arg("acked")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(meta, (2, 1));
+    let seq: u64 = c.get("mythos:player:{alice}:dedupe:p2").await.unwrap();
+    assert_eq!(seq, 2);
+    let ttl: i64 = c.pttl("mythos:player:{alice}:dedupe:p2").await.unwrap();
+    assert!(ttl > 0 && ttl <= 24 * 3600 * 1000);
+    let members: Vec<String> = c.smembers("mythos:room:{tavern}:members").await.unwrap();
+    assert_eq!(members, ["alice"]);
+    let rooms: Vec<String> = c.smembers("mythos:player:{alice}:rooms").await.unwrap();
+    assert_eq!(rooms, ["tavern"]);
+
+    let cmd = Command {
+        player_id: "alice".into(),
+        session_id: "s".into(),
+        kind: "chat".into(),
+        id: "c1".into(),
+        payload: "{}".into(),
+    };
+    let (entry, _) = e.push_command(&cmd).await.unwrap();
+    let marker: String = c.get("mythos:player:{alice}:cmd:c1").await.unwrap();
+    assert_eq!(marker, entry);
+    e.read_commands("game", "w", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg("mythos:commands")
+        .arg("game")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 1);
+    e.ack_commands("game", std::slice::from_ref(&entry))
+        .await
+        .unwrap();
+    let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
+        .arg("mythos:commands")
+        .arg("game")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(pending.0, 0);
+
+    let keys: Vec<String> = c.keys("*").await.unwrap();
+    assert!(keys.iter().all(|k| k.starts_with("mythos:")), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_subscription_survives_a_redis_restart() {
+    let mut server = RedisServer::start();
+    let hub = Hub::new(64);
+    let e = engine(&server, &hub).await;
+    let mut sub = hub.subscribe("alice");
+    let alice = Target::Player("alice".into());
+    e.publish(&alice, body("1", None, None), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        tokio::time::timeout(WAIT, sub.rx.recv()).await,
+        Ok(Some(Live::Event(ev))) if ev.sequence_number == 1
+    ));
+
+    server.kill();
+    assert!(e
+        .publish(&alice, body("2", None, None), None)
+        .await
+        .is_err());
+    server.restart();
+
+    // The node resubscribes, then tells every session to re-read its log.
+    match tokio::time::timeout(WAIT, sub.rx.recv()).await {
+        Ok(Some(Live::Nudge)) => {}
+        other => panic!("expected a nudge, got {other:?}"),
+    }
+    // The pool reconnects too (no persistence: the log starts again at 1).
+    let seq = eventually(WAIT, "the pool to reconnect", || async {
+        e.publish(&alice, body("3", None, None), None)
+            .await
+            .ok()
+            .map(|d| d[0].sequence_number)
+    })
+    .await;
+    match tokio::time::timeout(WAIT, sub.rx.recv()).await {
+        Ok(Some(Live::Event(ev))) => assert_eq!(ev.sequence_number, seq),
+        other => panic!("expected event {seq}, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_survive_a_restart_with_aof() {
+    let mut server = RedisServer::start_persistent();
+    let hub = Hub::new(64);
+    let e = engine(&server, &hub).await;
+    let alice = Target::Player("alice".into());
+    for i in 1..=5u64 {
+        let d = e
+            .publish(&alice, body(&i.to_string(), None, None), None)
+            .await;
+        assert_eq!(d.unwrap()[0].sequence_number, i);
+    }
+    e.ack("alice", 2).await.unwrap();
+    server.restart();
+    let c = eventually(WAIT, "the engine to reach the restarted redis", || async {
+        e.cursor("alice").await.ok()
+    })
+    .await;
+    assert_eq!((c.last, c.acked, c.oldest), (5, 2, 3));
+    let evs = e.read("alice", 0, 10).await.unwrap();
+    let got: Vec<(u64, &str)> = evs
+        .iter()
+        .map(|ev| (ev.sequence_number, ev.body.data.get()))
+        .collect();
+    assert_eq!(got, [(3, "3"), (4, "4"), (5, "5")]);
+    let d = e
+        .publish(&alice, body("6", None, None), None)
+        .await
+        .unwrap();
+    assert_eq!(d[0].sequence_number, 6);
+}
+
+/// The live listener detects a silently dead subscription by pinging it
+/// while subscribed (RESP2); that ping must succeed on a healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_connection_answers_ping() {
+    let server = RedisServer::start();
+    let mut ps = server.client().get_async_pubsub().await.unwrap();
+    ps.subscribe("mythos:live").await.unwrap();
+    let (mut sink, _stream) = ps.split();
+    for _ in 0..3 {
+        let pong = tokio::time::timeout(WAIT, sink.ping::<redis::Value>()).await;
+        assert!(matches!(pong, Ok(Ok(_))), "{pong:?}");
+    }
+}
