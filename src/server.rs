@@ -310,9 +310,10 @@ async fn open_ws(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|l| l.split(',').any(|p| p.trim() == "mythos.v1"));
     let tracker = app.tasks.clone();
+    let hard_limit = ws::HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
     let reply = upgrade
-        .max_message_size(ws::HARD_FRAME_LIMIT)
-        .max_frame_size(ws::HARD_FRAME_LIMIT)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
         .on_upgrade(move |socket| tracker.track_future(ws::run(socket, session)));
     Ok(if offered_v1 {
         warp::reply::with_header(reply, "sec-websocket-protocol", "mythos.v1").into_response()

@@ -22,8 +22,9 @@ use crate::protocol::{envelope_json, parse_client_message, ClientMessage, Protoc
 use crate::session::{Feed, FeedEnd};
 use crate::state::App;
 
-/// Frames above this close the connection with 1009; between the configured
-/// frame limit and this they get a `too_large` error.
+/// Frames above this (or above the configured limit, if larger) close the
+/// connection with 1009; between the configured limit and this they get a
+/// `too_large` error.
 pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
 /// Violations within [`STRIKE_WINDOW`] that count as sustained abuse.
 const MAX_STRIKES: u32 = 20;
