@@ -68,6 +68,14 @@ function nearBottom() {
   return o.scrollHeight - o.scrollTop - o.clientHeight < 48;
 }
 
+// Keep following the newest line across resizes (a phone turning, a keyboard
+// opening) unless the player scrolled up to read.
+let following = true;
+ui.output.addEventListener("scroll", () => (following = nearBottom()));
+window.addEventListener("resize", () => {
+  if (following) ui.output.scrollTop = ui.output.scrollHeight;
+});
+
 /** Appends one line; `ev` (an event envelope) labels it with its sequence number. */
 function addLine(text, kind, ev) {
   const stick = nearBottom();
@@ -290,7 +298,7 @@ function startSession(t) {
   mythos.player = t.player_id;
   ui.player.textContent = t.player_id;
   ui.output.replaceChildren();
-  ui.statusline.textContent = "";
+  ui.statusline.textContent = "The world is quiet, for now.";
   ui.loginView.hidden = true;
   ui.gameView.hidden = false;
   ui.logout.hidden = false;
