@@ -20,8 +20,8 @@ import { login, MythosClient } from "/assets/mythos-client.js";
 const MAX_LINES = 5000; // terminal lines kept on the page
 const MAX_KEPT = 50000; // entries kept in each window.mythos list
 const MAX_HISTORY = 100;
-const PLACEHOLDER_ONLINE = "type a command: look, go north, say hi, help";
-const PLACEHOLDER_OFFLINE = "offline: what you type is sent when the connection is back";
+const PLACEHOLDER_ONLINE = "type a command, or help";
+const PLACEHOLDER_OFFLINE = "offline: commands are sent once reconnected";
 
 const $ = (id) => document.getElementById(id);
 const ui = {

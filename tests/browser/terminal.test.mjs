@@ -42,7 +42,7 @@ test("the broker serves the page and its assets, and a JSON 404 for others", asy
 });
 
 test("a wrong password is refused on the login form", async () => {
-  const context = await browser.newContext();
+  const context = await browser.newContext({ viewport: { width: 390, height: 760 } });
   const page = await context.newPage();
   await page.goto(broker.url);
   await page.fill("#username", "alice");
@@ -51,6 +51,7 @@ test("a wrong password is refused on the login form", async () => {
   await page.waitForFunction(() => document.getElementById("login-error").textContent !== "");
   assert.match(await page.textContent("#login-error"), /wrong password/);
   assert.equal(await page.isVisible("#game-view"), false);
+  await page.screenshot({ path: artifact("login-phone.png") });
   await context.close();
 });
 
@@ -95,6 +96,13 @@ test("two players log in, look, move, talk, and see each other", async () => {
     data: { room_id: "tavern", name: "The Lamplit Tavern (redecorated)", exits: ["north"], players: [] },
   });
   await waitForLine(alice, /^The Lamplit Tavern \(redecorated\)$/);
+  // A game_tick goes to the status line, not the terminal.
+  await publish(broker, {
+    to: { player: "alice" },
+    event_type: "game_tick",
+    data: { tick: 99, text: "The fog thins for a moment." },
+  });
+  await alice.waitForFunction(() => /The fog thins/.test(document.getElementById("statusline").textContent));
 
   // History: the up arrow brings back the last command, then the one before.
   await alice.press("#command", "ArrowUp");
