@@ -15,11 +15,12 @@
 //   commands  [{input, id, status}] for everything sent (id once the broker accepted it)
 // and every line rendered from an event carries data-seq and data-type.
 
-import { login, MythosClient } from "/assets/mythos-client.js";
+import { login, MythosClient, refreshAccessToken } from "/assets/mythos-client.js";
 
 const MAX_LINES = 5000; // terminal lines kept on the page
 const MAX_KEPT = 50000; // entries kept in each window.mythos list
 const MAX_HISTORY = 100;
+const PROBE_MS = 10000; // while reconnecting, check this often that the session is still valid
 const PLACEHOLDER_ONLINE = "type a command, or help";
 const PLACEHOLDER_OFFLINE = "offline: commands are sent once reconnected";
 
@@ -174,6 +175,27 @@ function setState(state, previous) {
   }
 }
 
+// A WebSocket refused with 401 looks like any network failure to a page, so
+// the client would retry forever after the server forgot the session (an
+// embedded-engine broker restarted with a new secret). While reconnecting,
+// ask the server now and then whether the token is still good.
+let probe = null;
+
+function watchSession(state) {
+  clearInterval(probe);
+  probe = null;
+  if (state !== "reconnecting") return;
+  probe = setInterval(async () => {
+    const client = mythos.client;
+    if (!client) return;
+    try {
+      client.setToken((await refreshAccessToken(location.origin, client.token)).access_token);
+    } catch (err) {
+      if (err.status === 401) endSession("The server no longer knows your session (did it restart?); please log in again.");
+    }
+  }, PROBE_MS);
+}
+
 function onError(err) {
   if (err.status === 401 || err.status === 403 || err.code === "max_attempts") {
     endSession("Your session has ended; please log in again.");
@@ -316,6 +338,7 @@ function startSession(t) {
   let looked = false;
   client.on("state", mine((state, previous) => {
     setState(state, previous);
+    watchSession(state);
     if (state === "connected" && !looked) {
       looked = true; // the game shows the room, placing a new player in the world
       send({ command: "look", args: [] }, "look", null);
@@ -332,6 +355,7 @@ function startSession(t) {
 function endSession(message) {
   mythos.client?.close();
   mythos.client = null;
+  watchSession("disconnected");
   setState("disconnected");
   ui.gameView.hidden = true;
   ui.logout.hidden = true;

@@ -2,11 +2,13 @@
 // events is being published to alice, the page goes offline and its sockets
 // are cut; commands typed meanwhile queue. Once the network is back the page
 // reconnects by itself, shows every published event exactly once, in order,
-// and each queued command is executed exactly once.
+// and each queued command is executed exactly once. And when the embedded
+// broker restarts (forgetting every session), the page notices and asks the
+// player to log in again instead of retrying forever.
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { artifact, launch, loginAs, snapshot, type, waitForLine } from "./lib/browser.mjs";
-import { sleep, startBroker } from "./lib/broker.mjs";
+import { freePort, sleep, startBroker } from "./lib/broker.mjs";
 import { assertExactlyOnceInOrder, responsesById, storyNumbers } from "./lib/checks.mjs";
 import { startStory, until } from "./lib/story.mjs";
 
@@ -80,6 +82,29 @@ test("offline and back: every event once and in order, queued commands run once"
     assert.ok(sockets >= 2, `the page reconnected (${sockets} sockets)`);
     await page.screenshot({ path: artifact("terminal-after-reconnect.png") });
     await context.close();
+  } finally {
+    await browser.close();
+    await broker.stop();
+  }
+});
+
+test("a restarted embedded broker sends the player back to the login form", async () => {
+  const port = await freePort();
+  let broker = await startBroker({ port });
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    await loginAs(page, broker.url, "alice");
+    await broker.stop();
+    await page.waitForFunction(() => window.mythos.state === "reconnecting");
+    broker = await startBroker({ port }); // a new generated secret: the old token is void
+    await page.waitForSelector("#login-view:not([hidden])", { timeout: 30000 });
+    assert.match(await page.textContent("#login-error"), /log in again/);
+    assert.equal((await snapshot(page)).state, "disconnected");
+    await page.fill("#password", "mythos"); // the username is still filled in
+    await page.click("#login-button");
+    await page.waitForFunction(() => window.mythos.state === "connected");
+    await waitForLine(page, /^The Lamplit Tavern$/);
   } finally {
     await browser.close();
     await broker.stop();
