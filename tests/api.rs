@@ -130,7 +130,7 @@ async fn publish_bad_input_is_refused_and_appends_nothing(kind: Kind) {
             413,
             "too_large",
         ),
-        (Body::Raw("x".repeat(10 * 1024 * 1024)), 413, "too_large"),
+        (Body::Raw("x".repeat(256 * 1024)), 413, "too_large"),
     ];
     for (body, status, code) in cases {
         let (s, b) = n.post("/v1/publish", Some(&svc), body).await;
