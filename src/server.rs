@@ -195,13 +195,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .map(|| None)
         .or(warp::path!("ws" / String).map(Some))
         .unify();
-    let maybe_ws = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let upgrade = warp::ext::optional::<crate::listener::Upgrade>();
     let websocket = ws_path
         .and(warp::get())
         .and(authed.clone())
         .and(warp::header::headers_cloned())
         .and(query)
-        .and(maybe_ws)
+        .and(upgrade)
         .then(
             |path_player, app, p: Result<Principal, ApiError>, h, q, upgrade| async move {
                 respond(open_ws(app, p, path_player, h, q, upgrade).await)
@@ -271,7 +271,7 @@ async fn open_ws(
     path_player: Option<String>,
     headers: HeaderMap,
     q: Query,
-    upgrade: Option<warp::ws::Ws>,
+    upgrade: Option<crate::listener::Upgrade>,
 ) -> Answer {
     let principal = principal?;
     check_reader(&principal, path_player.as_deref())?;
@@ -283,13 +283,14 @@ async fn open_ws(
         ));
     }
     let since = q.get("since").map(|s| parse_resume(s)).transpose()?;
-    let Some(upgrade) = upgrade else {
-        return Err(ApiError::new(
+    let accept_key = ws::handshake_key(&headers)?;
+    let upgrade = upgrade.and_then(|u| u.take()).ok_or_else(|| {
+        ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
-            "this endpoint speaks WebSocket only",
-        ));
-    };
+            "this connection cannot be upgraded",
+        )
+    })?;
     let player = principal.player_id.clone();
     let after = resolve_after(&app, &player, since).await?;
     let (feed, resume) = Feed::open(app.engine.clone(), &app.hub, &player, after).await?;
@@ -309,17 +310,9 @@ async fn open_ws(
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|l| l.split(',').any(|p| p.trim() == "mythos.v1"));
-    let tracker = app.tasks.clone();
     let hard_limit = ws::HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
-    let reply = upgrade
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| tracker.track_future(ws::run(socket, session)));
-    Ok(if offered_v1 {
-        warp::reply::with_header(reply, "sec-websocket-protocol", "mythos.v1").into_response()
-    } else {
-        reply.into_response()
-    })
+    app.tasks.spawn(ws::accept(upgrade, hard_limit, session));
+    Ok(ws::switching_protocols(&accept_key, offered_v1))
 }
 
 async fn recover(r: Rejection) -> Result<Response, Rejection> {
