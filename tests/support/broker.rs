@@ -423,7 +423,7 @@ pub enum Kind {
 /// A node of `kind` (with its own redis-server for Redis), configured by `tweak`.
 pub struct Node {
     pub broker: Broker,
-    pub redis: Option<super::redis::RedisServer>,
+    pub redis: Option<super::RedisServer>,
 }
 
 impl Node {
@@ -432,7 +432,7 @@ impl Node {
         let redis = match kind {
             Kind::Memory => None,
             Kind::Redis => {
-                let r = super::redis::RedisServer::start();
+                let r = super::RedisServer::start();
                 c.redis_url = Some(r.url());
                 Some(r)
             }

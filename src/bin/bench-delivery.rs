@@ -1,0 +1,1511 @@
+//! `bench-delivery`: end-to-end delivery benchmarks of issue 4, against a real
+//! broker process and a real `redis-server` with AOF, both started here.
+//!
+//! Workloads:
+//! - `w1`: fan-out — 1,000 WebSocket players in 20 rooms of 50, room events
+//!   published over HTTP at 200/s (10,000 deliveries/s); publish→receive
+//!   latency of every delivery, and loss checked by sequence number.
+//! - `w1max`: the same, the rate ×1.25 every step until p99 > 100 ms, loss,
+//!   or the generator cannot reach the rate; deliveries/s and per broker
+//!   CPU-second, CPU of broker, Redis and generator apart.
+//! - `w2`: resume — a player away while 1,000 (10,000) events were published
+//!   reconnects with `since=`; time to the last one. Then the same with live
+//!   traffic to the resuming player and 200 background players: every event
+//!   checked for loss and duplication.
+//! - `w3`: 10,000 idle WebSockets; broker RSS per connection, and where it goes.
+//! - `all`: each in turn, then a summary against the peer and the targets.
+//!
+//! `cargo run --release --bin bench-delivery -- <workload> [options]`
+//! (`scripts/bench` builds, raises `ulimit -n`, and runs `all`).
+//! The generator is a multi-thread tokio runtime; it scans frames instead of
+//! parsing them, so that it is not the bottleneck. Must not touch: any Redis
+//! or broker it did not start (never the Redis on 6379).
+
+#[path = "bench_support/mod.rs"]
+mod bench_support;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bench_support::net::{event_body, mint, scan_event, ws_connect, Http, Ws};
+use bench_support::procs::{self, Broker, Cpu, CpuUse, Quiet, Redis};
+use bench_support::stats::{verdict, Lat, Recorder, SeqCheck, Table};
+use clap::{Parser, ValueEnum};
+use futures_util::{stream, StreamExt};
+use mythos_broker::auth::Role;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    W1,
+    W1max,
+    W2,
+    W3,
+    All,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "End-to-end delivery benchmarks (issue 4) against its own broker and Redis")]
+struct Args {
+    /// Which workload to run.
+    #[arg(value_enum)]
+    workload: Workload,
+    /// The broker binary (default: `mythos-broker` next to this one).
+    #[arg(long)]
+    broker_bin: Option<PathBuf>,
+    /// W1: seconds measured (after a 2 s warm-up).
+    #[arg(long, default_value = "30")]
+    seconds: u64,
+    /// W1 and the first W1max step: room events per second.
+    #[arg(long, default_value = "200")]
+    rate: f64,
+    /// W1max: seconds per step.
+    #[arg(long, default_value = "10")]
+    step_secs: u64,
+    /// W1max: the rate factor from one step to the next.
+    #[arg(long, default_value = "1.25")]
+    factor: f64,
+    /// W1max: most steps.
+    #[arg(long, default_value = "12")]
+    max_steps: usize,
+    /// Rooms (W1, W1max).
+    #[arg(long, default_value = "20")]
+    rooms: usize,
+    /// Players per room (W1, W1max).
+    #[arg(long, default_value = "50")]
+    room_size: usize,
+    /// Publisher tasks, each with its own keep-alive HTTP connection (one
+    /// request in flight each, so this bounds publishes in flight).
+    #[arg(long, default_value = "16")]
+    publishers: usize,
+    /// W2: reconnections measured per backlog size.
+    #[arg(long, default_value = "20")]
+    reps: usize,
+    /// W3: idle connections.
+    #[arg(long, default_value = "10000")]
+    connections: usize,
+    /// Wait for the 1-minute load average to fall below this before each workload.
+    #[arg(long, default_value = "0.7")]
+    max_load: f64,
+    /// Longest wait for a quiet machine, in seconds (0: don't wait).
+    #[arg(long, default_value = "300")]
+    quiet_wait: u64,
+    /// Diagnostics: an extra environment variable for the broker (KEY=VALUE),
+    /// e.g. `LD_PRELOAD=...` or a `MYTHOS_*` setting; repeatable.
+    #[arg(long = "broker-env", value_parser = parse_kv)]
+    broker_env: Vec<(String, String)>,
+    /// Diagnostics: a command the broker runs under, split on spaces (e.g.
+    /// `valgrind --tool=massif`); CPU and RSS figures then describe it.
+    #[arg(long)]
+    broker_prefix: Option<String>,
+    /// Also write the report (markdown) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// The peer's figures and our targets, as the product owner gave them.
+mod goal {
+    pub const W1_P50_PEER: f64 = 2.3;
+    pub const W1_P99_PEER: f64 = 7.3;
+    pub const W1_P99_TARGET: f64 = 10.0;
+    pub const W1MAX_STOP_P99: f64 = 100.0;
+    pub const W1MAX_TARGET: f64 = 37_000.0;
+    pub const W1MAX_TARGET_PER_CPU: f64 = 70_000.0;
+    pub const W2_1K_PEER: f64 = 33.0;
+    pub const W2_1K_TARGET: f64 = 20.0;
+    pub const W2_10K_PEER: f64 = 310.0;
+    pub const W2_10K_TARGET: f64 = 150.0;
+    pub const W3_TARGET_KIB: f64 = 8.0;
+}
+
+/// One workload's environment: its own Redis (AOF) and broker processes.
+struct Env {
+    redis: Redis,
+    broker: Broker,
+    secret: String,
+    service: String,
+}
+
+impl Env {
+    fn start(bin: &std::path::Path, prefix: Option<&str>, env: &[(String, String)]) -> Self {
+        let redis = Redis::start();
+        let secret: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        let broker = Broker::start(bin, prefix, &redis.url(), &secret, env);
+        let service = mint(&secret, "bench-service", Role::Service);
+        Self {
+            redis,
+            broker,
+            secret,
+            service,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.broker.addr
+    }
+
+    fn cpu(&self) -> Cpu {
+        Cpu::sample(self.broker.pid(), self.redis.pid())
+    }
+
+    /// Redis's own account of the commands the run sent (`INFO
+    /// commandstats`): calls and microseconds per call, the engine's side of
+    /// the cost.
+    fn redis_commandstats(&self) -> String {
+        let info: Result<String, redis::RedisError> = redis::Client::open(self.redis.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("commandstats").query(&mut c));
+        let Ok(info) = info else {
+            return "commandstats unavailable".into();
+        };
+        let mut rows: Vec<(f64, String)> = info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let field = |k: &str| {
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+                        .and_then(|v| v.parse::<f64>().ok())
+                };
+                let (calls, usec, per) = (field("calls")?, field("usec")?, field("usec_per_call")?);
+                Some((
+                    usec,
+                    format!("{name} {} calls × {per:.1} µs", fmt_int(calls)),
+                ))
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        rows.into_iter()
+            .take(6)
+            .map(|r| r.1)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn token(&self, player: &str) -> String {
+        mint(&self.secret, player, Role::Player)
+    }
+
+    async fn http(&self) -> Http {
+        Http::connect(self.addr(), &self.service)
+            .await
+            .expect("HTTP connection to the broker")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fan-out (W1, W1max, and the background traffic of W2-live)
+// ---------------------------------------------------------------------------
+
+/// A fan-out run: `rooms` × `size` players, room events on a schedule.
+struct FanoutSpec {
+    prefix: String,
+    rooms: usize,
+    size: usize,
+    warmup: Duration,
+    /// Each step: room events per second, and how long.
+    steps: Vec<(f64, Duration)>,
+    publishers: usize,
+}
+
+/// Counters the clients update as they go (read by the ramp's evaluation).
+#[derive(Default)]
+struct Live {
+    gaps: AtomicU64,
+    dups: AtomicU64,
+    /// Connections that ended before the run did (closed by the broker, or an error).
+    ended: AtomicU64,
+    publish_errors: AtomicU64,
+}
+
+struct ClientReport {
+    check: SeqCheck,
+    expected: u64,
+    end: Option<String>,
+}
+
+struct Fanout {
+    spec: FanoutSpec,
+    rec: Arc<Recorder>,
+    /// Event times (ns since base) of each schedule step's start; the last is the end.
+    bounds: Vec<u64>,
+    stop_publishing: CancellationToken,
+    finishing: CancellationToken,
+    pubs: Vec<JoinHandle<()>>,
+    clients: Vec<JoinHandle<ClientReport>>,
+    room_ok: Arc<Vec<AtomicU64>>,
+    expected: Arc<Vec<AtomicU64>>,
+    /// Deliveries the broker confirmed, per recorder step (by send time).
+    confirmed: Arc<Vec<AtomicU64>>,
+    /// Publishes sent, per recorder step.
+    sent: Arc<Vec<AtomicU64>>,
+    /// The worst lateness of a publish behind its schedule, per recorder step (ns).
+    lag: Arc<Vec<AtomicU64>>,
+    live: Arc<Live>,
+}
+
+/// What a fan-out run saw in total.
+struct FanoutTotals {
+    check: SeqCheck,
+    expected: u64,
+    /// Deliveries expected by a client but never received (beyond gaps).
+    short: u64,
+    ended: u64,
+    publish_errors: u64,
+    end_reasons: Vec<String>,
+}
+
+impl FanoutTotals {
+    fn lost(&self) -> u64 {
+        self.short + self.check.gaps
+    }
+}
+
+/// The schedule: when event `k` is due (ns since base), or `None` past the end.
+struct Schedule {
+    /// (first event index, start ns, events per second) per step, and the total.
+    steps: Vec<(u64, u64, f64)>,
+    total: u64,
+}
+
+impl Schedule {
+    fn new(start_ns: u64, steps: &[(f64, Duration)]) -> Self {
+        let (mut k, mut at, mut out) = (0u64, start_ns, Vec::new());
+        for &(rate, d) in steps {
+            out.push((k, at, rate));
+            k += (rate * d.as_secs_f64()).round() as u64;
+            at += d.as_nanos() as u64;
+        }
+        Self {
+            steps: out,
+            total: k,
+        }
+    }
+
+    fn due(&self, k: u64) -> Option<u64> {
+        if k >= self.total {
+            return None;
+        }
+        let &(first, start, rate) = self.steps.iter().rev().find(|s| s.0 <= k)?;
+        Some(start + ((k - first) as f64 * 1e9 / rate) as u64)
+    }
+}
+
+fn step_of(bounds: &[u64], t: u64) -> Option<usize> {
+    (0..bounds.len().saturating_sub(1)).find(|&i| t >= bounds[i] && t < bounds[i + 1])
+}
+
+fn counters(n: usize) -> Arc<Vec<AtomicU64>> {
+    Arc::new((0..n).map(|_| AtomicU64::new(0)).collect())
+}
+
+impl Fanout {
+    /// Joins the players to their rooms, connects them all, then starts the
+    /// publishers; the first event is due 200 ms after this returns.
+    async fn start(env: &Env, spec: FanoutSpec) -> Self {
+        let players: Vec<(String, usize)> = (0..spec.rooms * spec.size)
+            .map(|i| (format!("{}-p{i}", spec.prefix), i / spec.size))
+            .collect();
+        join_rooms(env, &spec.prefix, &players).await;
+        // `since` beyond the end: nothing to replay (the join announcements);
+        // the welcome names where this client's checks start.
+        let sockets = connect_all(env, &players, Some(1_000_000_000), 128).await;
+
+        let base = Instant::now();
+        let start = Duration::from_millis(200);
+        let mut lengths = vec![spec.warmup];
+        lengths.extend(spec.steps.iter().map(|s| s.1));
+        let rec = Arc::new(Recorder::new(base, start, &lengths));
+        let mut bounds: Vec<u64> = rec.steps.iter().map(|s| s.start_ns).collect();
+        bounds.push(rec.steps.last().map_or(0, |s| s.end_ns));
+        let mut sched_steps = vec![(spec.steps.first().map_or(1.0, |s| s.0), spec.warmup)];
+        sched_steps.extend(spec.steps.iter().copied());
+        let schedule = Arc::new(Schedule::new(start.as_nanos() as u64, &sched_steps));
+
+        let n_steps = rec.steps.len();
+        let mut f = Self {
+            rec,
+            bounds,
+            stop_publishing: CancellationToken::new(),
+            finishing: CancellationToken::new(),
+            pubs: Vec::new(),
+            clients: Vec::new(),
+            room_ok: counters(spec.rooms),
+            expected: Arc::new((0..spec.rooms).map(|_| AtomicU64::new(u64::MAX)).collect()),
+            confirmed: counters(n_steps),
+            sent: counters(n_steps),
+            lag: counters(n_steps),
+            live: Arc::new(Live::default()),
+            spec,
+        };
+        for (id, ((ws, last), (_, room))) in sockets.into_iter().zip(players).enumerate() {
+            f.clients.push(tokio::spawn(fanout_client(
+                id,
+                ws,
+                last,
+                room,
+                f.rec.clone(),
+                f.expected.clone(),
+                f.live.clone(),
+                f.finishing.clone(),
+            )));
+        }
+        for i in 0..f.spec.publishers {
+            let http = env.http().await;
+            f.pubs.push(tokio::spawn(fanout_publisher(
+                i as u64,
+                f.spec.publishers as u64,
+                http,
+                schedule.clone(),
+                FanoutShared {
+                    rec: f.rec.clone(),
+                    bounds: f.bounds.clone(),
+                    prefix: f.spec.prefix.clone(),
+                    rooms: f.spec.rooms,
+                    room_ok: f.room_ok.clone(),
+                    confirmed: f.confirmed.clone(),
+                    sent: f.sent.clone(),
+                    lag: f.lag.clone(),
+                    live: f.live.clone(),
+                    stop: f.stop_publishing.clone(),
+                },
+            )));
+        }
+        f
+    }
+
+    /// When (as an Instant) recorder step `i` ends.
+    fn step_end(&self, i: usize) -> Instant {
+        self.rec.base + Duration::from_nanos(self.bounds[i + 1])
+    }
+
+    /// Stops publishing (if not done), waits for every client to have every
+    /// event of its room (up to 15 s), and totals the checks.
+    async fn finish(mut self) -> (FanoutTotals, Arc<Recorder>, Vec<u64>, Vec<u64>, Vec<u64>) {
+        for p in std::mem::take(&mut self.pubs) {
+            let _ = p.await;
+        }
+        for (r, e) in self.expected.iter().enumerate() {
+            e.store(self.room_ok[r].load(Ordering::SeqCst), Ordering::SeqCst);
+        }
+        self.finishing.cancel();
+        let mut t = FanoutTotals {
+            check: SeqCheck::default(),
+            expected: 0,
+            short: 0,
+            ended: self.live.ended.load(Ordering::SeqCst),
+            publish_errors: self.live.publish_errors.load(Ordering::SeqCst),
+            end_reasons: Vec::new(),
+        };
+        for c in std::mem::take(&mut self.clients) {
+            let Ok(r) = c.await else { continue };
+            t.check.add(&r.check);
+            t.expected += r.expected;
+            t.short += r.expected.saturating_sub(r.check.received);
+            if let Some(e) = r.end {
+                if t.end_reasons.len() < 5 {
+                    t.end_reasons.push(e);
+                }
+            }
+        }
+        let load = |v: &Arc<Vec<AtomicU64>>| v.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        let (c, s, l) = (load(&self.confirmed), load(&self.sent), load(&self.lag));
+        (t, self.rec, c, s, l)
+    }
+}
+
+/// What every publisher of one fan-out shares.
+struct FanoutShared {
+    rec: Arc<Recorder>,
+    bounds: Vec<u64>,
+    prefix: String,
+    rooms: usize,
+    room_ok: Arc<Vec<AtomicU64>>,
+    confirmed: Arc<Vec<AtomicU64>>,
+    sent: Arc<Vec<AtomicU64>>,
+    lag: Arc<Vec<AtomicU64>>,
+    live: Arc<Live>,
+    stop: CancellationToken,
+}
+
+/// Publishes events `i, i + n, i + 2n, ...` each at its due time (or at once
+/// when behind); `data.t` is the actual send time.
+async fn fanout_publisher(
+    i: u64,
+    n: u64,
+    mut http: Http,
+    schedule: Arc<Schedule>,
+    s: FanoutShared,
+) {
+    let mut k = i;
+    while let Some(due) = schedule.due(k) {
+        let at = tokio::time::Instant::from_std(s.rec.base + Duration::from_nanos(due));
+        tokio::select! {
+            _ = tokio::time::sleep_until(at) => {}
+            _ = s.stop.cancelled() => return,
+        }
+        if s.stop.is_cancelled() {
+            return;
+        }
+        let room = (k % s.rooms as u64) as usize;
+        let t = s.rec.now_ns();
+        let step = step_of(&s.bounds, t);
+        if let Some(st) = step_of(&s.bounds, due) {
+            s.lag[st].fetch_max(t.saturating_sub(due), Ordering::Relaxed);
+        }
+        if let Some(st) = step {
+            s.sent[st].fetch_add(1, Ordering::Relaxed);
+        }
+        let to = format!(r#"{{"room":"{}-r{room}"}}"#, s.prefix);
+        match http.publish(event_body(&to, t, k)).await {
+            Ok(d) => {
+                s.room_ok[room].fetch_add(1, Ordering::SeqCst);
+                if let Some(st) = step {
+                    s.confirmed[st].fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                if s.live.publish_errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("  publish failed: {e}");
+                }
+            }
+        }
+        k += n;
+    }
+}
+
+/// One fan-out player: checks every event's sequence number and records the
+/// latency of benchmark events; ends once it has all of its room's events
+/// (known when `finishing` fires), or 15 s after that.
+#[allow(clippy::too_many_arguments)]
+async fn fanout_client(
+    id: usize,
+    mut ws: Ws,
+    last: u64,
+    room: usize,
+    rec: Arc<Recorder>,
+    expected: Arc<Vec<AtomicU64>>,
+    live: Arc<Live>,
+    finishing: CancellationToken,
+) -> ClientReport {
+    let mut check = SeqCheck::starting_at(last);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut end = None;
+    loop {
+        if check.received >= expected[room].load(Ordering::SeqCst) {
+            break;
+        }
+        let msg = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, ws.next()).await {
+                Ok(m) => m,
+                Err(_) => break,
+            },
+            None => tokio::select! {
+                m = ws.next() => m,
+                _ = finishing.cancelled() => {
+                    deadline = Some(tokio::time::Instant::now() + Duration::from_secs(15));
+                    continue;
+                }
+            },
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let now = rec.now_ns();
+                if let Some((seq, sent)) = scan_event(&t) {
+                    let (g, d) = (check.gaps, check.dups);
+                    check.see(seq);
+                    if check.gaps > g {
+                        live.gaps.fetch_add(check.gaps - g, Ordering::Relaxed);
+                    }
+                    if check.dups > d {
+                        live.dups.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(sent) = sent {
+                        rec.record(id, sent, now);
+                    }
+                }
+            }
+            Some(Ok(Message::Close(f))) => {
+                live.ended.fetch_add(1, Ordering::Relaxed);
+                end = Some(format!("closed by the broker: {f:?}"));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                live.ended.fetch_add(1, Ordering::Relaxed);
+                end = Some(format!("socket error: {e}"));
+                break;
+            }
+            None => {
+                live.ended.fetch_add(1, Ordering::Relaxed);
+                end = Some("socket ended".into());
+                break;
+            }
+        }
+    }
+    let e = expected[room].load(Ordering::SeqCst);
+    ClientReport {
+        check,
+        expected: if e == u64::MAX { 0 } else { e },
+        end,
+    }
+}
+
+/// Puts each `(player, room)` in room `<prefix>-r<room>`, 8 requests at a time.
+async fn join_rooms(env: &Env, prefix: &str, players: &[(String, usize)]) {
+    let chunks: Vec<Vec<(String, usize)>> = players
+        .chunks(players.len().div_ceil(8).max(1))
+        .map(<[_]>::to_vec)
+        .collect();
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let (addr, token, prefix) = (env.addr(), env.service.clone(), prefix.to_string());
+            tokio::spawn(async move {
+                let mut http = Http::connect(addr, &token).await.expect("HTTP connection");
+                for (p, r) in chunk {
+                    http.join(&format!("{prefix}-r{r}"), &p)
+                        .await
+                        .expect("room join");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join task");
+    }
+}
+
+/// Opens a WebSocket for each player (`concurrency` handshakes at a time),
+/// in order; each has read its welcome.
+async fn connect_all(
+    env: &Env,
+    players: &[(String, usize)],
+    since: Option<u64>,
+    concurrency: usize,
+) -> Vec<(Ws, u64)> {
+    let addr = env.addr();
+    let tokens: Vec<String> = players.iter().map(|(p, _)| env.token(p)).collect();
+    stream::iter(tokens)
+        .map(|t| async move { ws_connect(addr, &t, since).await })
+        .buffered(concurrency)
+        .map(|r| r.expect("WebSocket connection"))
+        .collect()
+        .await
+}
+
+/// One step's outcome.
+struct StepResult {
+    /// Deliveries per second the schedule asked for.
+    target: f64,
+    /// Deliveries of events sent in the step that arrived, per second.
+    achieved: f64,
+    received: u64,
+    lat: Lat,
+    cpu: CpuUse,
+    lag_ms: f64,
+    failure: Option<String>,
+}
+
+impl StepResult {
+    fn per_broker_cpu(&self) -> f64 {
+        if self.cpu.broker > 0.0 {
+            self.received as f64 / self.cpu.broker
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Runs the schedule; evaluates each step 1 s after it ended (while the next
+/// runs). With `ramp`, stops at the first step that fails.
+async fn run_steps(env: &Env, f: &Fanout, ramp: bool, size: usize) -> Vec<StepResult> {
+    let mut out = Vec::new();
+    let mut cpu_at = vec![env.cpu()];
+    // Step 0 is the warm-up.
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        f.rec.base + Duration::from_nanos(f.bounds[0]),
+    ))
+    .await;
+    cpu_at[0] = env.cpu();
+    for i in 0..f.rec.steps.len() {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(f.step_end(i))).await;
+        cpu_at.push(env.cpu());
+        if i == 0 {
+            continue;
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            f.step_end(i) + Duration::from_secs(1),
+        ))
+        .await;
+        let dur = f.rec.steps[i].end_ns - f.rec.steps[i].start_ns;
+        let secs = dur as f64 / 1e9;
+        let lat = Lat::of(&f.rec.histogram(i));
+        let received = f.rec.steps[i].received.load(Ordering::SeqCst);
+        let confirmed = f.confirmed[i].load(Ordering::SeqCst);
+        let target = f.spec.steps[i - 1].0 * size as f64;
+        let achieved = received as f64 / secs;
+        let (gaps, dups, ended, perr) = (
+            f.live.gaps.load(Ordering::SeqCst),
+            f.live.dups.load(Ordering::SeqCst),
+            f.live.ended.load(Ordering::SeqCst),
+            f.live.publish_errors.load(Ordering::SeqCst),
+        );
+        let mut failure = None;
+        if gaps + dups + ended + perr > 0 {
+            failure = Some(format!(
+                "loss: {gaps} gaps, {dups} dups, {ended} connections ended, {perr} publish errors"
+            ));
+        } else if received < confirmed {
+            failure = Some(format!(
+                "{} of {confirmed} deliveries not in after 1 s",
+                confirmed - received
+            ));
+        } else if lat.p99 > goal::W1MAX_STOP_P99 {
+            failure = Some(format!("p99 {:.1} ms > 100 ms", lat.p99));
+        } else if achieved < 0.95 * target {
+            failure = Some(format!(
+                "generator reached only {:.0}% of the rate",
+                100.0 * achieved / target
+            ));
+        }
+        let failed = failure.is_some();
+        out.push(StepResult {
+            target,
+            achieved,
+            received,
+            lat,
+            cpu: cpu_at[i + 1].since(&cpu_at[i]),
+            lag_ms: f.lag[i].load(Ordering::SeqCst) as f64 / 1e6,
+            failure,
+        });
+        if ramp {
+            let r = out.last().expect("just pushed");
+            eprintln!(
+                "  step {i}: {:.0}/s target, {:.0}/s achieved, p99 {:.2} ms, CPU {}{}",
+                r.target,
+                r.achieved,
+                r.lat.p99,
+                r.cpu.percent(),
+                r.failure
+                    .as_ref()
+                    .map(|f| format!(" — {f}"))
+                    .unwrap_or_default()
+            );
+        }
+        if ramp && failed {
+            f.stop_publishing.cancel();
+            break;
+        }
+    }
+    out
+}
+
+fn fmt_int(v: f64) -> String {
+    let s = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.2} ms")
+}
+
+/// What the summary needs from each workload.
+#[derive(Default)]
+struct Summary {
+    rows: Vec<(String, String, String, String, String)>,
+}
+
+impl Summary {
+    fn add(&mut self, what: &str, ours: String, peer: &str, target: &str, result: String) {
+        self.rows.push((
+            what.to_string(),
+            ours,
+            peer.to_string(),
+            target.to_string(),
+            result,
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// W1
+// ---------------------------------------------------------------------------
+
+async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
+    let spec = FanoutSpec {
+        prefix: "w1".into(),
+        rooms: a.rooms,
+        size: a.room_size,
+        warmup: Duration::from_secs(2),
+        steps: vec![(a.rate, Duration::from_secs(a.seconds))],
+        publishers: a.publishers,
+    };
+    let (rooms, size) = (spec.rooms, spec.size);
+    let f = Fanout::start(env, spec).await;
+    let steps = run_steps(env, &f, false, size).await;
+    let (t, _, _, _, _) = f.finish().await;
+    let Some(s) = steps.first() else {
+        return;
+    };
+    let mut tab = Table::new(
+        &format!(
+            "W1 fan-out: {} players in {rooms} rooms of {size}, {} room events/s for {} s",
+            rooms * size,
+            a.rate,
+            a.seconds
+        ),
+        &["measure", "ours", "peer", "target", "result"],
+    );
+    let lost = t.lost();
+    tab.row(vec![
+        "deliveries/s (target rate)".into(),
+        format!("{} ({})", fmt_int(s.achieved), fmt_int(s.target)),
+        "10,000".into(),
+        "10,000".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "latency p50".into(),
+        ms(s.lat.p50),
+        ms(goal::W1_P50_PEER),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "latency p99".into(),
+        ms(s.lat.p99),
+        ms(goal::W1_P99_PEER),
+        "≤ 10 ms".into(),
+        verdict(s.lat.p99 <= goal::W1_P99_TARGET),
+    ]);
+    tab.row(vec![
+        "latency max (deliveries measured)".into(),
+        format!("{} ({})", ms(s.lat.max), fmt_int(s.lat.n as f64)),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "lost / duplicated".into(),
+        format!(
+            "{lost} / {} of {} deliveries checked",
+            t.check.dups,
+            fmt_int(t.expected as f64)
+        ),
+        "—".into(),
+        "0".into(),
+        verdict(lost == 0 && t.check.dups == 0 && t.ended == 0 && t.publish_errors == 0),
+    ]);
+    tab.row(vec![
+        "CPU broker / Redis / generator".into(),
+        s.cpu.percent(),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "deliveries per broker CPU-second".into(),
+        fmt_int(s.per_broker_cpu()),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "publisher lateness (worst)".into(),
+        ms(s.lag_ms),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    report.push_str(&tab.render());
+    let _ = writeln!(
+        report,
+        "\nRedis time by command (INFO commandstats): {}.",
+        env.redis_commandstats()
+    );
+    if t.ended + t.publish_errors > 0 {
+        let _ = writeln!(
+            report,
+            "\nW1 problems: {} connections ended early, {} publish errors; {:?}",
+            t.ended, t.publish_errors, t.end_reasons
+        );
+    }
+    sum.add("W1 p50", ms(s.lat.p50), "2.3 ms", "—", String::new());
+    sum.add(
+        "W1 p99",
+        ms(s.lat.p99),
+        "7.3 ms",
+        "≤ 10 ms",
+        verdict(s.lat.p99 <= goal::W1_P99_TARGET),
+    );
+    sum.add(
+        "W1 lost",
+        format!("{lost} of {}", fmt_int(t.expected as f64)),
+        "—",
+        "0",
+        verdict(lost == 0 && t.check.dups == 0 && t.ended == 0),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// W1max
+// ---------------------------------------------------------------------------
+
+async fn w1max(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
+    let steps: Vec<(f64, Duration)> = (0..a.max_steps)
+        .map(|i| {
+            (
+                a.rate * a.factor.powi(i as i32),
+                Duration::from_secs(a.step_secs),
+            )
+        })
+        .collect();
+    let spec = FanoutSpec {
+        prefix: "w1max".into(),
+        rooms: a.rooms,
+        size: a.room_size,
+        warmup: Duration::from_secs(2),
+        steps,
+        publishers: a.publishers,
+    };
+    let size = spec.size;
+    let f = Fanout::start(env, spec).await;
+    let results = run_steps(env, &f, true, size).await;
+    f.stop_publishing.cancel();
+    let (t, _, _, _, _) = f.finish().await;
+    let mut tab = Table::new(
+        &format!(
+            "W1max: rate ×{} every {} s from {} deliveries/s (stop: p99 > 100 ms, loss, or rate not reached)",
+            a.factor,
+            a.step_secs,
+            fmt_int(a.rate * a.room_size as f64)
+        ),
+        &[
+            "step",
+            "target/s",
+            "delivered/s",
+            "p50",
+            "p99",
+            "max",
+            "CPU broker / Redis / gen",
+            "per broker CPU-s",
+            "publisher late",
+            "result",
+        ],
+    );
+    for (i, s) in results.iter().enumerate() {
+        tab.row(vec![
+            (i + 1).to_string(),
+            fmt_int(s.target),
+            fmt_int(s.achieved),
+            ms(s.lat.p50),
+            ms(s.lat.p99),
+            ms(s.lat.max),
+            s.cpu.percent(),
+            fmt_int(s.per_broker_cpu()),
+            ms(s.lag_ms),
+            s.failure.clone().unwrap_or_else(|| "ok".into()),
+        ]);
+    }
+    report.push_str(&tab.render());
+    let best = results
+        .iter()
+        .filter(|s| s.failure.is_none())
+        .max_by(|x, y| x.achieved.total_cmp(&y.achieved));
+    let _ = writeln!(
+        report,
+        "\nAfter the ramp: {} of {} deliveries received, {} lost, {} duplicated, {} connections ended early{}.",
+        fmt_int(t.check.received as f64),
+        fmt_int(t.expected as f64),
+        t.lost(),
+        t.check.dups,
+        t.ended,
+        if t.end_reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", t.end_reasons.join("; "))
+        }
+    );
+    let _ = writeln!(
+        report,
+        "Redis time by command over the whole ramp (INFO commandstats): {}.",
+        env.redis_commandstats()
+    );
+    match best {
+        Some(b) => {
+            let per_cpu = b.per_broker_cpu();
+            let total_cpu = b.cpu.broker + b.cpu.redis;
+            let _ = writeln!(
+                report,
+                "Highest sustained step: {} deliveries/s, {} per broker CPU-second ({} per broker+Redis CPU-second); CPU broker / Redis / generator {}.",
+                fmt_int(b.achieved),
+                fmt_int(per_cpu),
+                fmt_int(if total_cpu > 0.0 { b.received as f64 / total_cpu } else { 0.0 }),
+                b.cpu.percent()
+            );
+            sum.add(
+                "W1max deliveries/s",
+                fmt_int(b.achieved),
+                "37,000",
+                "≥ 37,000",
+                verdict(b.achieved >= goal::W1MAX_TARGET),
+            );
+            sum.add(
+                "W1max deliveries per broker CPU-s",
+                fmt_int(per_cpu),
+                "~35,000 (server)",
+                "≥ 70,000",
+                verdict(per_cpu >= goal::W1MAX_TARGET_PER_CPU),
+            );
+        }
+        None => {
+            report.push_str("No step passed.\n");
+            sum.add(
+                "W1max deliveries/s",
+                "none".into(),
+                "37,000",
+                "≥ 37,000",
+                verdict(false),
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// W2
+// ---------------------------------------------------------------------------
+
+/// Publishes `n` events to `players` (each event to all of them), over 8
+/// connections; returns the highest sequence number confirmed per player.
+async fn burst(env: &Env, players: &[String], n: u64, tag: &str) -> Vec<u64> {
+    let to = serde_json::json!({ "players": players }).to_string();
+    let conns = 8u64;
+    let tasks: Vec<JoinHandle<Vec<(String, u64)>>> = (0..conns)
+        .map(|c| {
+            let (addr, token, to, tag) =
+                (env.addr(), env.service.clone(), to.clone(), tag.to_string());
+            tokio::spawn(async move {
+                let mut http = Http::connect(addr, &token).await.expect("HTTP connection");
+                let mut last = Vec::new();
+                let mut k = c;
+                while k < n {
+                    let body = bytes::Bytes::from(format!(
+                        r#"{{"to":{to},"event_type":"{tag}","data":{{"k":{k}}}}}"#
+                    ));
+                    last = http.publish(body).await.expect("burst publish");
+                    k += conns;
+                }
+                last
+            })
+        })
+        .collect();
+    let mut max = vec![0u64; players.len()];
+    for t in tasks {
+        for (p, seq) in t.await.expect("burst task") {
+            if let Some(i) = players.iter().position(|q| *q == p) {
+                max[i] = max[i].max(seq);
+            }
+        }
+    }
+    max
+}
+
+/// Reads events off `ws` into `check` until its last sequence number reaches
+/// `until` (or `limit` passes); returns when it got there.
+async fn read_until(
+    ws: &mut Ws,
+    check: &mut SeqCheck,
+    until: u64,
+    limit: Duration,
+) -> Option<Instant> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while check.last < until {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Some((seq, _)) = scan_event(&t) {
+                    check.see(seq);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            _ => return None,
+        }
+    }
+    Some(Instant::now())
+}
+
+async fn w2(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
+    let mut tab = Table::new(
+        &format!(
+            "W2 resume: reconnect with since=<last seen> after N events while away ({} reconnections each)",
+            a.reps
+        ),
+        &["backlog", "p50", "p99", "max", "events checked", "lost / dup", "peer p50", "target p50", "result"],
+    );
+    for (n, peer, target) in [
+        (1_000u64, goal::W2_1K_PEER, goal::W2_1K_TARGET),
+        (10_000, goal::W2_10K_PEER, goal::W2_10K_TARGET),
+    ] {
+        let players: Vec<String> = (0..a.reps).map(|i| format!("w2-{n}-{i}")).collect();
+        // Each was online (read its welcome), then went away.
+        let mut seen = Vec::new();
+        for p in &players {
+            let (ws, last) = ws_connect(env.addr(), &env.token(p), None)
+                .await
+                .expect("WebSocket connection");
+            drop(ws);
+            seen.push(last);
+        }
+        let tops = burst(env, &players, n, "backlog").await;
+        let mut times = Vec::new();
+        let mut total = SeqCheck::default();
+        let mut short = 0u64;
+        for ((p, &last), &top) in players.iter().zip(&seen).zip(&tops) {
+            let token = env.token(p);
+            let start = Instant::now();
+            let (mut ws, _) = ws_connect(env.addr(), &token, Some(last))
+                .await
+                .expect("WebSocket reconnection");
+            let mut check = SeqCheck::starting_at(last);
+            match read_until(&mut ws, &mut check, top, Duration::from_secs(30)).await {
+                Some(done) => times.push(done - start),
+                None => short += top - check.last,
+            }
+            total.add(&check);
+        }
+        let lat = Lat::of_samples(&times);
+        let lost = short + total.gaps;
+        let ok = lat.p50 <= target && lost == 0 && total.dups == 0 && times.len() == a.reps;
+        tab.row(vec![
+            fmt_int(n as f64),
+            ms(lat.p50),
+            ms(lat.p99),
+            ms(lat.max),
+            fmt_int(total.received as f64),
+            format!("{lost} / {}", total.dups),
+            ms(peer),
+            format!("≤ {target} ms"),
+            verdict(ok),
+        ]);
+        sum.add(
+            &format!("W2 resume {} p50", fmt_int(n as f64)),
+            ms(lat.p50),
+            &ms(peer),
+            &format!("≤ {target} ms"),
+            verdict(ok),
+        );
+    }
+    report.push_str(&tab.render());
+    w2_live(env, a, report, sum).await;
+}
+
+/// Live traffic to one player, 200 events/s, until stopped; the highest
+/// sequence number the broker confirmed is kept in `top`.
+fn live_publisher(
+    env: &Env,
+    player: &str,
+    top: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<u64> {
+    let (addr, token) = (env.addr(), env.service.clone());
+    let to = format!(r#"{{"player":"{player}"}}"#);
+    tokio::spawn(async move {
+        let mut http = Http::connect(addr, &token).await.expect("HTTP connection");
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut sent = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            tick.tick().await;
+            let body = bytes::Bytes::from(format!(
+                r#"{{"to":{to},"event_type":"live","data":{{"k":{sent}}}}}"#
+            ));
+            for (_, seq) in http.publish(body).await.expect("live publish") {
+                top.fetch_max(seq, Ordering::SeqCst);
+            }
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// W2 with live traffic: 200 background players get room traffic while each
+/// resuming player drops its socket mid-stream, misses a 1,000-event burst
+/// plus live events, and resumes with live events still arriving.
+async fn w2_live(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
+    let reps = a.reps;
+    // ~1.6 s per reconnection, plus margin.
+    let secs = (reps as u64 * 16).div_ceil(10) + 4;
+    let spec = FanoutSpec {
+        prefix: "w2bg".into(),
+        rooms: 4,
+        size: 50,
+        warmup: Duration::from_secs(1),
+        steps: vec![(100.0, Duration::from_secs(secs))],
+        publishers: 4,
+    };
+    let bg = Fanout::start(env, spec).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut total = SeqCheck::default();
+    let mut short = 0u64;
+    let mut catchup = Vec::new();
+    for i in 0..reps {
+        let p = format!("w2live-{i}");
+        let token = env.token(&p);
+        let top = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let live = live_publisher(env, &p, top.clone(), stop.clone());
+        // Online for 300 ms of live traffic, then the socket drops.
+        // A fresh player has acknowledged nothing: the feed starts at 1.
+        let (mut ws, _) = ws_connect(env.addr(), &token, None)
+            .await
+            .expect("WebSocket connection");
+        let mut check = SeqCheck::starting_at(0);
+        let _ = read_until(&mut ws, &mut check, u64::MAX, Duration::from_millis(300)).await;
+        drop(ws);
+        // Away: a burst of 1,000 while live traffic goes on.
+        let burst_top = burst(env, std::slice::from_ref(&p), 1_000, "backlog")
+            .await
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let start = Instant::now();
+        let (mut ws, _) = ws_connect(env.addr(), &token, Some(check.last))
+            .await
+            .expect("WebSocket reconnection");
+        let mut again = SeqCheck::starting_at(check.last);
+        match read_until(&mut ws, &mut again, burst_top, Duration::from_secs(30)).await {
+            Some(t) => catchup.push(t - start),
+            None => eprintln!("  W2-live: {p} did not catch up"),
+        }
+        // Live for another 300 ms, then the publisher stops: read to its last.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        let _ = live.await;
+        let fin = top.load(Ordering::SeqCst).max(burst_top);
+        let _ = read_until(&mut ws, &mut again, fin, Duration::from_secs(10)).await;
+        // Anything after the last confirmed event would be a duplicate or stray.
+        let _ = read_until(&mut ws, &mut again, u64::MAX, Duration::from_millis(100)).await;
+        short += fin.saturating_sub(again.last);
+        check.add(&again);
+        total.add(&check);
+    }
+    bg.stop_publishing.cancel();
+    let (t, _, _, _, _) = bg.finish().await;
+    let lat = Lat::of_samples(&catchup);
+    let lost = short + total.gaps + t.lost();
+    let dups = total.dups + t.check.dups;
+    let checked = total.received + t.check.received;
+    let mut tab = Table::new(
+        &format!(
+            "W2 live: {reps} players drop and resume under live traffic (200/s each) while 200 background players get 5,000 deliveries/s"
+        ),
+        &["measure", "ours", "peer", "target", "result"],
+    );
+    tab.row(vec![
+        "events checked (resuming + background)".into(),
+        format!(
+            "{} ({} + {})",
+            fmt_int(checked as f64),
+            fmt_int(total.received as f64),
+            fmt_int(t.check.received as f64)
+        ),
+        "141,519".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "lost / duplicated".into(),
+        format!("{lost} / {dups}"),
+        "11 lost".into(),
+        "0 / 0".into(),
+        verdict(lost == 0 && dups == 0 && t.ended == 0),
+    ]);
+    tab.row(vec![
+        "catch-up past the 1,000-event burst p50 / max".into(),
+        format!("{} / {}", ms(lat.p50), ms(lat.max)),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    report.push_str(&tab.render());
+    sum.add(
+        "W2 live lost / dup",
+        format!("{lost} / {dups} of {}", fmt_int(checked as f64)),
+        "11 of 141,519",
+        "0",
+        verdict(lost == 0 && dups == 0 && t.ended == 0),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// W3
+// ---------------------------------------------------------------------------
+
+/// tungstenite's read buffer: `BytesMut::with_capacity(128 KiB)`, which glibc
+/// serves with its own mmap (131,072 bytes + the chunk header, page-rounded).
+const READ_BUFFER_MAPPING: u64 = 132 * 1024;
+
+async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
+    let n = a.connections;
+    let limit = procs::open_files_limit();
+    if limit < n as u64 + 500 {
+        let _ = writeln!(
+            report,
+            "\nW3 skipped: the open-files limit is {limit}; run `ulimit -n 65536` first (scripts/bench does)."
+        );
+        sum.add(
+            "W3 RSS per connection",
+            "skipped".into(),
+            "15.5 KiB",
+            "≤ 8 KiB",
+            verdict(false),
+        );
+        return;
+    }
+    let pid = env.broker.pid();
+    // Warm up: the engine's connections, the allocator's arenas, lazy statics.
+    let warm: Vec<(String, usize)> = (0..20).map(|i| (format!("w3warm-{i}"), 0)).collect();
+    drop(connect_all(env, &warm, None, 64).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss0 = procs::rss_kib(pid);
+    let (maps0, maps_rss0) = procs::mappings_of_size(pid, READ_BUFFER_MAPPING);
+    let gen0 = procs::rss_kib(std::process::id());
+    let players: Vec<(String, usize)> = (0..n).map(|i| (format!("w3-{i}"), 0)).collect();
+    let t0 = Instant::now();
+    let sockets = connect_all(env, &players, None, 128).await;
+    let took = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss1 = procs::rss_kib(pid);
+    let (maps1, maps_rss1) = procs::mappings_of_size(pid, READ_BUFFER_MAPPING);
+    let gen1 = procs::rss_kib(std::process::id());
+    let per = (rss1.saturating_sub(rss0)) as f64 / n as f64;
+    let buf_maps = maps1.saturating_sub(maps0);
+    let buf_rss = maps_rss1.saturating_sub(maps_rss0) as f64 / n as f64;
+    drop(sockets);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss2 = procs::rss_kib(pid);
+
+    // The hub's part, measured here: the same `Hub::subscribe` the broker
+    // calls per connection (an mpsc channel of MYTHOS_SEND_QUEUE = 1024).
+    let hub = mythos_broker::hub::Hub::new(1024);
+    let h0 = procs::rss_kib(std::process::id());
+    let subs: Vec<_> = (0..n).map(|i| hub.subscribe(&format!("w3-{i}"))).collect();
+    let h1 = procs::rss_kib(std::process::id());
+    drop(subs);
+    let hub_per = h1.saturating_sub(h0) as f64 / n as f64;
+
+    let mut tab = Table::new(
+        &format!(
+            "W3 idle: {} WebSocket connections (distinct players, each read its welcome)",
+            fmt_int(n as f64)
+        ),
+        &["measure", "ours", "peer", "target", "result"],
+    );
+    tab.row(vec![
+        "broker RSS delta per connection".into(),
+        format!("{per:.1} KiB"),
+        "15.5 KiB".into(),
+        "≤ 8 KiB".into(),
+        verdict(per <= goal::W3_TARGET_KIB),
+    ]);
+    tab.row(vec![
+        "broker RSS before / with / after".into(),
+        format!(
+            "{:.1} / {:.1} / {:.1} MiB",
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0,
+            rss2 as f64 / 1024.0
+        ),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "of which: tungstenite read buffers (132 KiB mmaps, touched pages)".into(),
+        format!("{buf_rss:.1} KiB ({buf_maps} mappings)"),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "of which: hub subscription (measured in-process)".into(),
+        format!("{hub_per:.1} KiB"),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "rest: two tasks, WebSocket + session state, hyper upgrade, malloc".into(),
+        format!("{:.1} KiB", (per - buf_rss - hub_per).max(0.0)),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "connect rate (handshake + welcome)".into(),
+        format!("{}/s", fmt_int(n as f64 / took.as_secs_f64())),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        "generator RSS per connection".into(),
+        format!("{:.1} KiB", gen1.saturating_sub(gen0) as f64 / n as f64),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    report.push_str(&tab.render());
+    sum.add(
+        "W3 RSS per connection",
+        format!("{per:.1} KiB"),
+        "15.5 KiB",
+        "≤ 8 KiB",
+        verdict(per <= goal::W3_TARGET_KIB),
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+fn broker_bin(a: &Args) -> PathBuf {
+    a.broker_bin.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("mythos-broker")))
+            .unwrap_or_else(|| PathBuf::from("target/release/mythos-broker"))
+    })
+}
+
+fn machine_note() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let redis = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}); {redis}")
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    let bin = broker_bin(&a);
+    if !bin.exists() {
+        eprintln!(
+            "bench-delivery: {} not found; build it: cargo build --release",
+            bin.display()
+        );
+        return ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut report = format!(
+        "Machine: {}. Broker, Redis (AOF everysec) and this generator share it.\n",
+        machine_note()
+    );
+    let mut sum = Summary::default();
+    let list: Vec<Workload> = match a.workload {
+        Workload::All => vec![Workload::W1, Workload::W1max, Workload::W2, Workload::W3],
+        w => vec![w],
+    };
+    let started = Instant::now();
+    for w in list {
+        let quiet = if a.quiet_wait > 0 {
+            procs::wait_for_quiet(a.max_load, Duration::from_secs(a.quiet_wait))
+        } else {
+            Quiet {
+                load1: procs::loadavg1(),
+                busy: 0.0,
+                waited: Duration::ZERO,
+                quiet: true,
+            }
+        };
+        eprintln!("== {w:?} ({quiet})");
+        let env = Env::start(&bin, a.broker_prefix.as_deref(), &a.broker_env);
+        let mut part = String::new();
+        let t = Instant::now();
+        rt.block_on(async {
+            match w {
+                Workload::W1 => w1(&env, &a, &mut part, &mut sum).await,
+                Workload::W1max => w1max(&env, &a, &mut part, &mut sum).await,
+                Workload::W2 => w2(&env, &a, &mut part, &mut sum).await,
+                Workload::W3 => w3(&env, &a, &mut part, &mut sum).await,
+                Workload::All => {}
+            }
+        });
+        let warnings = env.broker.warnings();
+        let _ = writeln!(
+            part,
+            "\n({w:?}: {:.0} s; before it: {quiet}; load avg after: {:.2}; broker warnings logged: {warnings})",
+            t.elapsed().as_secs_f64(),
+            procs::loadavg1(),
+        );
+        if warnings > 0 {
+            let _ = writeln!(
+                part,
+                "broker log tail:\n```\n{}\n```",
+                env.broker.log_tail()
+            );
+        }
+        print!("{part}");
+        report.push_str(&part);
+        drop(env);
+    }
+    if sum.rows.len() > 1 {
+        let mut tab = Table::new(
+            "Summary (issue 4)",
+            &[
+                "measure",
+                "ours",
+                "peer (Socket.IO 4.8)",
+                "target",
+                "result",
+            ],
+        );
+        for (w, o, p, t, r) in &sum.rows {
+            tab.row(vec![w.clone(), o.clone(), p.clone(), t.clone(), r.clone()]);
+        }
+        let s = tab.render();
+        print!("{s}");
+        report.push_str(&s);
+    }
+    let _ = writeln!(report, "\nTotal: {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &a.out {
+        if let Err(e) = std::fs::write(path, &report) {
+            eprintln!("bench-delivery: cannot write {}: {e}", path.display());
+        }
+    }
+    ExitCode::SUCCESS
+}
