@@ -41,9 +41,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Events written before one flush when several are ready.
 const MAX_BATCH: usize = 64;
 
-/// Bytes read from the socket at a time. tungstenite's default (128 KiB,
+/// Initial read buffer (it grows for larger frames). tungstenite's default (128 KiB,
 /// allocated per connection) would dominate an idle connection's memory.
-const READ_BUFFER: usize = 4 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write; a flush sends a batch regardless.
 const WRITE_BUFFER: usize = 16 * 1024;
 
