@@ -3,7 +3,8 @@
 -- KEYS: 1 mythos:player:{p}:cmd:<id>   the dedupe marker (string: entry id)
 --       2 mythos:commands               the stream game servers read
 -- ARGV: 1 dedupe window in ms   2 player_id   3 session_id   4 type   5 id
---       6 payload (JSON text)
+--       6 payload (JSON text)   7 cap: the stream keeps about this many entries
+--       (MAXLEN ~), so it cannot grow without bound while no game server reads
 -- Returns {entry id, 1} for a new command, {earlier entry id, 0} for a
 -- repeat of (player, id) inside the window.
 --
@@ -14,7 +15,7 @@
 
 local old = redis.call('GET', KEYS[1])
 if old then return { old, 0 } end
-local id = redis.call('XADD', KEYS[2], '*', 'player_id', ARGV[2], 'session_id', ARGV[3],
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'player_id', ARGV[2], 'session_id', ARGV[3],
   'type', ARGV[4], 'id', ARGV[5], 'payload', ARGV[6])
 redis.call('SET', KEYS[1], id, 'PX', ARGV[1])
 return { id, 1 }

@@ -11,7 +11,7 @@
 --
 -- Rules (those of the memory engine): apply the caps; after = min(after, last);
 -- if after + 1 < oldest, append `resync_required` with data
--- {"oldest_available":oldest} (announced on `mythos:live` like any append)
+-- {"oldest_available":S}, S the oldest event that survives that append (announced on `mythos:live` like any append)
 -- and read from oldest - 1. Atomic because Redis runs a script alone: nothing
 -- is appended or trimmed between computing `oldest` and the resync append.
 
@@ -24,6 +24,9 @@ local after = math.min(tonumber(ARGV[1]) or 0, last)
 if after + 1 >= oldest then
   return { last, acked, oldest, after, 0, 0 }
 end
+-- Appending the resync event may push one more event out under the count
+-- cap: name the oldest event that stays.
+oldest = math.max(oldest, last + 2 - tonumber(max_backlog))
 local data = '{"oldest_available":' .. int(oldest) .. '}'
 local fields = event_fields('', 'resync_required', ARGV[5], data, '', '')
 local seq = append_one(events, meta, fields, max_backlog, max_age_ms, now)

@@ -66,7 +66,13 @@ fn token_body(app: &App, sub: &str, role: Role) -> Answer {
 /// `POST /v1/auth/login`
 pub async fn login(app: Arc<App>, body: bytes::Bytes) -> Answer {
     let c: Credentials = parse_body(&body)?;
-    if app.login_limiter.check_key(&c.username).is_err() {
+    // Only well-formed names reach the limiter, so junk cannot grow its map.
+    let key = if valid_id(&c.username) {
+        c.username.as_str()
+    } else {
+        ""
+    };
+    if app.login_limiter.check_key(&key.to_string()).is_err() {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -311,6 +311,38 @@ mod tests {
     }
 
     #[test]
+    fn public_key_verifies_only_its_own_algorithm() {
+        let public = include_bytes!("../tests/fixtures/ed25519-public.pem");
+        let private = include_bytes!("../tests/fixtures/ed25519-private.pem");
+        let a = Auth::new(
+            Some("0123456789abcdef0123"),
+            Some(public),
+            Duration::from_secs(60),
+        )
+        .expect("auth");
+        let claims = Claims {
+            sub: "gm".into(),
+            exp: now_secs() + 60,
+            iat: None,
+            role: Role::Service,
+        };
+        let key = EncodingKey::from_ed_pem(private).expect("ed key");
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).expect("enc");
+        assert_eq!(a.verify(&t).expect("EdDSA verifies").role, Role::Service);
+        // Algorithm confusion: an HS256 token whose "secret" is the public key.
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(public),
+        )
+        .expect("enc");
+        assert_eq!(a.verify(&forged).expect_err("confusion").status, 401);
+        // An RS256 header is refused outright: no RSA key is configured.
+        let rs = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJnbSIsImV4cCI6OTk5OTk5OTk5OX0.c2ln";
+        assert_eq!(a.verify(rs).expect_err("rs256").status, 401);
+    }
+
+    #[test]
     fn token_sources_in_order() {
         assert_eq!(
             token_from(Some("Bearer abc"), Some("q"), None).as_deref(),

@@ -54,88 +54,93 @@ pub enum UserCmd {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Listen address.
-    #[arg(long, env = "MYTHOS_BIND", default_value = "127.0.0.1:54731", value_parser = parse_addr)]
+    #[arg(long, global = true, env = "MYTHOS_BIND", default_value = "127.0.0.1:54731", value_parser = parse_addr)]
     pub bind: SocketAddr,
 
     /// Redis URL (redis:// or rediss://). Unset: the embedded in-memory engine (not durable).
-    #[arg(long, env = "MYTHOS_REDIS_URL", value_parser = parse_redis_url)]
+    #[arg(long, global = true, env = "MYTHOS_REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
     /// HS256 secret for JWTs. Required unless --dev.
-    #[arg(long, env = "MYTHOS_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, global = true, env = "MYTHOS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
     /// PEM public key (RSA or Ed25519) accepted for RS256/EdDSA tokens minted by a game backend.
-    #[arg(long, env = "MYTHOS_JWT_PUBLIC_KEY")]
+    #[arg(long, global = true, env = "MYTHOS_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
 
     /// Development mode: generates and prints a JWT secret if none is set.
-    #[arg(long, env = "MYTHOS_DEV")]
+    #[arg(long, global = true, env = "MYTHOS_DEV")]
     pub dev: bool,
 
     /// Per-player cap on retained unacknowledged events.
-    #[arg(long, env = "MYTHOS_MAX_BACKLOG", default_value = "10000", value_parser = parse_count("MYTHOS_MAX_BACKLOG"))]
+    #[arg(long, global = true, env = "MYTHOS_MAX_BACKLOG", default_value = "10000", value_parser = parse_count("MYTHOS_MAX_BACKLOG"))]
     pub max_backlog: u64,
 
     /// Per-player cap on the age of retained unacknowledged events (e.g. 7d, 12h).
-    #[arg(long, env = "MYTHOS_MAX_BACKLOG_AGE", default_value = "7d", value_parser = parse_duration("MYTHOS_MAX_BACKLOG_AGE"))]
+    #[arg(long, global = true, env = "MYTHOS_MAX_BACKLOG_AGE", default_value = "7d", value_parser = parse_duration("MYTHOS_MAX_BACKLOG_AGE"))]
     pub max_backlog_age: Duration,
 
     /// How long a publish `id` is remembered.
-    #[arg(long, env = "MYTHOS_DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration("MYTHOS_DEDUPE_WINDOW"))]
+    #[arg(long, global = true, env = "MYTHOS_DEDUPE_WINDOW", default_value = "24h", value_parser = parse_duration("MYTHOS_DEDUPE_WINDOW"))]
     pub dedupe_window: Duration,
 
     /// Largest `data` of one published event, in bytes.
-    #[arg(long, env = "MYTHOS_MAX_EVENT_BYTES", default_value = "65536", value_parser = parse_count("MYTHOS_MAX_EVENT_BYTES"))]
+    #[arg(long, global = true, env = "MYTHOS_MAX_EVENT_BYTES", default_value = "65536", value_parser = parse_count("MYTHOS_MAX_EVENT_BYTES"))]
     pub max_event_bytes: u64,
 
     /// Lifetime of tokens issued by login and refresh.
-    #[arg(long, env = "MYTHOS_TOKEN_TTL", default_value = "1h", value_parser = parse_duration("MYTHOS_TOKEN_TTL"))]
+    #[arg(long, global = true, env = "MYTHOS_TOKEN_TTL", default_value = "1h", value_parser = parse_duration("MYTHOS_TOKEN_TTL"))]
     pub token_ttl: Duration,
 
     /// Tracing filter (info, mythos_broker=debug, ...).
-    #[arg(long, env = "MYTHOS_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "MYTHOS_LOG", default_value = "info")]
     pub log: String,
 
     /// Interval of SSE keep-alive comments.
-    #[arg(long, env = "MYTHOS_KEEPALIVE", default_value = "15s", value_parser = parse_duration("MYTHOS_KEEPALIVE"))]
+    #[arg(long, global = true, env = "MYTHOS_KEEPALIVE", default_value = "15s", value_parser = parse_duration("MYTHOS_KEEPALIVE"))]
     pub keepalive: Duration,
 
     /// A WebSocket peer silent this long is dropped (the server pings at a third of it).
-    #[arg(long, env = "MYTHOS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration("MYTHOS_IDLE_TIMEOUT"))]
+    #[arg(long, global = true, env = "MYTHOS_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration("MYTHOS_IDLE_TIMEOUT"))]
     pub idle_timeout: Duration,
 
     /// Largest WebSocket frame accepted from a client, in bytes.
-    #[arg(long, env = "MYTHOS_WS_MAX_FRAME", default_value = "8192", value_parser = parse_count("MYTHOS_WS_MAX_FRAME"))]
+    #[arg(long, global = true, env = "MYTHOS_WS_MAX_FRAME", default_value = "8192", value_parser = parse_count("MYTHOS_WS_MAX_FRAME"))]
     pub ws_max_frame: u64,
 
     /// Client messages per second allowed per player (WebSocket).
-    #[arg(long, env = "MYTHOS_RATE_PER_SEC", default_value = "10", value_parser = parse_count("MYTHOS_RATE_PER_SEC"))]
+    #[arg(long, global = true, env = "MYTHOS_RATE_PER_SEC", default_value = "10", value_parser = parse_count("MYTHOS_RATE_PER_SEC"))]
     pub rate_per_sec: u64,
 
     /// Burst of client messages allowed per player above the rate.
-    #[arg(long, env = "MYTHOS_RATE_BURST", default_value = "20", value_parser = parse_count("MYTHOS_RATE_BURST"))]
+    #[arg(long, global = true, env = "MYTHOS_RATE_BURST", default_value = "20", value_parser = parse_count("MYTHOS_RATE_BURST"))]
     pub rate_burst: u64,
 
     /// Events queued for one connection before it counts as a slow consumer.
-    #[arg(long, env = "MYTHOS_SEND_QUEUE", default_value = "1024", value_parser = parse_count("MYTHOS_SEND_QUEUE"))]
+    #[arg(long, global = true, env = "MYTHOS_SEND_QUEUE", default_value = "1024", value_parser = parse_count("MYTHOS_SEND_QUEUE"))]
     pub send_queue: u64,
 
     /// Allowed browser origins for WebSocket and CORS, comma-separated; `*` allows any.
-    #[arg(long, env = "MYTHOS_ALLOWED_ORIGINS", default_value = "*")]
+    #[arg(
+        long,
+        global = true,
+        env = "MYTHOS_ALLOWED_ORIGINS",
+        default_value = "*"
+    )]
     pub allowed_origins: String,
 
     /// Pooled Redis connections per node.
-    #[arg(long, env = "MYTHOS_REDIS_POOL", default_value = "32", value_parser = parse_count("MYTHOS_REDIS_POOL"))]
+    #[arg(long, global = true, env = "MYTHOS_REDIS_POOL", default_value = "32", value_parser = parse_count("MYTHOS_REDIS_POOL"))]
     pub redis_pool: u64,
 
     /// This node's name in Redis consumer groups (default: host-pid).
-    #[arg(long, env = "MYTHOS_NODE_ID")]
+    #[arg(long, global = true, env = "MYTHOS_NODE_ID")]
     pub node_id: Option<String>,
 
     /// Redis-native publishing: entries pending this long on a consumer (a
     /// crashed node) are taken over by another node.
-    #[arg(long, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
+    #[arg(long, global = true, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
     pub ingest_claim_idle: Duration,
 }
 

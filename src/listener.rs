@@ -1,9 +1,11 @@
 //! The HTTP listener: accepts connections, serves the warp routes on each, and
 //! drains them on shutdown.
 //!
-//! Owns: the accept loop and one thing warp 0.4 cannot do itself — streaming a
-//! response body of our own framing. A route that streams (SSE) answers with an
-//! empty body plus a [`StreamBody`] extension; this layer swaps it in.
+//! Owns: the accept loop and two things warp 0.4 cannot do itself: streaming a
+//! response body of our own framing (a route that streams, SSE, answers with an
+//! empty body plus a [`StreamBody`] extension, which this layer swaps in), and
+//! a WebSocket with our own buffer sizes (this layer hands the connection's
+//! upgrade to the route as an [`Upgrade`] extension).
 //! Must not touch: routing, auth, sessions.
 
 use std::convert::Infallible;
@@ -25,6 +27,17 @@ use warp::Filter;
 
 type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The connection's HTTP upgrade, for a route that switches protocols.
+#[derive(Clone)]
+pub struct Upgrade(Arc<Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+impl Upgrade {
+    /// Takes the upgrade (once).
+    pub fn take(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 /// A response body produced chunk by chunk by a session task.
 #[derive(Clone)]
@@ -79,16 +92,20 @@ pub async fn serve<F>(
         };
         let _ = io.set_nodelay(true);
         let svc = warp::service(filter.clone());
-        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut svc = svc.clone();
-            async move {
-                let resp = svc
-                    .call(req)
-                    .await
-                    .unwrap_or_else(|e: Infallible| match e {});
-                Ok::<_, Infallible>(into_box_body(resp))
-            }
-        });
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let mut svc = svc.clone();
+                let upgrade = hyper::upgrade::on(&mut req);
+                req.extensions_mut()
+                    .insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
+                async move {
+                    let resp = svc
+                        .call(req)
+                        .await
+                        .unwrap_or_else(|e: Infallible| match e {});
+                    Ok::<_, Infallible>(into_box_body(resp))
+                }
+            });
         let conn = Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();

@@ -1,14 +1,58 @@
 //! Background work of a node besides serving requests: Redis-native
-//! publishing (when the engine is Redis).
+//! publishing (when the engine is Redis) and pruning the rate limiters.
 //!
-//! Owns: starting those tasks and tying them to the node's shutdown. Must not
-//! touch: request handling.
+//! Owns: starting those tasks and tying them to the node's shutdown (they are
+//! tracked with the sessions, so shutdown waits for their in-flight appends).
+//! Must not touch: request handling.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::sync::watch;
+
+use crate::ingest::{self, IngestOptions};
 use crate::state::App;
+
+/// How often idle rate-limiter entries are dropped.
+const LIMITER_PRUNE: Duration = Duration::from_secs(60);
 
 /// Starts the node's background tasks.
 pub fn start_background(app: &Arc<App>) {
-    let _ = app;
+    let a = app.clone();
+    app.tasks.spawn(async move {
+        let mut tick = tokio::time::interval(LIMITER_PRUNE);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // Keys whose bucket is full again are forgotten, so the maps
+                    // hold only players and usernames active in the last minute.
+                    a.limiter.retain_recent();
+                    a.limiter.shrink_to_fit();
+                    a.login_limiter.retain_recent();
+                    a.login_limiter.shrink_to_fit();
+                }
+                _ = a.shutdown.cancelled() => break,
+            }
+        }
+    });
+    let Some(redis) = &app.redis else {
+        return;
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = app.shutdown.clone();
+    app.tasks.spawn(async move {
+        shutdown.cancelled().await;
+        let _ = stop_tx.send(true);
+    });
+    let consumer = ingest::spawn(
+        app.engine.clone(),
+        redis.pool().clone(),
+        IngestOptions::from_config(&app.config),
+        stop_rx,
+    );
+    app.tasks.spawn(async move {
+        if let Ok(exit) = consumer.await {
+            tracing::info!(?exit, "Redis-native publishing stopped");
+        }
+    });
 }

@@ -195,13 +195,13 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .map(|| None)
         .or(warp::path!("ws" / String).map(Some))
         .unify();
-    let maybe_ws = warp::ws().map(Some).or(warp::any().map(|| None)).unify();
+    let upgrade = warp::ext::optional::<crate::listener::Upgrade>();
     let websocket = ws_path
         .and(warp::get())
         .and(authed.clone())
         .and(warp::header::headers_cloned())
         .and(query)
-        .and(maybe_ws)
+        .and(upgrade)
         .then(
             |path_player, app, p: Result<Principal, ApiError>, h, q, upgrade| async move {
                 respond(open_ws(app, p, path_player, h, q, upgrade).await)
@@ -271,7 +271,7 @@ async fn open_ws(
     path_player: Option<String>,
     headers: HeaderMap,
     q: Query,
-    upgrade: Option<warp::ws::Ws>,
+    upgrade: Option<crate::listener::Upgrade>,
 ) -> Answer {
     let principal = principal?;
     check_reader(&principal, path_player.as_deref())?;
@@ -283,13 +283,14 @@ async fn open_ws(
         ));
     }
     let since = q.get("since").map(|s| parse_resume(s)).transpose()?;
-    let Some(upgrade) = upgrade else {
-        return Err(ApiError::new(
+    let accept_key = ws::handshake_key(&headers)?;
+    let upgrade = upgrade.and_then(|u| u.take()).ok_or_else(|| {
+        ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
             "upgrade_required",
-            "this endpoint speaks WebSocket only",
-        ));
-    };
+            "this connection cannot be upgraded",
+        )
+    })?;
     let player = principal.player_id.clone();
     let after = resolve_after(&app, &player, since).await?;
     let (feed, resume) = Feed::open(app.engine.clone(), &app.hub, &player, after).await?;
@@ -309,16 +310,9 @@ async fn open_ws(
         .get("sec-websocket-protocol")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|l| l.split(',').any(|p| p.trim() == "mythos.v1"));
-    let tracker = app.sessions.clone();
-    let reply = upgrade
-        .max_message_size(ws::HARD_FRAME_LIMIT)
-        .max_frame_size(ws::HARD_FRAME_LIMIT)
-        .on_upgrade(move |socket| tracker.track_future(ws::run(socket, session)));
-    Ok(if offered_v1 {
-        warp::reply::with_header(reply, "sec-websocket-protocol", "mythos.v1").into_response()
-    } else {
-        reply.into_response()
-    })
+    let hard_limit = ws::HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
+    app.tasks.spawn(ws::accept(upgrade, hard_limit, session));
+    Ok(ws::switching_protocols(&accept_key, offered_v1))
 }
 
 async fn recover(r: Rejection) -> Result<Response, Rejection> {
@@ -385,12 +379,13 @@ pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
     let listener = tokio::net::TcpListener::bind(app.config.bind).await?;
     let addr = listener.local_addr()?;
     let filter = routes(app.clone());
+    crate::node::start_background(&app);
     let app2 = app.clone();
     let task = tokio::spawn(async move {
         let shutdown = app2.shutdown.clone();
         crate::listener::serve(listener, filter, shutdown, Duration::from_secs(10)).await;
-        app2.sessions.close();
-        if tokio::time::timeout(Duration::from_secs(5), app2.sessions.wait())
+        app2.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), app2.tasks.wait())
             .await
             .is_err()
         {

@@ -30,8 +30,8 @@ pub struct App {
     pub login_limiter: DefaultKeyedRateLimiter<String>,
     /// Cancelled when the node shuts down; sessions close their connections.
     pub shutdown: CancellationToken,
-    /// Every open session, so shutdown can wait for them.
-    pub sessions: TaskTracker,
+    /// Every session and background task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
     /// The Redis engine, when configured (Redis-native publishing needs it).
     pub redis: Option<Arc<RedisEngine>>,
 }
@@ -95,7 +95,7 @@ impl App {
             hub,
             auth,
             shutdown: CancellationToken::new(),
-            sessions: TaskTracker::new(),
+            tasks: TaskTracker::new(),
             redis,
         }))
     }

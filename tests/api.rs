@@ -21,7 +21,60 @@ on_both_engines!(
     ws_rate_limit_and_sustained_abuse,
     ws_commands_reach_the_command_stream_once,
     health_and_unknown_routes,
+    origins_are_checked_when_configured,
+    login_attempts_are_rate_limited,
 );
+
+async fn origins_are_checked_when_configured(kind: Kind) {
+    let n = Node::start(kind, |c| c.allowed_origins = "https://game.example".into()).await;
+    let q = format!("/v1/ws?token={}", player_token("alice"));
+    assert_eq!(
+        n.ws(&q, &[("origin", "https://evil.example")]).await.err(),
+        Some(403)
+    );
+    n.ws(&q, &[("origin", "https://game.example")])
+        .await
+        .expect("allowed origin");
+    n.ws(&q, &[]).await.expect("no Origin (not a browser)");
+    let resp = Broker::http()
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/publish", n.base))
+        .header("origin", "https://game.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://game.example")
+    );
+}
+
+async fn login_attempts_are_rate_limited(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        let (s, _) = n
+            .post(
+                "/v1/auth/login",
+                None,
+                Body::Json(json!({"username": "eve", "password": "guess"})),
+            )
+            .await;
+        codes.push(s);
+    }
+    assert!(codes[..10].iter().all(|&s| s == 401), "{codes:?}");
+    assert!(
+        codes.contains(&429),
+        "too-fast logins are refused: {codes:?}"
+    );
+}
 
 async fn publish_bad_input_is_refused_and_appends_nothing(kind: Kind) {
     let n = Node::start(kind, |c| c.max_event_bytes = 1024).await;
@@ -77,7 +130,7 @@ async fn publish_bad_input_is_refused_and_appends_nothing(kind: Kind) {
             413,
             "too_large",
         ),
-        (Body::Raw("x".repeat(10 * 1024 * 1024)), 413, "too_large"),
+        (Body::Raw("x".repeat(256 * 1024)), 413, "too_large"),
     ];
     for (body, status, code) in cases {
         let (s, b) = n.post("/v1/publish", Some(&svc), body).await;

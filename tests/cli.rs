@@ -129,3 +129,73 @@ fn sigterm_stops_the_broker_with_exit_0() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+mod support;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_add_creates_an_account_a_node_can_log_in_with() {
+    use std::io::Write;
+    let redis = support::RedisServer::start();
+    let add = |name: &str| {
+        let mut child = Command::new(BIN)
+            .args(["user", "add", name])
+            .env("MYTHOS_JWT_SECRET", support::broker::SECRET)
+            .env("MYTHOS_REDIS_URL", redis.url())
+            .env("MYTHOS_LOG", "error")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"s3cret pass\nignored second line\n")
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(add("zoe").0, Some(0));
+    let (code, err) = add("zoe");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("user_exists"), "{err}");
+    assert_eq!(add("bad name").0, Some(2));
+
+    let mut c = support::broker::config();
+    c.redis_url = Some(redis.url());
+    let b = support::broker::Broker::start(c).await;
+    let login = |pw: &'static str| {
+        let b = &b;
+        async move {
+            b.post(
+                "/v1/auth/login",
+                None,
+                support::broker::Body::Json(serde_json::json!({"username": "zoe", "password": pw})),
+            )
+            .await
+        }
+    };
+    let (s, body) = login("s3cret pass").await;
+    assert_eq!((s, body["player_id"].as_str()), (200, Some("zoe")));
+    assert_eq!(login("ignored second line").await.0, 401);
+    // The hash is stored, never the password.
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let hash: String = redis::cmd("HGET")
+        .arg("mythos:user:{zoe}")
+        .arg("password_hash")
+        .query_async(&mut con)
+        .await
+        .expect("HGET");
+    assert!(
+        hash.starts_with("$argon2id$") && !hash.contains("s3cret"),
+        "{hash}"
+    );
+}

@@ -389,11 +389,12 @@ mod cases {
         let r = e.resume("a", 2).await.unwrap();
         let ev = r.resync.expect("a resync_required event");
         assert_eq!(ev.sequence_number, 11);
-        assert_eq!(resync_data(&ev), 6);
-        // The resync event itself counts against the cap, pushing event 6 out.
-        assert_eq!((r.after, r.cursor), (5, cur(11, 0, 7)));
+        // The resync event itself counts against the cap and pushes event 6
+        // out, so it names 7: the oldest event a reader will actually get.
+        assert_eq!(resync_data(&ev), 7);
+        assert_eq!((r.after, r.cursor), (6, cur(11, 0, 7)));
         assert_eq!(
-            seqs(&e.read("a", 5, 100).await.unwrap()),
+            seqs(&e.read("a", r.after, 100).await.unwrap()),
             vec![7, 8, 9, 10, 11]
         );
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mythos_broker::auth::Role;
 use serde_json::json;
 use support::broker::*;
+use support::eventually;
 
 on_both_engines!(
     sse_resumes_from_header_query_and_cursor,
@@ -24,7 +25,44 @@ on_both_engines!(
     resync_required_when_backlog_was_trimmed,
     rooms_announce_entry_and_exit,
     ws_auth_is_checked_before_upgrade,
+    sse_sends_keep_alive_comments,
+    silent_ws_peer_is_dropped,
 );
+
+async fn sse_sends_keep_alive_comments(kind: Kind) {
+    let n = Node::start(kind, |c| c.keepalive = Duration::from_millis(200)).await;
+    let mut s = n
+        .sse("/v1/events", &player_token("alice"), None)
+        .await
+        .expect("sse");
+    assert_eq!(s.next_block().await.as_deref(), Some("retry: 1000"));
+    assert_eq!(s.next_block().await.as_deref(), Some(": keep-alive"));
+    n.publish_n("alice", 1).await;
+    let mut got = None;
+    while got.is_none() {
+        got = s.next_event().await;
+    }
+    assert_eq!(got.map(|e| e.seq()), Some(1));
+}
+
+async fn silent_ws_peer_is_dropped(kind: Kind) {
+    let n = Node::start(kind, |c| c.idle_timeout = Duration::from_millis(600)).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    // Not reading means not answering the server's pings.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ws.end().await, WsEnd::Close(1001, "idle_timeout".into()));
+    // A peer that keeps reading (and so answers pings) stays.
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < deadline {
+        ws.send_json(json!({"type": "ping"})).await;
+        assert_eq!(
+            ws.until_type("pong").await.expect("still open")["type"],
+            "pong"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
 
 async fn sse_resumes_from_header_query_and_cursor(kind: Kind) {
     let n = Node::start(kind, |_| {}).await;
@@ -164,14 +202,14 @@ async fn acks_are_cumulative_clamped_and_shared(kind: Kind) {
     ws.send_json(json!({"type": "ack", "sequence_number": 13}))
         .await;
     let tok2 = tok.clone();
-    eventually("ws ack reaches the cursor", || {
+    eventually(PATIENCE, "ws ack reaches the cursor", || {
         let tok = tok2.clone();
         let n = &n;
         async move {
             let (_, c) = n
                 .request(reqwest::Method::GET, "/v1/cursor", Some(&tok))
                 .await;
-            c["acked"].as_u64() == Some(13)
+            (c["acked"].as_u64() == Some(13)).then_some(())
         }
     })
     .await;
@@ -296,9 +334,9 @@ async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
             .await;
         published += 1;
     }
-    eventually("the slow subscriber is gone from the hub", || {
+    eventually(PATIENCE, "the slow subscriber is gone from the hub", || {
         let hub = hub.clone();
-        async move { hub.subscribers() == 0 }
+        async move { (hub.subscribers() == 0).then_some(()) }
     })
     .await;
     // The client drains what reached it, then sees the close (or a dropped socket).

@@ -22,6 +22,11 @@ fn usage_error(msg: &str) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = cli.config;
+    // `demo` implies dev mode; set it before validation, which needs a JWT
+    // secret outside dev mode.
+    if matches!(cli.command, Some(Cmd::Demo)) {
+        config.dev = true;
+    }
     if let Err(msg) = config.validate() {
         return usage_error(&msg);
     }
@@ -34,10 +39,7 @@ async fn main() -> ExitCode {
         .init();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(config, false).await,
-        Cmd::Demo => {
-            config.dev = true;
-            serve(config, true).await
-        }
+        Cmd::Demo => serve(config, true).await,
         Cmd::User(UserCmd::Add { name, role }) => user_add(config, &name, &role).await,
     }
 }
@@ -74,7 +76,6 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         "mythos-broker listening on http://{} (engine: {engine_name})",
         running.addr
     );
-    mythos_broker::node::start_background(&app);
     if app.config.dev {
         for role in [Role::Service, Role::Admin] {
             if let Ok((token, _)) = app.auth.issue(&format!("dev-{}", role.as_str()), role) {

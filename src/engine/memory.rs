@@ -120,9 +120,6 @@ pub struct MemoryEngine {
     commands_ready: Notify,
 }
 
-/// Commands kept for game servers before the oldest is dropped (memory only).
-const MAX_COMMANDS: usize = 100_000;
-
 impl MemoryEngine {
     pub fn new(limits: Limits, hub: Arc<Hub>) -> Self {
         Self {
@@ -343,7 +340,7 @@ impl Engine for MemoryEngine {
                             command: cmd.clone(),
                         },
                     );
-                    while log.entries.len() > MAX_COMMANDS {
+                    while log.entries.len() > super::MAX_COMMANDS {
                         log.entries.pop_first();
                     }
                     if log.seen.len() >= 4096 && log.seen.len().is_power_of_two() {

@@ -96,6 +96,10 @@ pub struct Account {
     pub role: String,
 }
 
+/// About how many commands the upstream stream keeps (Redis trims with
+/// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
+pub const MAX_COMMANDS: usize = 100_000;
+
 /// Name of the broker's own event types.
 pub const RESYNC_REQUIRED: &str = "resync_required";
 

@@ -374,6 +374,7 @@ impl Engine for RedisEngine {
             .arg(&cmd.kind)
             .arg(&cmd.id)
             .arg(&cmd.payload)
+            .arg(super::MAX_COMMANDS)
             .invoke_async(&mut self.conn().await?)
             .await?;
         Ok((id, fresh == 1))

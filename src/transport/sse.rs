@@ -54,7 +54,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let expires_in = p.time_left();
     let app2 = app.clone();
-    app.sessions
+    app.tasks
         .spawn(async move { run(app2, player, feed, tx, expires_in).await });
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::OK;

@@ -13,23 +13,116 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use governor::clock::{Clock, DefaultClock};
+use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::sync::mpsc;
-use warp::ws::{Message, WebSocket};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use warp::http::{HeaderMap, StatusCode};
+
+use crate::error::ApiError;
 
 use crate::engine::Command;
 use crate::protocol::{envelope_json, parse_client_message, ClientMessage, ProtocolError};
 use crate::session::{Feed, FeedEnd};
 use crate::state::App;
 
-/// Frames above this close the connection with 1009; between the configured
-/// frame limit and this they get a `too_large` error.
+/// Frames above this (or above the configured limit, if larger) close the
+/// connection with 1009; between the configured limit and this they get a
+/// `too_large` error.
 pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
 /// Violations within [`STRIKE_WINDOW`] that count as sustained abuse.
 const MAX_STRIKES: u32 = 20;
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Events written before one flush when several are ready.
 const MAX_BATCH: usize = 64;
+
+/// Initial read buffer (it grows for larger frames). tungstenite's default (128 KiB,
+/// allocated per connection) would dominate an idle connection's memory.
+const READ_BUFFER: usize = 1024;
+/// Bytes gathered before a write; a flush sends a batch regardless.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Checks the request is a WebSocket handshake; returns `Sec-WebSocket-Accept`.
+pub fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let has = |name: &str, token: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !(has("connection", "upgrade") && has("upgrade", "websocket")) {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket only",
+        ));
+    }
+    if !has("sec-websocket-version", "13") {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "Sec-WebSocket-Version must be 13",
+        ));
+    }
+    let key = headers
+        .get("sec-websocket-key")
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "Sec-WebSocket-Key is missing"))?;
+    Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// The `101 Switching Protocols` answer.
+pub fn switching_protocols(accept_key: &str, select_v1: bool) -> warp::reply::Response {
+    let mut resp = warp::reply::Response::default();
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(
+        "connection",
+        warp::http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = accept_key.parse() {
+        h.insert("sec-websocket-accept", v);
+    }
+    if select_v1 {
+        h.insert(
+            "sec-websocket-protocol",
+            warp::http::HeaderValue::from_static("mythos.v1"),
+        );
+    }
+    resp
+}
+
+/// Waits for the upgrade, then runs the connection with our buffer sizes.
+pub async fn accept(upgrade: hyper::upgrade::OnUpgrade, hard_limit: usize, s: WsSession) {
+    let upgraded = match upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
+    let socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    run(socket, s).await
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
 
 /// What the reader asks the writer to do.
 enum Ctrl {
@@ -69,7 +162,7 @@ pub async fn run(ws: WebSocket, s: WsSession) {
     let (mut sink, stream) = ws.split();
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Ctrl>(32);
     let clock = Liveness::new();
-    let reader = tokio::spawn(read_loop(
+    let mut reader = tokio::spawn(read_loop(
         app.clone(),
         player.clone(),
         session_id,
@@ -85,15 +178,18 @@ pub async fn run(ws: WebSocket, s: WsSession) {
             clock,
         };
         if let Some((code, reason)) = w.run(&mut feed, &mut sink, ctrl_rx).await {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                sink.send(Message::close_with(code, reason)),
-            )
-            .await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, reason))).await;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    reader.abort();
+    // Give the peer a moment to answer our close frame (the closing
+    // handshake), so the frame is not lost to a reset of the TCP connection.
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    if tokio::time::timeout(CLOSE_GRACE, &mut reader)
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
     metrics::gauge!("mythos_ws_connections").decrement(1.0);
 }
 
@@ -163,7 +259,7 @@ impl Writer<'_> {
                     if self.clock.silent_for() > idle {
                         return Some((1001, "idle_timeout"));
                     }
-                    vec![Message::ping(Vec::new())]
+                    vec![Message::Ping(Default::default())]
                 }
                 r = feed.next() => match r {
                     Ok(ev) => {
@@ -233,22 +329,16 @@ async fn read_loop(
         clock.touch();
         let msg = match frame {
             Ok(m) => m,
-            Err(e) => {
-                let too_big = matches!(
-                    e.to_string().to_ascii_lowercase(),
-                    s if s.contains("too long") || s.contains("too big") || s.contains("capacity")
-                );
-                if too_big {
-                    let _ = ctrl.send(Ctrl::Close(1009, "message_too_big")).await;
-                }
+            Err(tungstenite::Error::Capacity(_)) => {
+                let _ = ctrl.send(Ctrl::Close(1009, "message_too_big")).await;
                 break;
             }
+            Err(_) => break,
         };
-        if msg.is_close() {
-            break;
-        }
-        if msg.is_ping() || msg.is_pong() {
-            continue;
+        match msg {
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            Message::Text(_) | Message::Binary(_) => {}
         }
         let reply = handle(&app, &player, &session_id, &msg, max_frame).await;
         let Some((text, violation)) = reply else {
@@ -278,22 +368,23 @@ async fn handle(
         let mut v = json!({"type": "error", "code": "rate_limited",
             "message": "too many messages; slow down",
             "retry_after_ms": wait.as_millis().max(1) as u64});
-        if let Some(id) = msg.to_str().ok().and_then(peek_id) {
+        if let Some(id) = msg.to_text().ok().and_then(peek_id) {
             v["id"] = json!(id);
         }
         return Some((v.to_string(), true));
     }
-    if msg.as_bytes().len() > max_frame {
+    if msg.len() > max_frame {
         let e = ProtocolError::new(
             "too_large",
             format!("a message may be at most {max_frame} bytes"),
         );
         return Some((error_frame(&e, None), true));
     }
-    let Ok(text) = msg.to_str() else {
+    let Message::Text(text) = msg else {
         let e = ProtocolError::invalid("binary frames are not supported; send JSON text");
         return Some((error_frame(&e, None), true));
     };
+    let text = text.as_str();
     let parsed = match parse_client_message(text) {
         Ok(m) => m,
         Err(e) => return Some((error_frame(&e, peek_id(text).as_deref()), true)),

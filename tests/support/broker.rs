@@ -413,22 +413,6 @@ pub fn range(a: u64, b: u64) -> Vec<u64> {
     (a..=b).collect()
 }
 
-/// Polls `f` until it is true or PATIENCE runs out.
-pub async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while tokio::time::Instant::now() < deadline {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
-
 /// Which engine a test node runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -483,7 +467,7 @@ macro_rules! on_both_engines {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::support::broker::Kind::Memory).await } )*
         }
-        #[cfg(any())]
+
         mod redis {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                async fn $name() { super::$name($crate::support::broker::Kind::Redis).await } )*

@@ -1,0 +1,184 @@
+//! The demo world: a small MUD that `mythos-broker demo` runs beside the
+//! broker, written as an example of how a real game server uses the broker.
+//!
+//! The split of work it shows:
+//!
+//! 1. Players connect to the broker (WebSocket or SSE), never to the game
+//!    server. What they type arrives as `{"type":"command"}` and
+//!    `{"type":"chat"}` frames, which the broker appends to the upstream
+//!    command stream (`mythos:commands` on Redis), deduplicated by the
+//!    client's command id.
+//! 2. The game server reads that stream as a consumer group
+//!    (`XREADGROUP GROUP demo-world <consumer> ...`; here through the engine
+//!    trait's [`Engine::read_commands`], which is the same call on the
+//!    embedded engine), applies its rules ([`game`]), and acknowledges the
+//!    entries (`XACK`, [`Engine::ack_commands`]) once their effects are
+//!    published.
+//! 3. Effects go out through the broker's public HTTP API with a service
+//!    token ([`broker`]): `POST /v1/publish` for events — one
+//!    `command_response` per command carrying the client's command id, chat
+//!    lines to the room, a `game_tick` every 10 s — and
+//!    `PUT`/`DELETE /v1/rooms/{room}/members/{player}` for where players are.
+//!    The broker itself sends `player_entered`/`player_left` to the room.
+//!    Each event of a command has an idempotency `id` derived from the
+//!    command's stream entry, so handling an entry twice delivers it once.
+//! 4. The broker stores every event until the player's client acknowledges
+//!    it and replays it after a reconnect; the game server never tracks
+//!    connections.
+//!
+//! Owns: the demo accounts, the command loop and the ticker. Must not touch:
+//! the broker's insides — apart from reading the command stream through the
+//! engine (a separate game server would talk to Redis), it uses only what
+//! any client of the HTTP API can.
+
+pub mod broker;
+pub mod game;
+pub mod world;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::api;
+use crate::auth::Role;
+use crate::engine::Engine;
+use crate::state::App;
+use broker::BrokerApi;
+use game::Game;
+
+/// The consumer group the game server reads the command stream with.
+pub const GROUP: &str = "demo-world";
+/// The demo accounts, all with [`PASSWORD`].
+pub const ACCOUNTS: [&str; 3] = ["alice", "bob", "carol"];
+pub const PASSWORD: &str = "mythos";
+/// How often every occupied room gets a `game_tick`.
+const TICK: Duration = Duration::from_secs(10);
+/// Commands read per round trip, and how long one read waits for some.
+const BATCH: usize = 16;
+const BLOCK: Duration = Duration::from_secs(5);
+
+/// Creates the demo accounts and starts the game server's tasks; returns once
+/// they run. `addr` is where the broker listens.
+pub async fn start(app: &Arc<App>, addr: SocketAddr) {
+    let base = format!("http://{}", reachable(addr));
+    create_accounts(app).await;
+    let (token, expires_in) = match app.auth.issue("demo-world", Role::Service) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("demo: cannot issue a service token: {}", e.message);
+            return;
+        }
+    };
+    // A real game server is given its service token (or the key to mint one);
+    // the demo mints it from the broker's key because it runs in-process.
+    let api = Arc::new(BrokerApi::new(
+        base.clone(),
+        token,
+        Duration::from_secs(expires_in),
+    ));
+    let consumer = app.config.node_name();
+    tokio::spawn(command_loop(
+        app.engine.clone(),
+        Game::new(api.clone()),
+        consumer,
+        app.shutdown.clone(),
+    ));
+    tokio::spawn(ticker(api, app.shutdown.clone()));
+    println!(
+        "demo world ready: open {base}/ and log in as {} (password: {PASSWORD})",
+        ACCOUNTS.join(", ")
+    );
+}
+
+/// The address to reach a listener bound to `addr` from this host.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// Creates each demo account unless it exists (it does after a restart on Redis).
+async fn create_accounts(app: &App) {
+    for name in ACCOUNTS {
+        if let Err(e) = api::create_account(app, name, PASSWORD, "player").await {
+            eprintln!("demo: cannot create account {name}: {}", e.message);
+        }
+    }
+}
+
+/// Reads commands, carries each out, acknowledges them; until shutdown.
+async fn command_loop(
+    engine: Arc<dyn Engine>,
+    mut game: Game,
+    consumer: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = engine.read_commands(GROUP, &consumer, BATCH, BLOCK) => r,
+        };
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(error = %e, "demo: cannot read the command stream; retrying in 1 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        for entry in &entries {
+            // A command whose events could not be published is logged and
+            // acknowledged all the same: retrying it forever would stall
+            // every player behind it, and the player can type it again.
+            if let Err(e) = game.handle(entry).await {
+                tracing::warn!(error = %e, player = %entry.command.player_id,
+                    "demo: a command failed");
+            }
+        }
+        let ids: Vec<String> = entries.iter().map(|e| e.entry_id.clone()).collect();
+        if let Err(e) = engine.ack_commands(GROUP, &ids).await {
+            tracing::warn!(error = %e, "demo: cannot acknowledge commands");
+        }
+    }
+}
+
+/// What the world does on each tick, in turn.
+const TICK_TEXTS: [&str; 6] = [
+    "A clock somewhere strikes the hour.",
+    "The wind shifts and the lamps gutter.",
+    "A dog barks twice, far away, then stops.",
+    "Fog thickens in the streets.",
+    "Somebody laughs in the distance; it does not sound happy.",
+    "The fog thins for a moment.",
+];
+
+/// Sends a `game_tick` to every room every [`TICK`]; until shutdown. Ticks
+/// carry no idempotency id: each is new, and a lost one matters to nobody.
+async fn ticker(api: Arc<BrokerApi>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(TICK);
+    every.tick().await;
+    for tick in 1u64.. {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let text = TICK_TEXTS[(tick as usize - 1) % TICK_TEXTS.len()];
+        for room in world::ROOMS {
+            let data = json!({"tick": tick, "text": text});
+            let to = json!({"room": room.id});
+            if let Err(e) = api
+                .publish(to, "game_tick", data, Some(room.id), None)
+                .await
+            {
+                tracing::warn!(error = %e, room = room.id, "demo: tick not published");
+            }
+        }
+    }
+}

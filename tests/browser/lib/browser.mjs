@@ -1,0 +1,72 @@
+// Headless Chromium (Debian's, never a downloaded build) and the terminal
+// page's moves, for the browser tests.
+import { existsSync, mkdirSync } from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import { ROOT } from "./broker.mjs";
+
+export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+export const ARTIFACTS = path.join(ROOT, "test-artifacts");
+const ARGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+export async function launch() {
+  if (!existsSync(CHROMIUM)) {
+    throw new Error(`no Chromium at ${CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)`);
+  }
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
+}
+
+/** Where screenshots go (git-ignored). */
+export function artifact(name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  return path.join(ARTIFACTS, name);
+}
+
+/**
+ * Opens the terminal, logs in, and waits until connected with the start room
+ * shown (the page sends `look` once connected).
+ */
+export async function loginAs(page, url, username, password = "mythos") {
+  await page.goto(url);
+  await page.fill("#username", username);
+  await page.fill("#password", password);
+  await page.click("#login-button");
+  await page.waitForFunction(() => window.mythos.state === "connected", null, { timeout: 15000 });
+  await waitForLine(page, /^Exits: /);
+}
+
+/** Types a line into the command input and presses Enter. */
+export async function type(page, text) {
+  await page.fill("#command", text);
+  await page.press("#command", "Enter");
+}
+
+/** Waits until some terminal line matches `re`. */
+export async function waitForLine(page, re, timeout = 15000) {
+  await page.waitForFunction(
+    ([source, flags]) => window.mythos.lines.some((l) => new RegExp(source, flags).test(l)),
+    [re.source, re.flags],
+    { timeout },
+  );
+}
+
+/** The page's record of what it rendered. */
+export function snapshot(page) {
+  return page.evaluate(() => ({
+    state: window.mythos.state,
+    seqs: [...window.mythos.seqs],
+    events: window.mythos.events.map((e) => ({ ...e })),
+    lines: [...window.mythos.lines],
+    commands: window.mythos.commands.map((c) => ({ ...c })),
+    resyncs: [...window.mythos.resyncs],
+  }));
+}

@@ -1,0 +1,108 @@
+//! A broker node on a real redis-server, with faults: Redis-native publishing
+//! into a live connection, and Redis killed and restarted (AOF) mid-session.
+
+mod support;
+
+use serde_json::json;
+use support::broker::*;
+use support::{eventually, RedisServer};
+
+async fn node_on(redis: RedisServer) -> Node {
+    let mut c = config();
+    c.redis_url = Some(redis.url());
+    Node {
+        broker: Broker::start(c).await,
+        redis: Some(redis),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_native_publish_reaches_a_connected_player() {
+    let n = node_on(RedisServer::start()).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let client = n.redis.as_ref().expect("redis").client();
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for k in 1..=3 {
+        let _: String = redis::cmd("XADD")
+            .arg("mythos:publish")
+            .arg("*")
+            .arg("to")
+            .arg(r#"{"player":"alice"}"#)
+            .arg("event_type")
+            .arg("loot")
+            .arg("data")
+            .arg(json!({"k": k}).to_string())
+            .query_async(&mut con)
+            .await
+            .expect("XADD");
+    }
+    for k in 1..=3u64 {
+        let e = ws.next_event().await.expect("event");
+        assert_eq!(
+            (e["sequence_number"].as_u64(), e["data"]["k"].as_u64()),
+            (Some(k), Some(k))
+        );
+        assert_eq!(e["event_type"], "loot");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_session_loses_nothing() {
+    let mut n = node_on(RedisServer::start_persistent()).await;
+    assert_eq!(n.publish_n("alice", 50).await, range(1, 50));
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    assert_eq!(ws.seqs(20).await, range(1, 20));
+    ws.send_json(json!({"type": "ack", "sequence_number": 20}))
+        .await;
+    let tok = player_token("alice");
+    eventually(PATIENCE, "the ack is durable", || {
+        let (n, tok) = (&n, tok.clone());
+        async move {
+            let (_, c) = n
+                .request(reqwest::Method::GET, "/v1/cursor", Some(&tok))
+                .await;
+            (c["acked"].as_u64() == Some(20)).then_some(())
+        }
+    })
+    .await;
+    // The harness runs Redis with `appendfsync always`: what was answered is on disk.
+    n.redis.as_mut().expect("redis").kill();
+    let body = json!({"to": {"player": "alice"}, "event_type": "t", "data": 0});
+    let (s, b) = n
+        .post(
+            "/v1/publish",
+            Some(&service_token()),
+            Body::Json(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("engine_unavailable"))
+    );
+    let (s, _) = n.request(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(s, 503);
+    n.redis.as_mut().expect("redis").restart();
+    eventually(PATIENCE, "the node is ready again", || {
+        let n = &n;
+        async move { (n.request(reqwest::Method::GET, "/readyz", None).await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        n.publish_n("alice", 30).await,
+        range(51, 80),
+        "the sequence continues"
+    );
+    // The client reconnects from what it saw and gets everything, once, in order.
+    let (mut ws, welcome) = n.ws_player("alice", Some(20)).await;
+    assert_eq!(
+        (
+            welcome["acked"].as_u64(),
+            welcome["last_sequence_number"].as_u64()
+        ),
+        (Some(20), Some(80))
+    );
+    assert_eq!(ws.seqs(60).await, range(21, 80));
+}
