@@ -15,7 +15,6 @@ use futures_util::{SinkExt, StreamExt};
 use governor::clock::{Clock, DefaultClock};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -130,6 +129,21 @@ enum Ctrl {
     Close(u16, &'static str),
 }
 
+type CtrlTx = futures_channel::mpsc::Sender<Ctrl>;
+type CtrlRx = futures_channel::mpsc::Receiver<Ctrl>;
+
+/// Replies the reader may queue for the writer before it waits.
+const CTRL_QUEUE: usize = 32;
+
+/// The reader → writer queue; it ends when the reader is gone. A
+/// futures-channel queue allocates per message, where a tokio channel holds
+/// a 512-byte cache-padded header plus a block of 32 slots from the start:
+/// ~250 bytes instead of ~800 for every idle connection (replies are rare).
+fn ctrl_queue() -> (CtrlTx, CtrlRx) {
+    // It holds its buffer plus one message per sender.
+    futures_channel::mpsc::channel(CTRL_QUEUE - 1)
+}
+
 /// A connection that passed auth and whose feed is open.
 pub struct WsSession {
     pub app: Arc<App>,
@@ -160,7 +174,7 @@ pub async fn run(ws: WebSocket, s: WsSession) {
     } = s;
     metrics::gauge!("mythos_ws_connections").increment(1.0);
     let (mut sink, stream) = ws.split();
-    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Ctrl>(32);
+    let (ctrl_tx, ctrl_rx) = ctrl_queue();
     let clock = Liveness::new();
     let mut reader = tokio::spawn(read_loop(
         app.clone(),
@@ -235,7 +249,7 @@ impl Writer<'_> {
         &self,
         feed: &mut Feed,
         sink: &mut Sink,
-        mut ctrl_rx: mpsc::Receiver<Ctrl>,
+        mut ctrl_rx: CtrlRx,
     ) -> Option<(u16, &'static str)> {
         let app = self.app;
         let state = feed.state();
@@ -250,7 +264,7 @@ impl Writer<'_> {
                 _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
                 _ = &mut expiry => return Some((4001, "token_expired")),
                 _ = state.killed() => return Some((4008, "slow_consumer")),
-                c = ctrl_rx.recv() => match c {
+                c = ctrl_rx.next() => match c {
                     Some(Ctrl::Send(text)) => vec![Message::text(text)],
                     Some(Ctrl::Close(code, reason)) => return Some((code, reason)),
                     None => return None,
@@ -317,7 +331,7 @@ async fn read_loop(
     player: String,
     session_id: String,
     mut stream: Stream,
-    ctrl: mpsc::Sender<Ctrl>,
+    mut ctrl: CtrlTx,
     clock: Liveness,
 ) {
     let max_frame = app.config.ws_max_frame as usize;
@@ -340,7 +354,9 @@ async fn read_loop(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Text(_) | Message::Binary(_) => {}
         }
-        let reply = handle(&app, &player, &session_id, &msg, max_frame).await;
+        // Boxed: its state lives only while a message is handled, instead of
+        // enlarging every idle connection's reader task by its size.
+        let reply = Box::pin(handle(&app, &player, &session_id, &msg, max_frame)).await;
         let Some((text, violation)) = reply else {
             continue;
         };
