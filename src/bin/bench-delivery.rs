@@ -1365,7 +1365,7 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
     report.push_str(&tab.render());
     let _ = writeln!(
         report,
-        "\nWhere it goes (heap profile, docs/benchmarks.md): tungstenite's read buffer, 128 KiB per connection, zero-filled on its first read; everything else is about 8 KiB."
+        "\nWhere it goes: a heap profile per connection is in docs/benchmarks.md (`--connections 1000 --broker-prefix \"valgrind --tool=massif --vgdb=yes\"`, then `vgdb --pid <pid> detailed_snapshot <file>` while the connections are open)."
     );
     sum.add(
         "W3 RSS per connection",
