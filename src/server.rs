@@ -30,13 +30,15 @@ fn respond(r: Answer) -> Response {
     r.unwrap_or_else(|e| json_reply(e.status, &e.body()))
 }
 
-/// Authenticates from the `Authorization` header or `?token=`.
-fn authenticate(app: &App, headers: &HeaderMap, q: &Query) -> Result<Principal, ApiError> {
-    let authz = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let proto = headers
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok());
-    let token = token_from(authz, q.get("token").map(String::as_str), proto)
+/// Authenticates from the `Authorization` header, `?token=`, or (WebSocket)
+/// the `bearer.<jwt>` subprotocol; only those two headers are read.
+fn authenticate(
+    app: &App,
+    authz: Option<&str>,
+    ws_protocols: Option<&str>,
+    q: &Query,
+) -> Result<Principal, ApiError> {
+    let token = token_from(authz, q.get("token").map(String::as_str), ws_protocols)
         .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
     app.auth.verify(&token)
 }
@@ -65,12 +67,15 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .unify();
     let authed = with_app
         .clone()
-        .and(warp::header::headers_cloned())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("sec-websocket-protocol"))
         .and(query)
-        .map(|app: Arc<App>, h: HeaderMap, q: Query| {
-            let p = authenticate(&app, &h, &q);
-            (app, p)
-        })
+        .map(
+            |app: Arc<App>, authz: Option<String>, proto: Option<String>, q: Query| {
+                let p = authenticate(&app, authz.as_deref(), proto.as_deref(), &q);
+                (app, p)
+            },
+        )
         .untuple_one();
     let body = warp::body::content_length_limit(body_limit(&app)).and(warp::body::bytes());
 
