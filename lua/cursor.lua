@@ -8,6 +8,6 @@
 -- longer allow (like the memory engine), and the answer must not interleave
 -- with a concurrent append or ack.
 
-enforce_caps(KEYS[1], ARGV[1], tonumber(ARGV[2]), now_ms())
+enforce_caps(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now_ms())
 local last, acked, oldest = cursor(KEYS[1], KEYS[2])
 return { last, acked, oldest }

@@ -50,32 +50,55 @@ local function entry_ts(fields)
 end
 
 -- Drops the entries older than max_age_ms from the front of the log. Entries
--- are appended in time order, so the expired ones form a prefix: look at the
--- oldest one, and only if it expired at the next ones, in batches. An entry
--- whose timestamp cannot be read is kept.
-local function trim_age(events, max_age_ms, now)
+-- are appended in time order, so the expired ones form a prefix.
+--
+-- The meta hash keeps `oldest_ms`, a lower bound of the oldest retained
+-- entry's timestamp: while it is within the age cap nothing can have expired
+-- and the log is not read at all (one HGET per append instead of reading and
+-- parsing the oldest entry). Appends only add newer entries and trims only
+-- remove the oldest, so the bound stays a lower bound until it is refreshed
+-- here. Only when it falls behind the cutoff (or is missing) is the front of
+-- the log read, in batches, and the bound set to the oldest survivor's
+-- timestamp. An entry whose timestamp cannot be read is kept, and stops the
+-- trim; the bound is then set to `now`, so it is looked at again only after
+-- another max_age_ms.
+local function trim_age(events, meta, max_age_ms, now)
   local cutoff = now - max_age_ms
+  local bound = tonumber(redis.call('HGET', meta, 'oldest_ms'))
+  if bound and bound >= cutoff then return end
   local batch = 1
   while true do
     local old = redis.call('XRANGE', events, '-', '+', 'COUNT', batch)
     local expired = 0
+    local survivor = nil
     for _, e in ipairs(old) do
       local t = ts_ms(entry_ts(e[2]))
-      if t == nil or t >= cutoff then break end
+      if t == nil or t >= cutoff then
+        survivor = t or now
+        break
+      end
       expired = expired + 1
     end
     if expired > 0 then
       redis.call('XTRIM', events, 'MINID', int(id_seq(old[expired][1]) + 1))
     end
-    if expired < #old or #old < batch then return end
+    if survivor then
+      redis.call('HSET', meta, 'oldest_ms', int(survivor))
+      return
+    end
+    if #old < batch then
+      -- the log is empty now: the next call reads its first entry
+      redis.call('HDEL', meta, 'oldest_ms')
+      return
+    end
     batch = 64
   end
 end
 
 -- Both caps, as the memory engine's enforce_caps: count, then age.
-local function enforce_caps(events, max_backlog, max_age_ms, now)
+local function enforce_caps(events, meta, max_backlog, max_age_ms, now)
   redis.call('XTRIM', events, 'MAXLEN', '=', max_backlog)
-  trim_age(events, max_age_ms, now)
+  trim_age(events, meta, max_age_ms, now)
 end
 
 -- last, acked and oldest (the first retained sequence number, else last + 1).
@@ -94,7 +117,7 @@ end
 local function append_one(events, meta, fields, max_backlog, max_age_ms, now)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   redis.call('XADD', events, 'MAXLEN', '=', max_backlog, int(seq) .. '-0', unpack(fields))
-  trim_age(events, max_age_ms, now)
+  trim_age(events, meta, max_age_ms, now)
   return seq
 end
 

@@ -18,7 +18,7 @@
 local events, meta = KEYS[1], KEYS[2]
 local max_backlog, max_age_ms = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-enforce_caps(events, max_backlog, max_age_ms, now)
+enforce_caps(events, meta, max_backlog, max_age_ms, now)
 local last, acked, oldest = cursor(events, meta)
 local after = math.min(tonumber(ARGV[1]) or 0, last)
 if after + 1 >= oldest then

@@ -149,6 +149,7 @@ conformance!(
     acks_are_cumulative_clamped_and_never_backwards,
     count_cap,
     age_cap,
+    age_cap_after_count_cap,
     resync_required_after_ack,
     resync_required_after_count_cap,
     resync_required_after_age_cap,
@@ -338,6 +339,29 @@ mod cases {
         })
         .await;
         assert_eq!(c, cur(4, 0, 5));
+    }
+
+    /// The count cap drops the oldest events first; the age cap must still
+    /// find and drop the survivors once they expire (the Redis engine keeps a
+    /// lower bound of the oldest event's time, which the count cap leaves
+    /// stale), and must keep what has not expired.
+    pub async fn age_cap_after_count_cap(k: Kind) {
+        let limits = Limits {
+            max_backlog: 5,
+            ..aged()
+        };
+        let f = k.with(limits).await;
+        let e = &*f.engine;
+        publish_n(e, "a", 12).await;
+        assert_eq!(e.cursor("a").await.unwrap(), cur(12, 0, 8));
+        let t0 = Instant::now();
+        past(t0, aged().max_backlog_age).await;
+        publish_n(e, "a", 2).await;
+        assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![13, 14]);
+        assert_eq!(e.cursor("a").await.unwrap(), cur(14, 0, 13));
+        // Fresh events are not taken for expired ones.
+        publish_n(e, "a", 1).await;
+        assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![13, 14, 15]);
     }
 
     fn resync_data(ev: &Event) -> u64 {
