@@ -13,6 +13,12 @@ use mythos_broker::config::{Cli, Cmd, Config, UserCmd};
 use mythos_broker::state::App;
 use mythos_broker::{api, server};
 
+/// jemalloc rather than the system allocator: fan-out makes many small,
+/// short-lived allocations on several threads (see docs/decisions.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("mythos-broker: {msg}");
     ExitCode::from(2)
