@@ -6,15 +6,15 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::auth::{hash_password, Principal, Role};
 use crate::engine::Account;
 use crate::error::ApiError;
-use crate::protocol::{check_id, valid_id};
+use crate::protocol::{check_id, valid_id, Delivery};
 use crate::publish::{PublishBody, PublishError};
 use crate::rooms;
 use crate::state::App;
@@ -22,7 +22,7 @@ use crate::state::App;
 pub type Answer = Result<Response, ApiError>;
 
 /// A JSON answer with a status.
-pub fn json_reply(status: StatusCode, v: &Value) -> Response {
+pub fn json_reply<T: Serialize>(status: StatusCode, v: &T) -> Response {
     warp::reply::with_status(warp::reply::json(v), status).into_response()
 }
 
@@ -187,9 +187,17 @@ pub async fn publish(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer 
     let req: PublishBody = parse_body(&body)?;
     let publish = req.into_publish(app.config.max_event_bytes)?;
     let deliveries = publish.run(app.engine.as_ref()).await?;
+    /// The answer, serialised straight from the deliveries (a fan-out answers
+    /// one object per member; `json!` would build a `Value` tree of them first).
+    #[derive(Serialize)]
+    struct Published<'a> {
+        deliveries: &'a [Delivery],
+    }
     Ok(json_reply(
         StatusCode::OK,
-        &json!({"deliveries": deliveries}),
+        &Published {
+            deliveries: &deliveries,
+        },
     ))
 }
 

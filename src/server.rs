@@ -30,6 +30,19 @@ fn respond(r: Answer) -> Response {
     r.unwrap_or_else(|e| json_reply(e.status, &e.body()))
 }
 
+/// Runs `handler` for an authenticated request, or answers the
+/// authentication error: the one place a route turns `authed` into a reply.
+async fn authorized<F, Fut>(p: Result<Principal, ApiError>, handler: F) -> Response
+where
+    F: FnOnce(Principal) -> Fut,
+    Fut: std::future::Future<Output = Answer>,
+{
+    respond(match p {
+        Ok(p) => handler(p).await,
+        Err(e) => Err(e),
+    })
+}
+
 /// Authenticates from the `Authorization` header, `?token=`, or (WebSocket)
 /// the `bearer.<jwt>` subprotocol; only those two headers are read.
 fn authenticate(
@@ -79,17 +92,6 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .untuple_one();
     let body = warp::body::content_length_limit(body_limit(&app)).and(warp::body::bytes());
 
-    macro_rules! with_principal {
-        ($f:expr) => {
-            |app: Arc<App>, p: Result<Principal, ApiError>, rest| async move {
-                Ok::<_, Rejection>(respond(match p {
-                    Ok(p) => $f(app, p, rest).await,
-                    Err(e) => Err(e),
-                }))
-            }
-        };
-    }
-
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
@@ -109,62 +111,43 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let refresh = warp::path!("v1" / "auth" / "refresh")
         .and(warp::post())
         .and(authed.clone())
-        .then(|app, p: Result<Principal, ApiError>| async move {
-            respond(match p {
-                Ok(p) => api::refresh(app, p).await,
-                Err(e) => Err(e),
-            })
-        });
+        .then(|app, p| authorized(p, move |p| api::refresh(app, p)));
     let users = warp::path!("v1" / "admin" / "users")
         .and(warp::post())
         .and(authed.clone())
         .and(body)
-        .and_then(with_principal!(api::add_user));
+        .then(|app, p, b| authorized(p, move |p| api::add_user(app, p, b)));
     let publish = warp::path!("v1" / "publish")
         .and(warp::post())
         .and(authed.clone())
         .and(body)
-        .and_then(with_principal!(api::publish));
+        .then(|app, p, b| authorized(p, move |p| api::publish(app, p, b)));
     let member = warp::path!("v1" / "rooms" / String / "members" / String);
-    let join = member.and(warp::put()).and(authed.clone()).then(
-        |room, player, app, p: Result<Principal, ApiError>| async move {
-            respond(match p {
-                Ok(p) => api::membership(app, p, room, player, true).await,
-                Err(e) => Err(e),
-            })
-        },
-    );
-    let leave = member.and(warp::delete()).and(authed.clone()).then(
-        |room, player, app, p: Result<Principal, ApiError>| async move {
-            respond(match p {
-                Ok(p) => api::membership(app, p, room, player, false).await,
-                Err(e) => Err(e),
-            })
-        },
-    );
+    let join = member
+        .and(warp::put())
+        .and(authed.clone())
+        .then(move |room, player, app, p| {
+            authorized(p, move |p| api::membership(app, p, room, player, true))
+        });
+    let leave = member
+        .and(warp::delete())
+        .and(authed.clone())
+        .then(move |room, player, app, p| {
+            authorized(p, move |p| api::membership(app, p, room, player, false))
+        });
     let members = warp::path!("v1" / "rooms" / String / "members")
         .and(warp::get())
         .and(authed.clone())
-        .then(|room, app, p: Result<Principal, ApiError>| async move {
-            respond(match p {
-                Ok(p) => api::members(app, p, room).await,
-                Err(e) => Err(e),
-            })
-        });
+        .then(|room, app, p| authorized(p, move |p| api::members(app, p, room)));
     let ack = warp::path!("v1" / "ack")
         .and(warp::post())
         .and(authed.clone())
         .and(body)
-        .and_then(with_principal!(api::ack));
+        .then(|app, p, b| authorized(p, move |p| api::ack(app, p, b)));
     let cursor = warp::path!("v1" / "cursor")
         .and(warp::get())
         .and(authed.clone())
-        .then(|app, p: Result<Principal, ApiError>| async move {
-            respond(match p {
-                Ok(p) => api::cursor(app, p).await,
-                Err(e) => Err(e),
-            })
-        });
+        .then(|app, p| authorized(p, move |p| api::cursor(app, p)));
 
     let sse_path = warp::path!("v1" / "events")
         .map(|| None)
@@ -180,18 +163,15 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
              app: Arc<App>,
              p: Result<Principal, ApiError>,
              lei,
-             q: Query| async move {
-                respond(match p {
-                    Ok(principal) => {
-                        let req = sse::SseRequest {
-                            principal,
-                            path_player,
-                            last_event_id: lei,
-                            query_last_event_id: q.get("last_event_id").cloned(),
-                        };
-                        sse::open(app, req).await
-                    }
-                    Err(e) => Err(e),
+             q: Query| {
+                authorized(p, move |principal| {
+                    let req = sse::SseRequest {
+                        principal,
+                        path_player,
+                        last_event_id: lei,
+                        query_last_event_id: q.get("last_event_id").cloned(),
+                    };
+                    sse::open(app, req)
                 })
             },
         );
