@@ -156,6 +156,7 @@ conformance!(
     room_fan_out,
     membership,
     commands,
+    commands_are_reclaimed,
     accounts,
     hub_gets_fresh_appends_only,
     concurrent_publishers_get_dense_sequences,
@@ -518,6 +519,73 @@ mod cases {
             id: id.into(),
             payload: format!(r#"{{"command":"look","id":"{id}"}}"#),
         }
+    }
+
+    /// Commands a consumer took and never acknowledged (it stopped) can be
+    /// taken over once idle long enough; acknowledged ones cannot.
+    pub async fn commands_are_reclaimed(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        let hour = Duration::from_secs(3600);
+        // Nothing pending in a group nobody has read with.
+        assert!(e
+            .claim_commands("game", "w2", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let mut ids = Vec::new();
+        for n in 1..=3 {
+            ids.push(
+                e.push_command(&cmd("alice", &format!("c{n}")))
+                    .await
+                    .unwrap()
+                    .0,
+            );
+        }
+        let taken = e
+            .read_commands("game", "w1", 2, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 2);
+        // Not idle for an hour: nothing to take over.
+        assert!(e
+            .claim_commands("game", "w2", hour, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let claimed = e
+            .claim_commands("game", "w2", Duration::ZERO, 10)
+            .await
+            .unwrap();
+        let claimed_ids: Vec<&str> = claimed.iter().map(|c| c.entry_id.as_str()).collect();
+        assert_eq!(claimed_ids, vec![ids[0].as_str(), ids[1].as_str()]);
+        assert_eq!(claimed[0].command, cmd("alice", "c1"));
+        // Claiming counts as handing out again.
+        assert!(e
+            .claim_commands("game", "w3", hour, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // `count` bounds a claim.
+        let one = e
+            .claim_commands("game", "w3", Duration::ZERO, 1)
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].entry_id, ids[0]);
+        e.ack_commands("game", &ids[..2]).await.unwrap();
+        assert!(e
+            .claim_commands("game", "w2", Duration::ZERO, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        // The third was never handed out: it is read, not claimed.
+        let rest = e
+            .read_commands("game", "w2", 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].entry_id, ids[2]);
     }
 
     pub async fn commands(k: Kind) {

@@ -423,6 +423,17 @@ impl Engine for Flaky {
     async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
         self.inner.ack_commands(group, entry_ids).await
     }
+    async fn claim_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        self.inner
+            .claim_commands(group, consumer, min_idle, count)
+            .await
+    }
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
         self.inner.create_user(username, account).await
     }

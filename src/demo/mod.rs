@@ -13,7 +13,9 @@
 //!    trait's [`Engine::read_commands`], which is the same call on the
 //!    embedded engine), applies its rules ([`game`]), and acknowledges the
 //!    entries (`XACK`, [`Engine::ack_commands`]) once their effects are
-//!    published.
+//!    published. Entries a stopped game server took and never acknowledged
+//!    are taken over once idle for [`CLAIM_IDLE`] (`XAUTOCLAIM`,
+//!    [`Engine::claim_commands`]); handling one twice is harmless (below).
 //! 3. Effects go out through the broker's public HTTP API with a service
 //!    token ([`broker`]): `POST /v1/publish` for events — one
 //!    `command_response` per command carrying the client's command id, chat
@@ -59,6 +61,10 @@ const TICK: Duration = Duration::from_secs(10);
 /// Commands read per round trip, and how long one read waits for some.
 const BATCH: usize = 16;
 const BLOCK: Duration = Duration::from_secs(5);
+/// Commands handed out this long ago and never acknowledged belong to a game
+/// server that stopped: this one takes them over. Far longer than one batch
+/// takes to handle, so a live server's commands are not taken from it.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(30);
 
 /// Creates the demo accounts and starts the game server's tasks; returns once
 /// they run. `addr` is where the broker listens.
@@ -118,10 +124,27 @@ async fn command_loop(
     consumer: String,
     shutdown: CancellationToken,
 ) {
+    let mut last_claim: Option<tokio::time::Instant> = None;
     loop {
+        // Look for abandoned commands at start and then every CLAIM_IDLE / 2.
+        let claim = last_claim.is_none_or(|t| t.elapsed() >= CLAIM_IDLE / 2);
         let read = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = engine.read_commands(GROUP, &consumer, BATCH, BLOCK) => r,
+            r = async {
+                if claim {
+                    last_claim = Some(tokio::time::Instant::now());
+                    let claimed = engine.claim_commands(GROUP, &consumer, CLAIM_IDLE, BATCH).await?;
+                    if !claimed.is_empty() {
+                        tracing::info!(n = claimed.len(), "demo: took over unacknowledged commands");
+                        if claimed.len() >= BATCH {
+                            // maybe more: look again on the next round
+                            last_claim = None;
+                        }
+                        return Ok(claimed);
+                    }
+                }
+                engine.read_commands(GROUP, &consumer, BATCH, BLOCK.min(CLAIM_IDLE / 2)).await
+            } => r,
         };
         let entries = match read {
             Ok(entries) => entries,

@@ -92,7 +92,14 @@ impl PlayerLog {
 struct CommandGroup {
     /// Index into `CommandLog::entries` of the next entry to hand out.
     next: u64,
-    pending: BTreeSet<String>,
+    /// Handed out, not acknowledged: index → when it was handed out.
+    pending: BTreeMap<u64, Instant>,
+}
+
+/// The index of a command entry id `<ms>-<index>` (this engine numbers its
+/// commands with one counter).
+fn command_index(entry_id: &str) -> Option<u64> {
+    entry_id.rsplit_once('-')?.1.parse().ok()
 }
 
 #[derive(Default)]
@@ -383,8 +390,11 @@ impl Engine for MemoryEngine {
                         e.clone()
                     })
                     .collect();
+                let now = Instant::now();
                 for e in &batch {
-                    g.pending.insert(e.entry_id.clone());
+                    if let Some(k) = command_index(&e.entry_id) {
+                        g.pending.insert(k, now);
+                    }
                 }
                 if !batch.is_empty() {
                     return Ok(batch);
@@ -401,11 +411,48 @@ impl Engine for MemoryEngine {
     async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
         let mut st = self.lock();
         if let Some(g) = st.commands.groups.get_mut(group) {
-            for id in entry_ids {
-                g.pending.remove(id);
+            for k in entry_ids.iter().filter_map(|id| command_index(id)) {
+                g.pending.remove(&k);
             }
         }
         Ok(())
+    }
+
+    async fn claim_commands(
+        &self,
+        group: &str,
+        _consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        let mut st = self.lock();
+        let log = &mut st.commands;
+        let Some(g) = log.groups.get_mut(group) else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        let idle: Vec<u64> = g
+            .pending
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= min_idle)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in idle {
+            if out.len() >= count.max(1) {
+                break;
+            }
+            match log.entries.get(&k) {
+                Some(e) => {
+                    g.pending.insert(k, now);
+                    out.push(e.clone());
+                }
+                None => {
+                    g.pending.remove(&k);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {

@@ -162,6 +162,19 @@ pub trait Engine: Send + Sync + 'static {
     /// Marks commands as processed by `group`.
     async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()>;
 
+    /// Takes over, for `consumer`, up to `count` commands that `group` handed
+    /// out at least `min_idle` ago and nobody acknowledged (a game server
+    /// that stopped mid-batch), oldest first, as `XAUTOCLAIM` does; they count
+    /// as handed out again now. Commands trimmed meanwhile are dropped from
+    /// the pending list. An unknown group has nothing pending.
+    async fn claim_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>>;
+
     /// Stores an account; `false` if the name exists.
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool>;
 

@@ -421,6 +421,45 @@ impl Engine for RedisEngine {
         Ok(())
     }
 
+    async fn claim_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        let count = count.max(1);
+        let mut out = Vec::new();
+        let mut cursor = "0-0".to_string();
+        // XAUTOCLAIM scans the pending list from `cursor`; it answers `0-0`
+        // once it has looked at all of it.
+        while out.len() < count {
+            let v = redis::cmd("XAUTOCLAIM")
+                .arg(keys::COMMANDS)
+                .arg(group)
+                .arg(consumer)
+                .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(count - out.len())
+                .query_async(&mut self.conn().await?)
+                .await;
+            let v = match v {
+                Err(e) if e.code() == Some("NOGROUP") => return Ok(out),
+                v => v?,
+            };
+            let (next, claimed, _trimmed) = stream::autoclaim(v)?;
+            for e in claimed {
+                out.extend(command_of(e)?);
+            }
+            if next == "0-0" {
+                break;
+            }
+            cursor = next;
+        }
+        Ok(out)
+    }
+
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
         let created: u8 = self
             .scripts
