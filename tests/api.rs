@@ -19,7 +19,7 @@ on_both_engines!(
     roles_and_missing_tokens,
     ws_invalid_messages_get_errors_and_keep_the_connection,
     ws_rate_limit_and_sustained_abuse,
-    ws_commands_reach_the_command_stream_once,
+    ws_commands_reach_the_command_stream,
     health_and_unknown_routes,
     origins_are_checked_when_configured,
     login_attempts_are_rate_limited,
@@ -430,7 +430,7 @@ async fn ws_rate_limit_and_sustained_abuse(kind: Kind) {
     assert_eq!(closed, Some(WsEnd::Close(1008, "policy_violation".into())));
 }
 
-async fn ws_commands_reach_the_command_stream_once(kind: Kind) {
+async fn ws_commands_reach_the_command_stream(kind: Kind) {
     let n = Node::start(kind, |_| {}).await;
     let engine = n.app().engine.clone();
     // A game server's group, created before any command arrives.
@@ -445,21 +445,28 @@ async fn ws_commands_reach_the_command_stream_once(kind: Kind) {
         .await;
     ws.send_json(json!({"type": "chat", "id": "c2", "channel": "say", "message": "hello"}))
         .await;
-    ws.send_json(json!({"type": "command", "id": "c1", "command": "look", "args": ["north"]}))
-        .await;
-    for id in ["c1", "c2", "c1"] {
+    for id in ["c1", "c2"] {
         let a = ws.until_type("command_accepted").await.expect("accepted");
         assert_eq!(a["id"], id);
     }
-    let got = engine
-        .read_commands("game", "g1", 10, Duration::from_secs(1))
-        .await
-        .expect("read");
-    assert_eq!(
-        got.len(),
-        2,
-        "the repeated id c1 was appended once: {got:?}"
-    );
+    // A client that numbers its messages per connection uses `c1` again on
+    // the next one: every accepted message is appended, as the contract says.
+    drop(ws);
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    ws.send_json(json!({"type": "command", "id": "c1", "command": "attack", "args": ["orc"]}))
+        .await;
+    let a = ws.until_type("command_accepted").await.expect("accepted");
+    assert_eq!(a["id"], "c1");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let more = engine
+            .read_commands("game", "g1", 10, Duration::from_secs(5))
+            .await
+            .expect("read");
+        assert!(!more.is_empty(), "accepted commands missing: {got:?}");
+        got.extend(more);
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
     let c = &got[0].command;
     assert_eq!(
         (
@@ -474,6 +481,12 @@ async fn ws_commands_reach_the_command_stream_once(kind: Kind) {
     assert_eq!(payload, json!({"command": "look", "args": ["north"]}));
     let chat: Value = serde_json::from_str(&got[1].command.payload).expect("payload JSON");
     assert_eq!(chat, json!({"channel": "say", "message": "hello"}));
+    let again: Value = serde_json::from_str(&got[2].command.payload).expect("payload JSON");
+    assert_eq!(
+        (got[2].command.id.as_str(), again),
+        ("c1", json!({"command": "attack", "args": ["orc"]}))
+    );
+    assert_ne!(got[2].command.session_id, session);
     let ids: Vec<String> = got.iter().map(|e| e.entry_id.clone()).collect();
     engine.ack_commands("game", &ids).await.expect("ack");
 }

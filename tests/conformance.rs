@@ -538,8 +538,7 @@ mod cases {
             ids.push(
                 e.push_command(&cmd("alice", &format!("c{n}")))
                     .await
-                    .unwrap()
-                    .0,
+                    .unwrap(),
             );
         }
         let taken = e
@@ -591,29 +590,30 @@ mod cases {
     pub async fn commands(k: Kind) {
         let f = k.fixture().await;
         let e = &*f.engine;
-        let (id1, fresh) = e.push_command(&cmd("alice", "c1")).await.unwrap();
-        assert!(fresh);
-        assert_eq!(
-            e.push_command(&cmd("alice", "c1")).await.unwrap(),
-            (id1.clone(), false)
-        );
-        let (id2, fresh) = e.push_command(&cmd("bob", "c1")).await.unwrap();
-        assert!(fresh && id2 != id1);
-        let (id3, _) = e.push_command(&cmd("alice", "c2")).await.unwrap();
+        let id1 = e.push_command(&cmd("alice", "c1")).await.unwrap();
+        // Every push appends, a repeated id too (ids are the client's labels).
+        let again = e.push_command(&cmd("alice", "c1")).await.unwrap();
+        assert_ne!(again, id1);
+        let id2 = e.push_command(&cmd("bob", "c1")).await.unwrap();
+        let id3 = e.push_command(&cmd("alice", "c2")).await.unwrap();
         let got = e
             .read_commands("game", "w1", 10, Duration::ZERO)
             .await
             .unwrap();
         let ids: Vec<&str> = got.iter().map(|c| c.entry_id.as_str()).collect();
-        assert_eq!(ids, vec![id1.as_str(), id2.as_str(), id3.as_str()]);
+        assert_eq!(
+            ids,
+            vec![id1.as_str(), again.as_str(), id2.as_str(), id3.as_str()]
+        );
         assert_eq!(got[0].command, cmd("alice", "c1"));
-        assert_eq!(got[1].command, cmd("bob", "c1"));
-        assert_eq!(got[2].command, cmd("alice", "c2"));
+        assert_eq!(got[1].command, cmd("alice", "c1"));
+        assert_eq!(got[2].command, cmd("bob", "c1"));
+        assert_eq!(got[3].command, cmd("alice", "c2"));
         let none = e
             .read_commands("game", "w1", 10, Duration::from_millis(50))
             .await;
         assert!(none.unwrap().is_empty());
-        e.ack_commands("game", &[id1.clone(), id2, id3])
+        e.ack_commands("game", &[id1.clone(), again, id2, id3])
             .await
             .unwrap();
         // A new group starts from the oldest command kept.
@@ -633,7 +633,7 @@ mod cases {
         );
         let reader = reader.unwrap();
         assert_eq!(reader.len(), 1);
-        assert_eq!(reader[0].entry_id, pushed.0);
+        assert_eq!(reader[0].entry_id, pushed);
     }
 
     pub async fn accounts(k: Kind) {

@@ -406,7 +406,7 @@ impl Engine for Flaky {
     async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
         self.inner.rooms_of(player).await
     }
-    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)> {
+    async fn push_command(&self, cmd: &Command) -> Result<String> {
         self.inner.push_command(cmd).await
     }
     async fn read_commands(

@@ -94,9 +94,25 @@ async fn key_layout_is_as_documented() {
         id: "c1".into(),
         payload: "{}".into(),
     };
-    let (entry, _) = e.push_command(&cmd).await.unwrap();
-    let marker: String = c.get("mythos:player:{alice}:cmd:c1").await.unwrap();
-    assert_eq!(marker, entry);
+    let entry = e.push_command(&cmd).await.unwrap();
+    let fields: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("mythos:commands")
+        .arg(&entry)
+        .arg(&entry)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let expected: Vec<(String, String)> = [
+        ("player_id", "alice"),
+        ("session_id", "s"),
+        ("type", "chat"),
+        ("id", "c1"),
+        ("payload", "{}"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(fields, vec![(entry.clone(), expected)]);
     e.read_commands("game", "w", 10, Duration::ZERO)
         .await
         .unwrap();

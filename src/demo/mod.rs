@@ -7,7 +7,7 @@
 //!    server. What they type arrives as `{"type":"command"}` and
 //!    `{"type":"chat"}` frames, which the broker appends to the upstream
 //!    command stream (`mythos:commands` on Redis), deduplicated by the
-//!    client's command id.
+//!    client's command id. Every accepted message is appended, a resend too.
 //! 2. The game server reads that stream as a consumer group
 //!    (`XREADGROUP GROUP demo-world <consumer> ...`; here through the engine
 //!    trait's [`Engine::read_commands`], which is the same call on the
@@ -16,6 +16,10 @@
 //!    published. Entries a stopped game server took and never acknowledged
 //!    are taken over once idle for [`CLAIM_IDLE`] (`XAUTOCLAIM`,
 //!    [`Engine::claim_commands`]); handling one twice is harmless (below).
+//!    A client resends a command whose `command_accepted` it did not see
+//!    (the connection dropped), with the same id, so the stream may hold it
+//!    twice: the game server carries out each `(player, id)` once
+//!    ([`Handled`]), the idempotent-consumer side of at-least-once delivery.
 //! 3. Effects go out through the broker's public HTTP API with a service
 //!    token ([`broker`]): `POST /v1/publish` for events — one
 //!    `command_response` per command carrying the client's command id, chat
@@ -37,6 +41,7 @@ pub mod broker;
 pub mod game;
 pub mod world;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api;
 use crate::auth::Role;
-use crate::engine::Engine;
+use crate::engine::{CommandEntry, Engine};
 use crate::state::App;
 use broker::BrokerApi;
 use game::Game;
@@ -125,6 +130,7 @@ async fn command_loop(
     shutdown: CancellationToken,
 ) {
     let mut last_claim: Option<tokio::time::Instant> = None;
+    let mut handled = Handled::default();
     loop {
         // Look for abandoned commands at start and then every CLAIM_IDLE / 2.
         let claim = last_claim.is_none_or(|t| t.elapsed() >= CLAIM_IDLE / 2);
@@ -157,6 +163,11 @@ async fn command_loop(
             }
         };
         for entry in &entries {
+            if !handled.first(entry) {
+                tracing::debug!(player = %entry.command.player_id, id = %entry.command.id,
+                    "demo: a resent command, already carried out");
+                continue;
+            }
             // A command whose events could not be published is logged and
             // acknowledged all the same: retrying it forever would stall
             // every player behind it, and the player can type it again.
@@ -168,6 +179,35 @@ async fn command_loop(
         let ids: Vec<String> = entries.iter().map(|e| e.entry_id.clone()).collect();
         if let Err(e) = engine.ack_commands(GROUP, &ids).await {
             tracing::warn!(error = %e, "demo: cannot acknowledge commands");
+        }
+    }
+}
+
+/// How long a command's `(player, id)` is remembered to recognise a resend:
+/// the client resends after a reconnect, which may be hours later.
+const RESEND_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The `(player, client id)` of the commands carried out recently.
+#[derive(Default)]
+struct Handled {
+    at: HashMap<(String, String), tokio::time::Instant>,
+}
+
+impl Handled {
+    /// True the first time `(player, id)` is seen inside [`RESEND_WINDOW`].
+    fn first(&mut self, entry: &CommandEntry) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.at.len() >= 4096 && self.at.len().is_power_of_two() {
+            self.at
+                .retain(|_, t| now.duration_since(*t) < RESEND_WINDOW);
+        }
+        let key = (entry.command.player_id.clone(), entry.command.id.clone());
+        match self.at.get(&key) {
+            Some(t) if now.duration_since(*t) < RESEND_WINDOW => false,
+            _ => {
+                self.at.insert(key, now);
+                true
+            }
         }
     }
 }

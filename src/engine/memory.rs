@@ -106,8 +106,6 @@ fn command_index(entry_id: &str) -> Option<u64> {
 struct CommandLog {
     entries: BTreeMap<u64, CommandEntry>,
     counter: u64,
-    /// (player, id) → (entry id, remembered until)
-    seen: HashMap<(String, String), (String, Instant)>,
     groups: HashMap<String, CommandGroup>,
 }
 
@@ -325,44 +323,30 @@ impl Engine for MemoryEngine {
             .unwrap_or_default())
     }
 
-    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)> {
-        let now = Instant::now();
-        let (entry_id, fresh) = {
+    async fn push_command(&self, cmd: &Command) -> Result<String> {
+        let entry_id = {
             let mut st = self.lock();
             let log = &mut st.commands;
-            let key = (cmd.player_id.clone(), cmd.id.clone());
-            match log.seen.get(&key) {
-                Some((id, until)) if *until > now => (id.clone(), false),
-                _ => {
-                    log.counter += 1;
-                    let ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis();
-                    let entry_id = format!("{ms}-{}", log.counter);
-                    log.entries.insert(
-                        log.counter,
-                        CommandEntry {
-                            entry_id: entry_id.clone(),
-                            command: cmd.clone(),
-                        },
-                    );
-                    while log.entries.len() > super::MAX_COMMANDS {
-                        log.entries.pop_first();
-                    }
-                    if log.seen.len() >= 4096 && log.seen.len().is_power_of_two() {
-                        log.seen.retain(|_, (_, u)| *u > now);
-                    }
-                    log.seen
-                        .insert(key, (entry_id.clone(), now + self.limits.dedupe_window));
-                    (entry_id, true)
-                }
+            log.counter += 1;
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let entry_id = format!("{ms}-{}", log.counter);
+            log.entries.insert(
+                log.counter,
+                CommandEntry {
+                    entry_id: entry_id.clone(),
+                    command: cmd.clone(),
+                },
+            );
+            while log.entries.len() > super::MAX_COMMANDS {
+                log.entries.pop_first();
             }
+            entry_id
         };
-        if fresh {
-            self.commands_ready.notify_waiters();
-        }
-        Ok((entry_id, fresh))
+        self.commands_ready.notify_waiters();
+        Ok(entry_id)
     }
 
     async fn read_commands(

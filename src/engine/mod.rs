@@ -74,7 +74,7 @@ pub struct Command {
     pub session_id: String,
     /// `command` or `chat`.
     pub kind: String,
-    /// The client's id for it; a repeat from the same player is the same command.
+    /// The client's id for it (echoed in `command_accepted`).
     pub id: String,
     /// The message as JSON text.
     pub payload: String,
@@ -145,9 +145,12 @@ pub trait Engine: Send + Sync + 'static {
     /// The rooms a player is in, sorted.
     async fn rooms_of(&self, player: &str) -> Result<Vec<String>>;
 
-    /// Appends a command to the upstream stream unless `(player, id)` was seen
-    /// inside the dedupe window; returns the entry id and whether it is new.
-    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)>;
+    /// Appends a command to the upstream stream; returns its entry id. Every
+    /// call appends: the contract has every accepted message appended, and a
+    /// client's `id` need not be unique beyond its connection, so a game
+    /// server that wants to drop a client's resend does it by
+    /// `(player_id, id)` itself (as the demo world does).
+    async fn push_command(&self, cmd: &Command) -> Result<String>;
 
     /// Reads new commands for consumer `consumer` of group `group` (created on
     /// first use), waiting up to `block` for some.

@@ -362,22 +362,27 @@ impl Engine for RedisEngine {
         Ok(r)
     }
 
-    async fn push_command(&self, cmd: &Command) -> Result<(String, bool)> {
-        let (id, fresh): (String, u8) = self
-            .scripts
-            .command
-            .key(keys::command(&cmd.player_id, &cmd.id))
-            .key(keys::COMMANDS)
-            .arg(ms(self.limits.dedupe_window))
-            .arg(&cmd.player_id)
-            .arg(&cmd.session_id)
-            .arg(&cmd.kind)
-            .arg(&cmd.id)
-            .arg(&cmd.payload)
+    async fn push_command(&self, cmd: &Command) -> Result<String> {
+        // One XADD: no script needed, and it touches only the stream's slot.
+        let id: String = redis::cmd("XADD")
+            .arg(keys::COMMANDS)
+            .arg("MAXLEN")
+            .arg("~")
             .arg(super::MAX_COMMANDS)
-            .invoke_async(&mut self.conn().await?)
+            .arg("*")
+            .arg("player_id")
+            .arg(&cmd.player_id)
+            .arg("session_id")
+            .arg(&cmd.session_id)
+            .arg("type")
+            .arg(&cmd.kind)
+            .arg("id")
+            .arg(&cmd.id)
+            .arg("payload")
+            .arg(&cmd.payload)
+            .query_async(&mut self.conn().await?)
             .await?;
-        Ok((id, fresh == 1))
+        Ok(id)
     }
 
     async fn read_commands(

@@ -34,11 +34,6 @@ pub fn dedupe(player: &str, key: &str) -> String {
     format!("mythos:player:{{{player}}}:dedupe:{key}")
 }
 
-/// A command idempotency marker: the stream entry id it got.
-pub fn command(player: &str, id: &str) -> String {
-    format!("mythos:player:{{{player}}}:cmd:{id}")
-}
-
 /// A room's set of members.
 pub fn members(room: &str) -> String {
     format!("mythos:room:{{{room}}}:members")

@@ -14,7 +14,6 @@ pub struct Scripts {
     pub ack: Script,
     pub cursor: Script,
     pub resume: Script,
-    pub command: Script,
     pub create_user: Script,
 }
 
@@ -26,18 +25,16 @@ impl Scripts {
             ack: with_lib(include_str!("../../../lua/ack.lua")),
             cursor: with_lib(include_str!("../../../lua/cursor.lua")),
             resume: with_lib(include_str!("../../../lua/resume.lua")),
-            command: Script::new(include_str!("../../../lua/command.lua")),
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 6] {
+    pub fn all(&self) -> [&Script; 5] {
         [
             &self.append,
             &self.ack,
             &self.cursor,
             &self.resume,
-            &self.command,
             &self.create_user,
         ]
     }
