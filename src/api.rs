@@ -14,12 +14,17 @@ use warp::reply::{Reply, Response};
 use crate::auth::{hash_password, Principal, Role};
 use crate::engine::Account;
 use crate::error::ApiError;
-use crate::protocol::{check_id, valid_id, Delivery};
+use crate::protocol::{ack_number, check_id, valid_id, Delivery};
 use crate::publish::{PublishBody, PublishError};
 use crate::rooms;
 use crate::state::App;
 
 pub type Answer = Result<Response, ApiError>;
+
+/// A request body as the route read it: its bytes, or why it was refused
+/// (too large); a value, not a rejection, so that a handler answers
+/// authentication and role first.
+pub type Body = Result<bytes::Bytes, ApiError>;
 
 /// A JSON answer with a status.
 pub fn json_reply<T: Serialize>(status: StatusCode, v: &T) -> Response {
@@ -64,8 +69,8 @@ fn token_body(app: &App, sub: &str, role: Role) -> Answer {
 }
 
 /// `POST /v1/auth/login`
-pub async fn login(app: Arc<App>, body: bytes::Bytes) -> Answer {
-    let c: Credentials = parse_body(&body)?;
+pub async fn login(app: Arc<App>, body: Body) -> Answer {
+    let c: Credentials = parse_body(&body?)?;
     // Only well-formed names reach the limiter, so junk cannot grow its map.
     let key = if valid_id(&c.username) {
         c.username.as_str()
@@ -163,9 +168,9 @@ pub async fn create_account(
 }
 
 /// `POST /v1/admin/users`
-pub async fn add_user(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer {
+pub async fn add_user(app: Arc<App>, p: Principal, body: Body) -> Answer {
     p.require(&[Role::Admin])?;
-    let u: NewUser = parse_body(&body)?;
+    let u: NewUser = parse_body(&body?)?;
     let role = u.role.as_deref().unwrap_or("player");
     if create_account(&app, &u.username, &u.password, role).await? {
         Ok(json_reply(
@@ -182,9 +187,9 @@ pub async fn add_user(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer
 }
 
 /// `POST /v1/publish`
-pub async fn publish(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer {
+pub async fn publish(app: Arc<App>, p: Principal, body: Body) -> Answer {
     p.require(&[Role::Service, Role::Admin])?;
-    let req: PublishBody = parse_body(&body)?;
+    let req: PublishBody = parse_body(&body?)?;
     let publish = req.into_publish(app.config.max_event_bytes)?;
     let deliveries = publish.run(app.engine.as_ref()).await?;
     /// The answer, serialised straight from the deliveries (a fan-out answers
@@ -237,14 +242,20 @@ pub async fn members(app: Arc<App>, p: Principal, room: String) -> Answer {
 
 #[derive(Deserialize)]
 struct AckBody {
-    sequence_number: u64,
+    sequence_number: serde_json::Value,
 }
 
 /// `POST /v1/ack`
-pub async fn ack(app: Arc<App>, p: Principal, body: bytes::Bytes) -> Answer {
+pub async fn ack(app: Arc<App>, p: Principal, body: Body) -> Answer {
     p.require(&[Role::Player])?;
-    let a: AckBody = parse_body(&body)?;
-    let c = app.engine.ack(&p.player_id, a.sequence_number).await?;
+    let a: AckBody = parse_body(&body?)?;
+    let n = ack_number(&a.sequence_number).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_request",
+            "`sequence_number` must be a non-negative integer",
+        )
+    })?;
+    let c = app.engine.ack(&p.player_id, n).await?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"player_id": p.player_id, "acked": c.acked, "last_sequence_number": c.last}),

@@ -147,7 +147,7 @@ pub struct Config {
 impl Config {
     /// Checks what a single flag's parser cannot; the error names the setting.
     pub fn validate(&self) -> Result<(), String> {
-        if self.jwt_secret.is_none() && self.jwt_public_key.is_none() && !self.dev {
+        if self.jwt_secret.is_none() && !self.dev {
             return Err(
                 "MYTHOS_JWT_SECRET is required (set it, or run with --dev for a generated one)"
                     .into(),

@@ -52,6 +52,24 @@ impl StreamBody {
     }
 }
 
+/// Folds repeated lines of a list-valued header into one comma-separated
+/// line, which means the same (RFC 9110 §5.3; RFC 6455 §11.3.4 for
+/// `Sec-WebSocket-Protocol`), so that routes read one value.
+fn join_repeated_header(headers: &mut warp::http::HeaderMap, name: &'static str) {
+    if headers.get_all(name).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b", "[..]);
+    if let Ok(v) = warp::http::HeaderValue::from_bytes(&joined) {
+        headers.insert(name, v);
+    }
+}
+
 fn into_box_body(resp: warp::reply::Response) -> hyper::Response<BoxBody> {
     let (parts, body) = resp.into_parts();
     if let Some(rx) = parts
@@ -96,6 +114,7 @@ pub async fn serve<F>(
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let mut svc = svc.clone();
                 let upgrade = hyper::upgrade::on(&mut req);
+                join_repeated_header(req.headers_mut(), "sec-websocket-protocol");
                 req.extensions_mut()
                     .insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
                 async move {

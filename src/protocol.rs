@@ -196,6 +196,20 @@ pub struct Delivery {
     pub sequence_number: u64,
 }
 
+/// The `N` of an acknowledgement: a non-negative integer. One too large for
+/// 64 bits is past any sequence number, so it is taken as the largest (the
+/// engine clamps it to the last).
+pub fn ack_number(v: &serde_json::Value) -> Option<u64> {
+    let n = v.as_number()?;
+    if let Some(u) = n.as_u64() {
+        return Some(u);
+    }
+    match n.as_f64() {
+        Some(f) if f >= u64::MAX as f64 && f.fract() == 0.0 => Some(u64::MAX),
+        _ => None,
+    }
+}
+
 /// Deepest JSON nesting accepted in a client message.
 pub const MAX_DEPTH: usize = 16;
 /// Most `args` of one command.
@@ -322,7 +336,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
         "ping" => Ok(ClientMessage::Ping),
         "ack" => obj
             .get("sequence_number")
-            .and_then(|n| n.as_u64())
+            .and_then(ack_number)
             .map(ClientMessage::Ack)
             .ok_or_else(|| {
                 ProtocolError::invalid("`sequence_number` must be a non-negative integer")

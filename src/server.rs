@@ -17,7 +17,7 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::api::{self, json_reply, Answer};
+use crate::api::{self, json_reply, Answer, Body};
 use crate::auth::{token_from, Principal};
 use crate::error::ApiError;
 use crate::session::Feed;
@@ -61,6 +61,46 @@ fn body_limit(app: &App) -> u64 {
     app.config.max_event_bytes.saturating_mul(2) + 16 * 1024
 }
 
+/// Reads a request body of at most `limit` bytes, with or without a
+/// `Content-Length` (chunked bodies are read too), as a [`Body`]: a declared
+/// length over the limit is refused before reading, a longer chunked body
+/// when it passes the limit.
+fn read_body(limit: u64) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .then(move |declared, chunks| collect_body(declared, chunks, limit))
+}
+
+async fn collect_body<S, B>(declared: Option<u64>, chunks: S, limit: u64) -> Body
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut chunks = std::pin::pin!(chunks);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| {
+            ApiError::bad_request("invalid_request", "the request body could not be read")
+        })?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(too_large());
+        }
+        bytes::BufMut::put(&mut buf, chunk);
+    }
+    Ok(buf.freeze())
+}
+
 fn metrics_handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
@@ -90,7 +130,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             },
         )
         .untuple_one();
-    let body = warp::body::content_length_limit(body_limit(&app)).and(warp::body::bytes());
+    let body = read_body(body_limit(&app));
 
     let health = warp::path!("healthz")
         .and(warp::get())
@@ -106,7 +146,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let login = warp::path!("v1" / "auth" / "login")
         .and(warp::post())
         .and(with_app.clone())
-        .and(body)
+        .and(body.clone())
         .then(|app, b| async move { respond(api::login(app, b).await) });
     let refresh = warp::path!("v1" / "auth" / "refresh")
         .and(warp::post())
@@ -115,12 +155,12 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let users = warp::path!("v1" / "admin" / "users")
         .and(warp::post())
         .and(authed.clone())
-        .and(body)
+        .and(body.clone())
         .then(|app, p, b| authorized(p, move |p| api::add_user(app, p, b)));
     let publish = warp::path!("v1" / "publish")
         .and(warp::post())
         .and(authed.clone())
-        .and(body)
+        .and(body.clone())
         .then(|app, p, b| authorized(p, move |p| api::publish(app, p, b)));
     let member = warp::path!("v1" / "rooms" / String / "members" / String);
     let join = member
@@ -142,7 +182,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
     let ack = warp::path!("v1" / "ack")
         .and(warp::post())
         .and(authed.clone())
-        .and(body)
+        .and(body.clone())
         .then(|app, p, b| authorized(p, move |p| api::ack(app, p, b)));
     let cursor = warp::path!("v1" / "cursor")
         .and(warp::get())
@@ -291,13 +331,14 @@ async fn open_ws(
         welcome,
         expires_in: principal.time_left(),
     };
-    let offered_v1 = headers
-        .get("sec-websocket-protocol")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|l| l.split(',').any(|p| p.trim() == "mythos.v1"));
+    let selected = ws::select_subprotocol(
+        headers
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+    );
     let hard_limit = ws::HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
     app.tasks.spawn(ws::accept(upgrade, hard_limit, session));
-    Ok(ws::switching_protocols(&accept_key, offered_v1))
+    Ok(ws::switching_protocols(&accept_key, selected))
 }
 
 async fn recover(r: Rejection) -> Result<Response, Rejection> {
@@ -305,18 +346,6 @@ async fn recover(r: Rejection) -> Result<Response, Rejection> {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     } else if let Some(e) = r.find::<ApiError>() {
         e.clone()
-    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the request body is too large",
-        )
-    } else if r.find::<warp::reject::LengthRequired>().is_some() {
-        ApiError::new(
-            StatusCode::LENGTH_REQUIRED,
-            "length_required",
-            "send a Content-Length header",
-        )
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -328,6 +357,14 @@ async fn recover(r: Rejection) -> Result<Response, Rejection> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send JSON",
+        )
+    } else if r
+        .find::<warp::reject::InvalidHeader>()
+        .is_some_and(|h| h.name().eq_ignore_ascii_case("last-event-id"))
+    {
+        ApiError::bad_request(
+            "invalid_resume_point",
+            "the resume point must be a non-negative integer sequence number",
         )
     } else if r.find::<warp::reject::InvalidHeader>().is_some()
         || r.find::<warp::reject::InvalidQuery>().is_some()

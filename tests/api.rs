@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use support::broker::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 on_both_engines!(
@@ -23,6 +24,7 @@ on_both_engines!(
     health_and_unknown_routes,
     origins_are_checked_when_configured,
     login_attempts_are_rate_limited,
+    edge_inputs_named_by_the_contract,
 );
 
 async fn origins_are_checked_when_configured(kind: Kind) {
@@ -524,4 +526,126 @@ async fn health_and_unknown_routes(kind: Kind) {
         .await
         .expect("text");
     assert!(text.contains("mythos_published_total"), "{text}");
+}
+
+/// Inputs at the edges the contract names: a missing token on a POST is
+/// `401` whatever the body; chunked bodies are read; a resume point or ack
+/// past 64 bits means "beyond the last"; a `Last-Event-ID` that is not a
+/// number is `invalid_resume_point`; the subprotocol list may come as
+/// several header lines, or as the token alone.
+async fn edge_inputs_named_by_the_contract(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let http = Broker::http();
+    // No token, no body: authentication answers first.
+    for path in ["/v1/publish", "/v1/admin/users", "/v1/ack"] {
+        let r = http
+            .post(format!("{}{path}", n.base))
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        let b: Value = r.json().await.expect("json");
+        assert_eq!(b["error"]["code"], "unauthorized", "{path}");
+    }
+    n.publish_n("alice", 3).await;
+    // A chunked body (no Content-Length).
+    let chunks = futures_util::stream::iter(vec![
+        Ok::<_, std::io::Error>(r#"{"sequence_"#.to_string()),
+        Ok(r#"number": 1}"#.to_string()),
+    ]);
+    let r = http
+        .post(format!("{}/v1/ack", n.base))
+        .bearer_auth(player_token("alice"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("chunked ack");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.expect("json")["acked"], 1);
+    // An ack past 64 bits is clamped to the last sequence number.
+    let (s, b) = n
+        .post(
+            "/v1/ack",
+            Some(&player_token("alice")),
+            Body::Raw(r#"{"sequence_number": 18446744073709551616}"#.into()),
+        )
+        .await;
+    assert_eq!((s, &b["acked"]), (200, &json!(3)), "{b}");
+    for bad in [r#"{"sequence_number": -1}"#, r#"{"sequence_number": 1.5}"#] {
+        let (s, b) = n
+            .post(
+                "/v1/ack",
+                Some(&player_token("alice")),
+                Body::Raw(bad.into()),
+            )
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (400, Some("invalid_request"))
+        );
+    }
+    // A resume point past 64 bits: nothing to replay, then live.
+    let huge = "99999999999999999999";
+    for (path, header) in [
+        ("/v1/events".to_string(), Some(huge)),
+        (format!("/v1/events?last_event_id={huge}"), None),
+    ] {
+        let mut sse = n
+            .sse(&path, &player_token("bob"), header)
+            .await
+            .expect("stream opens");
+        let seq = n.publish_n("bob", 1).await[0];
+        let ev = sse.next_event().await.expect("the live event");
+        assert_eq!(ev.data["sequence_number"], seq, "{path}");
+    }
+    let mut ws = n
+        .ws(
+            &format!("/v1/ws?token={}&since={huge}", player_token("carol")),
+            &[],
+        )
+        .await
+        .expect("ws opens");
+    assert_eq!(ws.next_json().await.expect("welcome")["type"], "welcome");
+    let seq = n.publish_n("carol", 1).await[0];
+    assert_eq!(ws.next_event().await.expect("live")["sequence_number"], seq);
+    // A Last-Event-ID that is not text at all.
+    let r = http
+        .get(format!("{}/v1/events", n.base))
+        .bearer_auth(player_token("bob"))
+        .header(
+            "last-event-id",
+            reqwest::header::HeaderValue::from_bytes(&[0xC3, 0xA9]).expect("obs-text"),
+        )
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 400);
+    let b: Value = r.json().await.expect("json");
+    assert_eq!(b["error"]["code"], "invalid_resume_point");
+    // The subprotocol list as two header lines, and the token alone.
+    let bearer = format!("bearer.{}", player_token("dave"));
+    let mut req = format!("{}/v1/ws", n.ws_base)
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().append(
+        "sec-websocket-protocol",
+        "mythos.v1".parse().expect("value"),
+    );
+    req.headers_mut()
+        .append("sec-websocket-protocol", bearer.parse().expect("value"));
+    let (_ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("split protocol lines are one list");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.as_bytes()),
+        Some(&b"mythos.v1"[..])
+    );
+    let c = n
+        .ws("/v1/ws", &[("sec-websocket-protocol", bearer.as_str())])
+        .await
+        .expect("the token alone as the offered protocol");
+    assert_eq!(c.protocol.as_deref(), Some(bearer.as_str()));
 }

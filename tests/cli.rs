@@ -74,6 +74,17 @@ fn bad_settings_stop_startup_with_exit_2_naming_the_setting() {
             "MYTHOS_MAX_EVENT_BYTES",
         ),
         (vec![("MYTHOS_JWT_SECRET", "short")], "MYTHOS_JWT_SECRET"),
+        // A public key verifies a backend's tokens; login still needs the secret.
+        (
+            vec![(
+                "MYTHOS_JWT_PUBLIC_KEY",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/ed25519-public.pem"
+                ),
+            )],
+            "MYTHOS_JWT_SECRET",
+        ),
     ] {
         let (code, _, err) = run(&env, &[]);
         assert_eq!(code, 2, "{env:?}: {err}");

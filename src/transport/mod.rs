@@ -15,12 +15,16 @@ use crate::state::App;
 
 /// Parses a resume point: a non-negative integer, else `400 invalid_resume_point`.
 pub fn parse_resume(raw: &str) -> Result<u64, ApiError> {
-    raw.trim().parse::<u64>().map_err(|_| {
-        ApiError::bad_request(
+    let digits = raw.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(
             "invalid_resume_point",
             "the resume point must be a non-negative integer sequence number",
-        )
-    })
+        ));
+    }
+    // Digits only: the one failure left is overflow, a resume point beyond
+    // any sequence number, which means "nothing to replay".
+    Ok(digits.parse::<u64>().unwrap_or(u64::MAX))
 }
 
 /// Checks the caller may read `path_player`'s feed (a player token for that player).

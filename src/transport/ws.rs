@@ -76,7 +76,19 @@ pub fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// The `101 Switching Protocols` answer.
-pub fn switching_protocols(accept_key: &str, select_v1: bool) -> warp::reply::Response {
+/// The subprotocol to answer with: `mythos.v1` when offered; else, when the
+/// client offered only its `bearer.<jwt>` entry, that entry, because a
+/// browser fails a handshake that selects none of the offered protocols.
+pub fn select_subprotocol(offered: Option<&str>) -> Option<&str> {
+    let all: Vec<&str> = offered?.split(',').map(str::trim).collect();
+    if all.contains(&"mythos.v1") {
+        return Some("mythos.v1");
+    }
+    all.into_iter().find(|p| p.starts_with("bearer."))
+}
+
+/// The `101` answer; `protocol` is the selected subprotocol, if any.
+pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> warp::reply::Response {
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -88,11 +100,8 @@ pub fn switching_protocols(accept_key: &str, select_v1: bool) -> warp::reply::Re
     if let Ok(v) = accept_key.parse() {
         h.insert("sec-websocket-accept", v);
     }
-    if select_v1 {
-        h.insert(
-            "sec-websocket-protocol",
-            warp::http::HeaderValue::from_static("mythos.v1"),
-        );
+    if let Some(v) = protocol.and_then(|p| warp::http::HeaderValue::from_str(p).ok()) {
+        h.insert("sec-websocket-protocol", v);
     }
     resp
 }
