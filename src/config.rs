@@ -109,6 +109,18 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_WS_MAX_FRAME", default_value = "8192", value_parser = parse_count("MYTHOS_WS_MAX_FRAME"))]
     pub ws_max_frame: u64,
 
+    /// Deepest JSON nesting of a client message (WebSocket).
+    #[arg(long, global = true, env = "MYTHOS_WS_MAX_DEPTH", default_value = "16", value_parser = parse_count("MYTHOS_WS_MAX_DEPTH"))]
+    pub ws_max_depth: u64,
+
+    /// Longest `command` name (and chat `channel`) of a client message, characters of [a-z_].
+    #[arg(long, global = true, env = "MYTHOS_WS_MAX_COMMAND", default_value = "64", value_parser = parse_count("MYTHOS_WS_MAX_COMMAND"))]
+    pub ws_max_command: u64,
+
+    /// Most `args` of a client command.
+    #[arg(long, global = true, env = "MYTHOS_WS_MAX_ARGS", default_value = "16", value_parser = parse_count("MYTHOS_WS_MAX_ARGS"))]
+    pub ws_max_args: u64,
+
     /// Client messages per second allowed per player (WebSocket).
     #[arg(long, global = true, env = "MYTHOS_RATE_PER_SEC", default_value = "10", value_parser = parse_count("MYTHOS_RATE_PER_SEC"))]
     pub rate_per_sec: u64,
@@ -146,6 +158,16 @@ pub struct Config {
 
 impl Config {
     /// Checks what a single flag's parser cannot; the error names the setting.
+    /// The limits of a WebSocket client message.
+    pub fn message_limits(&self) -> crate::protocol::MessageLimits {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        crate::protocol::MessageLimits {
+            max_depth: n(self.ws_max_depth),
+            max_command: n(self.ws_max_command),
+            max_args: n(self.ws_max_args),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.jwt_secret.is_none() && !self.dev {
             return Err(
@@ -160,6 +182,8 @@ impl Config {
             ("MYTHOS_MAX_BACKLOG", self.max_backlog),
             ("MYTHOS_MAX_EVENT_BYTES", self.max_event_bytes),
             ("MYTHOS_WS_MAX_FRAME", self.ws_max_frame),
+            ("MYTHOS_WS_MAX_DEPTH", self.ws_max_depth),
+            ("MYTHOS_WS_MAX_COMMAND", self.ws_max_command),
             ("MYTHOS_RATE_PER_SEC", self.rate_per_sec),
             ("MYTHOS_RATE_BURST", self.rate_burst),
             ("MYTHOS_SEND_QUEUE", self.send_queue),

@@ -210,12 +210,27 @@ pub fn ack_number(v: &serde_json::Value) -> Option<u64> {
     }
 }
 
-/// Deepest JSON nesting accepted in a client message.
-pub const MAX_DEPTH: usize = 16;
-/// Most `args` of one command.
-pub const MAX_ARGS: usize = 16;
-/// Longest command name, and the charset allowed.
-pub const MAX_COMMAND: usize = 64;
+/// The configurable limits of a client message (`MYTHOS_WS_MAX_DEPTH`,
+/// `MYTHOS_WS_MAX_COMMAND`, `MYTHOS_WS_MAX_ARGS`); the default is the contract's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Deepest JSON nesting.
+    pub max_depth: usize,
+    /// Longest `command` (and chat `channel`), characters of `[a-z_]`.
+    pub max_command: usize,
+    /// Most `args` of one command.
+    pub max_args: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 16,
+            max_command: 64,
+            max_args: 16,
+        }
+    }
+}
 /// Longest chat message, in characters.
 pub const MAX_CHAT: usize = 2000;
 /// Longest client-chosen id.
@@ -305,22 +320,27 @@ fn short_str(
 fn name(
     obj: &serde_json::Map<String, serde_json::Value>,
     key: &str,
+    max: usize,
 ) -> Result<String, ProtocolError> {
-    let s = short_str(obj, key, MAX_COMMAND)?;
+    let s = short_str(obj, key, max)?;
     if s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         Ok(s)
     } else {
         Err(ProtocolError::invalid(format!(
-            "`{key}` must be 1 to {MAX_COMMAND} characters of [a-z_]"
+            "`{key}` must be 1 to {max} characters of [a-z_]"
         )))
     }
 }
 
 /// Parses and validates one client text frame.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> {
-    if json_depth(text) > MAX_DEPTH {
+pub fn parse_client_message(
+    text: &str,
+    limits: &MessageLimits,
+) -> Result<ClientMessage, ProtocolError> {
+    if json_depth(text) > limits.max_depth {
         return Err(ProtocolError::invalid(format!(
-            "JSON nested deeper than {MAX_DEPTH}"
+            "JSON nested deeper than {}",
+            limits.max_depth
         )));
     }
     let v: serde_json::Value =
@@ -343,10 +363,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
             }),
         "command" => {
             let id = short_str(obj, "id", MAX_CLIENT_ID)?;
-            let command = name(obj, "command")?;
+            let command = name(obj, "command", limits.max_command)?;
             let args = match obj.get("args") {
                 None => Vec::new(),
-                Some(serde_json::Value::Array(a)) if a.len() <= MAX_ARGS => a
+                Some(serde_json::Value::Array(a)) if a.len() <= limits.max_args => a
                     .iter()
                     .map(|x| {
                         x.as_str()
@@ -359,7 +379,8 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
                     })?,
                 Some(_) => {
                     return Err(ProtocolError::invalid(format!(
-                        "`args` must be an array of at most {MAX_ARGS} strings"
+                        "`args` must be an array of at most {} strings",
+                        limits.max_args
                     )))
                 }
             };
@@ -367,7 +388,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ProtocolError> 
         }
         "chat" => Ok(ClientMessage::Chat {
             id: short_str(obj, "id", MAX_CLIENT_ID)?,
-            channel: name(obj, "channel")?,
+            channel: name(obj, "channel", limits.max_command)?,
             message: short_str(obj, "message", MAX_CHAT)?,
         }),
         other => Err(ProtocolError::invalid(format!(
@@ -384,12 +405,16 @@ mod tests {
     #[test]
     fn parses_each_client_message() {
         assert_eq!(
-            parse_client_message(r#"{"type":"ack","sequence_number":5}"#),
+            parse_client_message(
+                r#"{"type":"ack","sequence_number":5}"#,
+                &MessageLimits::default()
+            ),
             Ok(ClientMessage::Ack(5))
         );
         assert_eq!(
             parse_client_message(
-                r#"{"type":"command","id":"c1","command":"look","args":["north"]}"#
+                r#"{"type":"command","id":"c1","command":"look","args":["north"]}"#,
+                &MessageLimits::default()
             ),
             Ok(ClientMessage::Command {
                 id: "c1".into(),
@@ -398,7 +423,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_client_message(r#"{"type":"ping"}"#),
+            parse_client_message(r#"{"type":"ping"}"#, &MessageLimits::default()),
             Ok(ClientMessage::Ping)
         );
     }
@@ -414,11 +439,11 @@ mod tests {
             r#"{"type":"command","command":"look"}"#,
             r#"{"type":"chat","id":"c","channel":"say","message":""}"#,
         ] {
-            let e = parse_client_message(bad).expect_err(bad);
+            let e = parse_client_message(bad, &MessageLimits::default()).expect_err(bad);
             assert_eq!(e.code, "invalid_message", "{bad}");
         }
         let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
-        assert!(parse_client_message(&deep).is_err());
+        assert!(parse_client_message(&deep, &MessageLimits::default()).is_err());
         assert_eq!(json_depth(r#"{"a":"[[[[","b":[1]}"#), 2);
     }
 

@@ -25,6 +25,7 @@ on_both_engines!(
     origins_are_checked_when_configured,
     login_attempts_are_rate_limited,
     edge_inputs_named_by_the_contract,
+    message_limits_are_configurable,
 );
 
 async fn origins_are_checked_when_configured(kind: Kind) {
@@ -648,4 +649,36 @@ async fn edge_inputs_named_by_the_contract(kind: Kind) {
         .await
         .expect("the token alone as the offered protocol");
     assert_eq!(c.protocol.as_deref(), Some(bearer.as_str()));
+}
+
+/// The message limits the contract calls configurable answer by their settings.
+async fn message_limits_are_configurable(kind: Kind) {
+    let n = Node::start(kind, |c| {
+        c.ws_max_depth = 3;
+        c.ws_max_command = 4;
+        c.ws_max_args = 1;
+    })
+    .await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    for (bad, why) in [
+        (
+            json!({"type": "command", "id": "a", "command": "look", "args": ["n", "e"]}),
+            "args",
+        ),
+        (
+            json!({"type": "command", "id": "b", "command": "lookx"}),
+            "command",
+        ),
+        (json!({"type": "ping", "pad": [[[1]]]}), "depth"),
+    ] {
+        ws.send_json(bad).await;
+        let e = ws.until_type("error").await.expect("error");
+        assert_eq!(e["code"], "invalid_message", "{why}: {e}");
+    }
+    ws.send_json(json!({"type": "ping", "pad": [[1]]})).await;
+    assert_eq!(ws.until_type("pong").await.expect("pong")["type"], "pong");
+    ws.send_json(json!({"type": "command", "id": "d", "command": "look", "args": ["n"]}))
+        .await;
+    let a = ws.until_type("command_accepted").await.expect("accepted");
+    assert_eq!(a["id"], "d");
 }

@@ -410,7 +410,7 @@ async fn handle(
         return Some((error_frame(&e, None), true));
     };
     let text = text.as_str();
-    let parsed = match parse_client_message(text) {
+    let parsed = match parse_client_message(text, &app.config.message_limits()) {
         Ok(m) => m,
         Err(e) => return Some((error_frame(&e, peek_id(text).as_deref()), true)),
     };
