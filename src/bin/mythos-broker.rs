@@ -67,6 +67,9 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         Ok(a) => a,
         Err(msg) => return usage_error(&msg),
     };
+    // Before the "listening" line: a SIGTERM sent as soon as it appears must
+    // find the handler installed (else it kills the process outright).
+    let signals = Signals::install();
     let running = match server::start(app.clone()).await {
         Ok(r) => r,
         Err(e) => {
@@ -92,24 +95,41 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
     if demo {
         mythos_broker::demo::start(&app, running.addr).await;
     }
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down: closing connections, finishing in-flight appends");
     running.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves at the first of them.
+    async fn wait(mut self) {
+        async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = recv(self.term.as_mut()) => {}
+            _ = recv(self.int.as_mut()) => {}
         }
     }
 }
