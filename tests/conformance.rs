@@ -154,6 +154,7 @@ conformance!(
     resync_required_after_count_cap,
     resync_required_after_age_cap,
     room_fan_out,
+    room_publish_repeat_answers_the_first,
     membership,
     commands,
     commands_are_reclaimed,
@@ -437,6 +438,32 @@ mod cases {
         assert_eq!((ev.sequence_number, resync_data(&ev)), (4, 4));
         assert_eq!((r.after, r.cursor), (3, cur(4, 0, 4)));
         assert_eq!(seqs(&e.read("a", 3, 10).await.unwrap()), vec![4]);
+    }
+
+    /// A repeat of a room publish (same `id`, same room) answers the first
+    /// publish's deliveries and appends nothing, also after the room's
+    /// members changed; another `id` reaches the members of now.
+    pub async fn room_publish_repeat_answers_the_first(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        for p in ["a", "b"] {
+            e.join("tavern", p).await.unwrap();
+        }
+        let room = Target::Room("tavern".into());
+        let first = e.publish(&room, body("t", "1"), Some("r1")).await.unwrap();
+        assert_eq!(first, vec![d("a", 1), d("b", 1)]);
+        e.join("tavern", "c").await.unwrap();
+        e.leave("tavern", "a").await.unwrap();
+        let again = e.publish(&room, body("t", "1"), Some("r1")).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(e.cursor("c").await.unwrap().last, 0, "c got nothing");
+        assert_eq!(e.cursor("a").await.unwrap().last, 1);
+        assert_eq!(e.cursor("b").await.unwrap().last, 1);
+        let other = e.publish(&room, body("t", "2"), Some("r2")).await.unwrap();
+        assert_eq!(other, vec![d("b", 2), d("c", 1)]);
+        // Without an id every publish is new.
+        let plain = e.publish(&room, body("t", "3"), None).await.unwrap();
+        assert_eq!(plain, vec![d("b", 3), d("c", 2)]);
     }
 
     pub async fn room_fan_out(k: Kind) {

@@ -113,6 +113,8 @@ struct CommandLog {
 struct State {
     players: HashMap<String, PlayerLog>,
     rooms: HashMap<String, BTreeSet<String>>,
+    /// (room, id) → (the first publish's deliveries, remembered until)
+    room_dedupe: HashMap<(String, String), (Vec<Delivery>, Instant)>,
     commands: CommandLog,
     users: HashMap<String, Account>,
 }
@@ -154,6 +156,21 @@ impl Engine for MemoryEngine {
         let mut fresh = Vec::new();
         let deliveries = {
             let mut st = self.lock();
+            // A room repeat answers what the first publish answered, even if
+            // the room's members changed since: no new member gets it.
+            let room_key = match (target, dedupe_key) {
+                (Target::Room(r), Some(k)) => Some((r.clone(), k.to_string())),
+                _ => None,
+            };
+            if let Some(key) = &room_key {
+                match st.room_dedupe.get(key) {
+                    Some((first, until)) if *until > now => return Ok(first.clone()),
+                    Some(_) => {
+                        st.room_dedupe.remove(key);
+                    }
+                    None => {}
+                }
+            }
             let players: Vec<String> = match target {
                 Target::Player(p) => vec![p.clone()],
                 Target::Players(ps) => ps.clone(),
@@ -182,6 +199,12 @@ impl Engine for MemoryEngine {
                     player_id: p,
                     sequence_number: seq,
                 });
+            }
+            if let Some(key) = room_key {
+                if st.room_dedupe.len() >= 1024 && st.room_dedupe.len().is_power_of_two() {
+                    st.room_dedupe.retain(|_, (_, u)| *u > now);
+                }
+                st.room_dedupe.insert(key, (out.clone(), until));
             }
             out
         };

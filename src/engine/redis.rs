@@ -240,12 +240,37 @@ impl Engine for RedisEngine {
             }
             Target::Players(ps) => self.append(ps, &body, dedupe_key).await,
             Target::Room(r) => {
+                // A repeat answers what the first publish answered, even if
+                // the room's members changed since: no new member gets it.
+                if let Some(k) = dedupe_key {
+                    let first: Option<String> = redis::cmd("GET")
+                        .arg(keys::room_dedupe(r, k))
+                        .query_async(&mut self.conn().await?)
+                        .await?;
+                    if let Some(first) = first {
+                        return decode::room_deliveries(&first);
+                    }
+                }
                 let mut members: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(keys::members(r))
                     .query_async(&mut self.conn().await?)
                     .await?;
                 members.sort_unstable();
-                self.append(&members, &body, dedupe_key).await
+                let out = self.append(&members, &body, dedupe_key).await?;
+                if let Some(k) = dedupe_key {
+                    // NX: of two racing first publishes, the record of the
+                    // one that stored first stands (both appended each
+                    // member once, by the per-player dedupe keys).
+                    let _: Option<String> = redis::cmd("SET")
+                        .arg(keys::room_dedupe(r, k))
+                        .arg(decode::encode_room_deliveries(&out))
+                        .arg("PX")
+                        .arg(ms(self.limits.dedupe_window))
+                        .arg("NX")
+                        .query_async(&mut self.conn().await?)
+                        .await?;
+                }
+                Ok(out)
             }
         }
     }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::stream;
 use crate::engine::{Command, CommandEntry, Cursor, EngineError, Result};
-use crate::protocol::{Event, EventBody};
+use crate::protocol::{Delivery, Event, EventBody};
 
 pub fn cursor_of(v: &[u64]) -> Cursor {
     Cursor {
@@ -75,4 +75,37 @@ pub fn command_of(e: stream::Entry) -> Result<Option<CommandEntry>> {
         entry_id: e.id,
         command,
     }))
+}
+
+/// `player seq player seq ...`: a room publish's deliveries as its
+/// idempotency record stores them (player ids hold no spaces).
+pub fn encode_room_deliveries(d: &[Delivery]) -> String {
+    let mut s = String::new();
+    for x in d {
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(&x.player_id);
+        s.push(' ');
+        s.push_str(&x.sequence_number.to_string());
+    }
+    s
+}
+
+/// The inverse of [`encode_room_deliveries`].
+pub fn room_deliveries(s: &str) -> Result<Vec<Delivery>> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    parts
+        .chunks(2)
+        .map(|c| match c {
+            [p, n] => n
+                .parse()
+                .map(|sequence_number| Delivery {
+                    player_id: (*p).to_string(),
+                    sequence_number,
+                })
+                .map_err(|_| EngineError::Corrupt("a room dedupe record".into())),
+            _ => Err(EngineError::Corrupt("a room dedupe record".into())),
+        })
+        .collect()
 }

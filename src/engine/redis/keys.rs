@@ -34,6 +34,12 @@ pub fn dedupe(player: &str, key: &str) -> String {
     format!("mythos:player:{{{player}}}:dedupe:{key}")
 }
 
+/// A room publish's idempotency record: the deliveries its first publish
+/// answered, `player seq player seq ...`.
+pub fn room_dedupe(room: &str, key: &str) -> String {
+    format!("mythos:room:{{{room}}}:dedupe:{key}")
+}
+
 /// A room's set of members.
 pub fn members(room: &str) -> String {
     format!("mythos:room:{{{room}}}:members")
