@@ -415,6 +415,38 @@ async fn resync_required_when_backlog_was_trimmed(kind: Kind) {
         vec![12],
         "the resync event is not sent twice"
     );
+    drop(s);
+
+    // A client that dropped right after the resync frame reconnects with its
+    // id: that acknowledges nothing it has not seen, and 7.. come again.
+    n.publish_n("bob", 10).await;
+    let mut s = n
+        .sse("/v1/events", &player_token("bob"), Some("0"))
+        .await
+        .expect("sse");
+    let resync = s.next_event().await.expect("resync");
+    assert_eq!(
+        (resync.seq(), resync.event.as_deref()),
+        (11, Some("resync_required"))
+    );
+    drop(s);
+    let mut s = n
+        .sse("/v1/events", &player_token("bob"), Some("11"))
+        .await
+        .expect("sse");
+    assert_eq!(
+        s.seqs(5).await,
+        range(7, 11),
+        "7..10, then the resync event at its place"
+    );
+    let (_, c) = n
+        .request(
+            reqwest::Method::GET,
+            "/v1/cursor",
+            Some(&player_token("bob")),
+        )
+        .await;
+    assert_eq!(c["acked"], 6, "{c}");
 }
 
 async fn rooms_announce_entry_and_exit(kind: Kind) {

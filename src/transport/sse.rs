@@ -2,7 +2,8 @@
 //!
 //! Owns: SSE framing (`retry: 1000`, then `id:` / `event:` / `data:` per event,
 //! `: keep-alive` comments) and the rule that a reconnect carrying
-//! `Last-Event-ID: N` acknowledges up to N. The stream ends when the token
+//! `Last-Event-ID: N` acknowledges up to N (up to what N shows was seen,
+//! when N is a `resync_required` event: see [`seen_through`]). The stream ends when the token
 //! expires, the node shuts down, or the client is a slow consumer; the client
 //! resumes from `Last-Event-ID`. Must not touch: the engine beyond ack/cursor.
 
@@ -15,6 +16,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 
 use super::{check_reader, parse_resume, resolve_after};
 use crate::auth::Principal;
+use crate::engine::RESYNC_REQUIRED;
 use crate::error::ApiError;
 use crate::listener::StreamBody;
 use crate::protocol::{envelope_json, Event};
@@ -46,6 +48,10 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         .map(parse_resume)
         .transpose()?;
     let player = p.player_id.clone();
+    let header_point = match header_point {
+        Some(n) => Some(seen_through(&app, &player, n).await?),
+        None => None,
+    };
     if let Some(n) = header_point {
         app.engine.ack(&player, n).await?;
     }
@@ -67,6 +73,33 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp.extensions_mut().insert(StreamBody::new(rx));
     Ok(resp)
+}
+
+/// What a reconnect's `Last-Event-ID: N` shows the client has seen. Up to N
+/// — unless N is a `resync_required` event: the stream sends it *before* the
+/// events from its `oldest_available` S on (S ≤ N), so a client that dropped
+/// right after it has seen none of S..N-1, and acknowledging N would trim
+/// them unseen. Then the client has seen up to S - 1: the ack stops there and
+/// the replay starts there (the resync event comes again at its place, where
+/// a client already past S takes it for an old marker).
+async fn seen_through(app: &App, player: &str, n: u64) -> Result<u64, ApiError> {
+    if n == 0 {
+        return Ok(0);
+    }
+    let ev = app.engine.read(player, n - 1, 1).await?;
+    let Some(ev) = ev.first().filter(|e| e.sequence_number == n) else {
+        return Ok(n);
+    };
+    if ev.body.event_type != RESYNC_REQUIRED {
+        return Ok(n);
+    }
+    let oldest = serde_json::from_str::<serde_json::Value>(ev.body.data.get())
+        .ok()
+        .and_then(|v| v["oldest_available"].as_u64());
+    Ok(match oldest {
+        Some(s) if s >= 1 && s <= n => s - 1,
+        _ => n,
+    })
 }
 
 fn frame(out: &mut String, player: &str, ev: &Event) {
