@@ -318,7 +318,13 @@ async fn ws_invalid_messages_get_errors_and_keep_the_connection(kind: Kind) {
     let n = Node::start(kind, |c| c.rate_burst = 1000).await;
     let (mut ws, _) = n.ws_player("alice", None).await;
     let cases: Vec<(Message, &str)> = vec![
-        (Message::text("x".repeat(9000)), "too_large"),
+        (
+            Message::text(format!(
+                r#"{{"type":"chat","id":"big","channel":"say","message":"{}"}}"#,
+                "x".repeat(9000)
+            )),
+            "too_large",
+        ),
         (Message::text("{nope"), "invalid_message"),
         (Message::text("[1,2]"), "invalid_message"),
         (Message::text(r#"{"type":"dance"}"#), "invalid_message"),
@@ -355,9 +361,16 @@ async fn ws_invalid_messages_get_errors_and_keep_the_connection(kind: Kind) {
         ),
     ];
     for (msg, code) in cases {
+        let id = msg.to_text().ok().and_then(|t| {
+            serde_json::from_str::<Value>(t)
+                .ok()
+                .and_then(|v| v["id"].as_str().map(str::to_string))
+        });
         ws.send(msg).await;
         let e = ws.until_type("error").await.expect("error frame");
         assert_eq!(e["code"].as_str(), Some(code), "{e}");
+        // Every error about a message with an `id` names it.
+        assert_eq!(e["id"].as_str(), id.as_deref(), "{e}");
     }
     ws.send_json(json!({"type": "command", "id": "c9", "command": "Bad"}))
         .await;
@@ -383,11 +396,11 @@ async fn ws_invalid_messages_get_errors_and_keep_the_connection(kind: Kind) {
 async fn ws_rate_limit_and_sustained_abuse(kind: Kind) {
     let n = Node::start(kind, |_| {}).await;
     let (mut ws, _) = n.ws_player("alice", None).await;
-    for _ in 0..30 {
+    for _ in 0..45 {
         ws.send_json(json!({"type": "ping"})).await;
     }
     let (mut pongs, mut limited) = (0, 0);
-    for _ in 0..30 {
+    for _ in 0..45 {
         let v = ws.next_json().await.expect("reply");
         match v["type"].as_str() {
             Some("pong") => pongs += 1,
@@ -408,14 +421,14 @@ async fn ws_rate_limit_and_sustained_abuse(kind: Kind) {
         (20..=22).contains(&pongs),
         "burst of 20 allowed, got {pongs}"
     );
-    assert_eq!(pongs + limited, 30);
+    assert_eq!(pongs + limited, 45);
     // The connection stays open after a short burst ...
     tokio::time::sleep(Duration::from_millis(250)).await;
     ws.send_json(json!({"type": "ping"})).await;
     assert_eq!(ws.until_type("pong").await.expect("open")["type"], "pong");
     // ... but sustained abuse closes it with 1008.
     let mut closed = None;
-    for _ in 0..200 {
+    for _ in 0..400 {
         if ws
             .ws
             .send(Message::text(r#"{"type":"ping"}"#))

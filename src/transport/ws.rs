@@ -32,8 +32,10 @@ use crate::state::App;
 /// connection with 1009; between the configured limit and this they get a
 /// `too_large` error.
 pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
-/// Violations within [`STRIKE_WINDOW`] that count as sustained abuse.
-const MAX_STRIKES: u32 = 20;
+/// Violations within [`STRIKE_WINDOW`] that count as sustained abuse: ten
+/// a second for ten seconds, or a flood. A burst (say 45 messages at once:
+/// 20 allowed, 25 `rate_limited`) keeps the connection.
+const MAX_STRIKES: u32 = 100;
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -348,6 +350,11 @@ async fn read_loop(
         count: 0,
         since: Instant::now(),
     };
+    // After our 1008 the reader only drains: frames the peer still sends are
+    // read and dropped until its close frame (or the grace period), so that
+    // unread data does not turn our close into a TCP reset the peer sees
+    // instead of the code.
+    let mut closing = false;
     while let Some(frame) = stream.next().await {
         clock.touch();
         let msg = match frame {
@@ -363,6 +370,9 @@ async fn read_loop(
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
             Message::Text(_) | Message::Binary(_) => {}
         }
+        if closing {
+            continue;
+        }
         // Boxed: its state lives only while a message is handled, instead of
         // enlarging every idle connection's reader task by its size.
         let reply = Box::pin(handle(&app, &player, &session_id, &msg, max_frame)).await;
@@ -371,7 +381,8 @@ async fn read_loop(
         };
         if violation && strikes.hit() {
             let _ = ctrl.send(Ctrl::Close(1008, "policy_violation")).await;
-            break;
+            closing = true;
+            continue;
         }
         if ctrl.send(Ctrl::Send(text)).await.is_err() {
             break;
@@ -403,7 +414,10 @@ async fn handle(
             "too_large",
             format!("a message may be at most {max_frame} bytes"),
         );
-        return Some((error_frame(&e, None), true));
+        // The id too, so a client can tell which command was refused (the
+        // frame is at most the hard limit, 64 KiB, and rate-limited).
+        let id = msg.to_text().ok().and_then(peek_id);
+        return Some((error_frame(&e, id.as_deref()), true));
     }
     let Message::Text(text) = msg else {
         let e = ProtocolError::invalid("binary frames are not supported; send JSON text");
