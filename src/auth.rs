@@ -152,6 +152,8 @@ impl Auth {
         .ok_or_else(|| bad("algorithm not accepted"))?;
         let mut v = Validation::new(header.alg);
         v.leeway = 0;
+        // A token with `nbf` (not before) in the future is not valid yet.
+        v.validate_nbf = true;
         v.validate_exp = true;
         v.validate_aud = false;
         v.set_required_spec_claims(&["exp", "sub"]);

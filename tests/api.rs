@@ -623,6 +623,31 @@ async fn edge_inputs_named_by_the_contract(kind: Kind) {
     assert_eq!(ws.next_json().await.expect("welcome")["type"], "welcome");
     let seq = n.publish_n("carol", 1).await[0];
     assert_eq!(ws.next_event().await.expect("live")["sequence_number"], seq);
+    // An empty Last-Event-ID is no resume point (the acked cursor is used).
+    let mut sse = n
+        .sse("/v1/events", &player_token("erin"), Some(""))
+        .await
+        .expect("an empty Last-Event-ID is none");
+    let seq = n.publish_n("erin", 1).await[0];
+    assert_eq!(
+        sse.next_event().await.expect("live").data["sequence_number"],
+        seq
+    );
+    // A token that is not valid yet (`nbf` in the future).
+    let now = mythos_broker::auth::now_secs();
+    let early = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "bob", "exp": now + 600, "nbf": now + 300, "role": "player"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token");
+    let (s, b) = n
+        .request(reqwest::Method::GET, "/v1/cursor", Some(&early))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     // A Last-Event-ID that is not text at all.
     let r = http
         .get(format!("{}/v1/events", n.base))

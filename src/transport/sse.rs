@@ -41,10 +41,12 @@ pub struct SseRequest {
 pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Response, ApiError> {
     let p = &req.principal;
     check_reader(p, req.path_player.as_deref())?;
-    let header_point = req.last_event_id.as_deref().map(parse_resume).transpose()?;
-    let query_point = req
-        .query_last_event_id
-        .as_deref()
+    // An empty value means "none", as a browser means by not sending one.
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.trim().is_empty())
+    }
+    let header_point = given(&req.last_event_id).map(parse_resume).transpose()?;
+    let query_point = given(&req.query_last_event_id)
         .map(parse_resume)
         .transpose()?;
     let player = p.player_id.clone();
