@@ -245,3 +245,32 @@ async fn ticker(api: Arc<BrokerApi>, shutdown: CancellationToken) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Command;
+
+    fn entry(entry_id: &str, player: &str, id: &str) -> CommandEntry {
+        CommandEntry {
+            entry_id: entry_id.into(),
+            command: Command {
+                player_id: player.into(),
+                session_id: "s".into(),
+                kind: "command".into(),
+                id: id.into(),
+                payload: r#"{"command":"look","args":[]}"#.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_resent_command_is_carried_out_once() {
+        let mut h = Handled::default();
+        assert!(h.first(&entry("1-1", "alice", "c-a-1")));
+        // The client resent it after a reconnect: a second stream entry.
+        assert!(!h.first(&entry("1-2", "alice", "c-a-1")));
+        assert!(h.first(&entry("1-3", "alice", "c-a-2")));
+        assert!(h.first(&entry("1-4", "bob", "c-a-1")));
+    }
+}
