@@ -79,7 +79,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
 
 /// What a reconnect's `Last-Event-ID: N` shows the client has seen. Up to N
 /// — unless N is a `resync_required` event: the stream sends it *before* the
-/// events from its `oldest_available` S on (S ≤ N), so a client that dropped
+/// events from its `oldest_available` S on (S < N), so a client that dropped
 /// right after it has seen none of S..N-1, and acknowledging N would trim
 /// them unseen. Then the client has seen up to S - 1: the ack stops there and
 /// the replay starts there (the resync event comes again at its place, where
@@ -99,7 +99,8 @@ async fn seen_through(app: &App, player: &str, n: u64) -> Result<u64, ApiError> 
         .ok()
         .and_then(|v| v["oldest_available"].as_u64());
     Ok(match oldest {
-        Some(s) if s >= 1 && s <= n => s - 1,
+        // S = N: nothing was retained before it, nothing came out of order.
+        Some(s) if s >= 1 && s < n => s - 1,
         _ => n,
     })
 }
