@@ -318,7 +318,7 @@ async fn open_ws(
     })?;
     let player = principal.player_id.clone();
     let after = resolve_after(&app, &player, since).await?;
-    let (feed, resume) = Feed::open(app.engine.clone(), &app.hub, &player, after).await?;
+    let (feed, resume) = Feed::open(app.engine.clone(), &app.hub, &player, after, None).await?;
     let session_id = transport::session_id();
     let welcome = json!({"type": "welcome", "player_id": player, "session_id": session_id,
         "last_sequence_number": resume.cursor.last, "acked": resume.cursor.acked})

@@ -37,7 +37,8 @@ pub struct Feed {
     last_sent: u64,
     /// A `resync_required` event to send first, out of order.
     first: Option<Event>,
-    /// The resync event's sequence number, skipped when the log reaches it.
+    /// An event not to send when the log reaches it: this feed's resync event
+    /// (sent first), or one the client already holds.
     skip: Option<u64>,
     /// Events read from the log, not yet handed out.
     buffer: VecDeque<Event>,
@@ -46,12 +47,15 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Opens a feed for `player` resuming after `after`.
+    /// Opens a feed for `player` resuming after `after`. `has` names an event
+    /// past `after` the client already holds (see `sse::seen_through`), which
+    /// the feed then does not send again.
     pub async fn open(
         engine: Arc<dyn Engine>,
         hub: &Arc<Hub>,
         player: &str,
         after: u64,
+        has: Option<u64>,
     ) -> Result<(Self, Resume), EngineError> {
         let sub = hub.subscribe(player);
         let resume = engine.resume(player, after).await?;
@@ -61,7 +65,7 @@ impl Feed {
             sub,
             last_sent: resume.after,
             first: resume.resync.clone(),
-            skip: resume.resync.as_ref().map(|e| e.sequence_number),
+            skip: resume.resync.as_ref().map(|e| e.sequence_number).or(has),
             buffer: VecDeque::new(),
             catching_up: true,
         };

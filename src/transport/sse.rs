@@ -50,15 +50,19 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         .map(parse_resume)
         .transpose()?;
     let player = p.player_id.clone();
-    let header_point = match header_point {
-        Some(n) => Some(seen_through(&app, &player, n).await?),
-        None => None,
+    let (header_point, has) = match header_point {
+        Some(n) => {
+            let seen = seen_through(&app, &player, n).await?;
+            // The client holds N even when it has not seen what precedes it.
+            (Some(seen), (seen < n).then_some(n))
+        }
+        None => (None, None),
     };
     if let Some(n) = header_point {
         app.engine.ack(&player, n).await?;
     }
     let after = resolve_after(&app, &player, header_point.or(query_point)).await?;
-    let (feed, _) = Feed::open(app.engine.clone(), &app.hub, &player, after).await?;
+    let (feed, _) = Feed::open(app.engine.clone(), &app.hub, &player, after, has).await?;
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let expires_in = p.time_left();
     let app2 = app.clone();
@@ -78,12 +82,16 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
 }
 
 /// What a reconnect's `Last-Event-ID: N` shows the client has seen. Up to N
-/// — unless N is a `resync_required` event: the stream sends it *before* the
-/// events from its `oldest_available` S on (S < N), so a client that dropped
+/// — unless N is a `resync_required` event that the stream sent *before* the
+/// events from its `oldest_available` S on (S < N): a client that dropped
 /// right after it has seen none of S..N-1, and acknowledging N would trim
-/// them unseen. Then the client has seen up to S - 1: the ack stops there and
-/// the replay starts there (the resync event comes again at its place, where
-/// a client already past S takes it for an old marker).
+/// them unseen. Then it has seen up to S - 1, or up to the acked cursor if
+/// that is further (another connection saw more), and holds N itself: the
+/// replay sends S..N-1 and not N again, so the client's next `Last-Event-ID`
+/// is an event it saw in order. If everything before N is
+/// acknowledged already, N came in order (replayed at its place after S..N-1
+/// on a later connection): up to N, or an idle client would be sent back
+/// before the oldest event, and get a needless resync, on every reconnect.
 async fn seen_through(app: &App, player: &str, n: u64) -> Result<u64, ApiError> {
     if n == 0 {
         return Ok(0);
@@ -98,10 +106,15 @@ async fn seen_through(app: &App, player: &str, n: u64) -> Result<u64, ApiError> 
     let oldest = serde_json::from_str::<serde_json::Value>(ev.body.data.get())
         .ok()
         .and_then(|v| v["oldest_available"].as_u64());
-    Ok(match oldest {
-        // S = N: nothing was retained before it, nothing came out of order.
-        Some(s) if s >= 1 && s < n => s - 1,
-        _ => n,
+    // S = N: nothing was retained before it, nothing came out of order.
+    let Some(s) = oldest.filter(|s| (1..n).contains(s)) else {
+        return Ok(n);
+    };
+    let acked = app.engine.cursor(player).await?.acked;
+    Ok(if acked + 1 >= n {
+        n
+    } else {
+        (s - 1).max(acked)
     })
 }
 
