@@ -6,8 +6,8 @@
 //! 1. Players connect to the broker (WebSocket or SSE), never to the game
 //!    server. What they type arrives as `{"type":"command"}` and
 //!    `{"type":"chat"}` frames, which the broker appends to the upstream
-//!    command stream (`mythos:commands` on Redis), deduplicated by the
-//!    client's command id. Every accepted message is appended, a resend too.
+//!    command stream (`mythos:commands` on Redis). Every accepted message is
+//!    appended, a resend too.
 //! 2. The game server reads that stream as a consumer group
 //!    (`XREADGROUP GROUP demo-world <consumer> ...`; here through the engine
 //!    trait's [`Engine::read_commands`], which is the same call on the
@@ -18,8 +18,11 @@
 //!    [`Engine::claim_commands`]); handling one twice is harmless (below).
 //!    A client resends a command whose `command_accepted` it did not see
 //!    (the connection dropped), with the same id, so the stream may hold it
-//!    twice: the game server carries out each `(player, id)` once
-//!    ([`Handled`]), the idempotent-consumer side of at-least-once delivery.
+//!    twice: the game server carries out a repeat of the same message (same
+//!    player, id and payload) within [`RESEND_WINDOW`] once ([`Handled`]),
+//!    the idempotent-consumer side of at-least-once delivery. A client that
+//!    numbers ids per connection sends other messages under old ids: those
+//!    differ in payload, or come later, and are carried out.
 //! 3. Effects go out through the broker's public HTTP API with a service
 //!    token ([`broker`]): `POST /v1/publish` for events — one
 //!    `command_response` per command carrying the client's command id, chat
@@ -183,32 +186,37 @@ async fn command_loop(
     }
 }
 
-/// How long a command's `(player, id)` is remembered to recognise a resend:
-/// the client resends after a reconnect, which may be hours later.
-const RESEND_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How long a message is remembered to recognise its resend: the client
+/// resends what it sent but saw no `command_accepted` for, on reconnecting.
+/// Long enough for a reconnect; short enough that a client reusing an id
+/// for the same command later (ids numbered per connection) is served.
+const RESEND_WINDOW: Duration = Duration::from_secs(3600);
 
-/// The `(player, client id)` of the commands carried out recently.
+/// The messages carried out recently: (player, client id) → (payload, when).
 #[derive(Default)]
 struct Handled {
-    at: HashMap<(String, String), tokio::time::Instant>,
+    at: HashMap<(String, String), (String, tokio::time::Instant)>,
 }
 
 impl Handled {
-    /// True the first time `(player, id)` is seen inside [`RESEND_WINDOW`].
+    /// False for a resend: the same player, id and payload again inside
+    /// [`RESEND_WINDOW`].
     fn first(&mut self, entry: &CommandEntry) -> bool {
         let now = tokio::time::Instant::now();
         if self.at.len() >= 4096 && self.at.len().is_power_of_two() {
             self.at
-                .retain(|_, t| now.duration_since(*t) < RESEND_WINDOW);
+                .retain(|_, (_, t)| now.duration_since(*t) < RESEND_WINDOW);
         }
-        let key = (entry.command.player_id.clone(), entry.command.id.clone());
-        match self.at.get(&key) {
-            Some(t) if now.duration_since(*t) < RESEND_WINDOW => false,
-            _ => {
-                self.at.insert(key, now);
-                true
-            }
+        let c = &entry.command;
+        let key = (c.player_id.clone(), c.id.clone());
+        let resend = self
+            .at
+            .get(&key)
+            .is_some_and(|(p, t)| *p == c.payload && now.duration_since(*t) < RESEND_WINDOW);
+        if !resend {
+            self.at.insert(key, (c.payload.clone(), now));
         }
+        !resend
     }
 }
 
@@ -251,7 +259,7 @@ mod tests {
     use super::*;
     use crate::engine::Command;
 
-    fn entry(entry_id: &str, player: &str, id: &str) -> CommandEntry {
+    fn entry(entry_id: &str, player: &str, id: &str, command: &str) -> CommandEntry {
         CommandEntry {
             entry_id: entry_id.into(),
             command: Command {
@@ -259,7 +267,7 @@ mod tests {
                 session_id: "s".into(),
                 kind: "command".into(),
                 id: id.into(),
-                payload: r#"{"command":"look","args":[]}"#.into(),
+                payload: format!(r#"{{"command":"{command}","args":[]}}"#),
             },
         }
     }
@@ -267,10 +275,12 @@ mod tests {
     #[test]
     fn a_resent_command_is_carried_out_once() {
         let mut h = Handled::default();
-        assert!(h.first(&entry("1-1", "alice", "c-a-1")));
+        assert!(h.first(&entry("1-1", "alice", "c-a-1", "look")));
         // The client resent it after a reconnect: a second stream entry.
-        assert!(!h.first(&entry("1-2", "alice", "c-a-1")));
-        assert!(h.first(&entry("1-3", "alice", "c-a-2")));
-        assert!(h.first(&entry("1-4", "bob", "c-a-1")));
+        assert!(!h.first(&entry("1-2", "alice", "c-a-1", "look")));
+        assert!(h.first(&entry("1-3", "alice", "c-a-2", "look")));
+        assert!(h.first(&entry("1-4", "bob", "c-a-1", "look")));
+        // An id reused for another message (ids numbered per connection).
+        assert!(h.first(&entry("1-5", "alice", "c-a-1", "north")));
     }
 }

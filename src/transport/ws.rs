@@ -32,7 +32,7 @@ use crate::state::App;
 /// connection with 1009; between the configured limit and this they get a
 /// `too_large` error.
 pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
-/// Violations within [`STRIKE_WINDOW`] that count as sustained abuse: ten
+/// Violations within [`STRIKE_WINDOW`] that are sustained abuse: ten
 /// a second for ten seconds, or a flood. A burst (say 45 messages at once:
 /// 20 allowed, 25 `rate_limited`) keeps the connection.
 const MAX_STRIKES: u32 = 100;
@@ -332,7 +332,7 @@ impl Strikes {
             self.since = Instant::now();
         }
         self.count += 1;
-        self.count > MAX_STRIKES
+        self.count >= MAX_STRIKES
     }
 }
 
