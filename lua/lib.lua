@@ -57,7 +57,9 @@ end
 -- and the log is not read at all (one HGET per append instead of reading and
 -- parsing the oldest entry). Appends only add newer entries and trims only
 -- remove the oldest, so the bound stays a lower bound until it is refreshed
--- here. Only when it falls behind the cutoff (or is missing) is the front of
+-- here (timestamps are stamped by the broker before the script runs, so two
+-- concurrent appends can land a few ms out of order: an entry can then
+-- outlive the cap by that much). Only when it falls behind the cutoff (or is missing) is the front of
 -- the log read, in batches, and the bound set to the oldest survivor's
 -- timestamp. An entry whose timestamp cannot be read is kept, and stops the
 -- trim; the bound is then set to `now`, so it is looked at again only after
