@@ -13,16 +13,15 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::api::{self, json_reply, Answer, Body};
 use crate::auth::{token_from, Principal};
 use crate::error::ApiError;
-use crate::session::Feed;
 use crate::state::App;
-use crate::transport::{self, check_reader, parse_resume, resolve_after, sse, ws};
+use crate::transport::{sse, ws};
 
 type Query = HashMap<String, String>;
 
@@ -229,7 +228,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
         .and(upgrade)
         .then(
             |path_player, app, p: Result<Principal, ApiError>, h, q, upgrade| async move {
-                respond(open_ws(app, p, path_player, h, q, upgrade).await)
+                respond(ws::open(app, p, path_player, h, q, upgrade).await)
             },
         );
 
@@ -277,68 +276,6 @@ fn cors(app: &App) -> warp::cors::Builder {
     } else {
         base.allow_origins(origins.split(',').map(str::trim).filter(|o| !o.is_empty()))
     }
-}
-
-fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
-    let allowed = app.config.allowed_origins.trim();
-    if allowed == "*" {
-        return true;
-    }
-    match headers.get("origin").and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(o) => allowed.split(',').map(str::trim).any(|a| a == o),
-    }
-}
-
-async fn open_ws(
-    app: Arc<App>,
-    principal: Result<Principal, ApiError>,
-    path_player: Option<String>,
-    headers: HeaderMap,
-    q: Query,
-    upgrade: Option<crate::listener::Upgrade>,
-) -> Answer {
-    let principal = principal?;
-    check_reader(&principal, path_player.as_deref())?;
-    if !origin_allowed(&app, &headers) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden_origin",
-            "this Origin may not open a WebSocket here (MYTHOS_ALLOWED_ORIGINS)",
-        ));
-    }
-    let since = q.get("since").map(|s| parse_resume(s)).transpose()?;
-    let accept_key = ws::handshake_key(&headers)?;
-    let upgrade = upgrade.and_then(|u| u.take()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            "this connection cannot be upgraded",
-        )
-    })?;
-    let player = principal.player_id.clone();
-    let after = resolve_after(&app, &player, since).await?;
-    let (feed, resume) = Feed::open(app.engine.clone(), &app.hub, &player, after, None).await?;
-    let session_id = transport::session_id();
-    let welcome = json!({"type": "welcome", "player_id": player, "session_id": session_id,
-        "last_sequence_number": resume.cursor.last, "acked": resume.cursor.acked})
-    .to_string();
-    let session = ws::WsSession {
-        app: app.clone(),
-        player,
-        session_id,
-        feed,
-        welcome,
-        expires_in: principal.time_left(),
-    };
-    let selected = ws::select_subprotocol(
-        headers
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok()),
-    );
-    let hard_limit = ws::HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
-    app.tasks.spawn(ws::accept(upgrade, hard_limit, session));
-    Ok(ws::switching_protocols(&accept_key, selected))
 }
 
 async fn recover(r: Rejection) -> Result<Response, Rejection> {

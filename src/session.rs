@@ -1,23 +1,99 @@
-//! A player's ordered feed for one connection: replay from a resume point,
-//! then live, with no gap and no duplicate, whatever the transport.
+//! A player's ordered feed for one connection: where it resumes, what that
+//! acknowledges, then replay and live with no gap and no duplicate, whatever
+//! the transport.
 //!
-//! Owns: the handover between the log and live notifications. It subscribes to
-//! the hub *before* reading the log, reads the log in bounded batches (paced by
-//! the caller, who only asks for the next event once the socket took the last),
-//! and treats live notifications as hints: the sequence number decides. An
-//! event at `last_sent + 1` is sent, anything at or below is dropped, anything
-//! above means "something is missing" and sends the feed back to the log.
-//! Must not touch: sockets, HTTP, JSON framing (transports do that).
+//! Owns: the delivery semantics both transports share — the resume point
+//! ([`ResumePoint`]) and what it acknowledges, the connection-local
+//! `resync_required` decision (contract §5), and the handover between the
+//! log and live notifications. [`open`] subscribes to the hub *before*
+//! reading the cursor, so nothing appended meanwhile is missed; the feed reads
+//! the log in bounded batches (paced by the caller, who only asks for the next
+//! event once the socket took the last), and treats live notifications as
+//! hints: the sequence number decides. An event at `last_sent + 1` is sent,
+//! anything at or below is dropped, anything above means "something is
+//! missing" and sends the feed back to the log.
+//! Must not touch: sockets, HTTP, JSON framing, timers (transports do that).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::engine::{Engine, EngineError, Resume};
+use crate::engine::{Cursor, Engine, EngineError};
 use crate::hub::{Hub, Live, SubState, Subscription};
 use crate::protocol::Event;
 
 /// Events read from the log per round trip.
 const READ_BATCH: usize = 256;
+
+/// Where a connection asks to resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePoint {
+    /// No explicit point: after the player's acknowledged cursor.
+    Acked,
+    /// After `N` (`?since=N`, `?last_event_id=N`); acknowledges nothing.
+    After(u64),
+    /// After `N`, which the client has seen (SSE `Last-Event-ID: N`):
+    /// acknowledges `1..=N` first. The `resync_required` marker carries no
+    /// `id:`, so `N` is always an event the client received.
+    Seen(u64),
+}
+
+/// A connection's opened session: its feed and where the log stood.
+pub struct Opened {
+    pub feed: Feed,
+    /// The cursor when the session opened (after any acknowledgement).
+    pub cursor: Cursor,
+    /// `Some(S)` when the resume point fell before the oldest retained event
+    /// `S`: the transport sends `resync_required {"oldest_available": S}` to
+    /// this connection first, and the feed continues from `S`. Not stored,
+    /// no sequence number, seen by no other connection (contract §5).
+    pub resync: Option<u64>,
+}
+
+/// Opens `player`'s session at `point`.
+pub async fn open(
+    engine: Arc<dyn Engine>,
+    hub: &Arc<Hub>,
+    player: &str,
+    point: ResumePoint,
+) -> Result<Opened, EngineError> {
+    let sub = hub.subscribe(player);
+    if let ResumePoint::Seen(n) = point {
+        engine.ack(player, n).await?;
+    }
+    // The cursor read applies the retention caps, so `oldest` is current.
+    let cursor = engine.cursor(player).await?;
+    let (after, resync) = start_after(point, cursor);
+    let feed = Feed {
+        engine,
+        player: player.to_string(),
+        sub,
+        last_sent: after,
+        buffer: VecDeque::new(),
+        catching_up: true,
+    };
+    Ok(Opened {
+        feed,
+        cursor,
+        resync,
+    })
+}
+
+/// Where to read from (exclusive), and the `oldest_available` of a resync.
+/// A point beyond the last event means "nothing to replay"; one before the
+/// oldest retained event (trimmed by a cap or by another connection's ack)
+/// restarts from the oldest, which is `last + 1` when nothing is retained.
+pub fn start_after(point: ResumePoint, cursor: Cursor) -> (u64, Option<u64>) {
+    let asked = match point {
+        ResumePoint::Acked => cursor.acked,
+        ResumePoint::After(n) | ResumePoint::Seen(n) => n,
+    };
+    let after = asked.min(cursor.last);
+    if after + 1 < cursor.oldest {
+        (cursor.oldest - 1, Some(cursor.oldest))
+    } else {
+        (after, None)
+    }
+}
 
 /// Why a feed stopped.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +109,8 @@ pub struct Feed {
     engine: Arc<dyn Engine>,
     player: String,
     sub: Subscription,
-    /// Highest sequence number handed out (the resync event aside).
+    /// Highest sequence number handed out.
     last_sent: u64,
-    /// A `resync_required` event to send first, out of order.
-    first: Option<Event>,
-    /// An event not to send when the log reaches it: this feed's resync event
-    /// (sent first), or one the client already holds.
-    skip: Option<u64>,
     /// Events read from the log, not yet handed out.
     buffer: VecDeque<Event>,
     /// True while the feed must read the log (replaying or filling a gap).
@@ -47,31 +118,6 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Opens a feed for `player` resuming after `after`. `has` names an event
-    /// past `after` the client already holds (see `sse::seen_through`), which
-    /// the feed then does not send again.
-    pub async fn open(
-        engine: Arc<dyn Engine>,
-        hub: &Arc<Hub>,
-        player: &str,
-        after: u64,
-        has: Option<u64>,
-    ) -> Result<(Self, Resume), EngineError> {
-        let sub = hub.subscribe(player);
-        let resume = engine.resume(player, after).await?;
-        let feed = Self {
-            engine,
-            player: player.to_string(),
-            sub,
-            last_sent: resume.after,
-            first: resume.resync.clone(),
-            skip: resume.resync.as_ref().map(|e| e.sequence_number).or(has),
-            buffer: VecDeque::new(),
-            catching_up: true,
-        };
-        Ok((feed, resume))
-    }
-
     /// The subscription's flags (the transport waits on `killed()`).
     pub fn state(&self) -> Arc<SubState> {
         self.sub.state.clone()
@@ -121,22 +167,15 @@ impl Feed {
     }
 
     fn take_ready(&mut self) -> Option<Event> {
-        if let Some(ev) = self.first.take() {
-            return Some(ev);
-        }
         if self.sub.state.take_lagged() {
             self.catching_up = true;
             self.sub.state.set_live(false);
         }
         while let Some(ev) = self.buffer.pop_front() {
-            if ev.sequence_number <= self.last_sent {
-                continue;
+            if ev.sequence_number > self.last_sent {
+                self.last_sent = ev.sequence_number;
+                return Some(ev);
             }
-            self.last_sent = ev.sequence_number;
-            if Some(ev.sequence_number) == self.skip {
-                continue;
-            }
-            return Some(ev);
         }
         None
     }
@@ -153,5 +192,38 @@ impl Feed {
                 self.sub.state.set_live(false);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cur(last: u64, acked: u64, oldest: u64) -> Cursor {
+        Cursor {
+            last,
+            acked,
+            oldest,
+        }
+    }
+
+    #[test]
+    fn resume_points() {
+        use ResumePoint::*;
+        // In range: from there, no marker.
+        assert_eq!(start_after(After(5), cur(10, 0, 1)), (5, None));
+        assert_eq!(start_after(Seen(5), cur(10, 5, 6)), (5, None));
+        assert_eq!(start_after(Acked, cur(10, 4, 5)), (4, None));
+        // Beyond the last: nothing to replay.
+        assert_eq!(start_after(After(u64::MAX), cur(10, 0, 1)), (10, None));
+        // Before the oldest retained: marker, then from the oldest.
+        assert_eq!(start_after(After(0), cur(300, 0, 251)), (250, Some(251)));
+        assert_eq!(start_after(After(3), cur(10, 6, 7)), (6, Some(7)));
+        // Nothing retained: the next event is the oldest available.
+        assert_eq!(start_after(After(3), cur(10, 10, 11)), (10, Some(11)));
+        // Just before the oldest is in order.
+        assert_eq!(start_after(After(6), cur(10, 6, 7)), (6, None));
+        // An unknown player.
+        assert_eq!(start_after(After(7), cur(0, 0, 1)), (0, None));
     }
 }

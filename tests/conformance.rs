@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use mythos_broker::engine::memory::MemoryEngine;
 use mythos_broker::engine::redis::RedisEngine;
-use mythos_broker::engine::{Account, Command, Cursor, Engine, Limits, RESYNC_REQUIRED};
+use mythos_broker::engine::{Account, Command, Cursor, Engine, Limits};
 use mythos_broker::hub::{Hub, Live, Subscription};
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
+use mythos_broker::session::{self, Feed, ResumePoint};
 use serde_json::value::RawValue;
 use support::{eventually, RedisServer};
 
@@ -108,6 +109,13 @@ async fn publish_n(e: &dyn Engine, p: &str, n: u64) {
     }
 }
 
+/// Opens a session as a transport does.
+async fn open(f: &Fixture, p: &str, point: ResumePoint) -> session::Opened {
+    session::open(f.engine.clone(), &f.hub, p, point)
+        .await
+        .expect("open a session")
+}
+
 /// The next live event for a subscription (nudges are skipped).
 async fn next_live(sub: &mut Subscription) -> Event {
     loop {
@@ -153,6 +161,7 @@ conformance!(
     resync_required_after_ack,
     resync_required_after_count_cap,
     resync_required_after_age_cap,
+    seen_point_acknowledges,
     room_fan_out,
     room_publish_repeat_answers_the_first,
     membership,
@@ -214,9 +223,8 @@ mod cases {
         assert_eq!(e.cursor("nobody").await.unwrap(), cur(0, 0, 1));
         assert!(e.read("nobody", 0, 10).await.unwrap().is_empty());
         assert_eq!(e.ack("nobody", 5).await.unwrap(), cur(0, 0, 1));
-        let r = e.resume("nobody", 7).await.unwrap();
-        assert!(r.resync.is_none());
-        assert_eq!((r.after, r.cursor), (0, cur(0, 0, 1)));
+        let o = open(&f, "nobody", ResumePoint::After(7)).await;
+        assert_eq!((o.resync, o.cursor), (None, cur(0, 0, 1)));
         assert_eq!(one(e, "nobody", "{}").await, 1);
     }
 
@@ -366,65 +374,94 @@ mod cases {
         assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![13, 14, 15]);
     }
 
-    fn resync_data(ev: &Event) -> u64 {
-        assert_eq!(ev.body.event_type, RESYNC_REQUIRED);
-        let v: serde_json::Value = serde_json::from_str(ev.body.data.get()).unwrap();
-        v["oldest_available"].as_u64().expect("oldest_available")
+    /// The next `n` events of a feed, by sequence number.
+    async fn take(feed: &mut Feed, n: usize) -> Vec<u64> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ev = tokio::time::timeout(WAIT, feed.next())
+                .await
+                .expect("an event within the deadline")
+                .expect("the feed goes on");
+            out.push(ev.sequence_number);
+        }
+        out
     }
 
+    /// Publishes one more event and requires it to be the feed's next: no
+    /// event (and no marker) was left between what was taken and it.
+    async fn fence(e: &dyn Engine, feed: &mut Feed, p: &str) {
+        let seq = one(e, p, r#"{"fence":true}"#).await;
+        assert_eq!(take(feed, 1).await, vec![seq], "the fence comes next");
+    }
+
+    /// `resync_required` is connection-local (contract §5): an ack by
+    /// another connection trimmed 1..6; a resume from 3 is told 7 and gets
+    /// 7..10; nothing is appended, a second stale resume gets the same
+    /// answer, and an up-to-date connection sees only the game's events.
     pub async fn resync_required_after_ack(k: Kind) {
         let f = k.fixture().await;
         let e = &*f.engine;
-        let mut sub = f.hub.subscribe("a");
+        let mut other = f.hub.subscribe("a");
         publish_n(e, "a", 10).await;
         assert_eq!(e.ack("a", 6).await.unwrap(), cur(10, 6, 7));
-        let r = e.resume("a", 3).await.unwrap();
-        let ev = r.resync.clone().expect("a resync_required event");
-        assert_eq!(ev.sequence_number, 11);
-        assert_eq!(resync_data(&ev), 7);
-        assert_eq!(ev.body.data.get(), r#"{"oldest_available":7}"#);
-        assert_eq!((r.after, r.cursor), (6, cur(11, 6, 7)));
-        let evs = e.read("a", r.after, 100).await.unwrap();
-        assert_eq!(seqs(&evs), vec![7, 8, 9, 10, 11]);
-        assert_eq!(evs[4].body.data.get(), ev.body.data.get());
-        assert_eq!(evs[4].body.timestamp, ev.body.timestamp);
+        for _ in 0..2 {
+            let mut o = open(&f, "a", ResumePoint::After(3)).await;
+            assert_eq!((o.resync, o.cursor), (Some(7), cur(10, 6, 7)));
+            assert_eq!(take(&mut o.feed, 4).await, vec![7, 8, 9, 10]);
+        }
+        assert_eq!(
+            e.cursor("a").await.unwrap(),
+            cur(10, 6, 7),
+            "nothing appended"
+        );
+        let mut o = open(&f, "a", ResumePoint::After(3)).await;
+        assert_eq!(take(&mut o.feed, 4).await, vec![7, 8, 9, 10]);
+        fence(e, &mut o.feed, "a").await; // 11
         let live: Vec<u64> = {
             let mut v = Vec::new();
             while v.last() != Some(&11) {
-                v.push(next_live(&mut sub).await.sequence_number);
+                v.push(next_live(&mut other).await.sequence_number);
             }
             v
         };
         assert_eq!(live, (1..=11).collect::<Vec<_>>());
-        let r = e.resume("a", 6).await.unwrap();
-        assert!(r.resync.is_none());
-        assert_eq!((r.after, r.cursor), (6, cur(11, 6, 7)));
-        let r = e.resume("a", 999).await.unwrap();
-        assert!(r.resync.is_none());
-        assert_eq!(r.after, 11);
+        // In range, beyond the end, and at the acked cursor: no marker.
+        let o = open(&f, "a", ResumePoint::After(6)).await;
+        assert_eq!(o.resync, None);
+        let o = open(&f, "a", ResumePoint::After(999)).await;
+        assert_eq!(o.resync, None);
+        let mut o = open(&f, "a", ResumePoint::Acked).await;
+        assert_eq!(o.resync, None);
+        assert_eq!(take(&mut o.feed, 5).await, vec![7, 8, 9, 10, 11]);
     }
 
+    /// Cap 50, 300 unread events: a resume from 0 is told 251 and gets
+    /// exactly 251..300, the newest 50 of the game's events; the marker
+    /// displaces nothing, however often it is asked for.
     pub async fn resync_required_after_count_cap(k: Kind) {
         let limits = Limits {
-            max_backlog: 5,
+            max_backlog: 50,
             ..Limits::default()
         };
         let f = k.with(limits).await;
         let e = &*f.engine;
-        publish_n(e, "a", 10).await;
-        let r = e.resume("a", 2).await.unwrap();
-        let ev = r.resync.expect("a resync_required event");
-        assert_eq!(ev.sequence_number, 11);
-        // The resync event itself counts against the cap and pushes event 6
-        // out, so it names 7: the oldest event a reader will actually get.
-        assert_eq!(resync_data(&ev), 7);
-        assert_eq!((r.after, r.cursor), (6, cur(11, 0, 7)));
+        publish_n(e, "a", 300).await;
+        for _ in 0..3 {
+            let mut o = open(&f, "a", ResumePoint::After(0)).await;
+            assert_eq!((o.resync, o.cursor), (Some(251), cur(300, 0, 251)));
+            assert_eq!(take(&mut o.feed, 50).await, (251..=300).collect::<Vec<_>>());
+        }
         assert_eq!(
-            seqs(&e.read("a", r.after, 100).await.unwrap()),
-            vec![7, 8, 9, 10, 11]
+            seqs(&e.read("a", 0, 100).await.unwrap()),
+            (251..=300).collect::<Vec<_>>()
         );
+        let mut o = open(&f, "a", ResumePoint::Acked).await;
+        assert_eq!(o.resync, Some(251));
+        assert_eq!(take(&mut o.feed, 50).await, (251..=300).collect::<Vec<_>>());
+        fence(e, &mut o.feed, "a").await;
     }
 
+    /// Every event expired: the oldest available is the next one to come.
     pub async fn resync_required_after_age_cap(k: Kind) {
         let f = k.with(aged()).await;
         let e = &*f.engine;
@@ -433,11 +470,28 @@ mod cases {
             (e.cursor("a").await.unwrap() == cur(3, 0, 4)).then_some(())
         })
         .await;
-        let r = e.resume("a", 0).await.unwrap();
-        let ev = r.resync.expect("a resync_required event");
-        assert_eq!((ev.sequence_number, resync_data(&ev)), (4, 4));
-        assert_eq!((r.after, r.cursor), (3, cur(4, 0, 4)));
-        assert_eq!(seqs(&e.read("a", 3, 10).await.unwrap()), vec![4]);
+        let mut o = open(&f, "a", ResumePoint::After(0)).await;
+        assert_eq!((o.resync, o.cursor), (Some(4), cur(3, 0, 4)));
+        fence(e, &mut o.feed, "a").await; // 4
+    }
+
+    /// `Seen(N)` (SSE `Last-Event-ID`) acknowledges 1..N before it resumes;
+    /// `After(N)` acknowledges nothing.
+    pub async fn seen_point_acknowledges(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        publish_n(e, "a", 5).await;
+        let mut o = open(&f, "a", ResumePoint::After(2)).await;
+        assert_eq!((o.resync, o.cursor), (None, cur(5, 0, 1)));
+        assert_eq!(take(&mut o.feed, 3).await, vec![3, 4, 5]);
+        let mut o = open(&f, "a", ResumePoint::Seen(3)).await;
+        assert_eq!((o.resync, o.cursor), (None, cur(5, 3, 4)));
+        assert_eq!(take(&mut o.feed, 2).await, vec![4, 5]);
+        fence(e, &mut o.feed, "a").await;
+        // Past the last: clamped, nothing to replay.
+        let mut o = open(&f, "a", ResumePoint::Seen(u64::MAX)).await;
+        assert_eq!((o.resync, o.cursor), (None, cur(6, 6, 7)));
+        fence(e, &mut o.feed, "a").await;
     }
 
     /// A repeat of a room publish (same `id`, same room) answers the first

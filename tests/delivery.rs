@@ -392,91 +392,95 @@ async fn shutdown_closes_with_1012(kind: Kind) {
     assert!(sse.next_event().await.is_none(), "the SSE stream ends");
 }
 
+/// Contract §5: a stale resume gets `resync_required` on that connection
+/// only — WebSocket frame after `welcome`, SSE event with no `id:` line —
+/// then exactly the newest events under the cap (cap 50, 300 unread: 251..300);
+/// nothing is stored, so asking again gets the same answer.
 async fn resync_required_when_backlog_was_trimmed(kind: Kind) {
-    let n = Node::start(kind, |c| c.max_backlog = 5).await;
-    n.publish_n("alice", 10).await;
+    let n = Node::start(kind, |c| c.max_backlog = 50).await;
+    n.publish_n("alice", 300).await;
+    let (mut live, _) = n.ws_player("alice", Some(300)).await;
+    // Each round ends with a fence event, which pushes the oldest out.
+    for i in 0..2u64 {
+        let (oldest, last) = (251 + i, 300 + i);
+        let marker = json!({"oldest_available": oldest});
+        let mut s = n
+            .sse("/v1/events", &player_token("alice"), Some("0"))
+            .await
+            .expect("sse");
+        let m = s.next_event().await.expect("the marker");
+        assert_eq!(
+            (m.id.as_deref(), m.event.as_deref(), &m.data),
+            (None, Some("resync_required"), &marker),
+            "SSE marker: no id line"
+        );
+        assert_eq!(s.seqs(50).await, range(oldest, last));
+        let (mut ws, welcome) = n.ws_player("alice", Some(0)).await;
+        assert_eq!(
+            (&welcome["last_sequence_number"], &welcome["acked"]),
+            (&json!(last), &json!(0))
+        );
+        let mut frame = ws.next_json().await.expect("the marker frame");
+        assert_eq!(frame["type"], "resync_required");
+        frame.as_object_mut().map(|o| o.remove("type"));
+        assert_eq!(frame, marker);
+        assert_eq!(ws.seqs(50).await, range(oldest, last));
+        // Nothing was appended: the next event is last + 1 everywhere, and the
+        // up-to-date connection never saw a marker.
+        let fence = n.publish_n("alice", 1).await;
+        assert_eq!(fence, vec![last + 1]);
+        assert_eq!(s.seqs(1).await, fence);
+        assert_eq!(ws.seqs(1).await, fence);
+        let next = live.next_json().await.expect("live");
+        assert_eq!(
+            (&next["type"], &next["sequence_number"]),
+            (&json!("event"), &json!(fence[0]))
+        );
+    }
+    // The fences were 301 and 302: cap 50 now keeps 253..302. A client that
+    // dropped right after the marker kept its Last-Event-ID (0): the same
+    // answer again, and it acknowledges nothing.
     let mut s = n
         .sse("/v1/events", &player_token("alice"), Some("0"))
         .await
         .expect("sse");
-    let first = s.next_event().await.expect("resync");
-    assert_eq!(first.event.as_deref(), Some("resync_required"));
-    assert_eq!(
-        first.seq(),
-        11,
-        "the broker event takes the next sequence number"
-    );
-    // 6..10 were retained; the resync event itself (cap 5) pushed 6 out.
-    assert_eq!(first.data["data"]["oldest_available"].as_u64(), Some(7));
-    assert_eq!(s.seqs(4).await, range(7, 10));
-    n.publish_n("alice", 1).await;
-    assert_eq!(
-        s.seqs(1).await,
-        vec![12],
-        "the resync event is not sent twice"
-    );
+    let m = s.next_event().await.expect("the marker");
+    assert_eq!(m.data, json!({"oldest_available": 253}));
+    assert_eq!(s.seqs(2).await, vec![253, 254]);
     drop(s);
-
-    // A client that dropped right after the resync frame reconnects with its
-    // id: that acknowledges nothing it has not seen, and 7.. come again.
-    n.publish_n("bob", 10).await;
-    let mut s = n
-        .sse("/v1/events", &player_token("bob"), Some("0"))
-        .await
-        .expect("sse");
-    let resync = s.next_event().await.expect("resync");
-    assert_eq!(
-        (resync.seq(), resync.event.as_deref()),
-        (11, Some("resync_required"))
-    );
-    drop(s);
-    let mut s = n
-        .sse("/v1/events", &player_token("bob"), Some("11"))
-        .await
-        .expect("sse");
-    assert_eq!(s.seqs(4).await, range(7, 10), "7..10; it holds 11 already");
-    let acked = || async {
-        n.request(
+    let cursor = |acked: u64, oldest: u64| json!({"acked": acked, "oldest_available": oldest});
+    let got = n
+        .request(
             reqwest::Method::GET,
             "/v1/cursor",
-            Some(&player_token("bob")),
+            Some(&player_token("alice")),
         )
         .await
-        .1["acked"]
-            .clone()
-    };
-    assert_eq!(acked().await, 6);
-    drop(s);
-    // It saw 7..10 in order: the next reconnect is an ordinary one, which
-    // sends the resync event at its place (an old marker by now) ...
-    let mut s = n
-        .sse("/v1/events", &player_token("bob"), Some("10"))
-        .await
-        .expect("sse");
-    let marker = s.next_event().await.expect("the marker");
+        .1;
     assert_eq!(
-        (marker.seq(), marker.event.as_deref()),
-        (11, Some("resync_required"))
+        json!({"acked": got["acked"], "oldest_available": got["oldest_available"]}),
+        cursor(0, 253)
     );
-    drop(s);
-    // ... and reconnecting with it, seen in order now, acknowledges it:
-    // nothing is replayed and no new resync event is appended, however often
-    // an idle client comes back.
-    for _ in 0..2 {
-        let s = n
-            .sse("/v1/events", &player_token("bob"), Some("11"))
-            .await
-            .expect("sse");
-        assert_eq!(acked().await, 11);
-        drop(s);
-    }
+    // It saw 253 and 254: reconnecting with that id acknowledges them and
+    // resumes in order, with no marker.
     let mut s = n
-        .sse("/v1/events", &player_token("bob"), Some("11"))
+        .sse("/v1/events", &player_token("alice"), Some("254"))
         .await
         .expect("sse");
-    assert_eq!(n.publish_n("bob", 1).await, vec![12]);
-    let next = s.next_event().await.expect("live");
-    assert_eq!((next.seq(), next.event.as_deref()), (12, Some("tick")));
+    let first = s.next_event().await.expect("an event");
+    assert_eq!((first.event.as_deref(), first.seq()), (Some("tick"), 255));
+    let got = n
+        .request(
+            reqwest::Method::GET,
+            "/v1/cursor",
+            Some(&player_token("alice")),
+        )
+        .await
+        .1;
+    assert_eq!(
+        json!({"acked": got["acked"], "oldest_available": got["oldest_available"]}),
+        cursor(254, 255)
+    );
 }
 
 async fn rooms_announce_entry_and_exit(kind: Kind) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mythos_broker::engine::redis::RedisEngine;
 use mythos_broker::engine::{
-    Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result, Resume,
+    Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result,
 };
 use mythos_broker::hub::Hub;
 use mythos_broker::ingest::{self, Exit, IngestOptions};
@@ -384,9 +384,6 @@ impl Engine for Flaky {
     }
     async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
         self.inner.read(player, after, limit).await
-    }
-    async fn resume(&self, player: &str, after: u64) -> Result<Resume> {
-        self.inner.resume(player, after).await
     }
     async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
         self.inner.ack(player, seq).await

@@ -132,29 +132,21 @@ export function backoffDelay(attempt, options = {}, random = Math.random) {
     const scaled = base * (1 - jitter + 2 * jitter * random());
     return Math.round(Math.min(max, Math.max(0, scaled)));
 }
-const RESYNC = "resync_required";
-function oldestAvailable(ev) {
-    const v = ev.data?.oldest_available;
-    return typeof v === "number" && Number.isSafeInteger(v) && v >= 1 && v <= ev.sequence_number ? v : null;
-}
 /**
  * Turns events arriving in any order, with duplicates, into deliveries strictly in
  * sequence order, each exactly once. Pure: no I/O, no timers.
  *
  * `position` is the last sequence number delivered (contiguously); it is the resume
- * point and the value to acknowledge. A `resync_required` event R with
- * `oldest_available` S > position + 1 is "fresh": it is delivered at once as a resync,
- * R is remembered as already delivered, and position becomes S - 1 so that S..R-1
- * are delivered next and R is skipped when reached. A `resync_required` event that
- * does not announce a gap (a replay of an old one) is consumed silently in order.
+ * point and the value to acknowledge. The broker's `resync_required` marker is not an
+ * event (it has no sequence number, contract §5): {@link SequenceTracker.resync} takes
+ * its `oldest_available` S. When S > position + 1 (or the position is unknown) the
+ * events before S are gone: it delivers a resync and moves the position to S - 1, so
+ * S, S+1, ... are delivered next. A marker that announces no gap is ignored.
  */
 export class SequenceTracker {
     /** `position`: last sequence number already handled, or null for "unknown, start at the first event seen". */
     constructor(position = null) {
         this.buffer = new Map();
-        this.ahead = new Set();
-        /** A resync seen while the position was unknown: fresh or old is decided by the next event. */
-        this.held = null;
         this.last = position;
     }
     get position() {
@@ -166,71 +158,45 @@ export class SequenceTracker {
     }
     /** Sets the position if it is still unknown (e.g. from `welcome.acked`). */
     init(position) {
-        if (this.last === null && this.held === null)
+        if (this.last === null)
             this.last = position;
+    }
+    /** A `resync_required` marker with `oldest_available` = `oldest`. */
+    resync(oldest) {
+        if (!Number.isSafeInteger(oldest) || oldest < 1)
+            return [];
+        if (this.last !== null && oldest <= this.last + 1)
+            return [];
+        this.last = oldest - 1;
+        for (const k of this.buffer.keys())
+            if (k <= this.last)
+                this.buffer.delete(k);
+        const out = [{ kind: "resync", oldestAvailable: oldest }];
+        this.drain(out);
+        return out;
     }
     push(ev) {
         const seq = ev.sequence_number;
         if (!Number.isSafeInteger(seq) || seq < 1)
             return [];
+        if (this.last === null)
+            this.last = seq - 1;
         const out = [];
-        if (this.last === null) {
-            const held = this.held;
-            if (held === null) {
-                if (ev.event_type === RESYNC && oldestAvailable(ev) !== null) {
-                    this.held = ev;
-                    return out;
-                }
-                this.last = seq - 1;
-            }
-            else {
-                if (seq === held.sequence_number)
-                    return out;
-                this.held = null;
-                if (seq < held.sequence_number) {
-                    this.resync(held, oldestAvailable(held), out); // a replay follows: it was fresh
-                }
-                else {
-                    this.last = held.sequence_number; // live events follow it: an old marker
-                }
-                return out.concat(this.push(ev));
-            }
-        }
-        if (seq <= this.last || this.ahead.has(seq) || this.buffer.has(seq))
+        if (seq <= this.last || this.buffer.has(seq))
             return out;
-        const oldest = ev.event_type === RESYNC ? oldestAvailable(ev) : null;
-        if (oldest !== null && oldest > this.last + 1)
-            this.resync(ev, oldest, out);
-        else
-            this.buffer.set(seq, ev);
+        this.buffer.set(seq, ev);
         this.drain(out);
         return out;
-    }
-    resync(ev, oldest, out) {
-        this.last = oldest - 1;
-        this.ahead.add(ev.sequence_number);
-        for (const k of this.buffer.keys())
-            if (k <= this.last)
-                this.buffer.delete(k);
-        for (const k of this.ahead)
-            if (k <= this.last)
-                this.ahead.delete(k);
-        out.push({ kind: "resync", event: ev, oldestAvailable: oldest });
     }
     drain(out) {
         for (;;) {
             const next = this.last + 1;
-            if (this.ahead.delete(next)) {
-                this.last = next;
-                continue;
-            }
             const ev = this.buffer.get(next);
             if (!ev)
                 return;
             this.buffer.delete(next);
             this.last = next;
-            if (ev.event_type !== RESYNC)
-                out.push({ kind: "event", event: ev });
+            out.push({ kind: "event", event: ev });
         }
     }
 }
@@ -658,8 +624,12 @@ export class MythosClient {
             case "event":
                 if (events) {
                     const { type: _t, ...envelope } = msg;
-                    this.ingest(envelope);
+                    this.deliver(this.tracker.push(envelope));
                 }
+                return;
+            case "resync_required":
+                if (events)
+                    this.deliver(this.tracker.resync(Number(msg.oldest_available)));
                 return;
             case "command_accepted": {
                 const p = this.pending.get(msg.id);
@@ -698,16 +668,19 @@ export class MythosClient {
         }
         if (!env || typeof env !== "object")
             return;
+        // The marker has no id: line (an SSE parser keeps the previous id).
+        if (m.event === "resync_required")
+            return this.deliver(this.tracker.resync(Number(env.oldest_available)));
         if (typeof env.sequence_number !== "number" && m.id !== undefined)
             env.sequence_number = Number(m.id);
         if (typeof env.event_type !== "string")
             env.event_type = m.event;
-        this.ingest(env);
+        this.deliver(this.tracker.push(env));
     }
-    ingest(env) {
-        for (const d of this.tracker.push(env)) {
+    deliver(ds) {
+        for (const d of ds) {
             if (d.kind === "resync")
-                this.emit("resync", { oldestAvailable: d.oldestAvailable, event: d.event });
+                this.emit("resync", { oldestAvailable: d.oldestAvailable });
             else
                 this.emit("event", d.event);
             this.unacked++;

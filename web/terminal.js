@@ -10,7 +10,7 @@
 //   player    the logged-in player id
 //   events    [{seq, type, commandId}] for every event, in delivery order
 //   seqs      the events' sequence numbers alone
-//   resyncs   sequence numbers of resync_required notices (never in `seqs`)
+//   resyncs   oldest_available of every resync_required notice (a marker, not an event)
 //   lines     the text of every terminal line
 //   commands  [{input, id, status}] for everything sent (id once the broker accepted it)
 // and every line rendered from an event carries data-seq and data-type.
@@ -149,12 +149,11 @@ function onEvent(ev) {
   (RENDER[ev.event_type] ?? renderOther)(data, ev);
 }
 
-function onResync({ oldestAvailable, event }) {
-  keep(mythos.resyncs, event.sequence_number);
+function onResync({ oldestAvailable }) {
+  keep(mythos.resyncs, oldestAvailable);
   addLine(
     `Some older messages were no longer kept by the server; the story continues from #${oldestAvailable}.`,
     "notice",
-    event,
   );
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{resync_body, Account, Command, CommandEntry, Cursor, Engine, Limits, Result, Resume};
+use super::{Account, Command, CommandEntry, Cursor, Engine, Limits, Result};
 use crate::hub::Hub;
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -229,42 +229,6 @@ impl Engine for MemoryEngine {
                 body: e.body.clone(),
             })
             .collect())
-    }
-
-    async fn resume(&self, player: &str, after: u64) -> Result<Resume> {
-        let now = Instant::now();
-        let (resume, resync) = {
-            let mut st = self.lock();
-            let log = st.players.entry(player.to_string()).or_default();
-            log.enforce_caps(&self.limits, now);
-            let cur = log.cursor();
-            let after = after.min(cur.last);
-            if after + 1 >= cur.oldest {
-                let r = Resume {
-                    cursor: cur,
-                    resync: None,
-                    after,
-                };
-                (r, None)
-            } else {
-                // Appending the resync event may push one more event out
-                // under the count cap: name the oldest that stays.
-                let oldest = cur
-                    .oldest
-                    .max((cur.last + 2).saturating_sub(self.limits.max_backlog));
-                let ev = log.append(Arc::new(resync_body(oldest)), &self.limits, now);
-                let r = Resume {
-                    cursor: log.cursor(),
-                    resync: Some(ev.clone()),
-                    after: oldest - 1,
-                };
-                (r, Some(ev))
-            }
-        };
-        if let Some(ev) = resync {
-            self.hub.deliver(player, &ev);
-        }
-        Ok(resume)
     }
 
     async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {

@@ -1,7 +1,7 @@
 //! The storage engine: the one trait every backend implements, and its types.
 //!
 //! Owns: the contract of a player's durable event log (dense sequence numbers,
-//! idempotent appends, cumulative acknowledgements, retention, `resync_required`),
+//! idempotent appends, cumulative acknowledgements, retention),
 //! room membership, the upstream command stream and accounts. Must not touch:
 //! HTTP, sockets, JWTs. Engines announce appends to this node's [`Hub`], which
 //! routes them to the live connections; engines never hold a connection.
@@ -55,18 +55,6 @@ pub struct Cursor {
     pub oldest: u64,
 }
 
-/// The answer to opening a reader at a resume point.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    /// The cursor after any `resync_required` was appended.
-    pub cursor: Cursor,
-    /// Present when the resume point fell before the oldest retained event: the
-    /// freshly appended `resync_required` event, to be sent before anything else.
-    pub resync: Option<Event>,
-    /// Read from here (exclusive): `min(resume point, last)`, or `oldest - 1` after a resync.
-    pub after: u64,
-}
-
 /// A command or chat line from a player, bound for `mythos:commands`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -100,9 +88,6 @@ pub struct Account {
 /// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
 pub const MAX_COMMANDS: usize = 100_000;
 
-/// Name of the broker's own event types.
-pub const RESYNC_REQUIRED: &str = "resync_required";
-
 /// The operations the broker needs from storage.
 ///
 /// Every append is atomic per player; a fan-out appends to each member exactly
@@ -121,14 +106,10 @@ pub trait Engine: Send + Sync + 'static {
     /// Up to `limit` events with sequence number `> after`, oldest first.
     async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
 
-    /// Opens a reader resuming after `after`: appends `resync_required` if events
-    /// after `after` are no longer retained.
-    async fn resume(&self, player: &str, after: u64) -> Result<Resume>;
-
     /// Acknowledges `1..=seq` (clamped to `last`, never backwards) and trims them.
     async fn ack(&self, player: &str, seq: u64) -> Result<Cursor>;
 
-    /// The player's cursor.
+    /// The player's cursor, after applying the retention caps.
     async fn cursor(&self, player: &str) -> Result<Cursor>;
 
     /// Adds `player` to `room`; returns the other members if the player was not
@@ -186,13 +167,4 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Fails if the engine cannot serve requests.
     async fn ping(&self) -> Result<()>;
-}
-
-/// The body of a broker-emitted `resync_required` event.
-pub fn resync_body(oldest_available: u64) -> EventBody {
-    let data = serde_json::value::to_raw_value(&serde_json::json!({
-        "oldest_available": oldest_available
-    }))
-    .unwrap_or_default();
-    EventBody::now(RESYNC_REQUIRED, data, None, None)
 }

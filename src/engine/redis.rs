@@ -1,7 +1,7 @@
 //! The Redis engine: durable logs shared by many broker nodes.
 //!
 //! Owns: the command pool (deadpool-redis), the Lua scripts in `lua/` that
-//! make every append, ack and resume atomic, and this node's one pub/sub
+//! make every append, ack and cursor read atomic, and this node's one pub/sub
 //! subscription to `mythos:live` (see [`live`]), which is the only way
 //! appends reach the node's [`Hub`], including this node's own appends.
 //! Must not touch: HTTP, sockets, validation (callers pass checked input).
@@ -24,9 +24,9 @@ use tokio::task::JoinHandle;
 
 use self::decode::{command_of, cursor_of, event_of};
 pub use self::scripts::Scripts;
-use super::{Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result, Resume};
+use super::{Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result};
 use crate::hub::Hub;
-use crate::protocol::{now_rfc3339, Delivery, Event, EventBody, Target};
+use crate::protocol::{Delivery, Event, EventBody, Target};
 
 /// How long one ordinary command may take before it fails.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -288,36 +288,6 @@ impl Engine for RedisEngine {
             .query_async(&mut self.conn().await?)
             .await?;
         stream::entries(v)?.into_iter().map(event_of).collect()
-    }
-
-    async fn resume(&self, player: &str, after: u64) -> Result<Resume> {
-        let timestamp = now_rfc3339();
-        let args = [
-            after.to_string(),
-            self.limits.max_backlog.to_string(),
-            self.age_ms().to_string(),
-            player.to_string(),
-            timestamp.clone(),
-        ];
-        let v = self
-            .player_script(&self.scripts.resume, player, &args)
-            .await?;
-        if v.len() < 6 {
-            return Err(EngineError::Corrupt("resume.lua answered short".into()));
-        }
-        let resync = (v[4] > 0).then(|| {
-            let mut body = super::resync_body(v[5]);
-            body.timestamp = timestamp;
-            Event {
-                sequence_number: v[4],
-                body: Arc::new(body),
-            }
-        });
-        Ok(Resume {
-            cursor: cursor_of(&v),
-            resync,
-            after: v[3],
-        })
     }
 
     async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {

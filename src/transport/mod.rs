@@ -1,17 +1,16 @@
 //! Transports: how a player's feed reaches a socket.
 //!
-//! Owns: what SSE and WebSocket share — the resume point rules and opening a
-//! session. Must not touch: storage directly (sessions go through
-//! [`crate::session::Feed`] and the engine trait).
+//! Owns: what SSE and WebSocket share — parsing a resume point, who may
+//! read a feed, and why a connection ends ([`End`], with the close codes of
+//! contract §9). Delivery semantics (what a resume point means, what it
+//! acknowledges, `resync_required`) are the session's: both transports call
+//! [`crate::session::open`]. Must not touch: storage directly.
 
 pub mod sse;
 pub mod ws;
 
-use std::sync::Arc;
-
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
-use crate::state::App;
 
 /// Parses a resume point: a non-negative integer, else `400 invalid_resume_point`.
 pub fn parse_resume(raw: &str) -> Result<u64, ApiError> {
@@ -36,15 +35,53 @@ pub fn check_reader(principal: &Principal, path_player: Option<&str>) -> Result<
     Ok(())
 }
 
-/// The resume point to use: the explicit one, else the player's acked cursor.
-pub async fn resolve_after(
-    app: &Arc<App>,
-    player: &str,
-    explicit: Option<u64>,
-) -> Result<u64, ApiError> {
-    match explicit {
-        Some(n) => Ok(n),
-        None => Ok(app.engine.cursor(player).await?.acked),
+/// Why a connection ends (contract §9). WebSocket closes with [`End::close`];
+/// an SSE stream just ends, and the client resumes from its `Last-Event-ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The node shuts down (SIGTERM/SIGINT).
+    Shutdown,
+    /// The token expired on the open connection.
+    Expired,
+    /// The bounded send queue overflowed while live (slow consumer).
+    Slow,
+    /// Sustained protocol violations (WebSocket only).
+    Abuse,
+    /// A frame above the hard limit (WebSocket only).
+    TooBig,
+    /// The peer was silent for longer than the idle timeout (WebSocket only).
+    Idle,
+    /// The engine failed while the feed read the log.
+    EngineLost,
+}
+
+/// WebSocket close code: the node is restarting.
+pub const CLOSE_RESTART: u16 = 1012;
+/// WebSocket close code: the token expired.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// WebSocket close code: slow consumer.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// WebSocket close code: policy violation (sustained abuse).
+pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code: a message too big to read.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// WebSocket close code: going away (idle peer).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// WebSocket close code: an internal error (the engine is unavailable).
+pub const CLOSE_INTERNAL: u16 = 1011;
+
+impl End {
+    /// The WebSocket close code and reason.
+    pub const fn close(self) -> (u16, &'static str) {
+        match self {
+            End::Shutdown => (CLOSE_RESTART, "server restarting"),
+            End::Expired => (CLOSE_TOKEN_EXPIRED, "token_expired"),
+            End::Slow => (CLOSE_SLOW_CONSUMER, "slow_consumer"),
+            End::Abuse => (CLOSE_POLICY, "policy_violation"),
+            End::TooBig => (CLOSE_TOO_BIG, "message_too_big"),
+            End::Idle => (CLOSE_GOING_AWAY, "idle_timeout"),
+            End::EngineLost => (CLOSE_INTERNAL, "engine_unavailable"),
+        }
     }
 }
 

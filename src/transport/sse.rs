@@ -1,11 +1,12 @@
 //! Server-Sent Events: `GET /v1/events` and `GET /events/{player_id}`.
 //!
 //! Owns: SSE framing (`retry: 1000`, then `id:` / `event:` / `data:` per event,
-//! `: keep-alive` comments) and the rule that a reconnect carrying
-//! `Last-Event-ID: N` acknowledges up to N (up to what N shows was seen,
-//! when N is a `resync_required` event: see [`seen_through`]). The stream ends when the token
-//! expires, the node shuts down, or the client is a slow consumer; the client
-//! resumes from `Last-Event-ID`. Must not touch: the engine beyond ack/cursor.
+//! the `resync_required` marker without an `id:` line, `: keep-alive`
+//! comments) and which request value is which resume point: `Last-Event-ID`
+//! is a point the client has seen (it acknowledges), `?last_event_id=` only
+//! a point. The stream ends when the token expires, the node shuts down, or
+//! the client is a slow consumer; the client resumes from `Last-Event-ID`.
+//! Must not touch: the engine, delivery semantics (the session's).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,13 +15,12 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use warp::http::{header, HeaderValue, StatusCode};
 
-use super::{check_reader, parse_resume, resolve_after};
+use super::{check_reader, parse_resume, End};
 use crate::auth::Principal;
-use crate::engine::RESYNC_REQUIRED;
 use crate::error::ApiError;
 use crate::listener::StreamBody;
 use crate::protocol::{envelope_json, Event};
-use crate::session::{Feed, FeedEnd};
+use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
 
 /// Chunks buffered between the session and the socket; the session waits
@@ -49,25 +49,29 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     let query_point = given(&req.query_last_event_id)
         .map(parse_resume)
         .transpose()?;
-    let player = p.player_id.clone();
-    let (header_point, has) = match header_point {
-        Some(n) => {
-            let seen = seen_through(&app, &player, n).await?;
-            // The client holds N even when it has not seen what precedes it.
-            (Some(seen), (seen < n).then_some(n))
-        }
-        None => (None, None),
+    let point = match (header_point, query_point) {
+        (Some(n), _) => ResumePoint::Seen(n),
+        (None, Some(n)) => ResumePoint::After(n),
+        (None, None) => ResumePoint::Acked,
     };
-    if let Some(n) = header_point {
-        app.engine.ack(&player, n).await?;
+    let player = p.player_id.clone();
+    let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
+    let feed = opened.feed;
+    let mut first = String::from("retry: 1000\n\n");
+    if let Some(oldest) = opened.resync {
+        // No `id:` line: the client's Last-Event-ID stays at its resume
+        // point until event `oldest` arrives (contract §5).
+        let _ = write!(
+            first,
+            "event: resync_required\ndata: {{\"oldest_available\":{oldest}}}\n\n"
+        );
+        metrics::counter!("mythos_resyncs_total").increment(1);
     }
-    let after = resolve_after(&app, &player, header_point.or(query_point)).await?;
-    let (feed, _) = Feed::open(app.engine.clone(), &app.hub, &player, after, has).await?;
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let expires_in = p.time_left();
     let app2 = app.clone();
     app.tasks
-        .spawn(async move { run(app2, player, feed, tx, expires_in).await });
+        .spawn(async move { run(app2, player, feed, first, tx, expires_in).await });
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -79,43 +83,6 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp.extensions_mut().insert(StreamBody::new(rx));
     Ok(resp)
-}
-
-/// What a reconnect's `Last-Event-ID: N` shows the client has seen. Up to N
-/// — unless N is a `resync_required` event that the stream sent *before* the
-/// events from its `oldest_available` S on (S < N): a client that dropped
-/// right after it has seen none of S..N-1, and acknowledging N would trim
-/// them unseen. Then it has seen up to S - 1, or up to the acked cursor if
-/// that is further (another connection saw more), and holds N itself: the
-/// replay sends S..N-1 and not N again, so the client's next `Last-Event-ID`
-/// is an event it saw in order. If everything before N is
-/// acknowledged already, N came in order (replayed at its place after S..N-1
-/// on a later connection): up to N, or an idle client would be sent back
-/// before the oldest event, and get a needless resync, on every reconnect.
-async fn seen_through(app: &App, player: &str, n: u64) -> Result<u64, ApiError> {
-    if n == 0 {
-        return Ok(0);
-    }
-    let ev = app.engine.read(player, n - 1, 1).await?;
-    let Some(ev) = ev.first().filter(|e| e.sequence_number == n) else {
-        return Ok(n);
-    };
-    if ev.body.event_type != RESYNC_REQUIRED {
-        return Ok(n);
-    }
-    let oldest = serde_json::from_str::<serde_json::Value>(ev.body.data.get())
-        .ok()
-        .and_then(|v| v["oldest_available"].as_u64());
-    // S = N: nothing was retained before it, nothing came out of order.
-    let Some(s) = oldest.filter(|s| (1..n).contains(s)) else {
-        return Ok(n);
-    };
-    let acked = app.engine.cursor(player).await?.acked;
-    Ok(if acked + 1 >= n {
-        n
-    } else {
-        (s - 1).max(acked)
-    })
 }
 
 fn frame(out: &mut String, player: &str, ev: &Event) {
@@ -132,6 +99,7 @@ async fn run(
     app: Arc<App>,
     player: String,
     mut feed: Feed,
+    first: String,
     tx: mpsc::Sender<Bytes>,
     expires_in: std::time::Duration,
 ) {
@@ -141,21 +109,21 @@ async fn run(
     tokio::pin!(expiry);
     let mut keepalive = tokio::time::interval(app.config.keepalive);
     keepalive.tick().await;
-    let mut chunk = Some(Bytes::from_static(b"retry: 1000\n\n"));
+    let mut chunk = Some(Bytes::from(first));
     let why = loop {
         if let Some(c) = chunk.take() {
             tokio::select! {
-                r = tx.send(c) => if r.is_err() { break "client gone" },
-                _ = state.killed() => break "slow consumer",
-                _ = app.shutdown.cancelled() => break "shutdown",
-                _ = &mut expiry => break "token expired",
+                r = tx.send(c) => if r.is_err() { break None },
+                _ = state.killed() => break Some(End::Slow),
+                _ = app.shutdown.cancelled() => break Some(End::Shutdown),
+                _ = &mut expiry => break Some(End::Expired),
             }
         }
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => break "shutdown",
-            _ = &mut expiry => break "token expired",
-            _ = state.killed() => break "slow consumer",
+            _ = app.shutdown.cancelled() => break Some(End::Shutdown),
+            _ = &mut expiry => break Some(End::Expired),
+            _ = state.killed() => break Some(End::Slow),
             _ = keepalive.tick() => chunk = Some(Bytes::from_static(b": keep-alive\n\n")),
             r = feed.next() => match r {
                 Ok(ev) => {
@@ -169,14 +137,14 @@ async fn run(
                     }
                     chunk = Some(Bytes::from(out));
                 }
-                Err(FeedEnd::SlowConsumer) => break "slow consumer",
+                Err(FeedEnd::SlowConsumer) => break Some(End::Slow),
                 Err(FeedEnd::Engine(e)) => {
                     tracing::warn!(error = %e, "SSE feed stopped: engine error");
-                    break "engine error"
+                    break Some(End::EngineLost)
                 }
             },
         }
     };
-    tracing::debug!(player = %player, why, "SSE stream ended");
+    tracing::debug!(player = %player, ?why, "SSE stream ended (None: the client left)");
     metrics::gauge!("mythos_sse_connections").decrement(1.0);
 }

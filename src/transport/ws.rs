@@ -1,12 +1,14 @@
 //! WebSocket: `GET /v1/ws` and `GET /ws/{player_id}`.
 //!
-//! Owns: the frame protocol (welcome, events, pong, command_accepted, error),
-//! per-message validation and the per-player rate limit, the abuse policy
-//! (close 1008), server pings and the idle timeout, and the close codes of the
-//! connection lifecycle (4001 token_expired, 4008 slow_consumer, 1012 restart).
-//! Two tasks per connection: a reader (client → engine) and a writer (feed and
-//! replies → socket). Must not touch: the engine beyond acks and commands.
+//! Owns: the handshake and opening the session ([`open`], mirroring
+//! `sse::open`), the frame protocol (welcome, resync_required, events, pong,
+//! command_accepted, error), per-message validation and the per-player rate
+//! limit, the abuse policy, server pings and the idle timeout, and closing
+//! with the code of each [`End`]. Two tasks per connection: a reader (client
+//! → engine) and a writer (feed and replies → socket). Must not touch: the
+//! engine beyond acks and commands, delivery semantics (the session's).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,11 +23,12 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use warp::http::{HeaderMap, StatusCode};
 
-use crate::error::ApiError;
-
+use super::{check_reader, parse_resume, session_id, End};
+use crate::auth::Principal;
 use crate::engine::Command;
+use crate::error::ApiError;
 use crate::protocol::{envelope_json, parse_client_message, ClientMessage, ProtocolError};
-use crate::session::{Feed, FeedEnd};
+use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
 
 /// Frames above this (or above the configured limit, if larger) close the
@@ -49,6 +52,76 @@ const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
+    let allowed = app.config.allowed_origins.trim();
+    if allowed == "*" {
+        return true;
+    }
+    match headers.get("origin").and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(o) => allowed.split(',').map(str::trim).any(|a| a == o),
+    }
+}
+
+/// Checks the request, opens the player's session at `?since=` (else the
+/// acked cursor) and answers `101`; the connection then runs on its own task.
+/// Every refusal is an HTTP error before the upgrade.
+pub async fn open(
+    app: Arc<App>,
+    principal: Result<Principal, ApiError>,
+    path_player: Option<String>,
+    headers: HeaderMap,
+    query: HashMap<String, String>,
+    upgrade: Option<crate::listener::Upgrade>,
+) -> Result<warp::reply::Response, ApiError> {
+    let principal = principal?;
+    check_reader(&principal, path_player.as_deref())?;
+    if !origin_allowed(&app, &headers) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "this Origin may not open a WebSocket here (MYTHOS_ALLOWED_ORIGINS)",
+        ));
+    }
+    let since = query.get("since").map(|s| parse_resume(s)).transpose()?;
+    let accept_key = handshake_key(&headers)?;
+    let upgrade = upgrade.and_then(|u| u.take()).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this connection cannot be upgraded",
+        )
+    })?;
+    let player = principal.player_id.clone();
+    let point = since.map_or(ResumePoint::Acked, ResumePoint::After);
+    let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
+    let session_id = session_id();
+    let mut first = vec![json!({"type": "welcome", "player_id": player,
+        "session_id": session_id, "last_sequence_number": opened.cursor.last,
+        "acked": opened.cursor.acked})
+    .to_string()];
+    if let Some(oldest) = opened.resync {
+        first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
+        metrics::counter!("mythos_resyncs_total").increment(1);
+    }
+    let session = WsSession {
+        app: app.clone(),
+        player,
+        session_id,
+        feed: opened.feed,
+        first,
+        expires_in: principal.time_left(),
+    };
+    let selected = select_subprotocol(
+        headers
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+    );
+    let hard_limit = HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
+    app.tasks.spawn(accept(upgrade, hard_limit, session));
+    Ok(switching_protocols(&accept_key, selected))
+}
 
 /// Checks the request is a WebSocket handshake; returns `Sec-WebSocket-Accept`.
 pub fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
@@ -109,7 +182,7 @@ pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> warp::re
 }
 
 /// Waits for the upgrade, then runs the connection with our buffer sizes.
-pub async fn accept(upgrade: hyper::upgrade::OnUpgrade, hard_limit: usize, s: WsSession) {
+async fn accept(upgrade: hyper::upgrade::OnUpgrade, hard_limit: usize, s: WsSession) {
     let upgraded = match upgrade.await {
         Ok(u) => u,
         Err(e) => {
@@ -127,7 +200,8 @@ pub async fn accept(upgrade: hyper::upgrade::OnUpgrade, hard_limit: usize, s: Ws
     run(socket, s).await
 }
 
-fn close(code: u16, reason: &'static str) -> Message {
+fn close(end: End) -> Message {
+    let (code, reason) = end.close();
     Message::Close(Some(CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
@@ -137,7 +211,7 @@ fn close(code: u16, reason: &'static str) -> Message {
 /// What the reader asks the writer to do.
 enum Ctrl {
     Send(String),
-    Close(u16, &'static str),
+    Close(End),
 }
 
 type CtrlTx = futures_channel::mpsc::Sender<Ctrl>;
@@ -156,13 +230,14 @@ fn ctrl_queue() -> (CtrlTx, CtrlRx) {
 }
 
 /// A connection that passed auth and whose feed is open.
-pub struct WsSession {
-    pub app: Arc<App>,
-    pub player: String,
-    pub session_id: String,
-    pub feed: Feed,
-    pub welcome: String,
-    pub expires_in: Duration,
+struct WsSession {
+    app: Arc<App>,
+    player: String,
+    session_id: String,
+    feed: Feed,
+    /// `welcome`, then `resync_required` where the session says so.
+    first: Vec<String>,
+    expires_in: Duration,
 }
 
 fn error_frame(e: &ProtocolError, id: Option<&str>) -> String {
@@ -174,13 +249,13 @@ fn error_frame(e: &ProtocolError, id: Option<&str>) -> String {
 }
 
 /// Runs a connection to its end.
-pub async fn run(ws: WebSocket, s: WsSession) {
+async fn run(ws: WebSocket, s: WsSession) {
     let WsSession {
         app,
         player,
         session_id,
         mut feed,
-        welcome,
+        first,
         expires_in,
     } = s;
     metrics::gauge!("mythos_ws_connections").increment(1.0);
@@ -195,15 +270,16 @@ pub async fn run(ws: WebSocket, s: WsSession) {
         ctrl_tx,
         clock.clone(),
     ));
-    if sink.send(Message::text(welcome)).await.is_ok() {
+    let mut greet = futures_util::stream::iter(first.into_iter().map(|t| Ok(Message::text(t))));
+    if sink.send_all(&mut greet).await.is_ok() {
         let w = Writer {
             app: &app,
             player: &player,
             expires_in,
             clock,
         };
-        if let Some((code, reason)) = w.run(&mut feed, &mut sink, ctrl_rx).await {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(code, reason))).await;
+        if let Some(end) = w.run(&mut feed, &mut sink, ctrl_rx).await {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(end))).await;
         }
     }
     // Give the peer a moment to answer our close frame (the closing
@@ -256,12 +332,7 @@ struct Writer<'a> {
 impl Writer<'_> {
     /// Sends events and replies until something ends the connection; returns
     /// the close frame to send, if any.
-    async fn run(
-        &self,
-        feed: &mut Feed,
-        sink: &mut Sink,
-        mut ctrl_rx: CtrlRx,
-    ) -> Option<(u16, &'static str)> {
+    async fn run(&self, feed: &mut Feed, sink: &mut Sink, mut ctrl_rx: CtrlRx) -> Option<End> {
         let app = self.app;
         let state = feed.state();
         let idle = app.config.idle_timeout;
@@ -272,17 +343,17 @@ impl Writer<'_> {
         loop {
             let outgoing: Vec<Message> = tokio::select! {
                 biased;
-                _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
-                _ = &mut expiry => return Some((4001, "token_expired")),
-                _ = state.killed() => return Some((4008, "slow_consumer")),
+                _ = app.shutdown.cancelled() => return Some(End::Shutdown),
+                _ = &mut expiry => return Some(End::Expired),
+                _ = state.killed() => return Some(End::Slow),
                 c = ctrl_rx.next() => match c {
                     Some(Ctrl::Send(text)) => vec![Message::text(text)],
-                    Some(Ctrl::Close(code, reason)) => return Some((code, reason)),
+                    Some(Ctrl::Close(end)) => return Some(end),
                     None => return None,
                 },
                 _ = ping.tick() => {
                     if self.clock.silent_for() > idle {
-                        return Some((1001, "idle_timeout"));
+                        return Some(End::Idle);
                     }
                     vec![Message::Ping(Default::default())]
                 }
@@ -297,10 +368,10 @@ impl Writer<'_> {
                         }
                         batch
                     }
-                    Err(FeedEnd::SlowConsumer) => return Some((4008, "slow_consumer")),
+                    Err(FeedEnd::SlowConsumer) => return Some(End::Slow),
                     Err(FeedEnd::Engine(e)) => {
                         tracing::warn!(error = %e, "WebSocket feed stopped: engine error");
-                        return Some((1011, "engine_unavailable"));
+                        return Some(End::EngineLost);
                     }
                 },
             };
@@ -312,8 +383,8 @@ impl Writer<'_> {
             };
             tokio::select! {
                 r = send => if r.is_err() { return None },
-                _ = state.killed() => return Some((4008, "slow_consumer")),
-                _ = app.shutdown.cancelled() => return Some((1012, "server restarting")),
+                _ = state.killed() => return Some(End::Slow),
+                _ = app.shutdown.cancelled() => return Some(End::Shutdown),
             }
         }
     }
@@ -360,7 +431,7 @@ async fn read_loop(
         let msg = match frame {
             Ok(m) => m,
             Err(tungstenite::Error::Capacity(_)) => {
-                let _ = ctrl.send(Ctrl::Close(1009, "message_too_big")).await;
+                let _ = ctrl.send(Ctrl::Close(End::TooBig)).await;
                 break;
             }
             Err(_) => break,
@@ -380,7 +451,7 @@ async fn read_loop(
             continue;
         };
         if violation && strikes.hit() {
-            let _ = ctrl.send(Ctrl::Close(1008, "policy_violation")).await;
+            let _ = ctrl.send(Ctrl::Close(End::Abuse)).await;
             closing = true;
             continue;
         }

@@ -13,7 +13,6 @@ pub struct Scripts {
     pub append: Script,
     pub ack: Script,
     pub cursor: Script,
-    pub resume: Script,
     pub create_user: Script,
 }
 
@@ -24,19 +23,12 @@ impl Scripts {
             append: with_lib(include_str!("../../../lua/append.lua")),
             ack: with_lib(include_str!("../../../lua/ack.lua")),
             cursor: with_lib(include_str!("../../../lua/cursor.lua")),
-            resume: with_lib(include_str!("../../../lua/resume.lua")),
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 5] {
-        [
-            &self.append,
-            &self.ack,
-            &self.cursor,
-            &self.resume,
-            &self.create_user,
-        ]
+    pub fn all(&self) -> [&Script; 4] {
+        [&self.append, &self.ack, &self.cursor, &self.create_user]
     }
 }
 

@@ -169,15 +169,16 @@ test("resync_required is surfaced once, then S..L are delivered in order and liv
   client.connect();
   await flush();
   ws().accept({ last_sequence_number: 200, acked: 5 });
-  ws().frame({ type: "event", ...{ event_type: "resync_required", sequence_number: 201, timestamp: "t", player_id: "alice", room_id: null, data: { oldest_available: 100 }, id: null } });
+  ws().frame({ type: "resync_required", oldest_available: 100 });
   assert.deepEqual(log.resyncs, [100]);
   assert.deepEqual(log.events, []);
+  assert.equal(client.lastSequenceNumber, 99);
   for (const n of range(100, 200)) ws().event(n);
-  ws().event(202);
-  assert.deepEqual(log.events, [...range(100, 200), 202]);
-  assert.equal(client.lastSequenceNumber, 202);
+  ws().event(201);
+  assert.deepEqual(log.events, [...range(100, 201)]);
+  assert.equal(client.lastSequenceNumber, 201);
   client.flushAck();
-  assert.deepEqual(ws().sentOf("ack"), [{ type: "ack", sequence_number: 202 }]);
+  assert.deepEqual(ws().sentOf("ack"), [{ type: "ack", sequence_number: 201 }]);
   client.close();
 });
 
@@ -462,6 +463,35 @@ test("transport sse: events from the stream, commands over a WebSocket, acks via
   await clock.advance(1000);
   const again = fetch.calls.filter((c) => c.path === "/v1/events")[1]!;
   assert.equal(again.init.headers!["Last-Event-ID"], "13");
+  client.close();
+});
+
+test("transport sse: the resync_required marker has no id; the previous id is not taken for its sequence number", async () => {
+  const streams: ReturnType<typeof sseStream>[] = [];
+  const { client, clock, fetch, log } = setup({ transport: "sse", since: 5, ackEvery: 1000 }, (call) => {
+    if (call.path === "/v1/events") {
+      const s = sseStream();
+      streams.push(s);
+      return s.response;
+    }
+    return jsonResponse(200, {});
+  });
+  client.connect();
+  await flush();
+  ws().accept();
+  streams[0]!.write(sseEvent(6) + 'event: resync_required\ndata: {"oldest_available":100}\n\n');
+  await flush();
+  assert.deepEqual(log.events, [6]);
+  assert.deepEqual(log.resyncs, [100]);
+  assert.equal(client.lastSequenceNumber, 99);
+  streams[0]!.write(sseEvent(100) + sseEvent(101));
+  await flush();
+  assert.deepEqual(log.events, [6, 100, 101]);
+  streams[0]!.end();
+  await flush();
+  await clock.advance(1000);
+  const again = fetch.calls.filter((c) => c.path === "/v1/events")[1]!;
+  assert.equal(again.init.headers!["Last-Event-ID"], "101");
   client.close();
 });
 

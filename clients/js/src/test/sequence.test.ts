@@ -3,9 +3,8 @@ import assert from "node:assert/strict";
 import { SequenceTracker, type Delivery } from "../client.js";
 import { envelope } from "../test-support/helpers.js";
 
-const resync = (seq: number, oldest: number) => envelope(seq, "resync_required", { oldest_available: oldest });
-/** Delivered sequence numbers; a resync shows as "R<seq>". */
-const seqs = (ds: Delivery[]) => ds.map((d) => (d.kind === "resync" ? `R${d.event.sequence_number}` : d.event.sequence_number));
+/** Delivered sequence numbers; a resync shows as "R<oldest_available>". */
+const seqs = (ds: Delivery[]) => ds.map((d) => (d.kind === "resync" ? `R${d.oldestAvailable}` : d.event.sequence_number));
 const pushAll = (t: SequenceTracker, list: number[]) => list.flatMap((n) => seqs(t.push(envelope(n))));
 
 test("in-order events are delivered once each and advance the position", () => {
@@ -47,71 +46,72 @@ test("init sets an unknown position only", () => {
   assert.equal(t.position, 12);
 });
 
-test("resync: R first, then S..L replayed, then live after R", () => {
-  // Client had 5; the broker retains 100..200, appends resync_required as 201.
+test("resync: the marker first, then S..L replayed, then live", () => {
+  // Client had 5; the broker retains 100..200 and sends the marker (no sequence number).
   const t = new SequenceTracker(5);
-  const first = t.push(resync(201, 100));
-  assert.deepEqual(seqs(first), ["R201"]);
-  assert.equal(first[0]!.kind === "resync" && first[0]!.oldestAvailable, 100);
+  const first = t.resync(100);
+  assert.deepEqual(seqs(first), ["R100"]);
   assert.equal(t.position, 99); // expecting 100 next; never acknowledges past the replay
   const replay = Array.from({ length: 101 }, (_, i) => 100 + i); // 100..200
   assert.deepEqual(pushAll(t, replay), replay);
-  assert.equal(t.position, 201); // the resync's own number counts as delivered
-  assert.deepEqual(pushAll(t, [201, 202, 203]), [202, 203]);
+  assert.deepEqual(pushAll(t, [200, 201, 202]), [201, 202]);
+  assert.equal(t.position, 202);
 });
 
-test("resync: interrupted replay, resumed from the position, replays R again without a second resync", () => {
+test("resync: an interrupted replay resumed from the position gets no second resync", () => {
   const t = new SequenceTracker(5);
-  assert.deepEqual(seqs(t.push(resync(201, 100))), ["R201"]);
+  assert.deepEqual(seqs(t.resync(100)), ["R100"]);
   assert.deepEqual(pushAll(t, [100, 101, 102]), [100, 101, 102]);
-  // Reconnect with since=102: 103..200, then the stored resync event 201 itself, then live.
-  const out = [...pushAll(t, [103, 104]), ...seqs(t.push(resync(201, 100))), ...pushAll(t, [105, 202])];
-  assert.deepEqual(out, [103, 104, 105]);
-  assert.equal(t.buffered, 1); // 202 waits for 106..200
-  const rest = Array.from({ length: 95 }, (_, i) => 106 + i); // 106..200
-  assert.deepEqual(pushAll(t, rest), [...rest, 202]);
-  assert.equal(t.position, 202);
+  // Reconnect with since=102: the broker sends no marker; 103.. follow.
+  assert.deepEqual(pushAll(t, [103, 104]), [103, 104]);
+  // A reconnect from an older point (e.g. the acked cursor) may get the marker again: no gap, ignored.
+  assert.deepEqual(seqs(t.resync(100)), []);
+  assert.deepEqual(pushAll(t, [105]), [105]);
 });
 
 test("resync drops buffered events older than the oldest available, keeps later ones", () => {
   const t = new SequenceTracker(5);
   assert.deepEqual(pushAll(t, [8, 120]), []); // 6, 7 never come: they were trimmed
-  assert.deepEqual(seqs(t.push(resync(201, 100))), ["R201"]);
+  assert.deepEqual(seqs(t.resync(100)), ["R100"]);
   assert.equal(t.buffered, 1); // 120 kept, 8 dropped
   const replay = Array.from({ length: 101 }, (_, i) => 100 + i);
   assert.deepEqual(pushAll(t, replay), replay); // 120 exactly once
-  assert.equal(t.position, 201);
+  assert.equal(t.position, 200);
 });
 
-test("a resync_required that announces no gap is consumed silently in order", () => {
-  // Another connection caused resync 160 (oldest 100); this client already has 150.
+test("a resync that announces no gap is ignored", () => {
   const t = new SequenceTracker(150);
-  assert.deepEqual(pushAll(t, [151, 152]), [151, 152]);
-  assert.deepEqual(seqs(t.push(resync(160, 100))), []);
-  assert.deepEqual(pushAll(t, [153, 154, 155, 156, 157, 158, 159, 161]), [153, 154, 155, 156, 157, 158, 159, 161]);
-  assert.equal(t.position, 161);
+  assert.deepEqual(seqs(t.resync(100)), []);
+  assert.deepEqual(seqs(t.resync(151)), []);
+  assert.equal(t.position, 150);
+  assert.deepEqual(pushAll(t, [151]), [151]);
 });
 
-test("resync with nothing to replay (oldest available = its own number)", () => {
+test("resync with nothing retained (oldest available = the next event)", () => {
   const t = new SequenceTracker(5);
-  assert.deepEqual(seqs(t.push(resync(50, 50))), ["R50"]);
+  assert.deepEqual(seqs(t.resync(51)), ["R51"]);
   assert.equal(t.position, 50);
-  assert.deepEqual(pushAll(t, [50, 51]), [51]);
+  assert.deepEqual(pushAll(t, [51, 52]), [51, 52]);
 });
 
-test("unknown start: a leading resync followed by its replay is fresh", () => {
-  const t = new SequenceTracker();
-  assert.deepEqual(seqs(t.push(resync(201, 100))), []); // held until the next event decides
-  assert.deepEqual(pushAll(t, [100, 101]), ["R201", 100, 101]);
+test("resync drains buffered events that now follow the position", () => {
+  const t = new SequenceTracker(5);
+  assert.deepEqual(pushAll(t, [100, 101]), []);
+  assert.deepEqual(seqs(t.resync(100)), ["R100", 100, 101]);
   assert.equal(t.position, 101);
 });
 
-test("unknown start: a leading old resync followed by live events is a marker", () => {
+test("unknown start: a leading resync sets the position", () => {
   const t = new SequenceTracker();
-  assert.deepEqual(seqs(t.push(resync(160, 100))), []);
-  assert.deepEqual(seqs(t.push(resync(160, 100))), []); // duplicate while held
-  assert.deepEqual(pushAll(t, [161, 162]), [161, 162]);
-  assert.equal(t.position, 162);
+  assert.deepEqual(seqs(t.resync(100)), ["R100"]);
+  assert.deepEqual(pushAll(t, [100, 101]), [100, 101]);
+  assert.equal(t.position, 101);
+});
+
+test("invalid resync values are ignored", () => {
+  const t = new SequenceTracker(5);
+  for (const v of [0, -1, 1.5, NaN]) assert.deepEqual(seqs(t.resync(v)), []);
+  assert.equal(t.position, 5);
 });
 
 test("invalid sequence numbers are ignored", () => {
