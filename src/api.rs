@@ -282,7 +282,7 @@ pub async fn ready(app: Arc<App>) -> Answer {
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "engine_unavailable",
-                "the event store is not reachable",
+                format!("the event store is not ready: {e}"),
             ))
         }
     }

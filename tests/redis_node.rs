@@ -106,3 +106,56 @@ async fn redis_restart_mid_session_loses_nothing() {
     );
     assert_eq!(ws.seqs(60).await, range(21, 80));
 }
+
+/// Hole 1 of issue 11: anyone who can `PUBLISH` on the broker's Redis could
+/// stop live delivery on every node with one message whose length field
+/// overflows (`colon + 1 + len` panicked in the listener task, silently).
+/// Now junk on `mythos:live` is counted and dropped: the same open socket
+/// keeps receiving, in order, and `/readyz` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_on_the_live_channel_does_not_stop_live_delivery() {
+    let n = node_on(RedisServer::start()).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    assert_eq!(n.publish_n("alice", 1).await, vec![1]);
+    assert_eq!(ws.seqs(1).await, vec![1]);
+    let client = n.redis.as_ref().expect("redis").client();
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let junk: [&[u8]; 6] = [
+        b"18446744073709551615:x",
+        b"1:518446744073709551615:alice",
+        b"1:5:alice1:218446744073709551614:",
+        b"99999999999999999999999:",
+        b"",
+        &[0xff, 0xfe, b':', 0x00],
+    ];
+    for (i, j) in junk.iter().enumerate() {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("mythos:live")
+            .arg(*j)
+            .query_async(&mut con)
+            .await
+            .expect("PUBLISH");
+        // Each junk message is followed by a real event, which must arrive
+        // live on the same socket, next in sequence.
+        let seq = 2 + i as u64;
+        assert_eq!(n.publish_n("alice", 1).await, vec![seq]);
+        assert_eq!(ws.seqs(1).await, vec![seq], "after junk #{i}");
+    }
+    let (s, _) = n.request(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(s, 200);
+    let metrics = reqwest::get(format!("{}/metrics", n.base))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("mythos_live_undecodable_total {}", junk.len())),
+        "every junk message is counted:\n{metrics}"
+    );
+}

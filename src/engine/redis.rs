@@ -40,6 +40,8 @@ pub struct RedisEngine {
     limits: Limits,
     scripts: Scripts,
     listener: JoinHandle<()>,
+    /// Whether the live subscription is up (`/readyz` says not ready when not).
+    live: Arc<live::LiveHealth>,
 }
 
 impl Drop for RedisEngine {
@@ -88,13 +90,15 @@ impl RedisEngine {
             }
         }
         let first = live::subscribe(&client).await?;
-        let listener = tokio::spawn(live::listen(client, hub, first));
+        let live = Arc::new(live::LiveHealth::default());
+        let listener = live::spawn(client, hub, first, live.clone());
         Ok(Arc::new(Self {
             lanes: lanes::Lanes::new(pool.clone(), LANES),
             pool,
             limits,
             scripts,
             listener,
+            live,
         }))
     }
 
@@ -485,10 +489,17 @@ impl Engine for RedisEngine {
         }))
     }
 
+    /// Redis answers, and this node's live subscription is up (without it,
+    /// open connections would get nothing new until the next reconnect).
     async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.conn().await?)
             .await?;
+        if !self.live.is_up() {
+            return Err(EngineError::Rejected(
+                "live delivery is down (resubscribing)",
+            ));
+        }
         Ok(())
     }
 }

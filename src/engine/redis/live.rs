@@ -1,11 +1,17 @@
 //! The node's one subscription to `mythos:live`, feeding the [`Hub`].
 //!
 //! Owns: the pub/sub connection (one per node, not per player), decoding the
-//! announcements that `lua/lib.lua` publishes, and recovering from a lost
+//! announcements that `lua/lib.lua` publishes (anyone who may `PUBLISH` on
+//! the broker's Redis can send anything there: a message that does not
+//! decode is counted and dropped, never a panic), recovering from a lost
 //! subscription (reconnect with backoff, then [`Hub::nudge_all`], because
-//! announcements sent while disconnected are gone). Must not touch: the
-//! command pool or any key: this module only listens.
+//! announcements sent while disconnected are gone), and supervising the
+//! listener task: if it ever ends, it is restarted, counted, and sessions
+//! are nudged. [`LiveHealth`] says whether the subscription is up, for
+//! `/readyz`. Must not touch: the command pool or any key: this module only
+//! listens.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +29,74 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Whether this node's live subscription is up (shared with the engine).
+#[derive(Debug, Default)]
+pub struct LiveHealth(AtomicBool);
+
+impl LiveHealth {
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::SeqCst);
+    }
+}
+
+/// Starts the supervised listener on `first` (already subscribed): the
+/// listener runs in a task of its own; should that task ever end (a bug
+/// that panics), the supervisor counts it, marks live delivery down,
+/// resubscribes and starts a fresh listener, which nudges every session.
+pub fn spawn(
+    client: redis::Client,
+    hub: Arc<Hub>,
+    first: redis::aio::PubSub,
+    health: Arc<LiveHealth>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        health.set(true);
+        let mut first = Some(first);
+        loop {
+            let ps = match first.take() {
+                Some(ps) => ps,
+                None => resubscribe(&client, &health).await,
+            };
+            // Aborted with the supervisor (the engine's drop aborts that).
+            let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(listen(
+                client.clone(),
+                hub.clone(),
+                ps,
+                health.clone(),
+            )));
+            let why = match task.await {
+                Ok(()) => "returned".to_string(),
+                Err(e) => e.to_string(),
+            };
+            health.set(false);
+            tracing::error!("live listener stopped ({why}); restarting it");
+            metrics::counter!("mythos_live_listener_restarts_total").increment(1);
+            hub.nudge_all();
+        }
+    })
+}
+
+/// Subscribes again, with backoff, until it works; marks the health up.
+async fn resubscribe(client: &redis::Client, health: &LiveHealth) -> redis::aio::PubSub {
+    let mut wait = BACKOFF_MIN;
+    loop {
+        match subscribe(client).await {
+            Ok(ps) => {
+                health.set(true);
+                return ps;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "live resubscribe failed; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
 /// Opens a pub/sub connection subscribed to `mythos:live`.
 pub async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
     let mut ps = client.get_async_pubsub().await?;
@@ -32,23 +106,19 @@ pub async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio:
 
 /// Runs forever: routes announcements from `first` (already subscribed), and
 /// after each loss resubscribes with backoff and nudges every session.
-pub async fn listen(client: redis::Client, hub: Arc<Hub>, first: redis::aio::PubSub) {
+async fn listen(
+    client: redis::Client,
+    hub: Arc<Hub>,
+    first: redis::aio::PubSub,
+    health: Arc<LiveHealth>,
+) {
     let mut ps = first;
     loop {
         pump(ps, &hub).await;
+        health.set(false);
         tracing::warn!("live subscription to {LIVE_CHANNEL} lost; reconnecting");
         metrics::counter!("mythos_live_resubscribes_total").increment(1);
-        let mut wait = BACKOFF_MIN;
-        ps = loop {
-            match subscribe(&client).await {
-                Ok(ps) => break ps,
-                Err(e) => {
-                    tracing::warn!(error = %e, "live resubscribe failed; retrying in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(BACKOFF_MAX);
-                }
-            }
-        };
+        ps = resubscribe(&client, &health).await;
         tracing::info!("live subscription re-established");
         hub.nudge_all();
     }
@@ -64,6 +134,7 @@ async fn pump(ps: redis::aio::PubSub, hub: &Hub) {
             msg = stream.next() => match msg {
                 Some(m) => {
                     if let Err(e) = route(hub, m.get_payload_bytes()) {
+                        metrics::counter!("mythos_live_undecodable_total").increment(1);
                         tracing::error!("undecodable announcement on {LIVE_CHANNEL}: {e}");
                     }
                 }
@@ -121,19 +192,22 @@ fn body(rest: &mut &[u8]) -> Result<EventBody, &'static str> {
     })
 }
 
-/// Takes one `<len>:<bytes>` frame off the front of `rest`.
+/// Takes one `<len>:<bytes>` frame off the front of `rest`. The length is
+/// checked against what is there before it is used, whatever its value.
 fn frame<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], &'static str> {
+    // A length has at most 20 digits: look no further for the colon.
     let colon = rest
         .iter()
+        .take(21)
         .position(|&b| b == b':')
         .ok_or("missing frame")?;
     let len: usize = number(&rest[..colon])?;
-    let end = colon
-        .checked_add(1 + len)
-        .filter(|&e| e <= rest.len())
-        .ok_or("short frame")?;
-    let out = &rest[colon + 1..end];
-    *rest = &rest[end..];
+    let body = &rest[colon + 1..];
+    if len > body.len() {
+        return Err("short frame");
+    }
+    let (out, tail) = body.split_at(len);
+    *rest = tail;
     Ok(out)
 }
 
@@ -173,5 +247,22 @@ mod tests {
         let _a = hub.subscribe("a");
         assert!(route(&hub, b"1:11:a1:72:r").is_err());
         assert!(route(&hub, b"9").is_err());
+    }
+
+    /// A length field of u64::MAX (or any length past the end) is an error,
+    /// not an overflow: before, `colon + 1 + len` panicked in the listener.
+    #[test]
+    fn huge_lengths_are_errors() {
+        let hub = Hub::new(8);
+        let _a = hub.subscribe("a");
+        for p in [
+            &b"18446744073709551615:x"[..],
+            b"1:118446744073709551615:a",
+            b"1:11:a1:718446744073709551614:",
+            b"99999999999999999999999:",
+            b"1:11:a1:71:r18446744073709551615:chat",
+        ] {
+            assert!(route(&hub, p).is_err(), "{:?}", String::from_utf8_lossy(p));
+        }
     }
 }
