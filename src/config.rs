@@ -154,7 +154,60 @@ pub struct Config {
     /// crashed node) are taken over by another node.
     #[arg(long, global = true, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
     pub ingest_claim_idle: Duration,
+
+    /// Most open player connections (SSE streams and WebSockets) on this node;
+    /// the next one is refused with 429 before the stream or upgrade.
+    #[arg(long, global = true, env = "MYTHOS_MAX_CONNECTIONS", default_value = "100000", value_parser = parse_count("MYTHOS_MAX_CONNECTIONS"))]
+    pub max_connections: u64,
+
+    /// Most open connections of one player on this node (tabs, devices, and
+    /// the SSE transport's command WebSocket each count); the next one gets 429.
+    #[arg(long, global = true, env = "MYTHOS_MAX_PLAYER_CONNECTIONS", default_value = "32", value_parser = parse_count("MYTHOS_MAX_PLAYER_CONNECTIONS"))]
+    pub max_player_connections: u64,
 }
+
+/// Allowed range of each count setting: (name, least, most). Past the most,
+/// a value would exhaust memory or overflow later; start-up refuses it.
+const COUNT_BOUNDS: [(&str, u64, u64); 12] = [
+    ("MYTHOS_MAX_BACKLOG", 1, 10_000_000),
+    ("MYTHOS_MAX_EVENT_BYTES", 1, 16 * 1024 * 1024),
+    ("MYTHOS_WS_MAX_FRAME", 1, 16 * 1024 * 1024),
+    ("MYTHOS_WS_MAX_DEPTH", 1, 128),
+    ("MYTHOS_WS_MAX_COMMAND", 1, 1024),
+    ("MYTHOS_WS_MAX_ARGS", 0, 1024),
+    ("MYTHOS_RATE_PER_SEC", 1, 1_000_000),
+    ("MYTHOS_RATE_BURST", 1, 1_000_000),
+    ("MYTHOS_SEND_QUEUE", 1, 1_000_000),
+    ("MYTHOS_REDIS_POOL", 1, 1024),
+    ("MYTHOS_MAX_CONNECTIONS", 1, 10_000_000),
+    ("MYTHOS_MAX_PLAYER_CONNECTIONS", 1, 100_000),
+];
+
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Allowed range of each duration setting: (name, least, most). A timer of
+/// zero panics, and a window past a few hundred years overflows a clock.
+const DURATION_BOUNDS: [(&str, Duration, Duration); 6] = [
+    (
+        "MYTHOS_TOKEN_TTL",
+        SECOND,
+        Duration::from_secs(366 * 24 * 3600),
+    ),
+    ("MYTHOS_KEEPALIVE", Duration::from_millis(10), DAY),
+    ("MYTHOS_IDLE_TIMEOUT", Duration::from_millis(30), DAY),
+    (
+        "MYTHOS_DEDUPE_WINDOW",
+        Duration::from_millis(1),
+        Duration::from_secs(366 * 24 * 3600),
+    ),
+    (
+        "MYTHOS_MAX_BACKLOG_AGE",
+        Duration::from_millis(1),
+        Duration::from_secs(10 * 366 * 24 * 3600),
+    ),
+    ("MYTHOS_INGEST_CLAIM_IDLE", Duration::from_millis(1), DAY),
+];
 
 impl Config {
     /// Checks what a single flag's parser cannot; the error names the setting.
@@ -178,31 +231,40 @@ impl Config {
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err("MYTHOS_JWT_SECRET must be at least 16 bytes".into());
         }
-        for (name, v) in [
-            ("MYTHOS_MAX_BACKLOG", self.max_backlog),
-            ("MYTHOS_MAX_EVENT_BYTES", self.max_event_bytes),
-            ("MYTHOS_WS_MAX_FRAME", self.ws_max_frame),
-            ("MYTHOS_WS_MAX_DEPTH", self.ws_max_depth),
-            ("MYTHOS_WS_MAX_COMMAND", self.ws_max_command),
-            ("MYTHOS_RATE_PER_SEC", self.rate_per_sec),
-            ("MYTHOS_RATE_BURST", self.rate_burst),
-            ("MYTHOS_SEND_QUEUE", self.send_queue),
-            ("MYTHOS_REDIS_POOL", self.redis_pool),
-        ] {
-            if v == 0 {
-                return Err(format!("{name} must be at least 1"));
+        let counts = [
+            self.max_backlog,
+            self.max_event_bytes,
+            self.ws_max_frame,
+            self.ws_max_depth,
+            self.ws_max_command,
+            self.ws_max_args,
+            self.rate_per_sec,
+            self.rate_burst,
+            self.send_queue,
+            self.redis_pool,
+            self.max_connections,
+            self.max_player_connections,
+        ];
+        for ((name, least, most), v) in COUNT_BOUNDS.into_iter().zip(counts) {
+            if !(least..=most).contains(&v) {
+                return Err(format!("{name} must be from {least} to {most} (got {v})"));
             }
         }
-        for (name, d) in [
-            ("MYTHOS_TOKEN_TTL", self.token_ttl),
-            ("MYTHOS_KEEPALIVE", self.keepalive),
-            ("MYTHOS_IDLE_TIMEOUT", self.idle_timeout),
-            ("MYTHOS_DEDUPE_WINDOW", self.dedupe_window),
-            ("MYTHOS_MAX_BACKLOG_AGE", self.max_backlog_age),
-            ("MYTHOS_INGEST_CLAIM_IDLE", self.ingest_claim_idle),
-        ] {
-            if d.is_zero() {
-                return Err(format!("{name} must be longer than zero"));
+        let durations = [
+            self.token_ttl,
+            self.keepalive,
+            self.idle_timeout,
+            self.dedupe_window,
+            self.max_backlog_age,
+            self.ingest_claim_idle,
+        ];
+        for ((name, least, most), d) in DURATION_BOUNDS.into_iter().zip(durations) {
+            if !(least..=most).contains(&d) {
+                let (l, m) = (
+                    humantime::format_duration(least),
+                    humantime::format_duration(most),
+                );
+                return Err(format!("{name} must be from {l} to {m}"));
             }
         }
         Ok(())
@@ -265,5 +327,52 @@ fn parse_duration(name: &'static str) -> impl Fn(&str) -> Result<Duration, Strin
     move |s: &str| {
         humantime::parse_duration(s.trim())
             .map_err(|_| format!("{name}: `{s}` is not a duration like 30s, 12h or 7d"))
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    fn with(env: &[(&str, &str)]) -> Result<(), String> {
+        let mut args = vec![
+            "mythos-broker".to_string(),
+            "--jwt-secret".into(),
+            "0123456789abcdef".into(),
+        ];
+        for (k, v) in env {
+            let flag = k
+                .trim_start_matches("MYTHOS_")
+                .to_lowercase()
+                .replace('_', "-");
+            args.push(format!("--{flag}={v}"));
+        }
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        cli.config.validate()
+    }
+
+    #[test]
+    fn defaults_are_within_bounds() {
+        assert_eq!(with(&[]), Ok(()));
+    }
+
+    /// Hole 3 of issue 11: values that passed validation and panicked later.
+    #[test]
+    fn absurd_values_are_refused_naming_the_setting() {
+        for (k, v) in [
+            ("MYTHOS_IDLE_TIMEOUT", "1ns"),
+            ("MYTHOS_KEEPALIVE", "1ns"),
+            ("MYTHOS_SEND_QUEUE", "18446744073709551615"),
+            ("MYTHOS_DEDUPE_WINDOW", "100000000y"),
+            ("MYTHOS_MAX_EVENT_BYTES", "18446744073709551615"),
+            ("MYTHOS_MAX_BACKLOG", "0"),
+            ("MYTHOS_WS_MAX_DEPTH", "100000"),
+            ("MYTHOS_MAX_CONNECTIONS", "0"),
+            ("MYTHOS_MAX_PLAYER_CONNECTIONS", "0"),
+            ("MYTHOS_REDIS_POOL", "100000"),
+        ] {
+            let err = with(&[(k, v)]).expect_err(k);
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
     }
 }

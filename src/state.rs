@@ -17,6 +17,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::engine::Engine;
 use crate::hub::Hub;
+use crate::transport::gate::Gate;
 
 /// Everything a request or session may need.
 pub struct App {
@@ -32,6 +33,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every session and background task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Connection caps per node and per player.
+    pub gate: Arc<Gate>,
     /// The Redis engine, when configured (Redis-native publishing needs it).
     pub redis: Option<Arc<RedisEngine>>,
 }
@@ -87,6 +90,7 @@ impl App {
             .unwrap_or(NonZeroU32::MIN);
         let login_quota = Quota::per_second(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN));
+        let gate = Gate::new(config.max_connections, config.max_player_connections);
         Ok(Arc::new(Self {
             limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             login_limiter: RateLimiter::keyed(login_quota),
@@ -96,6 +100,7 @@ impl App {
             auth,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            gate,
             redis,
         }))
     }

@@ -27,7 +27,53 @@ on_both_engines!(
     ws_auth_is_checked_before_upgrade,
     sse_sends_keep_alive_comments,
     silent_ws_peer_is_dropped,
+    connection_caps_refuse_the_excess_with_429,
 );
+
+/// Hole 4 of issue 11: a flood of connections from one token is refused
+/// with 429 before the stream or upgrade, per player and per node; the
+/// others keep being served, and a closed connection frees its place.
+async fn connection_caps_refuse_the_excess_with_429(kind: Kind) {
+    let n = Node::start(kind, |c| {
+        c.max_player_connections = 2;
+        c.max_connections = 3;
+    })
+    .await;
+    let alice = player_token("alice");
+    let sse1 = n.sse("/v1/events", &alice, None).await.expect("first");
+    let (ws1, _) = n.ws_player("alice", None).await;
+    let (status, body) = n
+        .sse("/v1/events", &alice, None)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("too_many_connections"))
+    );
+    let refused = n.ws(&format!("/v1/ws?token={alice}"), &[]).await.err();
+    assert_eq!(refused, Some(429), "WebSocket refused before the upgrade");
+    // Another player is served: the node's third place.
+    let (mut bob, _) = n.ws_player("bob", None).await;
+    let (status, _) = n
+        .sse("/v1/events", &player_token("carol"), None)
+        .await
+        .err()
+        .expect("node full");
+    assert_eq!(status, 429);
+    assert_eq!(n.publish_n("bob", 1).await, vec![1]);
+    assert_eq!(bob.seqs(1).await, vec![1]);
+    // Closing one of alice's connections frees a place for her.
+    drop(sse1);
+    let mut again = eventually(PATIENCE, "a place to be freed", || {
+        let (n, alice) = (&n, alice.clone());
+        async move { n.sse("/v1/events", &alice, None).await.ok() }
+    })
+    .await;
+    assert_eq!(n.publish_n("alice", 1).await, vec![1]);
+    assert_eq!(again.seqs(1).await, vec![1]);
+    drop(ws1);
+}
 
 async fn sse_sends_keep_alive_comments(kind: Kind) {
     let n = Node::start(kind, |c| c.keepalive = Duration::from_millis(200)).await;

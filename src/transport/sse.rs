@@ -55,6 +55,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         (None, None) => ResumePoint::Acked,
     };
     let player = p.player_id.clone();
+    let pass = app.gate.admit(&player)?;
     let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
     let feed = opened.feed;
     let mut first = String::from("retry: 1000\n\n");
@@ -70,8 +71,10 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let expires_in = p.time_left();
     let app2 = app.clone();
-    app.tasks
-        .spawn(async move { run(app2, player, feed, first, tx, expires_in).await });
+    app.tasks.spawn(async move {
+        run(app2, player, feed, first, tx, expires_in).await;
+        drop(pass);
+    });
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -124,6 +127,8 @@ async fn run(
             _ = app.shutdown.cancelled() => break Some(End::Shutdown),
             _ = &mut expiry => break Some(End::Expired),
             _ = state.killed() => break Some(End::Slow),
+            // The client went away: free its place now, not at the next write.
+            _ = tx.closed() => break None,
             _ = keepalive.tick() => chunk = Some(Bytes::from_static(b": keep-alive\n\n")),
             r = feed.next() => match r {
                 Ok(ev) => {

@@ -94,6 +94,7 @@ pub async fn open(
         )
     })?;
     let player = principal.player_id.clone();
+    let pass = app.gate.admit(&player)?;
     let point = since.map_or(ResumePoint::Acked, ResumePoint::After);
     let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
     let session_id = session_id();
@@ -119,7 +120,10 @@ pub async fn open(
             .and_then(|v| v.to_str().ok()),
     );
     let hard_limit = HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
-    app.tasks.spawn(accept(upgrade, hard_limit, session));
+    app.tasks.spawn(async move {
+        accept(upgrade, hard_limit, session).await;
+        drop(pass);
+    });
     Ok(switching_protocols(&accept_key, selected))
 }
 

@@ -1,0 +1,131 @@
+//! Connection caps: how many player connections this node holds, in all and
+//! per player (`MYTHOS_MAX_CONNECTIONS`, `MYTHOS_MAX_PLAYER_CONNECTIONS`).
+//!
+//! Owns: the counts, and the [`Pass`] each open connection holds (dropping it
+//! frees the place). The excess is refused with `429 too_many_connections`
+//! before an SSE stream starts or a WebSocket is upgraded, so a flood of
+//! connections from one token cannot exhaust the node. Must not touch:
+//! sessions, sockets, the engine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use warp::http::StatusCode;
+
+use crate::error::ApiError;
+
+/// The node's connection counts and caps.
+#[derive(Debug)]
+pub struct Gate {
+    max_total: usize,
+    max_player: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_player: HashMap<String, usize>,
+}
+
+/// A place taken by one open connection; freed on drop.
+#[derive(Debug)]
+pub struct Pass {
+    gate: Arc<Gate>,
+    player: String,
+}
+
+impl Gate {
+    pub fn new(max_total: u64, max_player: u64) -> Arc<Self> {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Arc::new(Self {
+            max_total: n(max_total),
+            max_player: n(max_player),
+            counts: Mutex::default(),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place for a connection of `player`, or says why not.
+    pub fn admit(self: &Arc<Self>, player: &str) -> Result<Pass, ApiError> {
+        let mut c = self.counts();
+        if c.total >= self.max_total {
+            metrics::counter!("mythos_connections_refused_total", "reason" => "node").increment(1);
+            return Err(refused(format!(
+                "this node holds its maximum of {} connections (MYTHOS_MAX_CONNECTIONS); try again later or another node",
+                self.max_total
+            )));
+        }
+        let mine = c.per_player.get(player).copied().unwrap_or(0);
+        if mine >= self.max_player {
+            metrics::counter!("mythos_connections_refused_total", "reason" => "player")
+                .increment(1);
+            return Err(refused(format!(
+                "this player already has {} connections on this node (MYTHOS_MAX_PLAYER_CONNECTIONS); close one first",
+                self.max_player
+            )));
+        }
+        c.total += 1;
+        c.per_player.insert(player.to_string(), mine + 1);
+        Ok(Pass {
+            gate: self.clone(),
+            player: player.to_string(),
+        })
+    }
+
+    /// Open connections on this node.
+    pub fn open(&self) -> usize {
+        self.counts().total
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let mut c = self.gate.counts();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_player.get_mut(&self.player) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_player.remove(&self.player);
+            }
+        }
+    }
+}
+
+fn refused(message: String) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_connections",
+        message,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_per_player_and_per_node() {
+        let g = Gate::new(3, 2);
+        let a1 = g.admit("a").expect("a1");
+        let a2 = g.admit("a").expect("a2");
+        let e = g.admit("a").expect_err("a3 over the player cap");
+        assert_eq!((e.status.as_u16(), e.code), (429, "too_many_connections"));
+        let _b1 = g.admit("b").expect("b1");
+        assert_eq!(
+            g.admit("c").expect_err("over the node cap").status.as_u16(),
+            429
+        );
+        drop(a1);
+        let _c1 = g.admit("c").expect("a place was freed");
+        drop(a2);
+        assert_eq!(g.open(), 2);
+        assert!(
+            g.counts().per_player.get("a").is_none(),
+            "no entry left behind"
+        );
+    }
+}
