@@ -124,7 +124,7 @@ mod tests {
         drop(a2);
         assert_eq!(g.open(), 2);
         assert!(
-            g.counts().per_player.get("a").is_none(),
+            !g.counts().per_player.contains_key("a"),
             "no entry left behind"
         );
     }
