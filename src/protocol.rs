@@ -151,18 +151,21 @@ impl Target {
             ("player", serde_json::Value::String(p)) => Target::Player(p.clone()),
             ("room", serde_json::Value::String(r)) => Target::Room(r.clone()),
             ("players", serde_json::Value::Array(a)) => {
-                let mut ps = Vec::with_capacity(a.len());
-                for p in a {
-                    let p = p.as_str().ok_or_else(bad)?;
-                    if !ps.iter().any(|q: &String| q == p) {
-                        ps.push(p.to_string());
-                    }
-                }
-                if ps.is_empty() || ps.len() > MAX_TARGET_PLAYERS {
+                // Bound first, then work: the list as sent (repeats
+                // included) is at most MAX_TARGET_PLAYERS long.
+                if a.is_empty() || a.len() > MAX_TARGET_PLAYERS {
                     return Err(ProtocolError::new(
                         "invalid_target",
                         format!("`players` must list 1 to {MAX_TARGET_PLAYERS} players"),
                     ));
+                }
+                let mut seen = std::collections::HashSet::with_capacity(a.len());
+                let mut ps = Vec::with_capacity(a.len());
+                for p in a {
+                    let p = p.as_str().ok_or_else(bad)?;
+                    if seen.insert(p) {
+                        ps.push(p.to_string());
+                    }
                 }
                 Target::Players(ps)
             }
@@ -186,7 +189,7 @@ impl Target {
     }
 }
 
-/// Most players one `{"players": [...]}` publish may name.
+/// Most players one `{"players": [...]}` publish may name (repeats count).
 pub const MAX_TARGET_PLAYERS: usize = 1000;
 
 /// One appended copy of an event: who got it, under which sequence number.
@@ -454,5 +457,28 @@ mod tests {
         assert!(Target::from_json(&serde_json::json!({"player": "a b"})).is_err());
         assert!(Target::from_json(&serde_json::json!({"team": "x"})).is_err());
         assert!(valid_id(&"x".repeat(64)) && !valid_id(&"x".repeat(65)) && !valid_id(""));
+    }
+
+    /// Hole 2 of issue 11: the list is bounded before any work on it (the
+    /// old code de-duplicated first, quadratically, so 1001 repeats of one id
+    /// passed and a 20 000-id body cost 2·10⁸ comparisons before the refusal).
+    #[test]
+    fn target_lists_are_bounded_before_they_are_deduplicated() {
+        let repeats = serde_json::json!({"players": vec!["a"; MAX_TARGET_PLAYERS + 1]});
+        assert_eq!(
+            Target::from_json(&repeats).expect_err("too long").code,
+            "invalid_target"
+        );
+        let at_cap = serde_json::json!({"players": vec!["a"; MAX_TARGET_PLAYERS]});
+        assert_eq!(
+            Target::from_json(&at_cap).expect("at the cap"),
+            Target::Players(vec!["a".into()])
+        );
+        let many: Vec<String> = (0..20_000).map(|i| format!("p{i}")).collect();
+        let t = serde_json::json!({"players": many});
+        assert_eq!(
+            Target::from_json(&t).expect_err("20k").code,
+            "invalid_target"
+        );
     }
 }
