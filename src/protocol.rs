@@ -482,3 +482,86 @@ mod tests {
         );
     }
 }
+
+/// Properties of the parsers of outside input (issue 11): they never panic,
+/// whatever the bytes, and valid input round-trips.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, nested a few levels.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<u64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z_]{0,10}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn client_messages_never_panic(text in ".{0,300}") {
+            let _ = parse_client_message(&text, &MessageLimits::default());
+        }
+
+        #[test]
+        fn client_message_shapes_never_panic(v in json(), kind in prop_oneof![
+            Just("ack"), Just("command"), Just("chat"), Just("ping"), Just("x")
+        ]) {
+            let mut v = v;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("type".into(), kind.into());
+            }
+            let _ = parse_client_message(&v.to_string(), &MessageLimits::default());
+        }
+
+        #[test]
+        fn deep_nesting_is_refused_without_recursion(depth in 17usize..20_000) {
+            let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let e = parse_client_message(&text, &MessageLimits::default()).expect_err("deep");
+            prop_assert_eq!(e.code, "invalid_message");
+        }
+
+        #[test]
+        fn commands_round_trip(
+            id in "[A-Za-z0-9_-]{1,128}",
+            command in "[a-z_]{1,64}",
+            args in proptest::collection::vec(".{0,40}", 0..=16),
+        ) {
+            let text = serde_json::json!({"type": "command", "id": id, "command": command, "args": args}).to_string();
+            let m = parse_client_message(&text, &MessageLimits::default()).expect("valid");
+            prop_assert_eq!(m, ClientMessage::Command { id, command, args });
+        }
+
+        #[test]
+        fn acks_round_trip(n in any::<u64>()) {
+            let text = format!(r#"{{"type":"ack","sequence_number":{n}}}"#);
+            prop_assert_eq!(parse_client_message(&text, &MessageLimits::default()).expect("ack"), ClientMessage::Ack(n));
+        }
+
+        #[test]
+        fn targets_never_panic(v in json()) {
+            let _ = Target::from_json(&v);
+            let _ = Target::from_json(&serde_json::json!({"players": v.clone()}));
+            let _ = Target::from_json(&serde_json::json!({"room": v}));
+        }
+
+        #[test]
+        fn player_lists_round_trip(ps in proptest::collection::btree_set("[A-Za-z0-9_-]{1,64}", 1..50)) {
+            let list: Vec<String> = ps.into_iter().collect();
+            let t = Target::from_json(&serde_json::json!({"players": list.clone()})).expect("valid");
+            prop_assert_eq!(t, Target::Players(list));
+        }
+    }
+}

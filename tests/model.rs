@@ -204,8 +204,7 @@ where
                 let got: Vec<(u64, String)> = got
                     .iter()
                     .map(|e| {
-                        let label: String =
-                            serde_json::from_str(e.body.data.get()).expect("label");
+                        let label: String = serde_json::from_str(e.body.data.get()).expect("label");
                         (e.sequence_number, label)
                     })
                     .collect();

@@ -90,3 +90,30 @@ impl End {
 pub fn session_id() -> String {
     format!("s-{:016x}", rand::random::<u64>())
 }
+
+#[cfg(test)]
+mod props {
+    use super::parse_resume;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any header or query value: a number or `invalid_resume_point`, never a panic.
+        #[test]
+        fn resume_points_never_panic(raw in "\\PC{0,40}") {
+            if let Err(e) = parse_resume(&raw) {
+                prop_assert_eq!(e.code, "invalid_resume_point");
+            }
+        }
+
+        #[test]
+        fn resume_points_round_trip(n in any::<u64>(), pad in " {0,3}") {
+            prop_assert_eq!(parse_resume(&format!("{pad}{n}{pad}")).expect("number"), n);
+        }
+
+        /// Past 64 bits is "beyond the last": the largest number.
+        #[test]
+        fn huge_resume_points_mean_beyond_the_last(digits in "[1-9][0-9]{20,60}") {
+            prop_assert_eq!(parse_resume(&digits).expect("number"), u64::MAX);
+        }
+    }
+}

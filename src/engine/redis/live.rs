@@ -265,4 +265,53 @@ mod tests {
             assert!(route(&hub, p).is_err(), "{:?}", String::from_utf8_lossy(p));
         }
     }
+
+    fn frame_of(b: &[u8]) -> Vec<u8> {
+        let mut out = format!("{}:", b.len()).into_bytes();
+        out.extend_from_slice(b);
+        out
+    }
+
+    proptest::proptest! {
+        /// Whatever arrives on the channel: decoded or an error, never a panic.
+        #[test]
+        fn live_messages_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let hub = Hub::new(8);
+            let _a = hub.subscribe("a");
+            let _ = route(&hub, &bytes);
+        }
+
+        /// What `lua/lib.lua` announces (the same framing) decodes to the event, for each target.
+        #[test]
+        fn announcements_round_trip(
+            seqs in proptest::collection::vec(1u64..u64::MAX, 1..5),
+            event_type in "[a-z_]{1,20}",
+            data in "[1-9][0-9]{0,9}",
+            room in proptest::option::of("[a-z]{1,8}"),
+        ) {
+            let hub = Hub::new(64);
+            let mut subs: Vec<_> = (0..seqs.len()).map(|i| hub.subscribe(&format!("p{i}"))).collect();
+            let mut msg = frame_of(seqs.len().to_string().as_bytes());
+            for (i, s) in seqs.iter().enumerate() {
+                msg.extend(frame_of(format!("p{i}").as_bytes()));
+                msg.extend(frame_of(s.to_string().as_bytes()));
+            }
+            let flags = if room.is_some() { "r" } else { "" };
+            for f in [flags, &event_type, "2026-11-23T10:30:00.123Z", room.as_deref().unwrap_or(""), "", &data] {
+                msg.extend(frame_of(f.as_bytes()));
+            }
+            route(&hub, &msg).expect("decodes");
+            for (sub, s) in subs.iter_mut().zip(&seqs) {
+                match sub.rx.try_recv() {
+                    Ok(Live::Event(ev)) => {
+                        proptest::prop_assert_eq!(ev.sequence_number, *s);
+                        proptest::prop_assert_eq!(&ev.body.event_type, &event_type);
+                        proptest::prop_assert_eq!(ev.body.data.get(), data.as_str());
+                        proptest::prop_assert_eq!(&ev.body.room_id, &room);
+                    }
+                    other => proptest::prop_assert!(false, "expected an event, got {:?}", other),
+                }
+            }
+        }
+    }
 }
