@@ -155,6 +155,11 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
     pub ingest_claim_idle: Duration,
 
+    /// How long a client may take to send a request's headers, and its body
+    /// (slow senders are cut: headers → connection closed, body → 408).
+    #[arg(long, global = true, env = "MYTHOS_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration("MYTHOS_REQUEST_TIMEOUT"))]
+    pub request_timeout: Duration,
+
     /// Most open player connections (SSE streams and WebSockets) on this node;
     /// the next one is refused with 429 before the stream or upgrade.
     #[arg(long, global = true, env = "MYTHOS_MAX_CONNECTIONS", default_value = "100000", value_parser = parse_count("MYTHOS_MAX_CONNECTIONS"))]
@@ -188,7 +193,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Allowed range of each duration setting: (name, least, most). A timer of
 /// zero panics, and a window past a few hundred years overflows a clock.
-const DURATION_BOUNDS: [(&str, Duration, Duration); 6] = [
+const DURATION_BOUNDS: [(&str, Duration, Duration); 7] = [
     (
         "MYTHOS_TOKEN_TTL",
         SECOND,
@@ -207,6 +212,11 @@ const DURATION_BOUNDS: [(&str, Duration, Duration); 6] = [
         Duration::from_secs(10 * 366 * 24 * 3600),
     ),
     ("MYTHOS_INGEST_CLAIM_IDLE", Duration::from_millis(1), DAY),
+    (
+        "MYTHOS_REQUEST_TIMEOUT",
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    ),
 ];
 
 impl Config {
@@ -257,6 +267,7 @@ impl Config {
             self.dedupe_window,
             self.max_backlog_age,
             self.ingest_claim_idle,
+            self.request_timeout,
         ];
         for ((name, least, most), d) in DURATION_BOUNDS.into_iter().zip(durations) {
             if !(least..=most).contains(&d) {

@@ -85,12 +85,14 @@ fn into_box_body(resp: warp::reply::Response) -> hyper::Response<BoxBody> {
 }
 
 /// Serves `filter` on `listener` until `shutdown`, then waits up to `grace`
-/// for open HTTP exchanges to finish.
+/// for open HTTP exchanges to finish. A client has `header_timeout` to send
+/// each request's headers.
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
     shutdown: CancellationToken,
     grace: Duration,
+    header_timeout: Duration,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
@@ -125,7 +127,14 @@ pub async fn serve<F>(
                     Ok::<_, Infallible>(into_box_body(resp))
                 }
             });
-        let conn = Builder::new(TokioExecutor::new())
+        let mut builder = Builder::new(TokioExecutor::new());
+        // Slowloris: a request's headers must arrive within `header_timeout`
+        // (an upgrade's too), or the connection is closed.
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();
         let conn = graceful.watch(conn);

@@ -64,13 +64,16 @@ fn body_limit(app: &App) -> u64 {
 /// `Content-Length` (chunked bodies are read too), as a [`Body`]: a declared
 /// length over the limit is refused before reading, a longer chunked body
 /// when it passes the limit.
-fn read_body(limit: u64) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+fn read_body(
+    limit: u64,
+    timeout: Duration,
+) -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
-        .then(move |declared, chunks| collect_body(declared, chunks, limit))
+        .then(move |declared, chunks| collect_body(declared, chunks, limit, timeout))
 }
 
-async fn collect_body<S, B>(declared: Option<u64>, chunks: S, limit: u64) -> Body
+async fn collect_body<S, B>(declared: Option<u64>, chunks: S, limit: u64, timeout: Duration) -> Body
 where
     S: futures_util::Stream<Item = Result<B, warp::Error>>,
     B: bytes::Buf,
@@ -88,7 +91,18 @@ where
     }
     let mut chunks = std::pin::pin!(chunks);
     let mut buf = bytes::BytesMut::new();
-    while let Some(chunk) = chunks.next().await {
+    // Slowloris on the body: the whole body within `timeout`.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = tokio::time::timeout_at(deadline, chunks.next()).await;
+        let Ok(chunk) = next else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {timeout:?}"),
+            ));
+        };
+        let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|_| {
             ApiError::bad_request("invalid_request", "the request body could not be read")
         })?;
@@ -129,7 +143,7 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
             },
         )
         .untuple_one();
-    let body = read_body(body_limit(&app));
+    let body = read_body(body_limit(&app), app.config.request_timeout);
 
     let health = warp::path!("healthz")
         .and(warp::get())
@@ -342,7 +356,14 @@ pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
     let app2 = app.clone();
     let task = tokio::spawn(async move {
         let shutdown = app2.shutdown.clone();
-        crate::listener::serve(listener, filter, shutdown, Duration::from_secs(10)).await;
+        crate::listener::serve(
+            listener,
+            filter,
+            shutdown,
+            Duration::from_secs(10),
+            app2.config.request_timeout,
+        )
+        .await;
         app2.tasks.close();
         if tokio::time::timeout(Duration::from_secs(5), app2.tasks.wait())
             .await

@@ -731,3 +731,67 @@ async fn message_limits_are_configurable(kind: Kind) {
     let a = ws.until_type("command_accepted").await.expect("accepted");
     assert_eq!(a["id"], "d");
 }
+
+/// Slowloris (issue 11): a client that sends its headers, or its body, too
+/// slowly is cut after `MYTHOS_REQUEST_TIMEOUT` (headers: the connection is
+/// closed; body: `408 request_timeout`), while everyone else is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_senders_are_cut_and_others_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = Node::start(Kind::Memory, |c| {
+        c.request_timeout = std::time::Duration::from_millis(400)
+    })
+    .await;
+    let addr = n.base.trim_start_matches("http://").to_string();
+    // Headers that never finish: on a plain GET, on an SSE request, on an upgrade.
+    let partials = [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n".to_string(),
+        format!(
+            "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
+            player_token("a")
+        ),
+        "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n".to_string(),
+    ];
+    for partial in partials {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(partial.as_bytes()).await.expect("write");
+        let t0 = std::time::Instant::now();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the server closes a slow header sender");
+        let waited = t0.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(300)
+                && waited < std::time::Duration::from_secs(5),
+            "closed after the request timeout, not before or much later: {waited:?}"
+        );
+        // Others are served meanwhile.
+        assert_eq!(
+            n.request(reqwest::Method::GET, "/healthz", None).await.0,
+            200
+        );
+    }
+    // A body that never finishes: 408 once the timeout passes.
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"to\":",
+        service_token()
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let got = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf[..got]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert_eq!(
+        n.request(reqwest::Method::GET, "/healthz", None).await.0,
+        200
+    );
+}
