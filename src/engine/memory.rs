@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{resync_body, Account, Command, CommandEntry, Cursor, Engine, Limits, Result, Resume};
-use crate::hub::Hub;
+use super::{
+    resync_body, Account, Command, CommandEntry, Cursor, Engine, Limits, LiveSink, Result, Resume,
+};
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 struct Stored {
@@ -123,12 +124,13 @@ struct State {
 pub struct MemoryEngine {
     state: Mutex<State>,
     limits: Limits,
-    hub: Arc<Hub>,
+    /// Where fresh appends are announced (the node's hub).
+    hub: Arc<dyn LiveSink>,
     commands_ready: Notify,
 }
 
 impl MemoryEngine {
-    pub fn new(limits: Limits, hub: Arc<Hub>) -> Self {
+    pub fn new(limits: Limits, hub: Arc<dyn LiveSink>) -> Self {
         Self {
             state: Mutex::new(State::default()),
             limits,

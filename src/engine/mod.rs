@@ -3,8 +3,9 @@
 //! Owns: the contract of a player's durable event log (dense sequence numbers,
 //! idempotent appends, cumulative acknowledgements, retention, `resync_required`),
 //! room membership, the upstream command stream and accounts. Must not touch:
-//! HTTP, sockets, JWTs. Engines announce appends to this node's [`Hub`], which
-//! routes them to the live connections; engines never hold a connection.
+//! HTTP, sockets, JWTs. Engines announce fresh appends to a [`LiveSink`] (the
+//! node's hub, which routes them to the live connections); engines never hold
+//! a connection and do not know the hub.
 //!
 //! Two engines: [`memory::MemoryEngine`] (embedded default, one node, not
 //! durable) and [`redis::RedisEngine`] (durable, many nodes). Both pass the same
@@ -22,6 +23,18 @@ pub use crate::error::EngineError;
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Where an engine announces fresh appends: this node's live routing (the
+/// hub). Every method returns at once; none may wait on a connection.
+pub trait LiveSink: Send + Sync {
+    /// True if some connection on this node follows `player` (the Redis
+    /// engine decodes an announcement only then).
+    fn wants(&self, player: &str) -> bool;
+    /// `event` was just appended to `player`'s log.
+    fn deliver(&self, player: &str, event: &Event);
+    /// Announcements may have been lost: every reader should re-read its log.
+    fn nudge_all(&self);
+}
 
 /// Retention and idempotency limits, shared by both engines.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! Owns: the command pool (deadpool-redis), the Lua scripts in `lua/` that
 //! make every append, ack and resume atomic, and this node's one pub/sub
 //! subscription to `mythos:live` (see [`live`]), which is the only way
-//! appends reach the node's [`Hub`], including this node's own appends.
+//! appends reach the node's [`LiveSink`], including this node's own appends.
 //! Must not touch: HTTP, sockets, validation (callers pass checked input).
 //! The key layout is in [`keys`] and `docs/redis-layout.md`.
 
@@ -24,8 +24,9 @@ use tokio::task::JoinHandle;
 
 use self::decode::{command_of, cursor_of, event_of};
 pub use self::scripts::Scripts;
-use super::{Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result, Resume};
-use crate::hub::Hub;
+use super::{
+    Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, LiveSink, Result, Resume,
+};
 use crate::protocol::{now_rfc3339, Delivery, Event, EventBody, Target};
 
 /// How long one ordinary command may take before it fails.
@@ -65,7 +66,7 @@ impl RedisEngine {
         url: &str,
         pool_size: usize,
         limits: Limits,
-        hub: Arc<Hub>,
+        hub: Arc<dyn LiveSink>,
     ) -> Result<Arc<Self>> {
         let client = redis::Client::open(url)?;
         let config = AsyncConnectionConfig::new()

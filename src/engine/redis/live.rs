@@ -1,8 +1,8 @@
-//! The node's one subscription to `mythos:live`, feeding the [`Hub`].
+//! The node's one subscription to `mythos:live`, feeding the node's [`LiveSink`].
 //!
 //! Owns: the pub/sub connection (one per node, not per player), decoding the
 //! announcements that `lua/lib.lua` publishes, and recovering from a lost
-//! subscription (reconnect with backoff, then [`Hub::nudge_all`], because
+//! subscription (reconnect with backoff, then [`LiveSink::nudge_all`], because
 //! announcements sent while disconnected are gone). Must not touch: the
 //! command pool or any key: this module only listens.
 
@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 
 use super::keys::LIVE_CHANNEL;
-use crate::hub::Hub;
+use crate::engine::LiveSink;
 use crate::protocol::{Event, EventBody};
 
 /// How often the subscription is pinged to detect a silently dead connection.
@@ -32,10 +32,10 @@ pub async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio:
 
 /// Runs forever: routes announcements from `first` (already subscribed), and
 /// after each loss resubscribes with backoff and nudges every session.
-pub async fn listen(client: redis::Client, hub: Arc<Hub>, first: redis::aio::PubSub) {
+pub async fn listen(client: redis::Client, hub: Arc<dyn LiveSink>, first: redis::aio::PubSub) {
     let mut ps = first;
     loop {
-        pump(ps, &hub).await;
+        pump(ps, &*hub).await;
         tracing::warn!("live subscription to {LIVE_CHANNEL} lost; reconnecting");
         metrics::counter!("mythos_live_resubscribes_total").increment(1);
         let mut wait = BACKOFF_MIN;
@@ -55,7 +55,7 @@ pub async fn listen(client: redis::Client, hub: Arc<Hub>, first: redis::aio::Pub
 }
 
 /// Routes messages until the connection ends or stops answering pings.
-async fn pump(ps: redis::aio::PubSub, hub: &Hub) {
+async fn pump(ps: redis::aio::PubSub, hub: &dyn LiveSink) {
     let (mut sink, mut stream) = ps.split();
     let mut ticker = tokio::time::interval(PING_EVERY);
     ticker.tick().await;
@@ -81,7 +81,7 @@ async fn pump(ps: redis::aio::PubSub, hub: &Hub) {
 
 /// Hands an announcement's event to the local connections of its players.
 /// The body is decoded only if some player has a connection on this node.
-pub fn route(hub: &Hub, payload: &[u8]) -> Result<(), &'static str> {
+pub fn route(hub: &dyn LiveSink, payload: &[u8]) -> Result<(), &'static str> {
     let mut rest = payload;
     let n: usize = number(frame(&mut rest)?)?;
     let mut targets = Vec::with_capacity(n.min(1024));
@@ -147,31 +147,42 @@ fn number<T: std::str::FromStr>(b: &[u8]) -> Result<T, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::hub::Live;
+
+    /// Records what the engine hands over, for one followed player.
+    struct Sink(Mutex<Vec<(String, Event)>>);
+
+    impl LiveSink for Sink {
+        fn wants(&self, player: &str) -> bool {
+            player == "a"
+        }
+        fn deliver(&self, player: &str, event: &Event) {
+            let mut got = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            got.push((player.to_string(), event.clone()));
+        }
+        fn nudge_all(&self) {}
+    }
 
     #[test]
     fn routes_a_fan_out() {
-        let hub = Hub::new(8);
-        let mut a = hub.subscribe("a");
+        let sink = Sink(Mutex::new(Vec::new()));
         let payload = b"1:21:a1:71:b2:120:4:chat24:2026-11-23T10:30:00.123Z0:0:7:{\"x\":1}";
-        route(&hub, payload).expect("decodes");
-        match a.rx.try_recv() {
-            Ok(Live::Event(ev)) => {
-                assert_eq!(ev.sequence_number, 7);
-                assert_eq!(ev.body.event_type, "chat");
-                assert_eq!(ev.body.data.get(), r#"{"x":1}"#);
-                assert_eq!(ev.body.room_id, None);
-            }
-            other => panic!("expected an event, got {other:?}"),
-        }
+        route(&sink, payload).expect("decodes");
+        let got = sink.0.into_inner().unwrap_or_default();
+        let (player, ev) = &got[0];
+        assert_eq!((player.as_str(), ev.sequence_number), ("a", 7));
+        assert_eq!(ev.body.event_type, "chat");
+        assert_eq!(ev.body.data.get(), r#"{"x":1}"#);
+        assert_eq!(ev.body.room_id, None);
+        assert_eq!(got[1].0, "b");
     }
 
     #[test]
     fn rejects_truncation() {
-        let hub = Hub::new(8);
-        let _a = hub.subscribe("a");
-        assert!(route(&hub, b"1:11:a1:72:r").is_err());
-        assert!(route(&hub, b"9").is_err());
+        let sink = Sink(Mutex::new(Vec::new()));
+        assert!(route(&sink, b"1:11:a1:72:r").is_err());
+        assert!(route(&sink, b"9").is_err());
     }
 }
