@@ -13,7 +13,6 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod hub;
-pub mod ingest;
 pub mod listener;
 pub mod node;
 pub mod protocol;

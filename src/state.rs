@@ -32,34 +32,24 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Every session and background task, so shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// The Redis engine, when configured (Redis-native publishing needs it).
-    pub redis: Option<Arc<RedisEngine>>,
 }
 
 impl App {
     /// Builds the state; the engine is Redis when `MYTHOS_REDIS_URL` is set.
     pub async fn new(config: Config) -> Result<Arc<Self>, String> {
         let hub = Hub::new(config.send_queue as usize);
-        let (engine, redis): (Arc<dyn Engine>, _) = match &config.redis_url {
-            Some(url) => {
-                let r = RedisEngine::connect(
-                    url,
-                    config.redis_pool as usize,
-                    config.limits(),
-                    hub.clone(),
-                )
-                .await
-                .map_err(|e| {
-                    format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url))
-                })?;
-                (r.clone(), Some(r))
-            }
-            None => (
-                Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
-                None,
-            ),
+        let engine: Arc<dyn Engine> = match &config.redis_url {
+            Some(url) => RedisEngine::connect(
+                url,
+                config.redis_pool as usize,
+                config.limits(),
+                hub.clone(),
+            )
+            .await
+            .map_err(|e| format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url)))?,
+            None => Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
         };
-        Self::with_engine(config, engine, hub, redis)
+        Self::with_engine(config, engine, hub)
     }
 
     /// Builds the state around an existing engine.
@@ -67,7 +57,6 @@ impl App {
         config: Config,
         engine: Arc<dyn Engine>,
         hub: Arc<Hub>,
-        redis: Option<Arc<RedisEngine>>,
     ) -> Result<Arc<Self>, String> {
         let public_pem =
             match &config.jwt_public_key {
@@ -96,7 +85,6 @@ impl App {
             auth,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            redis,
         }))
     }
 }

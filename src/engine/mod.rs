@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use crate::error::EngineError;
 use crate::protocol::{Delivery, Event, EventBody, Target};
@@ -34,6 +36,53 @@ pub trait LiveSink: Send + Sync {
     fn deliver(&self, player: &str, event: &Event);
     /// Announcements may have been lost: every reader should re-read its log.
     fn nudge_all(&self);
+}
+
+/// How an engine consumes publishes handed to the storage itself
+/// ([`Engine::start_ingest`]; Redis: the `mythos:publish` stream).
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// This node's consumer name.
+    pub consumer: String,
+    /// Largest `data` accepted (`MYTHOS_MAX_EVENT_BYTES`).
+    pub max_event_bytes: u64,
+    /// Entries pending this long on another consumer are taken over (default 30 s).
+    pub claim_idle: Duration,
+    /// Entries read per call.
+    pub batch: usize,
+    /// Longest wait for new entries in one read.
+    pub block: Duration,
+    /// Pause after an engine or Redis error before retrying.
+    pub retry_delay: Duration,
+    /// Fault point for tests: stop right after the first append, without
+    /// acknowledging it, as a crashed node would.
+    #[cfg(feature = "test-support")]
+    pub crash_after_append: bool,
+}
+
+impl IngestOptions {
+    pub fn new(consumer: impl Into<String>, max_event_bytes: u64) -> Self {
+        Self {
+            consumer: consumer.into(),
+            max_event_bytes,
+            claim_idle: Duration::from_secs(30),
+            batch: 100,
+            block: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(500),
+            #[cfg(feature = "test-support")]
+            crash_after_append: false,
+        }
+    }
+}
+
+/// Why an ingest consumer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestExit {
+    /// The node shut down.
+    Shutdown,
+    /// The `crash_after_append` fault point fired.
+    #[cfg(feature = "test-support")]
+    Crashed,
 }
 
 /// Retention and idempotency limits, shared by both engines.
@@ -199,6 +248,20 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Fails if the engine cannot serve requests.
     async fn ping(&self) -> Result<()>;
+
+    /// Starts consuming the publishes game servers hand to the storage itself
+    /// (Redis-native publishing), each validated as an HTTP publish and
+    /// appended through `publisher` (the node's engine), until `shutdown`.
+    /// `None`: this engine has no such inbox (the memory engine).
+    fn start_ingest(
+        &self,
+        publisher: Arc<dyn Engine>,
+        opts: IngestOptions,
+        shutdown: CancellationToken,
+    ) -> Option<JoinHandle<IngestExit>> {
+        let _ = (publisher, opts, shutdown);
+        None
+    }
 }
 
 /// The body of a broker-emitted `resync_required` event.
