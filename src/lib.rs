@@ -9,7 +9,6 @@
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod hub;

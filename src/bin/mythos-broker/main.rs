@@ -2,7 +2,11 @@
 //! the demo world (`demo`), or manage accounts (`user add`).
 //!
 //! Owns: process concerns — parsing configuration, logging, signals, exit
-//! codes (2 for a bad setting or usage). Must not touch: broker logic.
+//! codes (2 for a bad setting or usage). Must not touch: broker logic. The
+//! demo world ([`demo`]) lives here, not in the library: it is a user of the
+//! broker and can reach only the library's public API.
+
+mod demo;
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -93,7 +97,7 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         }
     }
     if demo {
-        mythos_broker::demo::start(&app, running.addr).await;
+        demo::start(&app, running.addr).await;
     }
     signals.wait().await;
     tracing::info!("shutting down: closing connections, finishing in-flight appends");
