@@ -53,7 +53,7 @@ impl App {
     }
 
     /// Builds the state around an existing engine.
-    pub fn with_engine(
+    pub(crate) fn with_engine(
         config: Config,
         engine: Arc<dyn Engine>,
         hub: Arc<Hub>,
@@ -90,7 +90,7 @@ impl App {
 }
 
 /// A Redis URL with any password replaced, for messages.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),

@@ -160,7 +160,7 @@ pub struct Account {
 
 /// About how many commands the upstream stream keeps (Redis trims with
 /// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
-pub const MAX_COMMANDS: usize = 100_000;
+pub(crate) const MAX_COMMANDS: usize = 100_000;
 
 /// Name of the broker's own event types.
 pub const RESYNC_REQUIRED: &str = "resync_required";
@@ -265,7 +265,7 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// The body of a broker-emitted `resync_required` event.
-pub fn resync_body(oldest_available: u64) -> EventBody {
+pub(crate) fn resync_body(oldest_available: u64) -> EventBody {
     let data = serde_json::value::to_raw_value(&serde_json::json!({
         "oldest_available": oldest_available
     }))

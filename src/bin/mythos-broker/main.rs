@@ -15,7 +15,7 @@ use clap::Parser;
 use mythos_broker::auth::Role;
 use mythos_broker::config::{Cli, Cmd, Config, UserCmd};
 use mythos_broker::state::App;
-use mythos_broker::{api, server};
+use mythos_broker::{create_account, server};
 
 /// jemalloc rather than the system allocator: fan-out makes many small,
 /// short-lived allocations on several threads (see docs/decisions.md).
@@ -156,7 +156,7 @@ async fn user_add(config: Config, name: &str, role: &str) -> ExitCode {
         Ok(a) => a,
         Err(msg) => return usage_error(&msg),
     };
-    match api::create_account(&app, name, password, role).await {
+    match create_account(&app, name, password, role).await {
         Ok(true) => {
             println!("created account {name} (role {role})");
             ExitCode::SUCCESS
