@@ -240,17 +240,21 @@ async fn an_abandoned_blocking_read_does_not_go_back_to_the_pool() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "the blocked client to go away", || {
-        let mut c = c.clone();
-        async move {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut c)
-                .await
-                .ok()?;
-            (!list.contains("cmd=xreadgroup")).then_some(())
-        }
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the blocked client to go away",
+        || {
+            let mut c = c.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                (!list.contains("cmd=xreadgroup")).then_some(())
+            }
+        },
+    )
     .await;
     // The pool still serves blocking reads.
     let empty = e.read_commands("game", "g1", 10, Duration::from_millis(50));
