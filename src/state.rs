@@ -49,15 +49,6 @@ impl App {
             .map_err(|e| format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url)))?,
             None => Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
         };
-        Self::with_engine(config, engine, hub)
-    }
-
-    /// Builds the state around an existing engine.
-    pub(crate) fn with_engine(
-        config: Config,
-        engine: Arc<dyn Engine>,
-        hub: Arc<Hub>,
-    ) -> Result<Arc<Self>, String> {
         let public_pem =
             match &config.jwt_public_key {
                 Some(p) => Some(std::fs::read(p).map_err(|e| {

@@ -96,8 +96,7 @@ impl Group<'_> {
             Err(e) if e.code() == Some("NOGROUP") => return Ok(("0-0".into(), Vec::new())),
             v => v?,
         };
-        let (next, claimed, _deleted) = stream::autoclaim(v)?;
-        Ok((next, claimed))
+        stream::autoclaim(v)
     }
 
     /// Marks entries as processed by the group.
