@@ -60,7 +60,7 @@ pub struct Claims {
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+pub(crate) struct Principal {
     pub player_id: String,
     pub role: Role,
     /// Expiry, seconds since the epoch.
@@ -138,7 +138,7 @@ impl Auth {
     }
 
     /// Verifies a token: signature by the key of its algorithm, `exp` required and in the future.
-    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         let bad = |why: &str| ApiError::unauthorized(format!("invalid token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed"))?;
         let key = match header.alg {
@@ -210,7 +210,7 @@ impl Auth {
 
     /// Checks a password against a stored hash, or against a dummy hash when
     /// there is no account, so unknown users and wrong passwords look alike.
-    pub fn check_password(&self, password: &str, stored: Option<&str>) -> bool {
+    pub(crate) fn check_password(&self, password: &str, stored: Option<&str>) -> bool {
         let hash = stored.unwrap_or(&self.dummy_hash);
         let ok = verify_password(password, hash);
         ok && stored.is_some()
@@ -218,7 +218,7 @@ impl Auth {
 }
 
 /// Where a request's token was found.
-pub fn token_from(
+pub(crate) fn token_from(
     authorization: Option<&str>,
     query_token: Option<&str>,
     ws_protocols: Option<&str>,
@@ -244,7 +244,7 @@ pub fn token_from(
 }
 
 /// An argon2id PHC hash of `password` with a fresh salt.
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+pub(crate) fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
     let salt = SaltString::generate(&mut OsRng);
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)?

@@ -301,6 +301,7 @@ impl Config {
     }
 
     /// A configuration with every default and the given secret, for tests and embedding.
+    #[cfg(feature = "test-support")]
     pub fn for_tests(secret: &str) -> Self {
         let mut cli = Cli::parse_from(["mythos-broker"]);
         cli.config.jwt_secret = Some(secret.to_string());

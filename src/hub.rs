@@ -5,7 +5,8 @@
 //! without blocking the publisher, and deciding when a queue overflow means
 //! "slow consumer" (the connection is live) or merely "lagged" (the connection
 //! is still replaying, and will re-read the log). Must not touch: storage,
-//! sockets. Engines call [`Hub::deliver`]; sessions call [`Hub::subscribe`].
+//! sockets. Engines see it as their [`LiveSink`] (they do not know the hub);
+//! sessions call [`Hub::subscribe`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 
+use crate::engine::LiveSink;
 use crate::protocol::Event;
 
 /// What a subscriber's queue carries.
@@ -117,13 +119,41 @@ impl Hub {
         }
     }
 
+    /// Slow consumers cut off since start.
+    pub fn slow_consumers(&self) -> u64 {
+        self.slow_consumers.load(Ordering::Relaxed)
+    }
+
+    /// Connections currently subscribed.
+    pub fn subscribers(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    fn remove(&self, player: &str, id: u64) {
+        let mut map = self.lock();
+        if let Some(subs) = map.get_mut(player) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                map.remove(player);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Sub>>> {
+        // A panic while holding the lock leaves the map consistent (every
+        // mutation is a single call), so recover from poisoning.
+        self.players.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LiveSink for Hub {
     /// True if some connection on this node wants `player`'s events.
-    pub fn wants(&self, player: &str) -> bool {
+    fn wants(&self, player: &str) -> bool {
         self.lock().contains_key(player)
     }
 
     /// Hands `event` to every local connection of `player`, never waiting.
-    pub fn deliver(&self, player: &str, event: &Event) {
+    fn deliver(&self, player: &str, event: &Event) {
         let mut map = self.lock();
         let Some(subs) = map.get_mut(player) else {
             return;
@@ -150,7 +180,7 @@ impl Hub {
     }
 
     /// Tells every local connection to re-read its log (something may have been missed).
-    pub fn nudge_all(&self) {
+    fn nudge_all(&self) {
         for subs in self.lock().values() {
             for s in subs {
                 if s.tx.try_send(Live::Nudge).is_err() {
@@ -158,31 +188,5 @@ impl Hub {
                 }
             }
         }
-    }
-
-    /// Slow consumers cut off since start.
-    pub fn slow_consumers(&self) -> u64 {
-        self.slow_consumers.load(Ordering::Relaxed)
-    }
-
-    /// Connections currently subscribed.
-    pub fn subscribers(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
-
-    fn remove(&self, player: &str, id: u64) {
-        let mut map = self.lock();
-        if let Some(subs) = map.get_mut(player) {
-            subs.retain(|s| s.id != id);
-            if subs.is_empty() {
-                map.remove(player);
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Sub>>> {
-        // A panic while holding the lock leaves the map consistent (every
-        // mutation is a single call), so recover from poisoning.
-        self.players.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

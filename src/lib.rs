@@ -2,25 +2,34 @@
 //! for MythosMUD.
 //!
 //! Data flows one way: `transport` (SSE, WebSocket) → `session` (replay + live,
-//! acks, commands) → `engine` (Redis or memory). Publishing flows `server` /
-//! `ingest` → `publish` → `engine`, and the engine announces appends to the
-//! node's `hub`, which feeds the sessions.
+//! acks, commands) → `engine` (Redis or memory). Publishing flows `server` (or
+//! the Redis engine's `mythos:publish` consumer) → `publish` → `engine`, and
+//! the engine announces appends to the node's `hub` (a [`engine::LiveSink`]),
+//! which feeds the sessions.
+//!
+//! The public surface is what a binary or a test embedding a node needs:
+//! configuration, the engines and their trait, the hub, the session (the
+//! delivery semantics any transport uses), the wire types, the
+//! node's state and starting it, issuing tokens, and creating an account.
+//! Everything else is crate-private.
 
-pub mod api;
 pub mod auth;
 pub mod config;
-pub mod demo;
 pub mod engine;
-pub mod error;
 pub mod hub;
-pub mod ingest;
-pub mod listener;
-pub mod node;
 pub mod protocol;
-pub mod publish;
-pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod state;
-pub mod transport;
-pub mod web;
+
+mod api;
+mod error;
+mod listener;
+mod node;
+mod publish;
+mod rooms;
+mod transport;
+mod web;
+
+pub use api::create_account;
+pub use error::ApiError;

@@ -8,9 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use crate::ingest::{self, IngestOptions};
+use crate::engine::IngestOptions;
 use crate::state::App;
 
 /// How often idle rate-limiter entries are dropped.
@@ -35,24 +33,18 @@ pub fn start_background(app: &Arc<App>) {
             }
         }
     });
-    let Some(redis) = &app.redis else {
-        return;
+    let opts = IngestOptions {
+        claim_idle: app.config.ingest_claim_idle,
+        ..IngestOptions::new(app.config.node_name(), app.config.max_event_bytes)
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let shutdown = app.shutdown.clone();
-    app.tasks.spawn(async move {
-        shutdown.cancelled().await;
-        let _ = stop_tx.send(true);
-    });
-    let consumer = ingest::spawn(
-        app.engine.clone(),
-        redis.pool().clone(),
-        IngestOptions::from_config(&app.config),
-        stop_rx,
-    );
-    app.tasks.spawn(async move {
-        if let Ok(exit) = consumer.await {
-            tracing::info!(?exit, "Redis-native publishing stopped");
-        }
-    });
+    let ingest = app
+        .engine
+        .start_ingest(app.engine.clone(), opts, app.shutdown.clone());
+    if let Some(consumer) = ingest {
+        app.tasks.spawn(async move {
+            if let Ok(exit) = consumer.await {
+                tracing::info!(?exit, "Redis-native publishing stopped");
+            }
+        });
+    }
 }

@@ -25,7 +25,7 @@ impl ProtocolError {
             message: message.into(),
         }
     }
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new("invalid_message", message)
     }
 }
@@ -39,7 +39,7 @@ pub fn valid_id(s: &str) -> bool {
 }
 
 /// Checks an id, naming `what` in the error.
-pub fn check_id(what: &str, s: &str) -> Result<(), ProtocolError> {
+pub(crate) fn check_id(what: &str, s: &str) -> Result<(), ProtocolError> {
     if valid_id(s) {
         Ok(())
     } else {
@@ -112,7 +112,7 @@ struct EnvelopeRef<'a> {
 }
 
 /// Serialises the envelope of `event` for `player`; `ws` adds `"type":"event"`.
-pub fn envelope_json(player: &str, event: &Event, ws: bool) -> String {
+pub(crate) fn envelope_json(player: &str, event: &Event, ws: bool) -> String {
     let b = &event.body;
     let env = EnvelopeRef {
         kind: ws.then_some("event"),
@@ -138,7 +138,7 @@ pub enum Target {
 
 impl Target {
     /// Parses `{"player": ".."} | {"players": [..]} | {"room": ".."}`.
-    pub fn from_json(v: &serde_json::Value) -> Result<Self, ProtocolError> {
+    pub(crate) fn from_json(v: &serde_json::Value) -> Result<Self, ProtocolError> {
         let bad = || {
             ProtocolError::new(
                 "invalid_target",
@@ -190,7 +190,7 @@ impl Target {
 }
 
 /// Most players one `{"players": [...]}` publish may name (repeats count).
-pub const MAX_TARGET_PLAYERS: usize = 1000;
+pub(crate) const MAX_TARGET_PLAYERS: usize = 1000;
 
 /// One appended copy of an event: who got it, under which sequence number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,7 +202,7 @@ pub struct Delivery {
 /// The `N` of an acknowledgement: a non-negative integer. One too large for
 /// 64 bits is past any sequence number, so it is taken as the largest (the
 /// engine clamps it to the last).
-pub fn ack_number(v: &serde_json::Value) -> Option<u64> {
+pub(crate) fn ack_number(v: &serde_json::Value) -> Option<u64> {
     let n = v.as_number()?;
     if let Some(u) = n.as_u64() {
         return Some(u);
@@ -235,13 +235,13 @@ impl Default for MessageLimits {
     }
 }
 /// Longest chat message, in characters.
-pub const MAX_CHAT: usize = 2000;
+pub(crate) const MAX_CHAT: usize = 2000;
 /// Longest client-chosen id.
-pub const MAX_CLIENT_ID: usize = 128;
+pub(crate) const MAX_CLIENT_ID: usize = 128;
 
 /// What a WebSocket client may send.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ClientMessage {
+pub(crate) enum ClientMessage {
     Ack(u64),
     Command {
         id: String,
@@ -280,7 +280,7 @@ impl ClientMessage {
 }
 
 /// The nesting depth of a JSON text (brackets outside strings).
-pub fn json_depth(text: &str) -> usize {
+pub(crate) fn json_depth(text: &str) -> usize {
     let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
     for b in text.bytes() {
         if in_str {
@@ -336,7 +336,7 @@ fn name(
 }
 
 /// Parses and validates one client text frame.
-pub fn parse_client_message(
+pub(crate) fn parse_client_message(
     text: &str,
     limits: &MessageLimits,
 ) -> Result<ClientMessage, ProtocolError> {

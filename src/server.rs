@@ -121,96 +121,178 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+type Routes = BoxedFilter<(Response,)>;
+
+/// The filters every route group builds on.
+struct Parts {
+    app: BoxedFilter<(Arc<App>,)>,
+    /// The app and the request's principal, not yet checked: handlers go
+    /// through [`authorized`].
+    authed: BoxedFilter<(Arc<App>, Result<Principal, ApiError>)>,
+    body: BoxedFilter<(Body,)>,
+}
+
+/// The query string as a map (empty when there is none).
+fn query() -> BoxedFilter<(Query,)> {
+    warp::query::<Query>()
+        .or(warp::any().map(Query::new))
+        .unify()
+        .boxed()
+}
+
+/// The first of `routes` that matches (each boxed: see docs/decisions.md).
+fn any_of(routes: Vec<Routes>) -> Routes {
+    routes
+        .into_iter()
+        .reduce(|a, b| a.or(b).unify().boxed())
+        .unwrap_or_else(|| {
+            warp::any()
+                .map(|| json_reply(StatusCode::NOT_FOUND, &json!({})))
+                .boxed()
+        })
+}
+
 /// Every route of a node.
-pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
+pub(crate) fn routes(app: Arc<App>) -> Routes {
     let _ = metrics_handle();
     let with_app = {
         let app = app.clone();
-        warp::any().map(move || app.clone())
+        warp::any().map(move || app.clone()).boxed()
     };
-    let query = warp::query::<Query>()
-        .or(warp::any().map(Query::new))
-        .unify();
     let authed = with_app
         .clone()
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::header::optional::<String>("sec-websocket-protocol"))
-        .and(query)
+        .and(query())
         .map(
             |app: Arc<App>, authz: Option<String>, proto: Option<String>, q: Query| {
                 let p = authenticate(&app, authz.as_deref(), proto.as_deref(), &q);
                 (app, p)
             },
         )
-        .untuple_one();
-    let body = read_body(body_limit(&app), app.config.request_timeout);
+        .untuple_one()
+        .boxed();
+    let p = Parts {
+        app: with_app,
+        authed,
+        body: read_body(body_limit(&app), app.config.request_timeout).boxed(),
+    };
+    any_of(vec![
+        health(&p),
+        auth(&p),
+        admin(&p),
+        publish(&p),
+        rooms(&p),
+        player(&p),
+        events(&p),
+        websocket(&p),
+        crate::web::routes(),
+    ])
+    .recover(recover)
+    .unify()
+    .with(cors(&app))
+    .map(Reply::into_response)
+    .boxed()
+}
 
+/// `GET /healthz`, `GET /readyz`, `GET /metrics`.
+fn health(p: &Parts) -> Routes {
     let health = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
     let ready = warp::path!("readyz")
         .and(warp::get())
-        .and(with_app.clone())
+        .and(p.app.clone())
         .then(|app| async move { respond(api::ready(app).await) });
     let metrics = warp::path!("metrics").and(warp::get()).map(|| {
         let text = metrics_handle().map(|h| h.render()).unwrap_or_default();
         warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
     });
+    any_of(vec![health.boxed(), ready.boxed(), metrics.boxed()])
+}
+
+/// `POST /v1/auth/login`, `POST /v1/auth/refresh`.
+fn auth(p: &Parts) -> Routes {
     let login = warp::path!("v1" / "auth" / "login")
         .and(warp::post())
-        .and(with_app.clone())
-        .and(body.clone())
+        .and(p.app.clone())
+        .and(p.body.clone())
         .then(|app, b| async move { respond(api::login(app, b).await) });
     let refresh = warp::path!("v1" / "auth" / "refresh")
         .and(warp::post())
-        .and(authed.clone())
+        .and(p.authed.clone())
         .then(|app, p| authorized(p, move |p| api::refresh(app, p)));
-    let users = warp::path!("v1" / "admin" / "users")
+    any_of(vec![login.boxed(), refresh.boxed()])
+}
+
+/// `POST /v1/admin/users`.
+fn admin(p: &Parts) -> Routes {
+    warp::path!("v1" / "admin" / "users")
         .and(warp::post())
-        .and(authed.clone())
-        .and(body.clone())
-        .then(|app, p, b| authorized(p, move |p| api::add_user(app, p, b)));
-    let publish = warp::path!("v1" / "publish")
+        .and(p.authed.clone())
+        .and(p.body.clone())
+        .then(|app, p, b| authorized(p, move |p| api::add_user(app, p, b)))
+        .boxed()
+}
+
+/// `POST /v1/publish`.
+fn publish(p: &Parts) -> Routes {
+    warp::path!("v1" / "publish")
         .and(warp::post())
-        .and(authed.clone())
-        .and(body.clone())
-        .then(|app, p, b| authorized(p, move |p| api::publish(app, p, b)));
+        .and(p.authed.clone())
+        .and(p.body.clone())
+        .then(|app, p, b| authorized(p, move |p| api::publish(app, p, b)))
+        .boxed()
+}
+
+/// `PUT` / `DELETE /v1/rooms/{room}/members/{player}`, `GET /v1/rooms/{room}/members`.
+fn rooms(p: &Parts) -> Routes {
     let member = warp::path!("v1" / "rooms" / String / "members" / String);
     let join = member
         .and(warp::put())
-        .and(authed.clone())
+        .and(p.authed.clone())
         .then(move |room, player, app, p| {
             authorized(p, move |p| api::membership(app, p, room, player, true))
         });
-    let leave = member
-        .and(warp::delete())
-        .and(authed.clone())
-        .then(move |room, player, app, p| {
-            authorized(p, move |p| api::membership(app, p, room, player, false))
-        });
+    let leave =
+        member
+            .and(warp::delete())
+            .and(p.authed.clone())
+            .then(move |room, player, app, p| {
+                authorized(p, move |p| api::membership(app, p, room, player, false))
+            });
     let members = warp::path!("v1" / "rooms" / String / "members")
         .and(warp::get())
-        .and(authed.clone())
+        .and(p.authed.clone())
         .then(|room, app, p| authorized(p, move |p| api::members(app, p, room)));
+    any_of(vec![join.boxed(), leave.boxed(), members.boxed()])
+}
+
+/// A player's reads of their own log's state: `POST /v1/ack`, `GET /v1/cursor`.
+fn player(p: &Parts) -> Routes {
     let ack = warp::path!("v1" / "ack")
         .and(warp::post())
-        .and(authed.clone())
-        .and(body.clone())
+        .and(p.authed.clone())
+        .and(p.body.clone())
         .then(|app, p, b| authorized(p, move |p| api::ack(app, p, b)));
     let cursor = warp::path!("v1" / "cursor")
         .and(warp::get())
-        .and(authed.clone())
+        .and(p.authed.clone())
         .then(|app, p| authorized(p, move |p| api::cursor(app, p)));
+    any_of(vec![ack.boxed(), cursor.boxed()])
+}
 
+/// SSE: `GET /v1/events`, `GET /events/{player}`.
+fn events(p: &Parts) -> Routes {
     let sse_path = warp::path!("v1" / "events")
         .map(|| None)
         .or(warp::path!("events" / String).map(Some))
         .unify();
-    let events = sse_path
+    sse_path
         .and(warp::get())
-        .and(authed.clone())
+        .and(p.authed.clone())
         .and(warp::header::optional::<String>("last-event-id"))
-        .and(query)
+        .and(query())
         .then(
             |path_player: Option<String>,
              app: Arc<App>,
@@ -227,55 +309,28 @@ pub fn routes(app: Arc<App>) -> BoxedFilter<(Response,)> {
                     sse::open(app, req)
                 })
             },
-        );
+        )
+        .boxed()
+}
 
+/// WebSocket: `GET /v1/ws`, `GET /ws/{player}`.
+fn websocket(p: &Parts) -> Routes {
     let ws_path = warp::path!("v1" / "ws")
         .map(|| None)
         .or(warp::path!("ws" / String).map(Some))
         .unify();
     let upgrade = warp::ext::optional::<crate::listener::Upgrade>();
-    let websocket = ws_path
+    ws_path
         .and(warp::get())
-        .and(authed.clone())
+        .and(p.authed.clone())
         .and(warp::header::headers_cloned())
-        .and(query)
+        .and(query())
         .and(upgrade)
         .then(
             |path_player, app, p: Result<Principal, ApiError>, h, q, upgrade| async move {
                 respond(ws::open(app, p, path_player, h, q, upgrade).await)
             },
-        );
-
-    let all: Vec<BoxedFilter<(Response,)>> = vec![
-        health.boxed(),
-        ready.boxed(),
-        metrics.boxed(),
-        login.boxed(),
-        refresh.boxed(),
-        users.boxed(),
-        publish.boxed(),
-        join.boxed(),
-        leave.boxed(),
-        members.boxed(),
-        ack.boxed(),
-        cursor.boxed(),
-        events.boxed(),
-        websocket.boxed(),
-        crate::web::routes(),
-    ];
-    let api_routes = all
-        .into_iter()
-        .reduce(|a, b| a.or(b).unify().boxed())
-        .unwrap_or_else(|| {
-            warp::any()
-                .map(|| json_reply(StatusCode::NOT_FOUND, &json!({})))
-                .boxed()
-        });
-    api_routes
-        .recover(recover)
-        .unify()
-        .with(cors(&app))
-        .map(Reply::into_response)
+        )
         .boxed()
 }
 

@@ -35,43 +35,23 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Connection caps per node and per player.
     pub gate: Arc<Gate>,
-    /// The Redis engine, when configured (Redis-native publishing needs it).
-    pub redis: Option<Arc<RedisEngine>>,
 }
 
 impl App {
     /// Builds the state; the engine is Redis when `MYTHOS_REDIS_URL` is set.
     pub async fn new(config: Config) -> Result<Arc<Self>, String> {
         let hub = Hub::new(config.send_queue as usize);
-        let (engine, redis): (Arc<dyn Engine>, _) = match &config.redis_url {
-            Some(url) => {
-                let r = RedisEngine::connect(
-                    url,
-                    config.redis_pool as usize,
-                    config.limits(),
-                    hub.clone(),
-                )
-                .await
-                .map_err(|e| {
-                    format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url))
-                })?;
-                (r.clone(), Some(r))
-            }
-            None => (
-                Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
-                None,
-            ),
+        let engine: Arc<dyn Engine> = match &config.redis_url {
+            Some(url) => RedisEngine::connect(
+                url,
+                config.redis_pool as usize,
+                config.limits(),
+                hub.clone(),
+            )
+            .await
+            .map_err(|e| format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url)))?,
+            None => Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
         };
-        Self::with_engine(config, engine, hub, redis)
-    }
-
-    /// Builds the state around an existing engine.
-    pub fn with_engine(
-        config: Config,
-        engine: Arc<dyn Engine>,
-        hub: Arc<Hub>,
-        redis: Option<Arc<RedisEngine>>,
-    ) -> Result<Arc<Self>, String> {
         let public_pem =
             match &config.jwt_public_key {
                 Some(p) => Some(std::fs::read(p).map_err(|e| {
@@ -101,13 +81,12 @@ impl App {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             gate,
-            redis,
         }))
     }
 }
 
 /// A Redis URL with any password replaced, for messages.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),

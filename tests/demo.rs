@@ -1,30 +1,73 @@
 //! The demo world end to end on the embedded engine, without a browser: a
 //! player's commands go up the command stream over WebSocket, the demo game
 //! server answers each through the HTTP API with one `command_response`
-//! carrying the command's id, and moves the player between rooms.
+//! carrying the command's id, and moves the player between rooms. The demo
+//! is a user of the broker living in the binary, so this runs
+//! `mythos-broker demo` as a user would, with the accounts it announces.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use mythos_broker::config::Config;
-use mythos_broker::state::App;
-use mythos_broker::{demo, server};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The demo is part of the binary, not the library: run `mythos-broker demo`.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `mythos-broker demo` on a free port; returns it, its address and
+/// the service token dev mode prints, once the demo world is ready.
+fn start_demo() -> (Demo, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mythos-broker"))
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MYTHOS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the broker");
+    let stdout = child.stdout.take().expect("stdout");
+    let demo = Demo(child);
+    let (mut addr, mut token) = (None, None);
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("read stdout");
+        if let Some(rest) = line.strip_prefix("mythos-broker listening on http://") {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(t) = line.strip_prefix("dev mode: service token: ") {
+            token = Some(t.to_string());
+        }
+        if line.starts_with("demo world ready") {
+            break;
+        }
+    }
+    // Keep reading, so a later line does not fail on a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let (Some(addr), Some(token)) = (addr, token) else {
+        panic!("the demo did not print its address and a service token");
+    };
+    (demo, addr, token)
+}
+
 #[tokio::test]
 async fn each_command_gets_one_answer_with_its_id() {
-    let app = App::new(Config::for_tests("demo-test-secret-0123456789"))
-        .await
-        .expect("app");
-    let running = server::start(app.clone()).await.expect("listen");
-    let addr = running.addr;
-    demo::start(&app, addr).await;
+    let (_demo, addr, service_token) = start_demo();
 
     let login: Value = reqwest::Client::new()
         .post(format!("http://{addr}/v1/auth/login"))
-        .json(&json!({"username": "alice", "password": demo::PASSWORD}))
+        .json(&json!({"username": "alice", "password": "mythos"}))
         .send()
         .await
         .expect("login")
@@ -90,12 +133,7 @@ async fn each_command_gets_one_answer_with_its_id() {
 
     let members: Value = reqwest::Client::new()
         .get(format!("http://{addr}/v1/rooms/square/members"))
-        .bearer_auth(
-            app.auth
-                .issue("test", mythos_broker::auth::Role::Service)
-                .expect("token")
-                .0,
-        )
+        .bearer_auth(&service_token)
         .send()
         .await
         .expect("members")
@@ -103,5 +141,4 @@ async fn each_command_gets_one_answer_with_its_id() {
         .await
         .expect("members body");
     assert_eq!(members["members"], json!(["alice"]));
-    running.shutdown().await;
 }

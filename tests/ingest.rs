@@ -12,23 +12,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mythos_broker::engine::redis::RedisEngine;
 use mythos_broker::engine::{
-    Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result,
+    Account, Command, CommandEntry, Cursor, Engine, EngineError, IngestExit as Exit, IngestOptions,
+    Limits, Result,
 };
 use mythos_broker::hub::Hub;
-use mythos_broker::ingest::{self, Exit, IngestOptions};
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use support::{eventually, RedisServer};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
+/// The consumer group of Redis-native publishing (docs/redis-layout.md).
+const GROUP: &str = "mythos-broker";
 
 struct Setup {
     server: RedisServer,
     engine: Arc<RedisEngine>,
     redis: MultiplexedConnection,
-    stop: watch::Sender<bool>,
+    stop: CancellationToken,
 }
 
 async fn setup() -> Setup {
@@ -45,7 +47,7 @@ async fn setup() -> Setup {
         server,
         engine,
         redis,
-        stop: watch::channel(false).0,
+        stop: CancellationToken::new(),
     }
 }
 
@@ -64,7 +66,10 @@ impl Setup {
     }
 
     fn spawn_on(&self, e: Arc<dyn Engine>, opts: IngestOptions) -> tokio::task::JoinHandle<Exit> {
-        ingest::spawn(e, self.engine.pool().clone(), opts, self.stop.subscribe())
+        let stop = self.stop.clone();
+        self.engine
+            .start_ingest(e, opts, stop)
+            .expect("Redis ingests")
     }
 
     async fn xadd(&mut self, fields: &[(&str, &str)]) -> String {
@@ -78,7 +83,7 @@ impl Setup {
         let v: redis::RedisResult<(u64, redis::Value, redis::Value, redis::Value)> =
             redis::cmd("XPENDING")
                 .arg("mythos:publish")
-                .arg(ingest::GROUP)
+                .arg(GROUP)
                 .query_async(&mut self.redis)
                 .await;
         v.map(|v| v.0).unwrap_or(u64::MAX)
@@ -101,7 +106,7 @@ impl Setup {
                 let c = e.cursor(player).await.ok()?;
                 let p: (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
                     .arg("mythos:publish")
-                    .arg(ingest::GROUP)
+                    .arg(GROUP)
                     .query_async(&mut r)
                     .await
                     .ok()?;
@@ -188,7 +193,7 @@ async fn entries_reach_the_logs_once() {
     let bob: Vec<u64> = s.log("bob").await.iter().map(|e| e.0).collect();
     assert_eq!(bob, vec![1, 2, 3]);
     assert!(s.dead().await.is_empty());
-    s.stop.send_replace(true);
+    s.stop.cancel();
     assert_eq!(task.await.unwrap(), Exit::Shutdown);
 }
 
@@ -257,7 +262,7 @@ async fn malformed_entries_are_dead_lettered_with_a_reason() {
         }
     }
     assert_eq!(s.log("alice").await, vec![ev(1, "ok", "1", None, None)]);
-    s.stop.send_replace(true);
+    s.stop.cancel();
     assert_eq!(task.await.unwrap(), Exit::Shutdown);
 }
 
@@ -284,7 +289,7 @@ async fn engine_errors_are_retried_not_dead_lettered() {
         .collect();
     assert_eq!(log, vec![(1, "1".to_string()), (2, "2".to_string())]);
     assert!(s.dead().await.is_empty());
-    s.stop.send_replace(true);
+    s.stop.cancel();
     assert_eq!(task.await.unwrap(), Exit::Shutdown);
 }
 
@@ -309,7 +314,7 @@ async fn a_crash_between_append_and_ack_loses_and_duplicates_nothing() {
     assert_eq!(s.pending().await, 1);
     let owner: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg("mythos:publish")
-        .arg(ingest::GROUP)
+        .arg(GROUP)
         .arg("-")
         .arg("+")
         .arg(10)
@@ -333,7 +338,7 @@ async fn a_crash_between_append_and_ack_loses_and_duplicates_nothing() {
         .await;
     s.settled("bob", 2).await;
     assert_eq!(s.engine.cursor("alice").await.unwrap().last, 2);
-    s.stop.send_replace(true);
+    s.stop.cancel();
     assert_eq!(b.await.unwrap(), Exit::Shutdown);
     drop(s.server);
 }
@@ -357,7 +362,7 @@ async fn a_restarted_consumer_finishes_its_own_pending_entries() {
     });
     s.settled("alice", 1).await;
     assert_eq!(s.log("alice").await, vec![ev(1, "t", "1", None, Some("k"))]);
-    s.stop.send_replace(true);
+    s.stop.cancel();
     assert_eq!(a2.await.unwrap(), Exit::Shutdown);
 }
 

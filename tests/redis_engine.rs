@@ -224,3 +224,39 @@ async fn a_subscribed_connection_answers_ping() {
         assert!(matches!(pong, Ok(Ok(_))), "{pong:?}");
     }
 }
+
+/// A blocking read whose caller stops waiting leaves no connection blocked on
+/// the server: its connection is discarded, not returned to the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_blocking_read_does_not_go_back_to_the_pool() {
+    let server = RedisServer::start();
+    let e = engine(&server, &Hub::new(64)).await;
+    let read = e.read_commands("game", "g1", 10, Duration::from_secs(30));
+    assert!(tokio::time::timeout(Duration::from_millis(300), read)
+        .await
+        .is_err());
+    let c = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the blocked client to go away",
+        || {
+            let mut c = c.clone();
+            async move {
+                let list: String = redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                (!list.contains("cmd=xreadgroup")).then_some(())
+            }
+        },
+    )
+    .await;
+    // The pool still serves blocking reads.
+    let empty = e.read_commands("game", "g1", 10, Duration::from_millis(50));
+    assert!(empty.await.unwrap().is_empty());
+}

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Account, Command, CommandEntry, Cursor, Engine, Limits, Result};
-use crate::hub::Hub;
+use super::{Account, Command, CommandEntry, Cursor, Engine, Limits, LiveSink, Result};
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 struct Stored {
@@ -123,12 +122,13 @@ struct State {
 pub struct MemoryEngine {
     state: Mutex<State>,
     limits: Limits,
-    hub: Arc<Hub>,
+    /// Where fresh appends are announced (the node's hub).
+    hub: Arc<dyn LiveSink>,
     commands_ready: Notify,
 }
 
 impl MemoryEngine {
-    pub fn new(limits: Limits, hub: Arc<Hub>) -> Self {
+    pub fn new(limits: Limits, hub: Arc<dyn LiveSink>) -> Self {
         Self {
             state: Mutex::new(State::default()),
             limits,

@@ -3,8 +3,9 @@
 //! Owns: the contract of a player's durable event log (dense sequence numbers,
 //! idempotent appends, cumulative acknowledgements, retention),
 //! room membership, the upstream command stream and accounts. Must not touch:
-//! HTTP, sockets, JWTs. Engines announce appends to this node's [`Hub`], which
-//! routes them to the live connections; engines never hold a connection.
+//! HTTP, sockets, JWTs. Engines announce fresh appends to a [`LiveSink`] (the
+//! node's hub, which routes them to the live connections); engines never hold
+//! a connection and do not know the hub.
 //!
 //! Two engines: [`memory::MemoryEngine`] (embedded default, one node, not
 //! durable) and [`redis::RedisEngine`] (durable, many nodes). Both pass the same
@@ -17,11 +18,72 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use crate::error::EngineError;
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Where an engine announces fresh appends: this node's live routing (the
+/// hub). Every method returns at once; none may wait on a connection.
+pub trait LiveSink: Send + Sync {
+    /// True if some connection on this node follows `player` (the Redis
+    /// engine decodes an announcement only then).
+    fn wants(&self, player: &str) -> bool;
+    /// `event` was just appended to `player`'s log.
+    fn deliver(&self, player: &str, event: &Event);
+    /// Announcements may have been lost: every reader should re-read its log.
+    fn nudge_all(&self);
+}
+
+/// How an engine consumes publishes handed to the storage itself
+/// ([`Engine::start_ingest`]; Redis: the `mythos:publish` stream).
+#[derive(Debug, Clone)]
+pub struct IngestOptions {
+    /// This node's consumer name.
+    pub consumer: String,
+    /// Largest `data` accepted (`MYTHOS_MAX_EVENT_BYTES`).
+    pub max_event_bytes: u64,
+    /// Entries pending this long on another consumer are taken over (default 30 s).
+    pub claim_idle: Duration,
+    /// Entries read per call.
+    pub batch: usize,
+    /// Longest wait for new entries in one read.
+    pub block: Duration,
+    /// Pause after an engine or Redis error before retrying.
+    pub retry_delay: Duration,
+    /// Fault point for tests: stop right after the first append, without
+    /// acknowledging it, as a crashed node would.
+    #[cfg(feature = "test-support")]
+    pub crash_after_append: bool,
+}
+
+impl IngestOptions {
+    pub fn new(consumer: impl Into<String>, max_event_bytes: u64) -> Self {
+        Self {
+            consumer: consumer.into(),
+            max_event_bytes,
+            claim_idle: Duration::from_secs(30),
+            batch: 100,
+            block: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(500),
+            #[cfg(feature = "test-support")]
+            crash_after_append: false,
+        }
+    }
+}
+
+/// Why an ingest consumer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestExit {
+    /// The node shut down.
+    Shutdown,
+    /// The `crash_after_append` fault point fired.
+    #[cfg(feature = "test-support")]
+    Crashed,
+}
 
 /// Retention and idempotency limits, shared by both engines.
 #[derive(Debug, Clone)]
@@ -86,7 +148,7 @@ pub struct Account {
 
 /// About how many commands the upstream stream keeps (Redis trims with
 /// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
-pub const MAX_COMMANDS: usize = 100_000;
+pub(crate) const MAX_COMMANDS: usize = 100_000;
 
 /// The operations the broker needs from storage.
 ///
@@ -167,4 +229,18 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Fails if the engine cannot serve requests.
     async fn ping(&self) -> Result<()>;
+
+    /// Starts consuming the publishes game servers hand to the storage itself
+    /// (Redis-native publishing), each validated as an HTTP publish and
+    /// appended through `publisher` (the node's engine), until `shutdown`.
+    /// `None`: this engine has no such inbox (the memory engine).
+    fn start_ingest(
+        &self,
+        publisher: Arc<dyn Engine>,
+        opts: IngestOptions,
+        shutdown: CancellationToken,
+    ) -> Option<JoinHandle<IngestExit>> {
+        let _ = (publisher, opts, shutdown);
+        None
+    }
 }

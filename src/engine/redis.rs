@@ -3,16 +3,20 @@
 //! Owns: the command pool (deadpool-redis), the Lua scripts in `lua/` that
 //! make every append, ack and cursor read atomic, and this node's one pub/sub
 //! subscription to `mythos:live` (see [`live`]), which is the only way
-//! appends reach the node's [`Hub`], including this node's own appends.
+//! appends reach the node's [`LiveSink`], including this node's own appends;
+//! consumer groups ([`consumer`]) for the command stream and Redis-native
+//! publishing ([`ingest`]).
 //! Must not touch: HTTP, sockets, validation (callers pass checked input).
 //! The key layout is in [`keys`] and `docs/redis-layout.md`.
 
+mod consumer;
 mod decode;
-pub mod keys;
+mod ingest;
+mod keys;
 mod lanes;
 mod live;
-pub mod scripts;
-pub mod stream;
+mod scripts;
+mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +25,15 @@ use async_trait::async_trait;
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::{AsyncConnectionConfig, Script, Value};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use self::consumer::Group;
 use self::decode::{command_of, cursor_of, event_of};
 pub use self::scripts::Scripts;
-use super::{Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, Result};
-use crate::hub::Hub;
+use super::{
+    Account, Command, CommandEntry, Cursor, Engine, EngineError, IngestExit, IngestOptions, Limits,
+    LiveSink, Result,
+};
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 /// How long one ordinary command may take before it fails.
@@ -67,7 +75,7 @@ impl RedisEngine {
         url: &str,
         pool_size: usize,
         limits: Limits,
-        hub: Arc<Hub>,
+        hub: Arc<dyn LiveSink>,
     ) -> Result<Arc<Self>> {
         let client = redis::Client::open(url)?;
         let config = AsyncConnectionConfig::new()
@@ -100,11 +108,6 @@ impl RedisEngine {
             listener,
             live,
         }))
-    }
-
-    /// The command pool, for the Redis-native publish consumer (`ingest`).
-    pub fn pool(&self) -> &Pool {
-        &self.pool
     }
 
     /// The scripts, for benchmarks that call them directly.
@@ -191,42 +194,12 @@ impl RedisEngine {
     }
 }
 
-/// Creates `group` on `mythos:commands` (from the start) unless it exists.
-async fn ensure_group(
-    conn: &mut deadpool_redis::Connection,
-    stream: &str,
-    group: &str,
-) -> Result<()> {
-    let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match r {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
-        _ => Ok(()),
+/// Consumer group `group` on the command stream.
+fn commands(group: &str) -> Group<'_> {
+    Group {
+        stream: keys::COMMANDS,
+        name: group,
     }
-}
-
-/// Sends a command that may block for `block` on the server.
-pub(crate) async fn query_blocking(
-    conn: &mut deadpool_redis::Connection,
-    cmd: &redis::Cmd,
-    block: Duration,
-) -> redis::RedisResult<Value> {
-    conn.set_response_timeout(block + OP_TIMEOUT);
-    let r = cmd.query_async(&mut *conn).await;
-    conn.set_response_timeout(OP_TIMEOUT);
-    r
-}
-
-/// Creates consumer group `group` on `stream` (from its start) unless it exists.
-pub async fn create_group(pool: &Pool, stream: &str, group: &str) -> Result<()> {
-    let mut conn = pool.get().await.map_err(pool_err)?;
-    ensure_group(&mut conn, stream, group).await
 }
 
 #[async_trait]
@@ -391,22 +364,10 @@ impl Engine for RedisEngine {
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>> {
-        let mut conn = self.pool.get().await.map_err(pool_err)?;
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(group).arg(consumer);
-        cmd.arg("COUNT").arg(count.max(1));
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(ms(block));
-        }
-        cmd.arg("STREAMS").arg(keys::COMMANDS).arg(">");
-        let v = match query_blocking(&mut conn, &cmd, block).await {
-            Err(e) if e.code() == Some("NOGROUP") => {
-                ensure_group(&mut conn, keys::COMMANDS, group).await?;
-                query_blocking(&mut conn, &cmd, block).await?
-            }
-            r => r?,
-        };
-        stream::read_group(v)?
+        let entries = commands(group)
+            .read(&self.pool, consumer, ">", count, block)
+            .await?;
+        entries
             .into_iter()
             .filter_map(|e| command_of(e).transpose())
             .collect()
@@ -416,13 +377,9 @@ impl Engine for RedisEngine {
         if entry_ids.is_empty() {
             return Ok(());
         }
-        let _: u64 = redis::cmd("XACK")
-            .arg(keys::COMMANDS)
-            .arg(group)
-            .arg(entry_ids)
-            .query_async(&mut self.conn().await?)
-            .await?;
-        Ok(())
+        commands(group)
+            .ack(&mut self.conn().await?, entry_ids)
+            .await
     }
 
     async fn claim_commands(
@@ -435,24 +392,16 @@ impl Engine for RedisEngine {
         let count = count.max(1);
         let mut out = Vec::new();
         let mut cursor = "0-0".to_string();
-        // XAUTOCLAIM scans the pending list from `cursor`; it answers `0-0`
-        // once it has looked at all of it.
         while out.len() < count {
-            let v = redis::cmd("XAUTOCLAIM")
-                .arg(keys::COMMANDS)
-                .arg(group)
-                .arg(consumer)
-                .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(count - out.len())
-                .query_async(&mut self.conn().await?)
-                .await;
-            let v = match v {
-                Err(e) if e.code() == Some("NOGROUP") => return Ok(out),
-                v => v?,
-            };
-            let (next, claimed, _trimmed) = stream::autoclaim(v)?;
+            let (next, claimed) = commands(group)
+                .claim(
+                    &mut self.conn().await?,
+                    consumer,
+                    min_idle,
+                    &cursor,
+                    count - out.len(),
+                )
+                .await?;
             for e in claimed {
                 out.extend(command_of(e)?);
             }
@@ -501,5 +450,15 @@ impl Engine for RedisEngine {
             ));
         }
         Ok(())
+    }
+
+    fn start_ingest(
+        &self,
+        publisher: Arc<dyn Engine>,
+        opts: IngestOptions,
+        shutdown: CancellationToken,
+    ) -> Option<JoinHandle<IngestExit>> {
+        let run = ingest::run(publisher, self.pool.clone(), opts, shutdown);
+        Some(tokio::spawn(run))
     }
 }

@@ -1,10 +1,10 @@
-//! The node's one subscription to `mythos:live`, feeding the [`Hub`].
+//! The node's one subscription to `mythos:live`, feeding the node's [`LiveSink`].
 //!
 //! Owns: the pub/sub connection (one per node, not per player), decoding the
 //! announcements that `lua/lib.lua` publishes (anyone who may `PUBLISH` on
 //! the broker's Redis can send anything there: a message that does not
 //! decode is counted and dropped, never a panic), recovering from a lost
-//! subscription (reconnect with backoff, then [`Hub::nudge_all`], because
+//! subscription (reconnect with backoff, then [`LiveSink::nudge_all`], because
 //! announcements sent while disconnected are gone), and supervising the
 //! listener task: if it ever ends, it is restarted, counted, and sessions
 //! are nudged. [`LiveHealth`] says whether the subscription is up, for
@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use serde_json::value::RawValue;
 
 use super::keys::LIVE_CHANNEL;
-use crate::hub::Hub;
+use crate::engine::LiveSink;
 use crate::protocol::{Event, EventBody};
 
 /// How often the subscription is pinged to detect a silently dead connection.
@@ -48,7 +48,7 @@ impl LiveHealth {
 /// resubscribes and starts a fresh listener, which nudges every session.
 pub fn spawn(
     client: redis::Client,
-    hub: Arc<Hub>,
+    hub: Arc<dyn LiveSink>,
     first: redis::aio::PubSub,
     health: Arc<LiveHealth>,
 ) -> tokio::task::JoinHandle<()> {
@@ -108,13 +108,13 @@ pub async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio:
 /// after each loss resubscribes with backoff and nudges every session.
 async fn listen(
     client: redis::Client,
-    hub: Arc<Hub>,
+    hub: Arc<dyn LiveSink>,
     first: redis::aio::PubSub,
     health: Arc<LiveHealth>,
 ) {
     let mut ps = first;
     loop {
-        pump(ps, &hub).await;
+        pump(ps, &*hub).await;
         health.set(false);
         tracing::warn!("live subscription to {LIVE_CHANNEL} lost; reconnecting");
         metrics::counter!("mythos_live_resubscribes_total").increment(1);
@@ -125,7 +125,7 @@ async fn listen(
 }
 
 /// Routes messages until the connection ends or stops answering pings.
-async fn pump(ps: redis::aio::PubSub, hub: &Hub) {
+async fn pump(ps: redis::aio::PubSub, hub: &dyn LiveSink) {
     let (mut sink, mut stream) = ps.split();
     let mut ticker = tokio::time::interval(PING_EVERY);
     ticker.tick().await;
@@ -152,7 +152,7 @@ async fn pump(ps: redis::aio::PubSub, hub: &Hub) {
 
 /// Hands an announcement's event to the local connections of its players.
 /// The body is decoded only if some player has a connection on this node.
-pub fn route(hub: &Hub, payload: &[u8]) -> Result<(), &'static str> {
+pub fn route(hub: &dyn LiveSink, payload: &[u8]) -> Result<(), &'static str> {
     let mut rest = payload;
     let n: usize = number(frame(&mut rest)?)?;
     let mut targets = Vec::with_capacity(n.min(1024));
@@ -221,32 +221,45 @@ fn number<T: std::str::FromStr>(b: &[u8]) -> Result<T, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
+    use crate::hub::{Hub, Live};
+
     use super::*;
-    use crate::hub::Live;
+
+    /// Records what the engine hands over, for one followed player.
+    struct Sink(Mutex<Vec<(String, Event)>>);
+
+    impl LiveSink for Sink {
+        fn wants(&self, player: &str) -> bool {
+            player == "a"
+        }
+        fn deliver(&self, player: &str, event: &Event) {
+            let mut got = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            got.push((player.to_string(), event.clone()));
+        }
+        fn nudge_all(&self) {}
+    }
 
     #[test]
     fn routes_a_fan_out() {
-        let hub = Hub::new(8);
-        let mut a = hub.subscribe("a");
+        let sink = Sink(Mutex::new(Vec::new()));
         let payload = b"1:21:a1:71:b2:120:4:chat24:2026-11-23T10:30:00.123Z0:0:7:{\"x\":1}";
-        route(&hub, payload).expect("decodes");
-        match a.rx.try_recv() {
-            Ok(Live::Event(ev)) => {
-                assert_eq!(ev.sequence_number, 7);
-                assert_eq!(ev.body.event_type, "chat");
-                assert_eq!(ev.body.data.get(), r#"{"x":1}"#);
-                assert_eq!(ev.body.room_id, None);
-            }
-            other => panic!("expected an event, got {other:?}"),
-        }
+        route(&sink, payload).expect("decodes");
+        let got = sink.0.into_inner().unwrap_or_default();
+        let (player, ev) = &got[0];
+        assert_eq!((player.as_str(), ev.sequence_number), ("a", 7));
+        assert_eq!(ev.body.event_type, "chat");
+        assert_eq!(ev.body.data.get(), r#"{"x":1}"#);
+        assert_eq!(ev.body.room_id, None);
+        assert_eq!(got[1].0, "b");
     }
 
     #[test]
     fn rejects_truncation() {
-        let hub = Hub::new(8);
-        let _a = hub.subscribe("a");
-        assert!(route(&hub, b"1:11:a1:72:r").is_err());
-        assert!(route(&hub, b"9").is_err());
+        let sink = Sink(Mutex::new(Vec::new()));
+        assert!(route(&sink, b"1:11:a1:72:r").is_err());
+        assert!(route(&sink, b"9").is_err());
     }
 
     /// A length field of u64::MAX (or any length past the end) is an error,
@@ -262,7 +275,7 @@ mod tests {
             b"99999999999999999999999:",
             b"1:11:a1:71:r18446744073709551615:chat",
         ] {
-            assert!(route(&hub, p).is_err(), "{:?}", String::from_utf8_lossy(p));
+            assert!(route(&*hub, p).is_err(), "{:?}", String::from_utf8_lossy(p));
         }
     }
 
@@ -278,7 +291,7 @@ mod tests {
         fn live_messages_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
             let hub = Hub::new(8);
             let _a = hub.subscribe("a");
-            let _ = route(&hub, &bytes);
+            let _ = route(&*hub, &bytes);
         }
 
         /// What `lua/lib.lua` announces (the same framing) decodes to the event, for each target.
@@ -300,7 +313,7 @@ mod tests {
             for f in [flags, &event_type, "2026-11-23T10:30:00.123Z", room.as_deref().unwrap_or(""), "", &data] {
                 msg.extend(frame_of(f.as_bytes()));
             }
-            route(&hub, &msg).expect("decodes");
+            route(&*hub, &msg).expect("decodes");
             for (sub, s) in subs.iter_mut().zip(&seqs) {
                 match sub.rx.try_recv() {
                     Ok(Live::Event(ev)) => {

@@ -95,20 +95,13 @@ pub fn read_group(v: Value) -> Result<Vec<Entry>, EngineError> {
     Ok(out)
 }
 
-/// Decodes an `XAUTOCLAIM` reply: the next cursor, the claimed entries and
-/// the ids of pending entries that no longer exist.
-pub fn autoclaim(v: Value) -> Result<(String, Vec<Entry>, Vec<String>), EngineError> {
+/// Decodes an `XAUTOCLAIM` reply: the next cursor and the claimed entries
+/// (pending entries that no longer exist are dropped from the pending list by
+/// Redis and not reported).
+pub fn autoclaim(v: Value) -> Result<(String, Vec<Entry>), EngineError> {
     let mut it = items(v)?.into_iter();
     let next = string(it.next().ok_or_else(|| corrupt("no cursor"))?)?;
-    let claimed = entries(it.next().unwrap_or(Value::Nil))?;
-    let deleted = match it.next() {
-        Some(v) => items(v)?
-            .into_iter()
-            .map(string)
-            .collect::<Result<_, _>>()?,
-        None => Vec::new(),
-    };
-    Ok((next, claimed, deleted))
+    Ok((next, entries(it.next().unwrap_or(Value::Nil))?))
 }
 
 #[cfg(test)]

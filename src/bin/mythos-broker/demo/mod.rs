@@ -36,9 +36,12 @@
 //!    connections.
 //!
 //! Owns: the demo accounts, the command loop and the ticker. Must not touch:
-//! the broker's insides — apart from reading the command stream through the
-//! engine (a separate game server would talk to Redis), it uses only what
-//! any client of the HTTP API can.
+//! the broker's insides. It lives in the binary, not the library, so it can
+//! only use the library's public API: apart from reading the command stream
+//! through the engine (a separate game server would talk to Redis) and
+//! minting its tokens from the broker's key (a separate one would be given
+//! them), it does only what any client of the HTTP API can — the accounts
+//! too are created with `POST /v1/admin/users`.
 
 pub mod broker;
 pub mod game;
@@ -52,12 +55,11 @@ use std::time::Duration;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::api;
-use crate::auth::Role;
-use crate::engine::{CommandEntry, Engine};
-use crate::state::App;
 use broker::BrokerApi;
 use game::Game;
+use mythos_broker::auth::Role;
+use mythos_broker::engine::{CommandEntry, Engine};
+use mythos_broker::state::App;
 
 /// The consumer group the game server reads the command stream with.
 pub const GROUP: &str = "demo-world";
@@ -78,21 +80,29 @@ pub const CLAIM_IDLE: Duration = Duration::from_secs(30);
 /// they run. `addr` is where the broker listens.
 pub async fn start(app: &Arc<App>, addr: SocketAddr) {
     let base = format!("http://{}", reachable(addr));
-    create_accounts(app).await;
-    let (token, expires_in) = match app.auth.issue("demo-world", Role::Service) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("demo: cannot issue a service token: {}", e.message);
-            return;
-        }
+    // A real game server is given its tokens (or the key to mint them); the
+    // demo mints them from the broker's key because it runs in-process.
+    let issue = |subject, role| {
+        app.auth.issue(subject, role).map_err(|e| {
+            eprintln!(
+                "demo: cannot issue a {} token: {}",
+                role.as_str(),
+                e.message
+            )
+        })
     };
-    // A real game server is given its service token (or the key to mint one);
-    // the demo mints it from the broker's key because it runs in-process.
+    let (Ok((admin, _)), Ok((token, expires_in))) = (
+        issue("demo-world-admin", Role::Admin),
+        issue("demo-world", Role::Service),
+    ) else {
+        return;
+    };
     let api = Arc::new(BrokerApi::new(
         base.clone(),
         token,
         Duration::from_secs(expires_in),
     ));
+    create_accounts(&api, &admin).await;
     let consumer = app.config.node_name();
     tokio::spawn(command_loop(
         app.engine.clone(),
@@ -117,10 +127,10 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 /// Creates each demo account unless it exists (it does after a restart on Redis).
-async fn create_accounts(app: &App) {
+async fn create_accounts(api: &BrokerApi, admin_token: &str) {
     for name in ACCOUNTS {
-        if let Err(e) = api::create_account(app, name, PASSWORD, "player").await {
-            eprintln!("demo: cannot create account {name}: {}", e.message);
+        if let Err(e) = api.add_user(admin_token, name, PASSWORD).await {
+            eprintln!("demo: cannot create account {name}: {e}");
         }
     }
 }
@@ -257,7 +267,7 @@ async fn ticker(api: Arc<BrokerApi>, shutdown: CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Command;
+    use mythos_broker::engine::Command;
 
     fn entry(entry_id: &str, player: &str, id: &str, command: &str) -> CommandEntry {
         CommandEntry {

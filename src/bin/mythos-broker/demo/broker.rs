@@ -1,6 +1,6 @@
 //! The game server's calls to the broker's public HTTP API: publish an event,
-//! put a player in a room or take them out, list a room, and keep the service
-//! token fresh.
+//! put a player in a room or take them out, list a room, create an account,
+//! and keep the service token fresh.
 //!
 //! Owns: building those requests and reading their answers. Must not touch:
 //! game rules, or the broker's insides — a game server written in any
@@ -68,6 +68,28 @@ impl BrokerApi {
                           "room_id": room_id, "id": id});
         self.call(Method::POST, "/v1/publish", Some(body)).await?;
         Ok(())
+    }
+
+    /// `POST /v1/admin/users` with an admin token: a `player` account;
+    /// `false` if the name is taken (409 `user_exists`).
+    pub async fn add_user(
+        &self,
+        admin_token: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<bool, BrokerError> {
+        let body = json!({"username": username, "password": password});
+        match self
+            .send(Method::POST, "/v1/admin/users", Some(body), admin_token)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(BrokerError::Refused {
+                status: StatusCode::CONFLICT,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// `PUT /v1/rooms/{room}/members/{player}`: the broker tells the others.

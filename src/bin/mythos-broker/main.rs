@@ -2,7 +2,11 @@
 //! the demo world (`demo`), or manage accounts (`user add`).
 //!
 //! Owns: process concerns — parsing configuration, logging, signals, exit
-//! codes (2 for a bad setting or usage). Must not touch: broker logic.
+//! codes (2 for a bad setting or usage). Must not touch: broker logic. The
+//! demo world ([`demo`]) lives here, not in the library: it is a user of the
+//! broker and can reach only the library's public API.
+
+mod demo;
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -11,7 +15,7 @@ use clap::Parser;
 use mythos_broker::auth::Role;
 use mythos_broker::config::{Cli, Cmd, Config, UserCmd};
 use mythos_broker::state::App;
-use mythos_broker::{api, server};
+use mythos_broker::{create_account, server};
 
 /// jemalloc rather than the system allocator: fan-out makes many small,
 /// short-lived allocations on several threads (see docs/decisions.md).
@@ -93,7 +97,7 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         }
     }
     if demo {
-        mythos_broker::demo::start(&app, running.addr).await;
+        demo::start(&app, running.addr).await;
     }
     signals.wait().await;
     tracing::info!("shutting down: closing connections, finishing in-flight appends");
@@ -152,7 +156,7 @@ async fn user_add(config: Config, name: &str, role: &str) -> ExitCode {
         Ok(a) => a,
         Err(msg) => return usage_error(&msg),
     };
-    match api::create_account(&app, name, password, role).await {
+    match create_account(&app, name, password, role).await {
         Ok(true) => {
             println!("created account {name} (role {role})");
             ExitCode::SUCCESS

@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn every_exit_leads_somewhere_and_back() {
         for r in ROOMS {
-            assert!(crate::protocol::valid_id(r.id), "{}", r.id);
+            assert!(mythos_broker::protocol::valid_id(r.id), "{}", r.id);
             for (dir, to) in r.exits {
                 let there = room(to).unwrap_or_else(|| panic!("{} -> {to}", r.id));
                 assert!(direction(dir).is_some(), "{dir} is not a direction");

@@ -1,5 +1,6 @@
 //! Redis-native publishing: consuming `mythos:publish` for game servers that
-//! speak Redis rather than HTTP.
+//! speak Redis rather than HTTP; started by the node through
+//! [`Engine::start_ingest`](crate::engine::Engine::start_ingest).
 //!
 //! Owns: the consumer group `mythos-broker` on `mythos:publish`, one consumer
 //! per node (the node name). Each entry
@@ -12,7 +13,7 @@
 //! and are acked (never retried forever, never dropped silently); engine
 //! errors (Redis down) are retried. Unknown fields are ignored.
 //!
-//! Must not touch: anything but these two streams and the engine's publish.
+//! Must not touch: anything but these two streams and the publishing engine.
 //! Entries are processed one at a time per node, in stream order; across
 //! several nodes two entries may be appended in either order.
 
@@ -21,106 +22,44 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::engine::redis::keys::{PUBLISH, PUBLISH_DEAD};
-use crate::engine::redis::stream::{self, Entry};
-use crate::engine::redis::{create_group, query_blocking};
-use crate::engine::{Engine, EngineError};
+use super::consumer::Group;
+use super::keys::{PUBLISH, PUBLISH_DEAD};
+use super::pool_err;
+use super::stream::Entry;
+use crate::engine::{Engine, EngineError, IngestExit as Exit, IngestOptions};
 use crate::publish::{Publish, PublishError};
 
 /// The consumer group every broker node shares.
-pub const GROUP: &str = "mythos-broker";
+const GROUP: Group = Group {
+    stream: PUBLISH,
+    name: "mythos-broker",
+};
 
-/// How the consumer runs; [`IngestOptions::new`] gives the defaults.
-#[derive(Debug, Clone)]
-pub struct IngestOptions {
-    /// This node's consumer name.
-    pub consumer: String,
-    /// Largest `data` accepted (`MYTHOS_MAX_EVENT_BYTES`).
-    pub max_event_bytes: u64,
-    /// Entries pending this long on another consumer are taken over (default 30 s).
-    pub claim_idle: Duration,
-    /// Entries read per call.
-    pub batch: usize,
-    /// Longest wait for new entries in one `XREADGROUP`.
-    pub block: Duration,
-    /// Pause after an engine or Redis error before retrying.
-    pub retry_delay: Duration,
-    /// Fault point for tests: stop right after the first append, without `XACK`,
-    /// as a crashed node would.
-    pub crash_after_append: bool,
+/// How often idle entries of other consumers are looked for.
+fn claim_every(opts: &IngestOptions) -> Duration {
+    (opts.claim_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
-impl IngestOptions {
-    pub fn new(consumer: impl Into<String>, max_event_bytes: u64) -> Self {
-        Self {
-            consumer: consumer.into(),
-            max_event_bytes,
-            claim_idle: Duration::from_secs(30),
-            batch: 100,
-            block: Duration::from_secs(2),
-            retry_delay: Duration::from_millis(500),
-            crash_after_append: false,
-        }
-    }
-
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            claim_idle: config.ingest_claim_idle,
-            ..Self::new(config.node_name(), config.max_event_bytes)
-        }
-    }
-
-    /// How often idle entries of other consumers are looked for.
-    fn claim_every(&self) -> Duration {
-        (self.claim_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
-    }
-}
-
-/// Why the consumer stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// `shutdown` was set.
-    Shutdown,
-    /// The `crash_after_append` fault point fired.
-    Crashed,
-}
-
-/// Spawns [`run`].
-pub fn spawn(
-    engine: Arc<dyn Engine>,
+/// Consumes `mythos:publish` until `shutdown` (or the test fault point fires).
+pub(super) async fn run(
+    publisher: Arc<dyn Engine>,
     pool: Pool,
     opts: IngestOptions,
-    shutdown: watch::Receiver<bool>,
-) -> JoinHandle<Exit> {
-    tokio::spawn(run(engine, pool, opts, shutdown))
-}
-
-/// Consumes `mythos:publish` until `shutdown` turns true (or the fault point fires).
-pub async fn run(
-    engine: Arc<dyn Engine>,
-    pool: Pool,
-    opts: IngestOptions,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Exit {
     let mut c = Consumer {
-        engine,
+        publisher,
         pool,
         opts,
         own_pending: true,
-        group_ready: false,
         last_claim: None,
     };
     loop {
-        if *shutdown.borrow() {
-            return Exit::Shutdown;
-        }
         let step = tokio::select! {
             r = c.step() => r,
-            _ = shutdown.changed() => return Exit::Shutdown,
+            _ = shutdown.cancelled() => return Exit::Shutdown,
         };
         match step {
             Ok(Some(exit)) => return exit,
@@ -129,10 +68,9 @@ pub async fn run(
                 tracing::warn!(error = %e, "publish stream: will retry");
                 metrics::counter!("mythos_ingest_retries_total").increment(1);
                 c.own_pending = true;
-                c.group_ready = false;
                 tokio::select! {
                     _ = tokio::time::sleep(c.opts.retry_delay) => {}
-                    _ = shutdown.changed() => return Exit::Shutdown,
+                    _ = shutdown.cancelled() => return Exit::Shutdown,
                 }
             }
         }
@@ -140,12 +78,11 @@ pub async fn run(
 }
 
 struct Consumer {
-    engine: Arc<dyn Engine>,
+    publisher: Arc<dyn Engine>,
     pool: Pool,
     opts: IngestOptions,
     /// Re-read this consumer's own pending entries (at start and after an error).
     own_pending: bool,
-    group_ready: bool,
     last_claim: Option<Instant>,
 }
 
@@ -153,63 +90,48 @@ type Step = Result<Option<Exit>, EngineError>;
 
 impl Consumer {
     async fn conn(&self) -> Result<deadpool_redis::Connection, EngineError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| EngineError::Pool(e.to_string()))
+        self.pool.get().await.map_err(pool_err)
     }
 
     /// One round: own pending entries first, then idle ones of others, then new ones.
     async fn step(&mut self) -> Step {
-        if !self.group_ready {
-            create_group(&self.pool, PUBLISH, GROUP).await?;
-            self.group_ready = true;
-        }
+        let (consumer, batch) = (&self.opts.consumer, self.opts.batch);
         if self.own_pending {
-            let entries = self.read("0", Duration::ZERO).await?;
+            let entries = GROUP
+                .read(&self.pool, consumer, "0", batch, Duration::ZERO)
+                .await?;
             if entries.is_empty() {
                 self.own_pending = false;
             }
             return self.process(entries).await;
         }
-        let claim_every = self.opts.claim_every();
+        let claim_every = claim_every(&self.opts);
         if self.last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
             self.last_claim = Some(Instant::now());
             if let Some(exit) = self.claim().await? {
                 return Ok(Some(exit));
             }
         }
-        let entries = self.read(">", self.opts.block.min(claim_every)).await?;
+        let block = self.opts.block.min(claim_every);
+        let entries = GROUP
+            .read(&self.pool, &self.opts.consumer, ">", batch, block)
+            .await?;
         self.process(entries).await
-    }
-
-    async fn read(&self, from: &str, block: Duration) -> Result<Vec<Entry>, EngineError> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(GROUP).arg(&self.opts.consumer);
-        cmd.arg("COUNT").arg(self.opts.batch.max(1));
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-        }
-        cmd.arg("STREAMS").arg(PUBLISH).arg(from);
-        let v = query_blocking(&mut self.conn().await?, &cmd, block).await?;
-        stream::read_group(v)
     }
 
     /// Takes over entries idle for `claim_idle` on any consumer and processes them.
     async fn claim(&mut self) -> Step {
         let mut cursor = "0-0".to_string();
         loop {
-            let v = redis::cmd("XAUTOCLAIM")
-                .arg(PUBLISH)
-                .arg(GROUP)
-                .arg(&self.opts.consumer)
-                .arg(self.opts.claim_idle.as_millis() as u64)
-                .arg(&cursor)
-                .arg("COUNT")
-                .arg(self.opts.batch.max(1))
-                .query_async(&mut self.conn().await?)
+            let (next, entries) = GROUP
+                .claim(
+                    &mut self.conn().await?,
+                    &self.opts.consumer,
+                    self.opts.claim_idle,
+                    &cursor,
+                    self.opts.batch,
+                )
                 .await?;
-            let (next, entries, _deleted) = stream::autoclaim(v)?;
             if !entries.is_empty() {
                 tracing::info!(n = entries.len(), "took over idle publish entries");
                 metrics::counter!("mythos_ingest_claimed_total").increment(entries.len() as u64);
@@ -238,7 +160,7 @@ impl Consumer {
                     continue;
                 }
             };
-            match publish.run(&*self.engine).await {
+            match publish.run(&*self.publisher).await {
                 Ok(_) => {}
                 Err(PublishError::Engine(err)) => return Err(err),
                 Err(other) => {
@@ -246,6 +168,7 @@ impl Consumer {
                     continue;
                 }
             }
+            #[cfg(feature = "test-support")]
             if self.opts.crash_after_append {
                 tracing::warn!(entry = %e.id, "fault point: crashing before XACK");
                 return Ok(Some(Exit::Crashed));
@@ -257,13 +180,8 @@ impl Consumer {
     }
 
     async fn ack(&self, id: &str) -> Result<(), EngineError> {
-        let _: u64 = redis::cmd("XACK")
-            .arg(PUBLISH)
-            .arg(GROUP)
-            .arg(id)
-            .query_async(&mut self.conn().await?)
-            .await?;
-        Ok(())
+        let ids = [id.to_string()];
+        GROUP.ack(&mut self.conn().await?, &ids).await
     }
 
     /// Moves an entry to `mythos:publish:dead` (original fields + `reason` +
@@ -278,7 +196,7 @@ impl Consumer {
         }
         xadd.arg("reason").arg(reason).arg("entry_id").arg(&e.id);
         let mut xack = redis::cmd("XACK");
-        xack.arg(PUBLISH).arg(GROUP).arg(&e.id);
+        xack.arg(GROUP.stream).arg(GROUP.name).arg(&e.id);
         let _: (String, u64) = redis::pipe()
             .atomic()
             .add_command(xadd)
@@ -298,7 +216,7 @@ fn reason_of(e: &PublishError) -> String {
 }
 
 /// Validates an entry; the error is the dead-letter reason (`<code>: <message>`).
-pub fn parse(e: &Entry, max_event_bytes: u64) -> Result<Publish, String> {
+fn parse(e: &Entry, max_event_bytes: u64) -> Result<Publish, String> {
     let field = |name: &str| -> Result<Option<&str>, String> {
         e.get(name)
             .map(|b| {

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::broker::{BrokerApi, BrokerError};
 use super::world::{self, Room, ROOMS, START};
-use crate::engine::{Command, CommandEntry};
+use mythos_broker::engine::{Command, CommandEntry};
 
 /// What a player asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
