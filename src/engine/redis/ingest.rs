@@ -215,8 +215,37 @@ fn reason_of(e: &PublishError) -> String {
     }
 }
 
+/// Largest `to` field: a target list at its cap of ids at their longest.
+const MAX_TO_BYTES: usize = crate::protocol::MAX_TARGET_PLAYERS * 68 + 64;
+/// Most fields of an entry (five are known; unknown ones are ignored).
+const MAX_FIELDS: usize = 32;
+
 /// Validates an entry; the error is the dead-letter reason (`<code>: <message>`).
+/// Sizes are checked before any parsing: a huge entry costs one look at its
+/// lengths, then goes to the dead letters, on this node and on any other.
 fn parse(e: &Entry, max_event_bytes: u64) -> Result<Publish, String> {
+    let fields = e.fields.as_deref().unwrap_or_default();
+    if fields.len() > MAX_FIELDS {
+        return Err(format!(
+            "too_large: the entry has {} fields, at most {MAX_FIELDS}",
+            fields.len()
+        ));
+    }
+    let limit = usize::try_from(max_event_bytes).unwrap_or(usize::MAX);
+    for (name, value) in fields {
+        let most = match name.as_str() {
+            "data" => limit,
+            "to" => MAX_TO_BYTES,
+            _ => 1024,
+        };
+        if value.len() > most {
+            return Err(format!(
+                "too_large: `{}` is {} bytes, at most {most}",
+                name.chars().take(64).collect::<String>(),
+                value.len()
+            ));
+        }
+    }
     let field = |name: &str| -> Result<Option<&str>, String> {
         e.get(name)
             .map(|b| {
@@ -300,5 +329,77 @@ mod tests {
         );
         let big = "\"0123456789\"";
         assert!(r(&[("to", to), ("event_type", "t"), ("data", big)]).starts_with("too_large"));
+    }
+
+    /// Hole 2 of issue 11: a huge entry is refused by its sizes before any
+    /// parsing (before, a 20 000-id `to` was parsed and de-duplicated
+    /// quadratically, stalling the node and every node that claimed it).
+    #[test]
+    fn huge_entries_are_refused_before_parsing() {
+        let many: Vec<String> = (0..20_000).map(|i| format!("player-{i}")).collect();
+        let to = serde_json::json!({"players": many}).to_string();
+        let reason = parse(
+            &entry(&[("to", &to), ("event_type", "t"), ("data", "1")]),
+            65536,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(reason.starts_with("too_large: `to`"), "{reason}");
+        let long_type = "t".repeat(5000);
+        let to = r#"{"player":"a"}"#;
+        let reason = parse(
+            &entry(&[("to", to), ("event_type", &long_type), ("data", "1")]),
+            65536,
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(reason.starts_with("too_large: `event_type`"), "{reason}");
+        let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+        let mut fields: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+        fields.extend([("to", to), ("event_type", "t"), ("data", "1")]);
+        let reason = parse(&entry(&fields), 65536).err().unwrap_or_default();
+        assert!(
+            reason.starts_with("too_large: the entry has 43 fields"),
+            "{reason}"
+        );
+        // The largest valid target still passes.
+        let cap: Vec<String> = (0..crate::protocol::MAX_TARGET_PLAYERS)
+            .map(|i| format!("{i:0>64}"))
+            .collect();
+        let to = serde_json::json!({"players": cap}).to_string();
+        assert!(to.len() <= MAX_TO_BYTES);
+        assert!(parse(
+            &entry(&[("to", &to), ("event_type", "t"), ("data", "1")]),
+            65536
+        )
+        .is_ok());
+    }
+
+    proptest::proptest! {
+        /// Whatever a game server writes into an entry: a publish or a
+        /// dead-letter reason, never a panic.
+        #[test]
+        fn entries_never_panic(
+            fields in proptest::collection::vec(
+                (proptest::sample::select(vec!["to", "event_type", "data", "id", "room_id", "x"]),
+                 proptest::collection::vec(proptest::num::u8::ANY, 0..80)),
+                0..8,
+            )
+        ) {
+            let e = Entry {
+                id: "1-0".into(),
+                fields: Some(fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+            };
+            let _ = parse(&e, 64);
+        }
+
+        #[test]
+        fn valid_entries_round_trip(player in "[A-Za-z0-9_-]{1,64}", t in "[a-z_]{1,32}", n in proptest::num::i64::ANY) {
+            let to = serde_json::json!({"player": player}).to_string();
+            let data = n.to_string();
+            let p = parse(&entry(&[("to", &to), ("event_type", &t), ("data", &data)]), 64).expect("valid");
+            proptest::prop_assert_eq!(p.body.data.get(), data.as_str());
+            proptest::prop_assert_eq!(&p.body.event_type, &t);
+        }
     }
 }
