@@ -155,6 +155,11 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
     pub ingest_claim_idle: Duration,
 
+    /// How long start-up keeps retrying (with backoff) to reach an unreachable
+    /// Redis before it gives up with exit code 1; 0 = one attempt.
+    #[arg(long, global = true, env = "MYTHOS_REDIS_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration("MYTHOS_REDIS_CONNECT_TIMEOUT"))]
+    pub redis_connect_timeout: Duration,
+
     /// How long a client may take to send a request's headers, and its body
     /// (slow senders are cut: headers → connection closed, body → 408).
     #[arg(long, global = true, env = "MYTHOS_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_duration("MYTHOS_REQUEST_TIMEOUT"))]
@@ -193,7 +198,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Allowed range of each duration setting: (name, least, most). A timer of
 /// zero panics, and a window past a few hundred years overflows a clock.
-const DURATION_BOUNDS: [(&str, Duration, Duration); 7] = [
+const DURATION_BOUNDS: [(&str, Duration, Duration); 8] = [
     (
         "MYTHOS_TOKEN_TTL",
         SECOND,
@@ -215,6 +220,11 @@ const DURATION_BOUNDS: [(&str, Duration, Duration); 7] = [
     (
         "MYTHOS_REQUEST_TIMEOUT",
         Duration::from_millis(10),
+        Duration::from_secs(3600),
+    ),
+    (
+        "MYTHOS_REDIS_CONNECT_TIMEOUT",
+        Duration::ZERO,
         Duration::from_secs(3600),
     ),
 ];
@@ -268,6 +278,7 @@ impl Config {
             self.max_backlog_age,
             self.ingest_claim_idle,
             self.request_timeout,
+            self.redis_connect_timeout,
         ];
         for ((name, least, most), d) in DURATION_BOUNDS.into_iter().zip(durations) {
             if !(least..=most).contains(&d) {

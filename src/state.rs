@@ -39,31 +39,29 @@ pub struct App {
 
 impl App {
     /// Builds the state; the engine is Redis when `MYTHOS_REDIS_URL` is set.
-    pub async fn new(config: Config) -> Result<Arc<Self>, String> {
-        let hub = Hub::new(config.send_queue as usize);
-        let engine: Arc<dyn Engine> = match &config.redis_url {
-            Some(url) => RedisEngine::connect(
-                url,
-                config.redis_pool as usize,
-                config.limits(),
-                hub.clone(),
-            )
-            .await
-            .map_err(|e| format!("MYTHOS_REDIS_URL: cannot use Redis at {}: {e}", redact(url)))?,
-            None => Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
+    /// Settings are checked first; an unreachable Redis is retried with
+    /// backoff for `MYTHOS_REDIS_CONNECT_TIMEOUT`, each attempt logged.
+    pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        let public_pem = match &config.jwt_public_key {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                StartError::Config(format!(
+                    "MYTHOS_JWT_PUBLIC_KEY: cannot read {}: {e}",
+                    p.display()
+                ))
+            })?),
+            None => None,
         };
-        let public_pem =
-            match &config.jwt_public_key {
-                Some(p) => Some(std::fs::read(p).map_err(|e| {
-                    format!("MYTHOS_JWT_PUBLIC_KEY: cannot read {}: {e}", p.display())
-                })?),
-                None => None,
-            };
         let auth = Auth::new(
             config.jwt_secret.as_deref(),
             public_pem.as_deref(),
             config.token_ttl,
-        )?;
+        )
+        .map_err(StartError::Config)?;
+        let hub = Hub::new(config.send_queue as usize);
+        let engine: Arc<dyn Engine> = match &config.redis_url {
+            Some(url) => connect_redis(&config, url, &hub).await?,
+            None => Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
+        };
         let per_sec = NonZeroU32::new(config.rate_per_sec.min(u32::MAX as u64) as u32)
             .unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.rate_burst.min(u32::MAX as u64) as u32)
@@ -82,6 +80,56 @@ impl App {
             tasks: TaskTracker::new(),
             gate,
         }))
+    }
+}
+
+/// Why a node could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong: a usage error (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// The engine cannot be reached: try again later (exit code 1).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Connects the Redis engine, retrying with backoff (50 ms doubling to 2 s)
+/// until `MYTHOS_REDIS_CONNECT_TIMEOUT` has passed.
+async fn connect_redis(
+    config: &Config,
+    url: &str,
+    hub: &Arc<Hub>,
+) -> Result<Arc<dyn Engine>, StartError> {
+    let deadline = tokio::time::Instant::now() + config.redis_connect_timeout;
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        let r = RedisEngine::connect(
+            url,
+            config.redis_pool as usize,
+            config.limits(),
+            hub.clone(),
+        )
+        .await;
+        let e = match r {
+            Ok(engine) => return Ok(engine),
+            Err(e) => e,
+        };
+        let msg = format!(
+            "MYTHOS_REDIS_URL: cannot reach Redis at {}: {e}",
+            redact(url)
+        );
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(StartError::Unavailable(format!(
+                "{msg} (gave up after MYTHOS_REDIS_CONNECT_TIMEOUT={})",
+                humantime::format_duration(config.redis_connect_timeout)
+            )));
+        }
+        let pause = wait.min(left);
+        tracing::warn!("{msg}; retrying in {pause:?}");
+        tokio::time::sleep(pause).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(2));
     }
 }
 

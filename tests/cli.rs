@@ -210,3 +210,33 @@ async fn user_add_creates_an_account_a_node_can_log_in_with() {
         "{hash}"
     );
 }
+
+/// Hole 3 of issue 11: an unreachable Redis at start-up is not a usage error.
+/// The broker retries with backoff (each attempt logged) for
+/// `MYTHOS_REDIS_CONNECT_TIMEOUT`, then exits 1, not 2.
+#[test]
+fn unreachable_redis_is_retried_then_exit_1() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let url = format!("redis://127.0.0.1:{port}/");
+    let t0 = Instant::now();
+    let (code, _, err) = run(
+        &[
+            ("MYTHOS_JWT_SECRET", "0123456789abcdef0123"),
+            ("MYTHOS_BIND", "127.0.0.1:0"),
+            ("MYTHOS_REDIS_URL", &url),
+            ("MYTHOS_REDIS_CONNECT_TIMEOUT", "1s"),
+        ],
+        &[],
+    );
+    let took = t0.elapsed();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("retrying in"), "each attempt is logged: {err}");
+    assert!(err.contains("MYTHOS_REDIS_CONNECT_TIMEOUT"), "{err}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(15),
+        "it retried for about the timeout: {took:?}"
+    );
+}

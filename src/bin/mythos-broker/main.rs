@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mythos_broker::auth::Role;
 use mythos_broker::config::{Cli, Cmd, Config, UserCmd};
-use mythos_broker::state::App;
+use mythos_broker::state::{App, StartError};
 use mythos_broker::{create_account, server};
 
 /// jemalloc rather than the system allocator: fan-out makes many small,
@@ -26,6 +26,17 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn usage_error(msg: &str) -> ExitCode {
     eprintln!("mythos-broker: {msg}");
     ExitCode::from(2)
+}
+
+/// Exit code 2 for a wrong setting, 1 for an engine that cannot be reached.
+fn start_error(e: &StartError) -> ExitCode {
+    match e {
+        StartError::Config(msg) => usage_error(msg),
+        StartError::Unavailable(msg) => {
+            eprintln!("mythos-broker: {msg}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[tokio::main]
@@ -69,7 +80,7 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
     };
     let app = match App::new(config).await {
         Ok(a) => a,
-        Err(msg) => return usage_error(&msg),
+        Err(e) => return start_error(&e),
     };
     // Before the "listening" line: a SIGTERM sent as soon as it appears must
     // find the handler installed (else it kills the process outright).
@@ -154,7 +165,7 @@ async fn user_add(config: Config, name: &str, role: &str) -> ExitCode {
     let password = password.trim_end_matches(['\n', '\r']);
     let app = match App::new(config).await {
         Ok(a) => a,
-        Err(msg) => return usage_error(&msg),
+        Err(e) => return start_error(&e),
     };
     match create_account(&app, name, password, role).await {
         Ok(true) => {
