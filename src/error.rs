@@ -20,6 +20,14 @@ pub enum EngineError {
     Rejected(&'static str),
 }
 
+impl EngineError {
+    /// True for a failure that may pass (Redis unreachable, restarting,
+    /// timing out): worth retrying. Corrupt data and refusals are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, EngineError::Redis(_) | EngineError::Pool(_))
+    }
+}
+
 /// An error answer: HTTP status, protocol code and a human message.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]

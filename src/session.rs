@@ -23,6 +23,9 @@ use crate::protocol::Event;
 
 /// Events read from the log per round trip.
 const READ_BATCH: usize = 256;
+/// Backoff between reads of a log that is unavailable.
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a connection asks to resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +73,7 @@ pub async fn open(
         last_sent: after,
         buffer: VecDeque::new(),
         catching_up: true,
+        retry: RETRY_MIN,
     };
     Ok(Opened {
         feed,
@@ -115,6 +119,8 @@ pub struct Feed {
     buffer: VecDeque<Event>,
     /// True while the feed must read the log (replaying or filling a gap).
     catching_up: bool,
+    /// The next pause before reading an unavailable log again.
+    retry: std::time::Duration,
 }
 
 impl Feed {
@@ -131,10 +137,27 @@ impl Feed {
                 return Ok(ev);
             }
             if self.catching_up {
-                let batch = self
+                let batch = match self
                     .engine
                     .read(&self.player, self.last_sent, READ_BATCH)
-                    .await?;
+                    .await
+                {
+                    Ok(batch) => {
+                        self.retry = RETRY_MIN;
+                        batch
+                    }
+                    // Redis down or restarting: the connection stays open
+                    // and the feed reads again, backing off; the client
+                    // gets the exact continuation once the log answers.
+                    Err(e) if e.is_transient() => {
+                        tracing::debug!(error = %e, "feed: log unavailable; retrying in {:?}", self.retry);
+                        metrics::counter!("mythos_feed_read_retries_total").increment(1);
+                        tokio::time::sleep(self.retry).await;
+                        self.retry = (self.retry * 2).min(RETRY_MAX);
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 if batch.is_empty() {
                     self.catching_up = self.sub.state.take_lagged();
                     self.sub.state.set_live(!self.catching_up);
