@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 use crate::protocol::valid_id;
 
+/// Longest token accepted (a header line of up to ~400 KiB gets hyper's
+/// `431` before it reaches us).
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// What a token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,8 +141,13 @@ impl Auth {
     }
 
     /// Verifies a token: signature by the key of its algorithm, `exp` required and in the future.
+    /// Longer than [`MAX_TOKEN_BYTES`]: refused unread.
     pub(crate) fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         let bad = |why: &str| ApiError::unauthorized(format!("invalid token: {why}"));
+        // Bounded before any decoding: our tokens are a few hundred bytes.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(bad("longer than 8 KiB"));
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed"))?;
         let key = match header.alg {
             Algorithm::HS256 => self.secret.as_ref().map(|(_, d)| d),
@@ -366,5 +374,69 @@ mod tests {
         assert!(a.check_password("hunter2", Some(&h)));
         assert!(!a.check_password("wrong", Some(&h)));
         assert!(!a.check_password("hunter2", None));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One for all cases: building one hashes a dummy password (argon2).
+    fn auth() -> &'static Auth {
+        static AUTH: std::sync::OnceLock<Auth> = std::sync::OnceLock::new();
+        AUTH.get_or_init(|| {
+            Auth::new(
+                Some("0123456789abcdef0123"),
+                None,
+                std::time::Duration::from_secs(60),
+            )
+            .expect("auth")
+        })
+    }
+
+    proptest! {
+        /// Any token text: a principal or 401, never a panic.
+        #[test]
+        fn tokens_never_panic(raw in "\\PC{0,300}") {
+            if let Err(e) = auth().verify(&raw) {
+                prop_assert_eq!(e.status.as_u16(), 401);
+            }
+        }
+
+        /// Three base64url-ish segments, the shape that reaches the decoder.
+        #[test]
+        fn token_shapes_never_panic(a in "[A-Za-z0-9_-]{0,80}", b in "[A-Za-z0-9_-]{0,200}", c in "[A-Za-z0-9_-]{0,80}") {
+            let _ = auth().verify(&format!("{a}.{b}.{c}"));
+        }
+
+        /// Issued tokens verify to the same subject and role; any changed
+        /// character of the payload is refused.
+        #[test]
+        fn issued_tokens_round_trip_and_tampering_fails(sub in "[A-Za-z0-9_-]{1,64}", role in prop_oneof![Just(Role::Player), Just(Role::Service), Just(Role::Admin)], at in 0usize..1000) {
+            let a = auth();
+            let (token, _) = a.issue(&sub, role).expect("issue");
+            let p = a.verify(&token).expect("valid");
+            prop_assert_eq!(&p.player_id, &sub);
+            prop_assert_eq!(p.role, role);
+            let dot = token.find('.').expect("header") + 1;
+            let end = token.rfind('.').expect("signature");
+            let i = dot + at % (end - dot);
+            let mut bytes = token.into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).expect("ascii");
+            prop_assert_eq!(a.verify(&tampered).expect_err("tampered").status.as_u16(), 401);
+        }
+    }
+
+    #[test]
+    fn a_huge_token_is_refused_unread() {
+        let e = auth()
+            .verify(&"a".repeat(MAX_TOKEN_BYTES + 1))
+            .expect_err("too long");
+        assert_eq!(
+            (e.status.as_u16(), e.message.as_str()),
+            (401, "invalid token: longer than 8 KiB")
+        );
     }
 }
