@@ -26,7 +26,71 @@ on_both_engines!(
     login_attempts_are_rate_limited,
     edge_inputs_named_by_the_contract,
     message_limits_are_configurable,
+    hostile_input_gets_a_defined_answer_and_others_are_served,
 );
+
+/// Issue 11's hostile input, each with its defined answer, while a
+/// connected player keeps receiving (checked by sequence number at the end):
+/// a tampered token, an 8 KiB+ token, 10 000-deep JSON bodies on every JSON
+/// route, a non-UTF-8 text frame (close 1007), and the 431 hyper gives a
+/// header block too large to read.
+async fn hostile_input_gets_a_defined_answer_and_others_are_served(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let (mut bystander, _) = n.ws_player("carol", None).await;
+    // Tokens.
+    let good = player_token("alice");
+    let mut parts: Vec<String> = good.split('.').map(str::to_string).collect();
+    let claims = parts[1].replace('A', "B");
+    parts[1] = if claims == parts[1] {
+        format!("{}A", &parts[1][..parts[1].len() - 1])
+    } else {
+        claims
+    };
+    let tampered = parts.join(".");
+    let huge = "a".repeat(9 * 1024);
+    for (token, why) in [(&tampered, "invalid token"), (&huge, "longer than 8 KiB")] {
+        let (s, b) = n
+            .request(reqwest::Method::GET, "/v1/cursor", Some(token))
+            .await;
+        assert_eq!(
+            (s, &b["error"]["code"]),
+            (401, &json!("unauthorized")),
+            "{b}"
+        );
+        let message = b["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(why), "{b}");
+    }
+    // 10 000-deep JSON on every route that reads a JSON body.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for (path, token) in [
+        ("/v1/publish", Some(service_token())),
+        ("/v1/ack", Some(player_token("alice"))),
+        ("/v1/auth/login", None),
+        ("/v1/admin/users", Some(admin_token())),
+    ] {
+        let (s, b) = n
+            .post(path, token.as_deref(), Body::Raw(deep.clone()))
+            .await;
+        assert_eq!(s, 400, "{path}: {b}");
+        assert!(b["error"]["code"].is_string(), "{path}: {b}");
+    }
+    // A text frame that is not UTF-8 fails that connection with 1007.
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let bad = Frame::message(vec![0xff, 0xfe, 0xfd], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(bad)).await;
+    assert_eq!(ws.end().await, WsEnd::Close(1007, "invalid_utf8".into()));
+    // A header block too large to read: hyper's 431, connection closed.
+    let resp = Broker::http()
+        .get(format!("{}/v1/cursor", n.base))
+        .header("x-junk", "j".repeat(512 * 1024))
+        .send()
+        .await;
+    assert_eq!(resp.expect("an answer").status().as_u16(), 431);
+    // The bystander was served throughout.
+    assert_eq!(n.publish_n("carol", 2).await, vec![1, 2]);
+    assert_eq!(bystander.seqs(2).await, vec![1, 2]);
+}
 
 async fn origins_are_checked_when_configured(kind: Kind) {
     let n = Node::start(kind, |c| c.allowed_origins = "https://game.example".into()).await;

@@ -50,6 +50,8 @@ pub enum End {
     Abuse,
     /// A frame above the hard limit (WebSocket only).
     TooBig,
+    /// A text frame that is not UTF-8 (WebSocket only).
+    NotUtf8,
     /// The peer was silent for longer than the idle timeout (WebSocket only).
     Idle,
     /// The engine failed while the feed read the log.
@@ -64,6 +66,8 @@ pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// WebSocket close code: policy violation (sustained abuse).
 pub const CLOSE_POLICY: u16 = 1008;
+/// WebSocket close code: data inconsistent with its type (text that is not UTF-8).
+pub const CLOSE_INVALID_DATA: u16 = 1007;
 /// WebSocket close code: a message too big to read.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code: going away (idle peer).
@@ -80,6 +84,7 @@ impl End {
             End::Slow => (CLOSE_SLOW_CONSUMER, "slow_consumer"),
             End::Abuse => (CLOSE_POLICY, "policy_violation"),
             End::TooBig => (CLOSE_TOO_BIG, "message_too_big"),
+            End::NotUtf8 => (CLOSE_INVALID_DATA, "invalid_utf8"),
             End::Idle => (CLOSE_GOING_AWAY, "idle_timeout"),
             End::EngineLost => (CLOSE_INTERNAL, "engine_unavailable"),
         }

@@ -438,6 +438,11 @@ async fn read_loop(
                 let _ = ctrl.send(Ctrl::Close(End::TooBig)).await;
                 break;
             }
+            // A text frame that is not UTF-8 fails the connection (RFC 6455 §8.1).
+            Err(tungstenite::Error::Utf8(_)) => {
+                let _ = ctrl.send(Ctrl::Close(End::NotUtf8)).await;
+                break;
+            }
             Err(_) => break,
         };
         match msg {
