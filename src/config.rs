@@ -155,6 +155,20 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
     pub ingest_claim_idle: Duration,
 
+    /// Seed URLs of a Redis Cluster (contract §10). Not supported by this
+    /// version yet: start-up refuses it (exit 2) rather than run on one node.
+    #[arg(long, global = true, env = "MYTHOS_REDIS_CLUSTER")]
+    pub redis_cluster: Option<String>,
+
+    /// After every append, WAIT for this many replicas to confirm it before
+    /// answering 200 / command_accepted (0: don't wait; needs MYTHOS_REDIS_URL).
+    #[arg(long, global = true, env = "MYTHOS_REDIS_WAIT_REPLICAS", default_value = "0", value_parser = parse_count("MYTHOS_REDIS_WAIT_REPLICAS"))]
+    pub redis_wait_replicas: u64,
+
+    /// How long that WAIT may take; fewer confirmations → 503 not_replicated.
+    #[arg(long, global = true, env = "MYTHOS_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = parse_duration("MYTHOS_REDIS_WAIT_TIMEOUT"))]
+    pub redis_wait_timeout: Duration,
+
     /// How long start-up keeps retrying (with backoff) to reach an unreachable
     /// Redis before it gives up with exit code 1; 0 = one attempt.
     #[arg(long, global = true, env = "MYTHOS_REDIS_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration("MYTHOS_REDIS_CONNECT_TIMEOUT"))]
@@ -178,7 +192,7 @@ pub struct Config {
 
 /// Allowed range of each count setting: (name, least, most). Past the most,
 /// a value would exhaust memory or overflow later; start-up refuses it.
-const COUNT_BOUNDS: [(&str, u64, u64); 12] = [
+const COUNT_BOUNDS: [(&str, u64, u64); 13] = [
     ("MYTHOS_MAX_BACKLOG", 1, 10_000_000),
     ("MYTHOS_MAX_EVENT_BYTES", 1, 16 * 1024 * 1024),
     ("MYTHOS_WS_MAX_FRAME", 1, 16 * 1024 * 1024),
@@ -191,6 +205,7 @@ const COUNT_BOUNDS: [(&str, u64, u64); 12] = [
     ("MYTHOS_REDIS_POOL", 1, 1024),
     ("MYTHOS_MAX_CONNECTIONS", 1, 10_000_000),
     ("MYTHOS_MAX_PLAYER_CONNECTIONS", 1, 100_000),
+    ("MYTHOS_REDIS_WAIT_REPLICAS", 0, 64),
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -198,7 +213,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Allowed range of each duration setting: (name, least, most). A timer of
 /// zero panics, and a window past a few hundred years overflows a clock.
-const DURATION_BOUNDS: [(&str, Duration, Duration); 8] = [
+const DURATION_BOUNDS: [(&str, Duration, Duration); 9] = [
     (
         "MYTHOS_TOKEN_TTL",
         SECOND,
@@ -227,6 +242,11 @@ const DURATION_BOUNDS: [(&str, Duration, Duration); 8] = [
         Duration::ZERO,
         Duration::from_secs(3600),
     ),
+    (
+        "MYTHOS_REDIS_WAIT_TIMEOUT",
+        Duration::from_millis(1),
+        Duration::from_secs(60),
+    ),
 ];
 
 impl Config {
@@ -248,6 +268,24 @@ impl Config {
                     .into(),
             );
         }
+        if self.redis_cluster.is_some() && self.redis_url.is_some() {
+            return Err(
+                "MYTHOS_REDIS_URL and MYTHOS_REDIS_CLUSTER are both set: set one (a single Redis, or a cluster's seeds)"
+                    .into(),
+            );
+        }
+        if self.redis_cluster.is_some() {
+            return Err(
+                "MYTHOS_REDIS_CLUSTER: Redis Cluster is not supported by this version yet; use MYTHOS_REDIS_URL (a single Redis or Sentinel-managed master)"
+                    .into(),
+            );
+        }
+        if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
+            return Err(
+                "MYTHOS_REDIS_WAIT_REPLICAS needs MYTHOS_REDIS_URL: the embedded engine has no replicas"
+                    .into(),
+            );
+        }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err("MYTHOS_JWT_SECRET must be at least 16 bytes".into());
         }
@@ -264,6 +302,7 @@ impl Config {
             self.redis_pool,
             self.max_connections,
             self.max_player_connections,
+            self.redis_wait_replicas,
         ];
         for ((name, least, most), v) in COUNT_BOUNDS.into_iter().zip(counts) {
             if !(least..=most).contains(&v) {
@@ -279,6 +318,7 @@ impl Config {
             self.ingest_claim_idle,
             self.request_timeout,
             self.redis_connect_timeout,
+            self.redis_wait_timeout,
         ];
         for ((name, least, most), d) in DURATION_BOUNDS.into_iter().zip(durations) {
             if !(least..=most).contains(&d) {
@@ -295,6 +335,8 @@ impl Config {
     /// The engine's retention limits.
     pub fn limits(&self) -> Limits {
         Limits {
+            wait_replicas: self.redis_wait_replicas,
+            wait_timeout: self.redis_wait_timeout,
             max_backlog: self.max_backlog,
             max_backlog_age: self.max_backlog_age,
             dedupe_window: self.dedupe_window,

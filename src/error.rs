@@ -18,6 +18,11 @@ pub enum EngineError {
     Corrupt(String),
     #[error("{0}")]
     Rejected(&'static str),
+    /// The append is done on the master, but `WAIT` saw fewer replicas
+    /// confirm it in time (`MYTHOS_REDIS_WAIT_REPLICAS`): it may be lost in a
+    /// failover. A retry with the same `id` appends nothing twice.
+    #[error("written, but {got} of {wanted} replicas confirmed it in time")]
+    NotReplicated { got: u64, wanted: u64 },
 }
 
 impl EngineError {
@@ -69,6 +74,14 @@ impl From<ProtocolError> for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
+        if let EngineError::NotReplicated { .. } = e {
+            tracing::warn!(error = %e, "not replicated");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_replicated",
+                format!("{e}; the event may exist: retry with the same id"),
+            );
+        }
         tracing::error!(error = %e, "engine error");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

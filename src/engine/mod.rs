@@ -94,6 +94,11 @@ pub struct Limits {
     pub max_backlog_age: Duration,
     /// How long a publisher's idempotency key is remembered (`MYTHOS_DEDUPE_WINDOW`).
     pub dedupe_window: Duration,
+    /// Replicas that must confirm every append before it is answered
+    /// (`MYTHOS_REDIS_WAIT_REPLICAS`; Redis only; 0 = don't wait).
+    pub wait_replicas: u64,
+    /// How long that confirmation may take (`MYTHOS_REDIS_WAIT_TIMEOUT`).
+    pub wait_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -102,6 +107,8 @@ impl Default for Limits {
             max_backlog: 10_000,
             max_backlog_age: Duration::from_secs(7 * 24 * 3600),
             dedupe_window: Duration::from_secs(24 * 3600),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -124,9 +124,58 @@ impl RedisEngine {
         ms(self.limits.max_backlog_age)
     }
 
-    /// Appends `body` to `players` (distinct, in delivery order) in one script call.
+    /// A connection for writes: a shared lane, or — with
+    /// `MYTHOS_REDIS_WAIT_REPLICAS` — a pooled connection of its own, because
+    /// `WAIT` blocks the connection it runs on (on a shared lane a replica
+    /// outage would stall every command queued behind it).
+    async fn writer(&self) -> Result<Writer<'_>> {
+        Ok(if self.limits.wait_replicas == 0 {
+            Writer::Lane(self.conn().await?)
+        } else {
+            Writer::Own(Some(self.pool.get().await.map_err(pool_err)?))
+        })
+    }
+
+    /// With `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1, waits until that many replicas
+    /// confirm this connection's writes, or fails `NotReplicated` after
+    /// `MYTHOS_REDIS_WAIT_TIMEOUT`. The writes stay: a retry with the same
+    /// idempotency key finds them and appends nothing twice.
+    async fn confirm(&self, conn: &mut Writer<'_>) -> Result<()> {
+        let wanted = self.limits.wait_replicas;
+        let Writer::Own(Some(c)) = conn else {
+            return Ok(());
+        };
+        c.set_response_timeout(self.limits.wait_timeout + OP_TIMEOUT);
+        let got: redis::RedisResult<u64> = redis::cmd("WAIT")
+            .arg(wanted)
+            .arg(ms(self.limits.wait_timeout).max(1))
+            .query_async(&mut **c)
+            .await;
+        c.set_response_timeout(OP_TIMEOUT);
+        let got = match got {
+            Ok(n) => n,
+            Err(e) => {
+                // A WAIT that may still be blocked on the server: this
+                // connection must not serve anyone else.
+                if let Some(c) = conn.take() {
+                    drop(deadpool_redis::Connection::take(c));
+                }
+                return Err(e.into());
+            }
+        };
+        metrics::counter!("mythos_redis_waits_total").increment(1);
+        if got < wanted {
+            metrics::counter!("mythos_not_replicated_total").increment(1);
+            return Err(EngineError::NotReplicated { got, wanted });
+        }
+        Ok(())
+    }
+
+    /// Appends `body` to `players` (distinct, in delivery order) in one script
+    /// call on `conn` (the caller confirms).
     async fn append(
         &self,
+        conn: &mut Writer<'_>,
         players: &[String],
         body: &EventBody,
         dedupe_key: Option<&str>,
@@ -160,7 +209,7 @@ impl RedisEngine {
         for p in players {
             inv.arg(p.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(&mut self.conn().await?).await?;
+        let out: Vec<u64> = inv.invoke_async(conn).await?;
         if out.len() != players.len() * 2 {
             return Err(EngineError::Corrupt("append.lua answered short".into()));
         }
@@ -194,6 +243,60 @@ impl RedisEngine {
     }
 }
 
+/// Where an append is written (see [`RedisEngine::writer`]).
+enum Writer<'a> {
+    Lane(lanes::Lane<'a>),
+    /// `None` once discarded after a failed `WAIT`.
+    Own(Option<deadpool_redis::Connection>),
+}
+
+impl Writer<'_> {
+    fn take(&mut self) -> Option<deadpool_redis::Connection> {
+        match self {
+            Writer::Own(c) => c.take(),
+            Writer::Lane(_) => None,
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for Writer<'_> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Writer::Lane(l) => l.req_packed_command(cmd),
+            Writer::Own(Some(c)) => c.req_packed_command(cmd),
+            Writer::Own(None) => Box::pin(async { Err(discarded()) }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Writer::Lane(l) => l.req_packed_commands(cmd, offset, count),
+            Writer::Own(Some(c)) => c.req_packed_commands(cmd, offset, count),
+            Writer::Own(None) => Box::pin(async { Err(discarded()) }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Writer::Lane(l) => l.get_db(),
+            Writer::Own(Some(c)) => c.get_db(),
+            Writer::Own(None) => 0,
+        }
+    }
+}
+
+fn discarded() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "connection discarded after a failed WAIT",
+    ))
+}
+
 /// Consumer group `group` on the command stream.
 fn commands(group: &str) -> Group<'_> {
     Group {
@@ -210,30 +313,33 @@ impl Engine for RedisEngine {
         body: Arc<EventBody>,
         dedupe_key: Option<&str>,
     ) -> Result<Vec<Delivery>> {
-        match target {
+        let mut conn = self.writer().await?;
+        let out = match target {
             Target::Player(p) => {
-                self.append(std::slice::from_ref(p), &body, dedupe_key)
-                    .await
+                self.append(&mut conn, std::slice::from_ref(p), &body, dedupe_key)
+                    .await?
             }
-            Target::Players(ps) => self.append(ps, &body, dedupe_key).await,
+            Target::Players(ps) => self.append(&mut conn, ps, &body, dedupe_key).await?,
             Target::Room(r) => {
                 // A repeat answers what the first publish answered, even if
                 // the room's members changed since: no new member gets it.
                 if let Some(k) = dedupe_key {
                     let first: Option<String> = redis::cmd("GET")
                         .arg(keys::room_dedupe(r, k))
-                        .query_async(&mut self.conn().await?)
+                        .query_async(&mut conn)
                         .await?;
                     if let Some(first) = first {
+                        // Confirmed too: the first answer may not have been.
+                        self.confirm(&mut conn).await?;
                         return decode::room_deliveries(&first);
                     }
                 }
                 let mut members: Vec<String> = redis::cmd("SMEMBERS")
                     .arg(keys::members(r))
-                    .query_async(&mut self.conn().await?)
+                    .query_async(&mut conn)
                     .await?;
                 members.sort_unstable();
-                let out = self.append(&members, &body, dedupe_key).await?;
+                let out = self.append(&mut conn, &members, &body, dedupe_key).await?;
                 if let Some(k) = dedupe_key {
                     // NX: of two racing first publishes, the record of the
                     // one that stored first stands (both appended each
@@ -244,12 +350,14 @@ impl Engine for RedisEngine {
                         .arg("PX")
                         .arg(ms(self.limits.dedupe_window))
                         .arg("NX")
-                        .query_async(&mut self.conn().await?)
+                        .query_async(&mut conn)
                         .await?;
                 }
-                Ok(out)
+                out
             }
-        }
+        };
+        self.confirm(&mut conn).await?;
+        Ok(out)
     }
 
     async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
@@ -336,6 +444,7 @@ impl Engine for RedisEngine {
 
     async fn push_command(&self, cmd: &Command) -> Result<String> {
         // One XADD: no script needed, and it touches only the stream's slot.
+        let mut conn = self.writer().await?;
         let id: String = redis::cmd("XADD")
             .arg(keys::COMMANDS)
             .arg("MAXLEN")
@@ -352,8 +461,9 @@ impl Engine for RedisEngine {
             .arg(&cmd.id)
             .arg("payload")
             .arg(&cmd.payload)
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut conn)
             .await?;
+        self.confirm(&mut conn).await?;
         Ok(id)
     }
 

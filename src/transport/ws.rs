@@ -539,10 +539,14 @@ async fn handle(
 
 fn engine_error(e: &crate::engine::EngineError, id: Option<&str>) -> String {
     tracing::warn!(error = %e, "engine error on a client message");
-    error_frame(
-        &ProtocolError::new("unavailable", "the event store is unavailable; retry"),
-        id,
-    )
+    let e = match e {
+        crate::engine::EngineError::NotReplicated { .. } => ProtocolError::new(
+            "not_replicated",
+            format!("{e}; it may be appended: resend with the same id"),
+        ),
+        _ => ProtocolError::new("unavailable", "the event store is unavailable; retry"),
+    };
+    error_frame(&e, id)
 }
 
 /// The `id` of a message, if it has one, to label its error.
