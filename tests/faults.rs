@@ -584,6 +584,7 @@ type Attempts = Arc<Mutex<Vec<(Instant, Duration, Answer)>>>;
 
 /// Publishes `id` to `player` over HTTP until it gets a 200, trying the
 /// nodes in turn from `first`; every attempt is recorded.
+#[allow(clippy::too_many_arguments)] // each is one plain input of the attempt loop
 async fn publish_until_ok(
     http: &reqwest::Client,
     nodes: &[String],
