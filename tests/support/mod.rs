@@ -2,6 +2,8 @@
 //! nodes with HTTP/SSE/WebSocket clients (`broker`).
 #![allow(dead_code)]
 pub mod broker;
+pub mod history;
+pub mod proxy;
 pub mod redis;
 
 #[allow(unused_imports)]
