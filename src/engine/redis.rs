@@ -37,7 +37,7 @@ use super::{
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 /// How long one ordinary command may take before it fails.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Multiplexed connections shared by all non-blocking commands (see [`lanes`]).
 pub const LANES: usize = 4;
 
