@@ -37,4 +37,7 @@ cd "$here"
 if [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund
 fi
+if [ $# -eq 0 ]; then
+  set -- *.test.mjs
+fi
 exec node --test --test-concurrency=1 "$@"
