@@ -21,6 +21,7 @@ export function assertRawExactlyOnceInOrder(frames, { first = 1, isFence } = {})
   const expected = seqs.map((_, i) => first + i);
   assert.deepEqual(seqs, expected, `raw frames are not exactly ${first}..: ${JSON.stringify(frames)}`);
   if (isFence) {
+    assert.equal(isFence({ command_id: null }), false, "a fence that matches every event");
     const at = frames.findIndex(isFence);
     assert.ok(at >= 0, "the fence frame arrived");
     assert.equal(frames.filter(isFence).length, 1, "the fence arrived once");
@@ -51,9 +52,16 @@ export function storyNumbers(lines) {
  * before it. Returns the fence's command id.
  */
 export async function fenceCommand(page, type, rawFrames, timeout = 20000) {
+  const before = await page.evaluate(() => window.mythos.commands.length);
   await type(page, "look");
-  const id = await page.evaluate(() => window.mythos.commands.at(-1).id);
   const deadline = Date.now() + timeout;
+  // The page records a command's id once the broker accepted it.
+  let id = null;
+  while (!id) {
+    id = await page.evaluate((n) => window.mythos.commands[n]?.id ?? null, before);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for the fence to be accepted`);
+    if (!id) await new Promise((r) => setTimeout(r, 50));
+  }
   while (!(await rawFrames(page)).some((f) => f.command_id === id)) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for the fence's answer (${id})`);
     await new Promise((r) => setTimeout(r, 50));
