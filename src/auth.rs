@@ -73,7 +73,11 @@ pub(crate) struct Principal {
 impl Principal {
     /// Time left until the token expires (zero if past).
     pub fn time_left(&self) -> Duration {
-        Duration::from_secs(self.exp.saturating_sub(now_secs()))
+        // Exact to the millisecond: whole seconds of `now` would keep a
+        // connection up to a second past `exp` (the contract has no leeway).
+        (UNIX_EPOCH + Duration::from_secs(self.exp))
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
     }
     /// Refuses with 403 unless the role is one of `roles`.
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {

@@ -353,13 +353,22 @@ impl Config {
         })
     }
 
-    /// A configuration with every default and the given secret, for tests and embedding.
+    /// A configuration with every default and the given secret, for tests and
+    /// embedding. The process environment is ignored: a developer's exported
+    /// `MYTHOS_*` (a Redis URL, a backlog cap) must not change what a test runs on.
     #[cfg(feature = "test-support")]
     pub fn for_tests(secret: &str) -> Self {
-        let mut cli = Cli::parse_from(["mythos-broker"]);
-        cli.config.jwt_secret = Some(secret.to_string());
-        cli.config.bind = "127.0.0.1:0".parse().unwrap_or(cli.config.bind);
-        cli.config
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Cli::command().mut_args(|a| a.env(None::<&str>));
+        let mut config = cmd
+            .try_get_matches_from(["mythos-broker"])
+            .map_err(|e| e.to_string())
+            .and_then(|m| Cli::from_arg_matches(&m).map_err(|e| e.to_string()))
+            .map(|cli| cli.config)
+            .unwrap_or_else(|e| panic!("the defaults parse: {e}"));
+        config.jwt_secret = Some(secret.to_string());
+        config.bind = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
     }
 }
 
@@ -412,7 +421,13 @@ mod bound_tests {
                 .replace('_', "-");
             args.push(format!("--{flag}={v}"));
         }
-        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        // The process environment is ignored, as in `for_tests`.
+        use clap::{CommandFactory, FromArgMatches};
+        let m = Cli::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(args)
+            .map_err(|e| e.to_string())?;
+        let cli = Cli::from_arg_matches(&m).map_err(|e| e.to_string())?;
         cli.config.validate()
     }
 

@@ -451,10 +451,7 @@ async fn ws_invalid_messages_get_errors_and_keep_the_connection(kind: Kind) {
     // Above the hard limit the connection is closed with 1009.
     ws.send(Message::text("y".repeat(70 * 1024))).await;
     let end = ws.end().await;
-    assert!(
-        matches!(end, WsEnd::Close(1009, _) | WsEnd::Dropped),
-        "{end:?}"
-    );
+    assert!(matches!(end, WsEnd::Close(1009, _)), "{end:?}");
 }
 
 async fn ws_rate_limit_and_sustained_abuse(kind: Kind) {

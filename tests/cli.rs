@@ -8,15 +8,47 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mythos-broker");
 
-fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+/// The broker binary with an environment of PATH only: nothing the developer
+/// exported (`MYTHOS_REDIS_URL`, ...) reaches it. Each test sets what it needs.
+fn broker_command() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default());
+    support::redis::die_with_parent(&mut cmd);
+    cmd
+}
+
+/// Runs the binary to its end; a run that does not end within 20 s (a bad
+/// value the broker accepted and started serving with) fails, never hangs.
+fn run(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let mut cmd = broker_command();
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.stdin(Stdio::null()).output().expect("run binary");
+    if !env.iter().any(|(k, _)| *k == "MYTHOS_BIND") {
+        cmd.env("MYTHOS_BIND", "127.0.0.1:0");
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run binary");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(out) => out.expect("run binary"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("{args:?} with {env:?} did not exit within 20 s (it was killed)");
+        }
+    };
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -41,6 +73,100 @@ fn help_lists_every_setting() {
         "NOT durable",
     ] {
         assert!(out.contains(name), "--help lacks {name}");
+    }
+    // Every setting, by its flag and its variable: nothing is undocumented.
+    for (flag, var) in SETTINGS {
+        assert!(out.contains(&format!("--{flag}")), "--help lacks --{flag}");
+        assert!(out.contains(&format!("[env: {var}")), "--help lacks {var}");
+    }
+}
+
+/// Every setting: (flag, environment variable).
+const SETTINGS: &[(&str, &str)] = &[
+    ("bind", "MYTHOS_BIND"),
+    ("redis-url", "MYTHOS_REDIS_URL"),
+    ("jwt-secret", "MYTHOS_JWT_SECRET"),
+    ("jwt-public-key", "MYTHOS_JWT_PUBLIC_KEY"),
+    ("dev", "MYTHOS_DEV"),
+    ("max-backlog", "MYTHOS_MAX_BACKLOG"),
+    ("max-backlog-age", "MYTHOS_MAX_BACKLOG_AGE"),
+    ("dedupe-window", "MYTHOS_DEDUPE_WINDOW"),
+    ("max-event-bytes", "MYTHOS_MAX_EVENT_BYTES"),
+    ("token-ttl", "MYTHOS_TOKEN_TTL"),
+    ("log", "MYTHOS_LOG"),
+    ("keepalive", "MYTHOS_KEEPALIVE"),
+    ("idle-timeout", "MYTHOS_IDLE_TIMEOUT"),
+    ("ws-max-frame", "MYTHOS_WS_MAX_FRAME"),
+    ("ws-max-depth", "MYTHOS_WS_MAX_DEPTH"),
+    ("ws-max-command", "MYTHOS_WS_MAX_COMMAND"),
+    ("ws-max-args", "MYTHOS_WS_MAX_ARGS"),
+    ("rate-per-sec", "MYTHOS_RATE_PER_SEC"),
+    ("rate-burst", "MYTHOS_RATE_BURST"),
+    ("send-queue", "MYTHOS_SEND_QUEUE"),
+    ("allowed-origins", "MYTHOS_ALLOWED_ORIGINS"),
+    ("redis-pool", "MYTHOS_REDIS_POOL"),
+    ("node-id", "MYTHOS_NODE_ID"),
+    ("ingest-claim-idle", "MYTHOS_INGEST_CLAIM_IDLE"),
+];
+
+/// The counts (a whole number, at least 1) and durations (longer than zero).
+const COUNTS: &[&str] = &[
+    "MYTHOS_MAX_BACKLOG",
+    "MYTHOS_MAX_EVENT_BYTES",
+    "MYTHOS_WS_MAX_FRAME",
+    "MYTHOS_WS_MAX_DEPTH",
+    "MYTHOS_WS_MAX_COMMAND",
+    "MYTHOS_WS_MAX_ARGS",
+    "MYTHOS_RATE_PER_SEC",
+    "MYTHOS_RATE_BURST",
+    "MYTHOS_SEND_QUEUE",
+    "MYTHOS_REDIS_POOL",
+];
+const DURATIONS: &[&str] = &[
+    "MYTHOS_MAX_BACKLOG_AGE",
+    "MYTHOS_DEDUPE_WINDOW",
+    "MYTHOS_TOKEN_TTL",
+    "MYTHOS_KEEPALIVE",
+    "MYTHOS_IDLE_TIMEOUT",
+    "MYTHOS_INGEST_CLAIM_IDLE",
+];
+
+#[test]
+fn every_bad_count_and_duration_exits_2_naming_the_setting() {
+    let secret = ("MYTHOS_JWT_SECRET", "0123456789abcdef0123");
+    let mut cases: Vec<(&str, &str)> = Vec::new();
+    for name in COUNTS {
+        for bad in ["lots", "-1", "1.5"] {
+            cases.push((name, bad));
+        }
+        // No args at all is a meaningful limit (commands without arguments).
+        if *name != "MYTHOS_WS_MAX_ARGS" {
+            cases.push((name, "0"));
+        }
+    }
+    for name in DURATIONS {
+        for bad in ["forever", "-1s", "0s"] {
+            cases.push((name, bad));
+        }
+    }
+    for (name, bad) in cases {
+        let (code, _, err) = run(&[secret, (name, bad)], &[]);
+        assert_eq!(code, 2, "{name}={bad}: {err}");
+        assert!(
+            err.contains(name),
+            "{name}={bad}: stderr must name it: {err}"
+        );
+        if bad != "-1" && bad != "0s" {
+            continue;
+        }
+        // The same value given as a flag is refused the same way.
+        let flag = SETTINGS
+            .iter()
+            .find(|(_, v)| *v == name)
+            .map(|(f, _)| format!("--{f}={bad}"))
+            .expect("a flag");
+        let (code, _, err) = run(&[secret], &[&flag]);
+        assert_eq!(code, 2, "{flag}: {err}");
     }
 }
 
@@ -110,16 +236,27 @@ fn user_add_on_the_embedded_engine_explains_instead_of_pretending() {
 
 #[test]
 fn sigterm_stops_the_broker_with_exit_0() {
-    let mut child = Command::new(BIN)
-        .args(["--bind", "127.0.0.1:0"])
-        .env("MYTHOS_JWT_SECRET", "0123456789abcdef0123")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = support::redis::KillOnDrop(
+        broker_command()
+            .args(["--bind", "127.0.0.1:0"])
+            .env("MYTHOS_JWT_SECRET", "0123456789abcdef0123")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
     let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read");
+    // Read on a thread so that a broker that never prints fails the test
+    // after a deadline instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the broker prints its address within 10 s");
     assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -148,7 +285,7 @@ async fn user_add_creates_an_account_a_node_can_log_in_with() {
     use std::io::Write;
     let redis = support::RedisServer::start();
     let add = |name: &str| {
-        let mut child = Command::new(BIN)
+        let mut child = broker_command()
             .args(["user", "add", name])
             .env("MYTHOS_JWT_SECRET", support::broker::SECRET)
             .env("MYTHOS_REDIS_URL", redis.url())

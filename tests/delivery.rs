@@ -394,10 +394,7 @@ async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
             Err(e) => break e,
         }
     };
-    assert!(
-        matches!(&end, WsEnd::Close(4008, r) if r == "slow_consumer") || end == WsEnd::Dropped,
-        "{end:?}"
-    );
+    assert_eq!(end, WsEnd::Close(4008, "slow_consumer".into()));
     assert_eq!(got, range(1, got.len() as u64), "what arrived was in order");
     // Reconnecting resumes after what was received: everything arrives.
     let (mut ws, _) = n.ws_player("alice", Some(got.len() as u64)).await;
@@ -409,15 +406,49 @@ async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
 
 async fn token_expiry_closes_connections(kind: Kind) {
     let n = Node::start(kind, |_| {}).await;
-    let short = token_with("alice", Role::Player, 2);
+    let exp_secs = mythos_broker::auth::now_secs() + 2;
+    let short = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &mythos_broker::auth::Claims {
+            sub: "alice".into(),
+            exp: exp_secs,
+            iat: None,
+            role: Role::Player,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token");
+    let exp = std::time::UNIX_EPOCH + Duration::from_secs(exp_secs);
+    // Not before `exp`, and no leeway after it: the broker's own timer fires
+    // at `exp`; the margin covers scheduling and the close frame only.
+    const MARGIN: Duration = Duration::from_millis(400);
+    let in_bounds = |what: &str| {
+        let now = std::time::SystemTime::now();
+        assert!(now >= exp, "{what} closed before the token expired");
+        let late = now.duration_since(exp).unwrap_or_default();
+        assert!(late < MARGIN, "{what} closed {late:?} after expiry");
+    };
     let mut ws = n
         .ws(&format!("/v1/ws?token={short}"), &[])
         .await
         .expect("ws");
     assert_eq!(ws.next_json().await.expect("welcome")["type"], "welcome");
     let mut sse = n.sse("/v1/events", &short, None).await.expect("sse");
+    let sse_end = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(e) = sse.next_event().await {
+            seen.push(e.seq());
+        }
+        (seen, std::time::SystemTime::now())
+    });
     assert_eq!(ws.end().await, WsEnd::Close(4001, "token_expired".into()));
-    while sse.next_event().await.is_some() {}
+    in_bounds("the WebSocket");
+    let (seen, ended) = sse_end.await.expect("sse reader");
+    assert_eq!(seen, Vec::<u64>::new());
+    let late = ended
+        .duration_since(exp)
+        .expect("the SSE stream ended before expiry");
+    assert!(late < MARGIN, "the SSE stream ended {late:?} after expiry");
 }
 
 async fn shutdown_closes_with_1012(kind: Kind) {

@@ -84,6 +84,9 @@ async fn each_command_gets_one_answer_with_its_id() {
         json!({"type": "chat", "id": "c2", "channel": "say", "message": "hello"}),
         json!({"type": "command", "id": "c3", "command": "go", "args": ["north"]}),
         json!({"type": "command", "id": "c4", "command": "dance"}),
+        // The fence: the world answers commands in the order of the command
+        // stream, so any second answer to c1..c4 would come before this one's.
+        json!({"type": "command", "id": "fence", "command": "look"}),
     ] {
         ws.send(Message::text(frame.to_string()))
             .await
@@ -91,27 +94,31 @@ async fn each_command_gets_one_answer_with_its_id() {
     }
 
     let mut answers: HashMap<String, Vec<Value>> = HashMap::new();
+    let mut order = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    // Read until every command is answered, then a little longer for duplicates.
-    let mut quiet_until = None;
-    loop {
-        let stop = quiet_until.unwrap_or(deadline);
-        let Ok(Some(Ok(msg))) = tokio::time::timeout_at(stop, ws.next()).await else {
-            break;
+    while !answers.contains_key("fence") {
+        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(msg))) => msg,
+            other => {
+                panic!("no answer to the fence within 10 s (got {other:?}); answers: {answers:?}")
+            }
         };
         let Ok(text) = msg.to_text() else { continue };
         let frame: Value = serde_json::from_str(text).expect("JSON frame");
         if frame["type"] == "event" && frame["event_type"] == "command_response" {
             let id = frame["data"]["command_id"].as_str().unwrap_or_default();
+            order.push(id.to_string());
             answers
                 .entry(id.to_string())
                 .or_default()
                 .push(frame["data"].clone());
         }
-        if answers.len() == 4 && quiet_until.is_none() {
-            quiet_until = Some(tokio::time::Instant::now() + Duration::from_millis(300));
-        }
     }
+    assert_eq!(
+        order,
+        ["c1", "c2", "c3", "c4", "fence"],
+        "one answer each, in order"
+    );
 
     let one = |id: &str| {
         let a = answers.get(id).map(Vec::as_slice).unwrap_or_default();

@@ -7,32 +7,20 @@
 // player to log in again instead of retrying forever.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { artifact, launch, loginAs, snapshot, type, waitForLine } from "./lib/browser.mjs";
-import { freePort, sleep, startBroker } from "./lib/broker.mjs";
-import { assertExactlyOnceInOrder, responsesById, storyNumbers } from "./lib/checks.mjs";
+import { artifact, launch, loginAs, newContext, rawFrames, snapshot, type, waitForLine } from "./lib/browser.mjs";
+import { freePort, startBroker } from "./lib/broker.mjs";
+import { assertExactlyOnceInOrder, assertRawExactlyOnceInOrder, fenceCommand, responsesById, storyNumbers } from "./lib/checks.mjs";
 import { startStory, until } from "./lib/story.mjs";
 
 const N = 200;
 const OFFLINE_UNTIL = 70; // the network comes back once this many were published
 
-/** Records every WebSocket the page opens, so the test can cut them. */
-function trackSockets() {
-  const Native = window.WebSocket;
-  window.__sockets = [];
-  window.WebSocket = class extends Native {
-    constructor(...args) {
-      super(...args);
-      window.__sockets.push(this);
-    }
-  };
-}
-
 test("offline and back: every event once and in order, queued commands run once", async () => {
   const broker = await startBroker();
   const browser = await launch();
   try {
-    const context = await browser.newContext({ viewport: { width: 1000, height: 720 } });
-    await context.addInitScript(trackSockets);
+    // Records every raw frame, and every WebSocket (so the test can cut them).
+    const context = await newContext(browser, { viewport: { width: 1000, height: 720 } });
     const page = await context.newPage();
     await loginAs(page, broker.url, "alice");
 
@@ -68,9 +56,12 @@ test("offline and back: every event once and in order, queued commands run once"
       typed.length,
       { timeout: 20000 },
     );
-    await sleep(500); // room for any duplicate to show up
+    // A fence instead of a pause: any duplicate answer or event comes before it.
+    const fence = await fenceCommand(page, type, rawFrames);
 
     const s = await snapshot(page);
+    // What the broker sent, before the client's de-duplication: from 1, each once, in order.
+    assertRawExactlyOnceInOrder(await rawFrames(page), { first: 1, isFence: (f) => f.command_id === fence });
     assert.equal(s.state, "connected");
     assert.deepEqual(storyNumbers(s.lines), Array.from({ length: N }, (_, i) => i + 1));
     assertExactlyOnceInOrder(s.seqs);
@@ -93,7 +84,7 @@ test("a restarted embedded broker sends the player back to the login form", asyn
   let broker = await startBroker({ port });
   const browser = await launch();
   try {
-    const page = await browser.newPage();
+    const page = await (await newContext(browser)).newPage();
     await loginAs(page, broker.url, "alice");
     await broker.stop();
     await page.waitForFunction(() => window.mythos.state === "reconnecting");

@@ -7,7 +7,7 @@
 #   MYTHOS_BIN=target/release/mythos-broker tests/browser/run.sh   test that binary, no build
 #   CHROMIUM=/path/to/chromium              another Chromium executable
 #
-# The Redis restart test also needs redis-server (skipped, with the reason, without it).
+# The Redis restart test also needs redis-server (it fails, saying so, without it).
 # Screenshots go to test-artifacts/ (git-ignored).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -36,5 +36,8 @@ fi
 cd "$here"
 if [ ! -d node_modules/playwright-core ]; then
   npm ci --no-audit --no-fund
+fi
+if [ $# -eq 0 ]; then
+  set -- *.test.mjs
 fi
 exec node --test --test-concurrency=1 "$@"

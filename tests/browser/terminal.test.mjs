@@ -3,9 +3,9 @@
 // history), two players seeing each other, and a screenshot per viewport.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { artifact, launch, loginAs, snapshot, type, waitForLine } from "./lib/browser.mjs";
+import { artifact, launch, loginAs, newContext, rawFrames, snapshot, type, waitForLine } from "./lib/browser.mjs";
 import { publish, startBroker } from "./lib/broker.mjs";
-import { assertExactlyOnceInOrder, responsesById } from "./lib/checks.mjs";
+import { assertExactlyOnceInOrder, assertRawExactlyOnceInOrder, fenceCommand, responsesById } from "./lib/checks.mjs";
 
 let broker;
 let browser;
@@ -57,7 +57,7 @@ test("a wrong password is refused on the login form", async () => {
 
 test("two players log in, look, move, talk, and see each other", async () => {
   const errors = [];
-  const context = await browser.newContext({ viewport: { width: 1000, height: 720 } });
+  const context = await newContext(browser, { viewport: { width: 1000, height: 720 } });
   const alice = await context.newPage();
   alice.on("pageerror", (e) => errors.push(e));
   await loginAs(alice, broker.url, "alice");
@@ -113,12 +113,15 @@ test("two players log in, look, move, talk, and see each other", async () => {
   await alice.press("#command", "ArrowDown");
   assert.equal(await alice.inputValue("#command"), "");
 
+  const fence = await fenceCommand(alice, type, rawFrames);
   const s = await snapshot(alice);
   assertExactlyOnceInOrder(s.seqs);
-  // Every command (the page's own first look included) got exactly one answer.
+  // What the broker sent, before the client's de-duplication: from 1, each once, in order.
+  assertRawExactlyOnceInOrder(await rawFrames(alice), { first: 1, isFence: (f) => f.command_id === fence });
+  // Every command (the page's own first look and the fence included) got exactly one answer.
   const answers = responsesById(s.events);
   const sent = s.commands.filter((c) => c.status === "accepted");
-  assert.equal(sent.length, 7, JSON.stringify(s.commands));
+  assert.equal(sent.length, 8, JSON.stringify(s.commands));
   for (const c of sent) assert.equal(answers.get(c.id), 1, `answers to ${c.input} (${c.id})`);
   // Each rendered event line carries its sequence number.
   const labelled = await alice.$$eval("#output [data-seq]", (els) => els.map((e) => Number(e.dataset.seq)));

@@ -265,7 +265,9 @@ pub struct SseClient {
 }
 
 impl SseClient {
-    /// The next raw block (text up to a blank line), or None when the stream ends.
+    /// The next raw block (text up to a blank line), or None when the stream
+    /// ends cleanly (the broker ended the response). A broken stream (a
+    /// connection reset, a truncated chunked body) is not an end: it panics.
     pub async fn next_block(&mut self) -> Option<String> {
         loop {
             if let Some(i) = self.buf.find("\n\n") {
@@ -275,7 +277,15 @@ impl SseClient {
             }
             match tokio::time::timeout(PATIENCE, self.stream.next()).await {
                 Ok(Some(Ok(b))) => self.buf.push_str(&String::from_utf8_lossy(&b)),
-                Ok(_) => return None,
+                Ok(Some(Err(e))) => panic!("SSE: the stream broke instead of ending: {e}"),
+                Ok(None) => {
+                    assert!(
+                        self.buf.trim().is_empty(),
+                        "SSE: the stream ended inside an event: {:?}",
+                        self.buf
+                    );
+                    return None;
+                }
                 Err(_) => panic!("SSE: nothing within {PATIENCE:?}; buffered: {:?}", self.buf),
             }
         }

@@ -2,7 +2,10 @@
 //!
 //! Owns: starting, killing and restarting throw-away Redis servers, each in
 //! its own temporary directory, and polling helpers with deadlines. Must not
-//! touch: any Redis it did not start.
+//! touch: any Redis it did not start. A server counts as started only when
+//! the child is alive and the process answering on the port reports the
+//! child's pid (`INFO server` `process_id`); a port taken by someone else
+//! between the probe and the bind is retried with a new port, never shared.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,7 +24,12 @@ pub struct RedisServer {
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
-fn free_port() -> u16 {
+/// Attempts at a fresh port before giving up.
+const PORT_ATTEMPTS: usize = 8;
+
+/// A port nobody listened on a moment ago (never 6379). Someone may take it
+/// before our child binds it: callers check who answers.
+pub fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -31,6 +39,38 @@ fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Makes a child die with the test process: on Linux it gets SIGKILL when the
+/// thread that spawned it exits (a runner killed by a timeout, an abort), so
+/// no server outlives the run. Elsewhere, `Drop` is the only guard.
+pub fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe, and nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
+/// Why a start on one port did not give us our own server.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The child exited (typically: the port was taken before it could bind).
+    Exited(String),
+    /// Something answers on the port, but it is not our child.
+    NotOurs { answered_by: Option<u32>, ours: u32 },
+    /// Neither happened before the deadline.
+    NotReady,
 }
 
 impl RedisServer {
@@ -46,20 +86,34 @@ impl RedisServer {
     }
 
     fn start_with(appendonly: bool) -> Self {
+        let mut errors = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::try_start_on(free_port(), appendonly) {
+                Ok(s) => return s,
+                // Another process took the port first: try another one.
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("no redis-server of our own after {PORT_ATTEMPTS} ports: {errors:?}");
+    }
+
+    /// Starts a server on exactly `port`; `Err` unless the process answering
+    /// there is the child just started (never someone else's server).
+    pub fn try_start_on(port: u16, appendonly: bool) -> Result<Self, SpawnError> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("mythos-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the server's temp dir");
         let mut s = Self {
-            port: free_port(),
+            port,
             dir,
             appendonly,
             child: None,
         };
-        s.spawn();
-        s
+        s.spawn()?;
+        Ok(s)
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self) -> Result<(), SpawnError> {
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -68,9 +122,12 @@ impl RedisServer {
             .arg(&self.dir)
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
-            .stdout(Stdio::null())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let child = match cmd.spawn() {
+        die_with_parent(&mut cmd);
+        let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
                 "redis-server not found: install it with `apt-get install redis-server` \
@@ -78,25 +135,55 @@ impl RedisServer {
             ),
             Err(e) => panic!("cannot start redis-server: {e}"),
         };
-        self.child = Some(child);
-        wait_for(
-            Duration::from_secs(10),
-            "redis-server to answer PING",
-            || self.answers_ping(),
-        );
-    }
-
-    fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
+        // Drain the log on a thread (a full pipe would block the server); it
+        // explains an exit.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(out) = child.stdout.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let ours = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let verdict = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50)); // let the log thread catch up
+                let tail = log.lock().map(|l| l.clone()).unwrap_or_default();
+                break Err(SpawnError::Exited(format!("{status}: {tail}")));
+            }
+            match server_pid(self.port) {
+                Some(Some(pid)) if pid == ours => break Ok(()),
+                Some(answered_by) => break Err(SpawnError::NotOurs { answered_by, ours }),
+                None => {}
+            }
+            if Instant::now() > deadline {
+                break Err(SpawnError::NotReady);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        if verdict.is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+        } else {
+            self.child = Some(child);
+        }
+        verdict
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The pid of the running child, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {
@@ -111,10 +198,16 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (and directory).
+    /// Starts the server again on the same port (and directory); panics if
+    /// that port now answers with someone else's server.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        if let Err(e) = self.spawn() {
+            panic!(
+                "redis-server could not be restarted on port {} as our own process: {e:?}",
+                self.port
+            );
+        }
     }
 
     /// A plain client for assertions.
@@ -128,6 +221,32 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// What answers on `port`: `None` if nothing accepts a connection (or it is
+/// still loading), else `Some` of the `process_id` from `INFO server`
+/// (`Some(None)` when whatever answered reports no pid).
+fn server_pid(port: u16) -> Option<Option<u32>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !(text.contains("process_id:") && text.ends_with("\r\n")) && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => text.push_str(&String::from_utf8_lossy(&buf[..k])),
+        }
+    }
+    if text.is_empty() || text.starts_with("-LOADING") {
+        return None;
+    }
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|p| p.trim().parse().ok()),
+    )
 }
 
 /// Polls `cond` until it holds; panics naming `what` after `timeout`.
@@ -152,5 +271,31 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failed
+/// assertion never leaves it running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
     }
 }

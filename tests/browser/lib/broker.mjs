@@ -11,6 +11,52 @@ export const BIN = process.env.MYTHOS_BIN ?? path.join(ROOT, "target/debug/mytho
 const READY = /demo world ready/;
 const SERVICE_TOKEN = /dev mode: service token: (\S+)/;
 
+/** Every child started here, killed when this test process exits however it exits. */
+const children = new Set();
+function killAll() {
+  for (const c of children) {
+    try {
+      c.kill("SIGKILL");
+    } catch {
+      /* gone */
+    }
+  }
+}
+process.on("exit", killAll);
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, () => {
+    killAll();
+    process.exit(128 + (sig === "SIGINT" ? 2 : sig === "SIGTERM" ? 15 : 1));
+  });
+}
+
+/**
+ * Spawns `cmd` so that it dies with this process even if this process is
+ * SIGKILLed (Linux: `setpriv --pdeathsig KILL`, util-linux), and tracks it.
+ */
+function spawnChild(cmd, args, options) {
+  const child = existsSync("/usr/bin/setpriv")
+    ? spawn("/usr/bin/setpriv", ["--pdeathsig", "KILL", "--", cmd, ...args], options)
+    : spawn(cmd, args, options);
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  return child;
+}
+
+/**
+ * The environment for a spawned broker: this process's, minus every MYTHOS_*
+ * variable (a developer's `export MYTHOS_REDIS_URL=...` must not reach the
+ * broker under test), plus what the test sets.
+ */
+export function cleanEnv(extra = {}) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("MYTHOS_")) env[k] = v;
+  return { ...env, ...extra };
+}
+
+/** How often a start on a port someone else took first is retried on a new one. */
+const PORT_ATTEMPTS = 5;
+
 /** A TCP port nobody listens on right now. */
 export async function freePort() {
   const srv = net.createServer();
@@ -27,7 +73,7 @@ function waitForOutput(child, text, test, ms, what) {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => done(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
     const check = () => test(text()) && done(null);
-    const exited = (code) => done(new Error(`${what}: the process exited with ${code}`));
+    const exited = (code) => done(Object.assign(new Error(`${what}: the process exited with ${code}`), { exited: true }));
     function done(err) {
       clearTimeout(timer);
       child.stdout.off("data", check);
@@ -52,13 +98,26 @@ async function stopChild(child, ms = 10000) {
 
 /**
  * Runs `mythos-broker --bind 127.0.0.1:<port> demo` and waits for the demo
- * world. Returns {url, port, serviceToken, output(), stop()}.
+ * world. Returns {url, port, serviceToken, output(), stop()}. The readiness
+ * line comes from our own child (which exits if it cannot bind), so a port
+ * someone else holds is never mistaken for ours: without an explicit `port`
+ * the start is retried on a new one; with one (a restart) it fails.
  */
 export async function startBroker({ port, env = {} } = {}) {
   if (!existsSync(BIN)) throw new Error(`no broker binary at ${BIN}: run \`cargo build\` or set MYTHOS_BIN`);
-  port ??= await freePort();
-  const child = spawn(BIN, ["--bind", `127.0.0.1:${port}`, "demo"], {
-    env: { ...process.env, MYTHOS_LOG: "warn", ...env },
+  const fixed = port !== undefined;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startBrokerOn(fixed ? port : await freePort(), env);
+    } catch (e) {
+      if (fixed || attempt >= PORT_ATTEMPTS || !e.exited) throw e;
+    }
+  }
+}
+
+async function startBrokerOn(port, env) {
+  const child = spawnChild(BIN, ["--bind", `127.0.0.1:${port}`, "demo"], {
+    env: cleanEnv({ MYTHOS_LOG: "warn", ...env }),
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -70,10 +129,15 @@ export async function startBroker({ port, env = {} } = {}) {
     await waitForOutput(child, () => out, (t) => READY.test(t), 30000, "the demo world");
   } catch (e) {
     await stopChild(child);
-    throw new Error(`${e.message}\n--- broker output ---\n${out}`);
+    const err = new Error(`${e.message}\n--- broker output ---\n${out}`);
+    err.exited = e.exited === true;
+    throw err;
   }
   const serviceToken = out.match(SERVICE_TOKEN)?.[1];
-  if (!serviceToken) throw new Error(`no service token in the broker's output:\n${out}`);
+  if (!serviceToken) {
+    await stopChild(child);
+    throw new Error(`no service token in the broker's output:\n${out}`);
+  }
   return {
     port,
     url: `http://127.0.0.1:${port}`,
@@ -83,23 +147,32 @@ export async function startBroker({ port, env = {} } = {}) {
   };
 }
 
-/** Runs a throw-away redis-server (no persistence) on a free port. */
+/** Runs a throw-away redis-server (no persistence) on a free port (retried on a new one if taken). */
 export async function startRedis(bin = process.env.REDIS_SERVER ?? "redis-server") {
-  const port = await freePort();
-  const child = spawn(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout.setEncoding("utf8");
-  child.stdout.on("data", (s) => (out += s));
-  const failed = once(child, "error").then(([e]) => {
-    throw e;
-  });
-  await Promise.race([
-    waitForOutput(child, () => out, (t) => /Ready to accept connections/.test(t), 10000, "redis-server"),
-    failed,
-  ]);
-  return { url: `redis://127.0.0.1:${port}`, stop: () => stopChild(child) };
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort();
+    const child = spawnChild(bin, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+      stdio: ["ignore", "pipe", "pipe"],
+      env: cleanEnv(),
+    });
+    let out = "";
+    child.stdout.setEncoding("utf8");
+    child.stdout.on("data", (s) => (out += s));
+    const failed = once(child, "error").then(([e]) => {
+      throw new Error(`cannot run ${bin}: ${e.message} (apt-get install -y redis-server, or set REDIS_SERVER)`);
+    });
+    try {
+      // The line comes from our child's own log: it is the one listening.
+      await Promise.race([
+        waitForOutput(child, () => out, (t) => /Ready to accept connections/.test(t), 10000, "redis-server"),
+        failed,
+      ]);
+      return { url: `redis://127.0.0.1:${port}`, stop: () => stopChild(child) };
+    } catch (e) {
+      await stopChild(child);
+      if (!e.exited || attempt >= PORT_ATTEMPTS) throw new Error(`${e.message}\n--- redis-server output ---\n${out}`);
+    }
+  }
 }
 
 /** `POST /v1/publish` with the service token; returns the answer's JSON. */

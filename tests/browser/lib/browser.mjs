@@ -25,6 +25,69 @@ export async function launch() {
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ARGS });
 }
 
+/**
+ * Page init script: records every frame the page's WebSockets and
+ * EventSources receive, as it arrives and before the client library sees it
+ * (so before its de-duplication). `window.__frames` holds, per event frame,
+ * {socket, seq, event_type, command_id}; `window.__sockets` every WebSocket.
+ */
+function recordFrames() {
+  window.__frames = [];
+  window.__sockets = [];
+  const note = (socket, text) => {
+    let f;
+    try {
+      f = JSON.parse(text);
+    } catch {
+      return;
+    }
+    if (f && typeof f.sequence_number === "number") {
+      window.__frames.push({
+        socket,
+        seq: f.sequence_number,
+        event_type: f.event_type,
+        command_id: f.data?.command_id ?? null,
+      });
+    }
+  };
+  const NativeWS = window.WebSocket;
+  window.WebSocket = class extends NativeWS {
+    constructor(...args) {
+      super(...args);
+      const socket = window.__sockets.push(this) - 1;
+      this.addEventListener("message", (ev) => {
+        if (typeof ev.data === "string") {
+          const f = JSON.parse(ev.data);
+          if (f.type === "event") note(`ws${socket}`, ev.data);
+        }
+      });
+    }
+  };
+  if (window.EventSource) {
+    const NativeES = window.EventSource;
+    let n = 0;
+    window.EventSource = class extends NativeES {
+      constructor(...args) {
+        super(...args);
+        const socket = `sse${n++}`;
+        this.addEventListener("message", (ev) => note(socket, ev.data));
+      }
+    };
+  }
+}
+
+/** A new context (options as for browser.newContext) whose pages record raw frames. */
+export async function newContext(browser, options = {}) {
+  const context = await browser.newContext(options);
+  await context.addInitScript(recordFrames);
+  return context;
+}
+
+/** The raw event frames the page received, in arrival order. */
+export function rawFrames(page) {
+  return page.evaluate(() => window.__frames.map((f) => ({ ...f })));
+}
+
 /** Where screenshots go (git-ignored). */
 export function artifact(name) {
   mkdirSync(ARTIFACTS, { recursive: true });

@@ -1,0 +1,246 @@
+//! Recovery paths docs/delivery.md and docs/architecture.md promise: live
+//! notifications are hints and a node whose Redis subscription drops nudges
+//! its *open* connections back to the log; an overflow during replay is
+//! "lagged", never a slow consumer; several nodes share one Redis. (Pacing
+//! with bounded memory is in tests/pacing.rs, alone in its process.) Every check is by exact
+//! sequence number, with a fence event (published last, required next) where
+//! "nothing more" matters.
+
+mod support;
+
+use std::sync::Arc;
+
+use mythos_broker::protocol::{EventBody, Target};
+use serde_json::json;
+use support::broker::*;
+use support::{eventually, RedisServer};
+
+on_both_engines!(overflow_during_replay_is_lagged_not_slow);
+
+/// Appends `n` events of about `pad` bytes each to `player` through the
+/// node's engine (the same path a publish takes, without HTTP round trips).
+async fn append(node: &Broker, player: &str, n: usize, pad: usize) {
+    let data = serde_json::value::to_raw_value(&json!({ "pad": "x".repeat(pad) })).expect("raw");
+    for _ in 0..n {
+        node.app()
+            .engine
+            .publish(
+                &Target::Player(player.into()),
+                Arc::new(EventBody::now("blob", data.clone(), None, None)),
+                None,
+            )
+            .await
+            .expect("append");
+    }
+}
+
+/// Publishes a `fence` event and requires it to be the very next event on
+/// `ws`, with sequence number `seq`: nothing (a duplicate, a stray resend)
+/// came between what the test read and the fence.
+async fn fence(node: &Broker, ws: &mut WsClient, player: &str, seq: u64) {
+    let d = node
+        .publish(json!({"player": player}), "fence", json!({}))
+        .await;
+    assert_eq!(d[0].1, seq, "the fence's sequence number");
+    let e = ws.next_event().await.expect("the fence arrives");
+    assert_eq!(
+        (e["sequence_number"].as_u64(), e["event_type"].as_str()),
+        (Some(seq), Some("fence")),
+        "the next event after the expected ones must be the fence"
+    );
+}
+
+async fn overflow_during_replay_is_lagged_not_slow(kind: Kind) {
+    // A queue of 4, and a replay far larger than the socket buffers (3000
+    // events of 8 KiB = 24 MiB): while the client reads nothing, the broker
+    // cannot have finished replaying, so the events published now overflow
+    // the queue of a connection that is still replaying.
+    let n = Node::start(kind, |c| c.send_queue = 4).await;
+    append(&n, "alice", 3000, 8 * 1024).await;
+    let (mut ws, _) = n.ws_player("alice", Some(0)).await;
+    assert_eq!(ws.seqs(10).await, range(1, 10));
+    assert_eq!(n.publish_n("alice", 50).await, range(3001, 3050));
+    assert_eq!(n.app().hub.slow_consumers(), 0);
+    assert_eq!(ws.seqs(3040).await, range(11, 3050), "exactly 11..3050");
+    fence(&n, &mut ws, "alice", 3051).await;
+    assert_eq!(
+        n.app().hub.slow_consumers(),
+        0,
+        "an overflow while replaying must not count as a slow consumer"
+    );
+}
+
+/// A Redis node with its own connection URL (user `name` with every
+/// permission), so the test can cut exactly this node's subscription.
+async fn node_as(redis: &RedisServer, name: &str) -> Broker {
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(name)
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut con)
+        .await
+        .expect("ACL SETUSER");
+    let mut c = config();
+    c.redis_url = Some(format!("redis://{name}:pw@127.0.0.1:{}/", redis.port()));
+    Broker::start(c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nudge_reaches_an_open_connection_after_its_node_lost_the_subscription() {
+    let redis = RedisServer::start();
+    let a = node_as(&redis, "node_a").await;
+    let b = node_as(&redis, "node_b").await;
+    let (mut ws, _) = a.ws_player("alice", None).await;
+    assert_eq!(b.publish_n("alice", 3).await, range(1, 3));
+    assert_eq!(ws.seqs(3).await, range(1, 3));
+
+    // Cut node A's subscription and keep it from coming back: Redis drops a
+    // subscriber whose channel permission is revoked, and A's resubscribe
+    // attempts fail until it is given back.
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("node_a")
+        .arg("resetchannels")
+        .query_async(&mut con)
+        .await
+        .expect("ACL resetchannels");
+    // Appended while A hears nothing: no notification for 4..8 reaches A.
+    assert_eq!(b.publish_n("alice", 5).await, range(4, 8));
+    let _: () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("node_a")
+        .arg("allchannels")
+        .query_async(&mut con)
+        .await
+        .expect("ACL allchannels");
+    // A resubscribes, nudges, and the same socket reads its log: 4..8.
+    assert_eq!(ws.seqs(5).await, range(4, 8), "the exact continuation");
+    assert_eq!(b.publish_n("alice", 2).await, range(9, 10));
+    assert_eq!(ws.seqs(2).await, range(9, 10), "and live again");
+    fence(&b, &mut ws, "alice", 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_continues_exactly_after_redis_restarts() {
+    let redis = RedisServer::start_persistent();
+    let mut c = config();
+    c.redis_url = Some(redis.url());
+    let mut n = Node {
+        broker: Broker::start(c).await,
+        redis: Some(redis),
+    };
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    assert_eq!(n.publish_n("alice", 5).await, range(1, 5));
+    assert_eq!(ws.seqs(5).await, range(1, 5));
+    n.redis.as_mut().expect("redis").kill();
+    n.redis.as_mut().expect("redis").restart();
+    // Publish as soon as the engine answers; the node's subscription may or
+    // may not be back yet: either the notification or the nudge must bring
+    // the events to the socket that stayed open.
+    eventually(PATIENCE, "the node is ready again", || {
+        let n = &n;
+        async move { (n.request(reqwest::Method::GET, "/readyz", None).await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(n.publish_n("alice", 5).await, range(6, 10));
+    assert_eq!(ws.seqs(5).await, range(6, 10), "on the same socket");
+    fence(&n, &mut ws, "alice", 11).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_nodes_share_one_redis() {
+    let redis = RedisServer::start();
+    let node = || async {
+        let mut c = config();
+        c.redis_url = Some(redis.url());
+        Broker::start(c).await
+    };
+    let a = node().await;
+    let b = node().await;
+    // Connected on A, published through B's HTTP API.
+    let (mut ws, _) = a.ws_player("alice", None).await;
+    let mut sse = a
+        .sse("/v1/events", &player_token("alice"), None)
+        .await
+        .expect("sse on A");
+    assert_eq!(b.publish_n("alice", 3).await, range(1, 3));
+    assert_eq!(ws.seqs(3).await, range(1, 3));
+    assert_eq!(sse.seqs(3).await, range(1, 3));
+    // Published with XADD mythos:publish (either node's consumer may take it).
+    let mut con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for k in 4..=6 {
+        let _: String = ::redis::cmd("XADD")
+            .arg("mythos:publish")
+            .arg("*")
+            .arg("to")
+            .arg(r#"{"player":"alice"}"#)
+            .arg("event_type")
+            .arg("loot")
+            .arg("data")
+            .arg(json!({ "k": k }).to_string())
+            .query_async(&mut con)
+            .await
+            .expect("XADD");
+    }
+    // The group spreads entries over both nodes, so their order across
+    // nodes is not the stream's: each is appended once, at 4, 5 and 6.
+    let mut ks = Vec::new();
+    for seq in 4..=6u64 {
+        let e = ws.next_event().await.expect("event");
+        assert_eq!(e["sequence_number"].as_u64(), Some(seq));
+        ks.push(e["data"]["k"].as_u64().expect("k"));
+    }
+    ks.sort_unstable();
+    assert_eq!(ks, [4, 5, 6], "each entry appended exactly once");
+    assert_eq!(sse.seqs(3).await, range(4, 6));
+    drop(ws);
+    drop(sse);
+    // Reconnect to B from what was seen; more is published through A.
+    assert_eq!(a.publish_n("alice", 2).await, range(7, 8));
+    let (mut ws, welcome) = b.ws_player("alice", Some(6)).await;
+    assert_eq!(welcome["last_sequence_number"].as_u64(), Some(8));
+    assert_eq!(ws.seqs(2).await, range(7, 8));
+    let mut sse = b
+        .sse("/v1/events", &player_token("alice"), Some("4"))
+        .await
+        .expect("sse on B");
+    assert_eq!(sse.seqs(4).await, range(5, 8));
+    // An ack through B is the cursor A sees.
+    ws.send_json(json!({"type": "ack", "sequence_number": 8}))
+        .await;
+    eventually(PATIENCE, "A sees B's ack", || {
+        let a = &a;
+        async move {
+            let (_, c) = a
+                .request(
+                    reqwest::Method::GET,
+                    "/v1/cursor",
+                    Some(&player_token("alice")),
+                )
+                .await;
+            (c["acked"].as_u64() == Some(8)).then_some(())
+        }
+    })
+    .await;
+    fence(&a, &mut ws, "alice", 9).await;
+    let e = sse.next_event().await.expect("the fence on SSE");
+    assert_eq!((e.seq(), e.event.as_deref()), (9, Some("fence")));
+}
