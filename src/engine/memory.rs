@@ -251,11 +251,7 @@ impl Engine for MemoryEngine {
                 log.enforce_caps(&self.limits, Instant::now());
                 log.cursor()
             }
-            None => Cursor {
-                last: 0,
-                acked: 0,
-                oldest: 1,
-            },
+            None => PlayerLog::default().cursor(),
         })
     }
 

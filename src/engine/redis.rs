@@ -174,6 +174,16 @@ impl RedisEngine {
             .collect())
     }
 
+    /// The members of a set, sorted.
+    async fn sorted_set(&self, key: &str) -> Result<Vec<String>> {
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut self.conn().await?)
+            .await?;
+        m.sort_unstable();
+        Ok(m)
+    }
+
     /// Runs a script over one player's events and meta keys, answering a cursor first.
     async fn player_script(
         &self,
@@ -228,11 +238,7 @@ impl Engine for RedisEngine {
                         return decode::room_deliveries(&first);
                     }
                 }
-                let mut members: Vec<String> = redis::cmd("SMEMBERS")
-                    .arg(keys::members(r))
-                    .query_async(&mut self.conn().await?)
-                    .await?;
-                members.sort_unstable();
+                let members = self.sorted_set(&keys::members(r)).await?;
                 let out = self.append(&members, &body, dedupe_key).await?;
                 if let Some(k) = dedupe_key {
                     // NX: of two racing first publishes, the record of the
@@ -317,21 +323,11 @@ impl Engine for RedisEngine {
     }
 
     async fn members(&self, room: &str) -> Result<Vec<String>> {
-        let mut m: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::members(room))
-            .query_async(&mut self.conn().await?)
-            .await?;
-        m.sort_unstable();
-        Ok(m)
+        self.sorted_set(&keys::members(room)).await
     }
 
     async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
-        let mut r: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::rooms(player))
-            .query_async(&mut self.conn().await?)
-            .await?;
-        r.sort_unstable();
-        Ok(r)
+        self.sorted_set(&keys::rooms(player)).await
     }
 
     async fn push_command(&self, cmd: &Command) -> Result<String> {
