@@ -12,6 +12,8 @@ pub mod ws;
 
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
+use crate::protocol::Event;
+use crate::session::Feed;
 
 /// Parses a resume point: a non-negative integer, else `400 invalid_resume_point`.
 pub fn parse_resume(raw: &str) -> Result<u64, ApiError> {
@@ -56,34 +58,28 @@ pub enum End {
     EngineLost,
 }
 
-/// WebSocket close code: the node is restarting.
-pub const CLOSE_RESTART: u16 = 1012;
-/// WebSocket close code: the token expired.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-/// WebSocket close code: slow consumer.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// WebSocket close code: policy violation (sustained abuse).
-pub const CLOSE_POLICY: u16 = 1008;
-/// WebSocket close code: a message too big to read.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// WebSocket close code: going away (idle peer).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// WebSocket close code: an internal error (the engine is unavailable).
-pub const CLOSE_INTERNAL: u16 = 1011;
-
 impl End {
-    /// The WebSocket close code and reason.
+    /// The WebSocket close code (RFC 6455 §7.4; 4001 and 4008 are the
+    /// contract's own) and reason.
     pub const fn close(self) -> (u16, &'static str) {
         match self {
-            End::Shutdown => (CLOSE_RESTART, "server restarting"),
-            End::Expired => (CLOSE_TOKEN_EXPIRED, "token_expired"),
-            End::Slow => (CLOSE_SLOW_CONSUMER, "slow_consumer"),
-            End::Abuse => (CLOSE_POLICY, "policy_violation"),
-            End::TooBig => (CLOSE_TOO_BIG, "message_too_big"),
-            End::Idle => (CLOSE_GOING_AWAY, "idle_timeout"),
-            End::EngineLost => (CLOSE_INTERNAL, "engine_unavailable"),
+            End::Shutdown => (1012, "server restarting"),
+            End::Expired => (4001, "token_expired"),
+            End::Slow => (4008, "slow_consumer"),
+            End::Abuse => (1008, "policy_violation"),
+            End::TooBig => (1009, "message_too_big"),
+            End::Idle => (1001, "idle_timeout"),
+            End::EngineLost => (1011, "engine_unavailable"),
         }
     }
+}
+
+/// Events sent in one write when several are ready.
+const MAX_BATCH: usize = 64;
+
+/// `first`, then up to `MAX_BATCH - 1` more events that are ready now.
+fn ready_batch(first: Event, feed: &mut Feed) -> impl Iterator<Item = Event> + '_ {
+    std::iter::once(first).chain(std::iter::from_fn(|| feed.try_next()).take(MAX_BATCH - 1))
 }
 
 /// A short random id for a session.
