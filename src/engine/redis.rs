@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::streams::StreamMaxlen;
+use redis::{AsyncConnectionConfig, Cmd, Script, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -115,15 +116,6 @@ impl RedisEngine {
         &self.scripts
     }
 
-    /// A connection for a non-blocking command (a multiplexed lane).
-    async fn conn(&self) -> Result<lanes::Lane<'_>> {
-        self.lanes.get().await
-    }
-
-    fn age_ms(&self) -> u64 {
-        ms(self.limits.max_backlog_age)
-    }
-
     /// Appends `body` to `players` (distinct, in delivery order) in one script call.
     async fn append(
         &self,
@@ -150,7 +142,7 @@ impl RedisEngine {
         inv.arg(players.len())
             .arg(dedupe_key.map_or(0, |_| ms(self.limits.dedupe_window)))
             .arg(self.limits.max_backlog)
-            .arg(self.age_ms())
+            .arg(ms(self.limits.max_backlog_age))
             .arg(flags)
             .arg(&body.event_type)
             .arg(&body.timestamp)
@@ -160,7 +152,7 @@ impl RedisEngine {
         for p in players {
             inv.arg(p.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(&mut self.conn().await?).await?;
+        let out: Vec<u64> = inv.invoke_async(&mut self.lanes.get().await?).await?;
         if out.len() != players.len() * 2 {
             return Err(EngineError::Corrupt("append.lua answered short".into()));
         }
@@ -178,7 +170,7 @@ impl RedisEngine {
     async fn sorted_set(&self, key: &str) -> Result<Vec<String>> {
         let mut m: Vec<String> = redis::cmd("SMEMBERS")
             .arg(key)
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         m.sort_unstable();
         Ok(m)
@@ -196,7 +188,7 @@ impl RedisEngine {
         for a in args {
             inv.arg(a.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(&mut self.conn().await?).await?;
+        let out: Vec<u64> = inv.invoke_async(&mut self.lanes.get().await?).await?;
         if out.len() < 3 {
             return Err(EngineError::Corrupt("script answered short".into()));
         }
@@ -232,7 +224,7 @@ impl Engine for RedisEngine {
                 if let Some(k) = dedupe_key {
                     let first: Option<String> = redis::cmd("GET")
                         .arg(keys::room_dedupe(r, k))
-                        .query_async(&mut self.conn().await?)
+                        .query_async(&mut self.lanes.get().await?)
                         .await?;
                     if let Some(first) = first {
                         return decode::room_deliveries(&first);
@@ -250,7 +242,7 @@ impl Engine for RedisEngine {
                         .arg("PX")
                         .arg(ms(self.limits.dedupe_window))
                         .arg("NX")
-                        .query_async(&mut self.conn().await?)
+                        .query_async(&mut self.lanes.get().await?)
                         .await?;
                 }
                 Ok(out)
@@ -268,7 +260,7 @@ impl Engine for RedisEngine {
             .arg("+")
             .arg("COUNT")
             .arg(limit)
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         stream::entries(v)?.into_iter().map(event_of).collect()
     }
@@ -283,7 +275,7 @@ impl Engine for RedisEngine {
     async fn cursor(&self, player: &str) -> Result<Cursor> {
         let args = [
             self.limits.max_backlog.to_string(),
-            self.age_ms().to_string(),
+            ms(self.limits.max_backlog_age).to_string(),
         ];
         let v = self
             .player_script(&self.scripts.cursor, player, &args)
@@ -297,7 +289,7 @@ impl Engine for RedisEngine {
             .sadd(keys::members(room), player)
             .sadd(keys::rooms(player), room)
             .smembers(keys::members(room))
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         if added == 0 {
             return Ok(None);
@@ -313,7 +305,7 @@ impl Engine for RedisEngine {
             .srem(keys::members(room), player)
             .srem(keys::rooms(player), room)
             .smembers(keys::members(room))
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         if removed == 0 {
             return Ok(None);
@@ -332,23 +324,16 @@ impl Engine for RedisEngine {
 
     async fn push_command(&self, cmd: &Command) -> Result<String> {
         // One XADD: no script needed, and it touches only the stream's slot.
-        let id: String = redis::cmd("XADD")
-            .arg(keys::COMMANDS)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(super::MAX_COMMANDS)
-            .arg("*")
-            .arg("player_id")
-            .arg(&cmd.player_id)
-            .arg("session_id")
-            .arg(&cmd.session_id)
-            .arg("type")
-            .arg(&cmd.kind)
-            .arg("id")
-            .arg(&cmd.id)
-            .arg("payload")
-            .arg(&cmd.payload)
-            .query_async(&mut self.conn().await?)
+        let fields = [
+            ("player_id", &cmd.player_id),
+            ("session_id", &cmd.session_id),
+            ("type", &cmd.kind),
+            ("id", &cmd.id),
+            ("payload", &cmd.payload),
+        ];
+        let maxlen = StreamMaxlen::Approx(super::MAX_COMMANDS);
+        let id: String = Cmd::xadd_maxlen(keys::COMMANDS, maxlen, "*", &fields)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         Ok(id)
     }
@@ -374,7 +359,7 @@ impl Engine for RedisEngine {
             return Ok(());
         }
         commands(group)
-            .ack(&mut self.conn().await?, entry_ids)
+            .ack(&mut self.lanes.get().await?, entry_ids)
             .await
     }
 
@@ -391,7 +376,7 @@ impl Engine for RedisEngine {
         while out.len() < count {
             let (next, claimed) = commands(group)
                 .claim(
-                    &mut self.conn().await?,
+                    &mut self.lanes.get().await?,
                     consumer,
                     min_idle,
                     &cursor,
@@ -416,7 +401,7 @@ impl Engine for RedisEngine {
             .key(keys::user(username))
             .arg(&account.password_hash)
             .arg(&account.role)
-            .invoke_async(&mut self.conn().await?)
+            .invoke_async(&mut self.lanes.get().await?)
             .await?;
         Ok(created == 1)
     }
@@ -426,7 +411,7 @@ impl Engine for RedisEngine {
             .arg(keys::user(username))
             .arg("password_hash")
             .arg("role")
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         Ok(hash.map(|password_hash| Account {
             password_hash,
@@ -438,7 +423,7 @@ impl Engine for RedisEngine {
     /// open connections would get nothing new until the next reconnect).
     async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         if !self.live.is_up() {
             return Err(EngineError::Rejected(
