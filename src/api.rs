@@ -148,13 +148,7 @@ pub async fn create_account(
         .await
         .ok()
         .and_then(Result::ok)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "hashing failed",
-            )
-        })?;
+        .ok_or_else(|| ApiError::internal("hashing failed"))?;
     let account = Account {
         password_hash: hash,
         role: role.to_string(),

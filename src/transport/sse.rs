@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::HeaderValue;
 
 use super::{check_reader, parse_resume, ready_batch, End};
 use crate::auth::Principal;
@@ -73,8 +73,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         run(app2, player, feed, first, tx, expires_in).await;
         drop(pass);
     });
-    let mut resp = warp::reply::Response::default();
-    *resp.status_mut() = StatusCode::OK;
+    let mut resp = warp::reply::Response::default(); // 200 OK
     let h = resp.headers_mut();
     h.insert(
         "content-type",
