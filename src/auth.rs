@@ -17,9 +17,11 @@ use crate::error::ApiError;
 use crate::protocol::valid_id;
 
 /// What a token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Also the role of a token without a `role` claim.
+    #[default]
     Player,
     Service,
     Admin,
@@ -43,10 +45,6 @@ impl Role {
     }
 }
 
-fn default_role() -> Role {
-    Role::Player
-}
-
 /// The claims the broker reads and writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -54,7 +52,7 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default)]
     pub iat: Option<u64>,
-    #[serde(default = "default_role")]
+    #[serde(default)]
     pub role: Role,
 }
 

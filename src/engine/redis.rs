@@ -27,6 +27,7 @@ use redis::streams::StreamMaxlen;
 use redis::{AsyncConnectionConfig, Cmd, Script, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use self::consumer::Group;
 use self::decode::{command_of, cursor_of, event_of};
@@ -48,15 +49,10 @@ pub struct RedisEngine {
     lanes: lanes::Lanes,
     limits: Limits,
     scripts: Scripts,
-    listener: JoinHandle<()>,
+    /// The live subscription's task, aborted when the engine is dropped.
+    _listener: AbortOnDropHandle<()>,
     /// Whether the live subscription is up (`/readyz` says not ready when not).
     live: Arc<live::LiveHealth>,
-}
-
-impl Drop for RedisEngine {
-    fn drop(&mut self) {
-        self.listener.abort();
-    }
 }
 
 fn pool_err(e: impl std::fmt::Display) -> EngineError {
@@ -100,13 +96,13 @@ impl RedisEngine {
         }
         let first = live::subscribe(&client).await?;
         let live = Arc::new(live::LiveHealth::default());
-        let listener = live::spawn(client, hub, first, live.clone());
+        let listener = AbortOnDropHandle::new(live::spawn(client, hub, first, live.clone()));
         Ok(Arc::new(Self {
             lanes: lanes::Lanes::new(pool.clone(), LANES),
             pool,
             limits,
             scripts,
-            listener,
+            _listener: listener,
             live,
         }))
     }

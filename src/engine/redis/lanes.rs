@@ -21,6 +21,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::engine::EngineError;
 
+#[derive(Default)]
 struct Slot {
     /// Bumped whenever the connection is replaced, so a late failure report
     /// about an old connection doesn't discard its replacement.
@@ -37,14 +38,7 @@ pub struct Lanes {
 
 impl Lanes {
     pub fn new(pool: Pool, lanes: usize) -> Self {
-        let slots = (0..lanes.max(1))
-            .map(|_| {
-                Mutex::new(Slot {
-                    generation: 0,
-                    conn: None,
-                })
-            })
-            .collect();
+        let slots = (0..lanes.max(1)).map(|_| Mutex::default()).collect();
         Self {
             pool,
             slots,
