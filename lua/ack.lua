@@ -15,5 +15,4 @@ if n > acked then
   redis.call('HSET', KEYS[2], 'acked', int(n))
   redis.call('XTRIM', KEYS[1], 'MINID', int(n + 1))
 end
-local l, a, o = cursor(KEYS[1], KEYS[2])
-return { l, a, o }
+return { cursor(KEYS[1], KEYS[2]) }

@@ -36,24 +36,19 @@ local fresh = {}
 for i = 1, n do
   local k = (i - 1) * stride
   local events, meta = KEYS[k + 1], KEYS[k + 2]
-  local seq = nil
-  if dedupe_ms > 0 then
-    local old = redis.call('GET', KEYS[k + 3])
-    if old then
-      seq = tonumber(old)
-      out[2 * i - 1] = seq
-      out[2 * i] = 0
-    end
-  end
+  local seq, appended = nil, 0
+  -- GET answers false for a missing marker, and tonumber(false) is nil
+  if dedupe_ms > 0 then seq = tonumber(redis.call('GET', KEYS[k + 3])) end
   if not seq then
     seq = append_one(events, meta, fields, max_backlog, max_age_ms, now)
     if dedupe_ms > 0 then
       redis.call('SET', KEYS[k + 3], int(seq), 'PX', dedupe_ms)
     end
-    out[2 * i - 1] = seq
-    out[2 * i] = 1
+    appended = 1
     fresh[#fresh + 1] = frame(ARGV[10 + i]) .. frame(int(seq))
   end
+  out[2 * i - 1] = seq
+  out[2 * i] = appended
 end
 announce(fresh, flags, event_type, timestamp, data, room_id, id)
 return out

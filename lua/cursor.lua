@@ -9,5 +9,4 @@
 -- with a concurrent append or ack.
 
 enforce_caps(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now_ms())
-local last, acked, oldest = cursor(KEYS[1], KEYS[2])
-return { last, acked, oldest }
+return { cursor(KEYS[1], KEYS[2]) }

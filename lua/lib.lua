@@ -1,7 +1,7 @@
 -- lib.lua: helpers shared by the mythos scripts.
 --
 -- Not a script on its own: the engine prepends this file to append.lua,
--- resume.lua, cursor.lua and ack.lua before loading them (`SCRIPT LOAD`), so
+-- cursor.lua and ack.lua before loading them (`SCRIPT LOAD`), so
 -- each loaded script is self-contained and its SHA covers these helpers too.
 -- Everything here runs inside the calling script, hence atomically.
 

@@ -15,7 +15,7 @@ use crate::auth::{hash_password, Principal, Role};
 use crate::engine::Account;
 use crate::error::ApiError;
 use crate::protocol::{ack_number, check_id, valid_id, Delivery};
-use crate::publish::{PublishBody, PublishError};
+use crate::publish::{Publish, PublishBody, PublishError};
 use crate::rooms;
 use crate::state::App;
 
@@ -29,6 +29,11 @@ pub type Body = Result<bytes::Bytes, ApiError>;
 /// A JSON answer with a status.
 pub fn json_reply<T: Serialize>(status: StatusCode, v: &T) -> Response {
     warp::reply::with_status(warp::reply::json(v), status).into_response()
+}
+
+/// A `200` JSON answer.
+fn ok<T: Serialize>(v: &T) -> Answer {
+    Ok(json_reply(StatusCode::OK, v))
 }
 
 /// Parses a JSON body into `T`, with the protocol's error codes.
@@ -61,11 +66,8 @@ struct Credentials {
 
 fn token_body(app: &App, sub: &str, role: Role) -> Answer {
     let (token, expires_in) = app.auth.issue(sub, role)?;
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({"access_token": token, "token_type": "Bearer",
-                "expires_in": expires_in, "player_id": sub}),
-    ))
+    ok(&json!({"access_token": token, "token_type": "Bearer",
+                "expires_in": expires_in, "player_id": sub}))
 }
 
 /// `POST /v1/auth/login`
@@ -146,20 +148,9 @@ pub async fn create_account(
     let pw = password.to_string();
     let hash = tokio::task::spawn_blocking(move || hash_password(&pw))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "hashing failed",
-            )
-        })?
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "hashing failed",
-            )
-        })?;
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| ApiError::internal("hashing failed"))?;
     let account = Account {
         password_hash: hash,
         role: role.to_string(),
@@ -189,8 +180,9 @@ pub async fn add_user(app: Arc<App>, p: Principal, body: Body) -> Answer {
 /// `POST /v1/publish`
 pub async fn publish(app: Arc<App>, p: Principal, body: Body) -> Answer {
     p.require(&[Role::Service, Role::Admin])?;
-    let req: PublishBody = parse_body(&body?)?;
-    let publish = req.into_publish(app.config.max_event_bytes)?;
+    let b: PublishBody = parse_body(&body?)?;
+    let max = app.config.max_event_bytes;
+    let publish = Publish::new(&b.to, &b.event_type, b.data, b.room_id, b.id, max)?;
     let deliveries = publish.run(app.engine.as_ref()).await?;
     /// The answer, serialised straight from the deliveries (a fan-out answers
     /// one object per member; `json!` would build a `Value` tree of them first).
@@ -198,12 +190,9 @@ pub async fn publish(app: Arc<App>, p: Principal, body: Body) -> Answer {
     struct Published<'a> {
         deliveries: &'a [Delivery],
     }
-    Ok(json_reply(
-        StatusCode::OK,
-        &Published {
-            deliveries: &deliveries,
-        },
-    ))
+    ok(&Published {
+        deliveries: &deliveries,
+    })
 }
 
 /// `PUT` / `DELETE /v1/rooms/{room}/members/{player}`
@@ -222,11 +211,10 @@ pub async fn membership(
     } else {
         rooms::leave(app.engine.as_ref(), &room, &player).await?
     };
-    Ok(json_reply(
-        StatusCode::OK,
+    ok(
         &json!({"room_id": room, "player_id": player, "member": join,
                 "changed": change.changed, "deliveries": change.deliveries}),
-    ))
+    )
 }
 
 /// `GET /v1/rooms/{room}/members`
@@ -234,10 +222,7 @@ pub async fn members(app: Arc<App>, p: Principal, room: String) -> Answer {
     p.require(&[Role::Service, Role::Admin])?;
     check_id("room id", &room)?;
     let members = app.engine.members(&room).await?;
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({"room_id": room, "members": members}),
-    ))
+    ok(&json!({"room_id": room, "members": members}))
 }
 
 #[derive(Deserialize)]
@@ -256,27 +241,23 @@ pub async fn ack(app: Arc<App>, p: Principal, body: Body) -> Answer {
         )
     })?;
     let c = app.engine.ack(&p.player_id, n).await?;
-    Ok(json_reply(
-        StatusCode::OK,
-        &json!({"player_id": p.player_id, "acked": c.acked, "last_sequence_number": c.last}),
-    ))
+    ok(&json!({"player_id": p.player_id, "acked": c.acked, "last_sequence_number": c.last}))
 }
 
 /// `GET /v1/cursor`: where the caller's log stands.
 pub async fn cursor(app: Arc<App>, p: Principal) -> Answer {
     p.require(&[Role::Player])?;
     let c = app.engine.cursor(&p.player_id).await?;
-    Ok(json_reply(
-        StatusCode::OK,
+    ok(
         &json!({"player_id": p.player_id, "last_sequence_number": c.last,
                 "acked": c.acked, "oldest_available": c.oldest}),
-    ))
+    )
 }
 
 /// `GET /readyz`
 pub async fn ready(app: Arc<App>) -> Answer {
     match app.engine.ping().await {
-        Ok(()) => Ok(json_reply(StatusCode::OK, &json!({"status": "ready"}))),
+        Ok(()) => ok(&json!({"status": "ready"})),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");
             Err(ApiError::new(

@@ -20,9 +20,11 @@ use crate::protocol::valid_id;
 /// `431` before it reaches us).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// What a token allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Also the role of a token without a `role` claim.
+    #[default]
     Player,
     Service,
     Admin,
@@ -46,10 +48,6 @@ impl Role {
     }
 }
 
-fn default_role() -> Role {
-    Role::Player
-}
-
 /// The claims the broker reads and writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -57,7 +55,7 @@ pub struct Claims {
     pub exp: u64,
     #[serde(default)]
     pub iat: Option<u64>,
-    #[serde(default = "default_role")]
+    #[serde(default)]
     pub role: Role,
 }
 
@@ -119,17 +117,16 @@ impl Auth {
         public_pem: Option<&[u8]>,
         ttl: Duration,
     ) -> Result<Self, String> {
-        let public = match public_pem {
-            None => None,
-            Some(pem) => Some(
+        let public = public_pem
+            .map(|pem| {
                 DecodingKey::from_rsa_pem(pem)
                     .map(|k| (Algorithm::RS256, k))
                     .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (Algorithm::EdDSA, k)))
                     .map_err(|_| {
                         "MYTHOS_JWT_PUBLIC_KEY: not an RSA or Ed25519 public key in PEM".to_string()
-                    })?,
-            ),
-        };
+                    })
+            })
+            .transpose()?;
         Ok(Self {
             secret: secret.map(|s| {
                 (
@@ -209,14 +206,8 @@ impl Auth {
             iat: Some(now),
             role,
         };
-        let token =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc).map_err(|_| {
-                ApiError::new(
-                    warp::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "could not sign a token",
-                )
-            })?;
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc)
+            .map_err(|_| ApiError::internal("could not sign a token"))?;
         Ok((token, ttl))
     }
 
@@ -224,7 +215,11 @@ impl Auth {
     /// there is no account, so unknown users and wrong passwords look alike.
     pub(crate) fn check_password(&self, password: &str, stored: Option<&str>) -> bool {
         let hash = stored.unwrap_or(&self.dummy_hash);
-        let ok = verify_password(password, hash);
+        let ok = PasswordHash::new(hash).is_ok_and(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        });
         ok && stored.is_some()
     }
 }
@@ -261,16 +256,6 @@ pub(crate) fn hash_password(password: &str) -> Result<String, argon2::password_h
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)?
         .to_string())
-}
-
-fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
 }
 
 /// Seconds since the Unix epoch.

@@ -59,6 +59,9 @@ impl ApiError {
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({"error": {"code": self.code, "message": self.message}})
     }

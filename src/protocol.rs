@@ -178,15 +178,6 @@ impl Target {
         }
         Ok(t)
     }
-
-    /// A stable text form, used in idempotency keys and logs.
-    pub fn describe(&self) -> String {
-        match self {
-            Target::Player(p) => format!("player:{p}"),
-            Target::Players(ps) => format!("players:{}", ps.join(",")),
-            Target::Room(r) => format!("room:{r}"),
-        }
-    }
 }
 
 /// Most players one `{"players": [...]}` publish may name (repeats count).

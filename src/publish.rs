@@ -118,16 +118,3 @@ pub struct PublishBody {
     #[serde(default)]
     pub id: Option<String>,
 }
-
-impl PublishBody {
-    pub fn into_publish(self, max_event_bytes: u64) -> Result<Publish, PublishError> {
-        Publish::new(
-            &self.to,
-            &self.event_type,
-            self.data,
-            self.room_id,
-            self.id,
-            max_event_bytes,
-        )
-    }
-}

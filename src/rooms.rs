@@ -38,15 +38,11 @@ async fn announce(
     event_type: &str,
     recipients: Option<Vec<String>>,
 ) -> Result<Change, PublishError> {
-    let Some(recipients) = recipients else {
-        return Ok(Change {
-            changed: false,
-            deliveries: Vec::new(),
-        });
-    };
+    let changed = recipients.is_some();
+    let recipients = recipients.unwrap_or_default();
     if recipients.is_empty() {
         return Ok(Change {
-            changed: true,
+            changed,
             deliveries: Vec::new(),
         });
     }

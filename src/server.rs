@@ -247,25 +247,19 @@ fn publish(p: &Parts) -> Routes {
 
 /// `PUT` / `DELETE /v1/rooms/{room}/members/{player}`, `GET /v1/rooms/{room}/members`.
 fn rooms(p: &Parts) -> Routes {
-    let member = warp::path!("v1" / "rooms" / String / "members" / String);
-    let join = member
-        .and(warp::put())
+    // PUT joins, DELETE leaves.
+    let join = warp::put().map(|| true).or(warp::delete().map(|| false));
+    let membership = warp::path!("v1" / "rooms" / String / "members" / String)
+        .and(join.unify())
         .and(p.authed.clone())
-        .then(move |room, player, app, p| {
-            authorized(p, move |p| api::membership(app, p, room, player, true))
+        .then(|room, player, join, app, p| {
+            authorized(p, move |p| api::membership(app, p, room, player, join))
         });
-    let leave =
-        member
-            .and(warp::delete())
-            .and(p.authed.clone())
-            .then(move |room, player, app, p| {
-                authorized(p, move |p| api::membership(app, p, room, player, false))
-            });
     let members = warp::path!("v1" / "rooms" / String / "members")
         .and(warp::get())
         .and(p.authed.clone())
         .then(|room, app, p| authorized(p, move |p| api::members(app, p, room)));
-    any_of(vec![join.boxed(), leave.boxed(), members.boxed()])
+    any_of(vec![membership.boxed(), members.boxed()])
 }
 
 /// A player's reads of their own log's state: `POST /v1/ack`, `GET /v1/cursor`.

@@ -7,7 +7,7 @@
 //! API (`/v1/auth/login`, `/v1/ws`) like any other client.
 
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 use warp::Filter;
 
@@ -61,19 +61,13 @@ fn serve(a: &'static Asset) -> Response {
     let mut r = warp::reply::with_header(a.body, "content-type", a.content_type).into_response();
     let h = r.headers_mut();
     // Revalidate every time: a rebuilt binary may serve new files under the same names.
-    h.insert(
-        "cache-control",
-        warp::http::HeaderValue::from_static("no-cache"),
-    );
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert(
         "x-content-type-options",
-        warp::http::HeaderValue::from_static("nosniff"),
+        HeaderValue::from_static("nosniff"),
     );
     if a.content_type == HTML {
-        h.insert(
-            "content-security-policy",
-            warp::http::HeaderValue::from_static(CSP),
-        );
+        h.insert("content-security-policy", HeaderValue::from_static(CSP));
     }
     r
 }

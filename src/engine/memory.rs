@@ -251,11 +251,7 @@ impl Engine for MemoryEngine {
                 log.enforce_caps(&self.limits, Instant::now());
                 log.cursor()
             }
-            None => Cursor {
-                last: 0,
-                acked: 0,
-                oldest: 1,
-            },
+            None => PlayerLog::default().cursor(),
         })
     }
 
@@ -352,21 +348,17 @@ impl Engine for MemoryEngine {
                 // Like `XGROUP CREATE mythos:commands <group> 0`: a new group
                 // sees every command still kept.
                 let g = log.groups.entry(group.to_string()).or_default();
+                let now = Instant::now();
                 let batch: Vec<CommandEntry> = log
                     .entries
                     .range(g.next..)
                     .take(count.max(1))
                     .map(|(k, e)| {
                         g.next = k + 1;
+                        g.pending.insert(*k, now);
                         e.clone()
                     })
                     .collect();
-                let now = Instant::now();
-                for e in &batch {
-                    if let Some(k) = command_index(&e.entry_id) {
-                        g.pending.insert(k, now);
-                    }
-                }
                 if !batch.is_empty() {
                     return Ok(batch);
                 }

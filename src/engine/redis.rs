@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::streams::StreamMaxlen;
+use redis::{AsyncConnectionConfig, Cmd, Script, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use self::consumer::Group;
 use self::decode::{command_of, cursor_of, event_of};
@@ -47,15 +49,10 @@ pub struct RedisEngine {
     lanes: lanes::Lanes,
     limits: Limits,
     scripts: Scripts,
-    listener: JoinHandle<()>,
+    /// The live subscription's task, aborted when the engine is dropped.
+    _listener: AbortOnDropHandle<()>,
     /// Whether the live subscription is up (`/readyz` says not ready when not).
     live: Arc<live::LiveHealth>,
-}
-
-impl Drop for RedisEngine {
-    fn drop(&mut self) {
-        self.listener.abort();
-    }
 }
 
 fn pool_err(e: impl std::fmt::Display) -> EngineError {
@@ -99,13 +96,13 @@ impl RedisEngine {
         }
         let first = live::subscribe(&client).await?;
         let live = Arc::new(live::LiveHealth::default());
-        let listener = live::spawn(client, hub, first, live.clone());
+        let listener = AbortOnDropHandle::new(live::spawn(client, hub, first, live.clone()));
         Ok(Arc::new(Self {
             lanes: lanes::Lanes::new(pool.clone(), LANES),
             pool,
             limits,
             scripts,
-            listener,
+            _listener: listener,
             live,
         }))
     }
@@ -115,22 +112,13 @@ impl RedisEngine {
         &self.scripts
     }
 
-    /// A connection for a non-blocking command (a multiplexed lane).
-    async fn conn(&self) -> Result<lanes::Lane<'_>> {
-        self.lanes.get().await
-    }
-
-    fn age_ms(&self) -> u64 {
-        ms(self.limits.max_backlog_age)
-    }
-
     /// A connection for writes: a shared lane, or — with
     /// `MYTHOS_REDIS_WAIT_REPLICAS` — a pooled connection of its own, because
     /// `WAIT` blocks the connection it runs on (on a shared lane a replica
     /// outage would stall every command queued behind it).
     async fn writer(&self) -> Result<Writer<'_>> {
         Ok(if self.limits.wait_replicas == 0 {
-            Writer::Lane(self.conn().await?)
+            Writer::Lane(self.lanes.get().await?)
         } else {
             Writer::Own(Some(self.pool.get().await.map_err(pool_err)?))
         })
@@ -199,7 +187,7 @@ impl RedisEngine {
         inv.arg(players.len())
             .arg(dedupe_key.map_or(0, |_| ms(self.limits.dedupe_window)))
             .arg(self.limits.max_backlog)
-            .arg(self.age_ms())
+            .arg(ms(self.limits.max_backlog_age))
             .arg(flags)
             .arg(&body.event_type)
             .arg(&body.timestamp)
@@ -223,6 +211,16 @@ impl RedisEngine {
             .collect())
     }
 
+    /// The members of a set, sorted.
+    async fn sorted_set(&self, key: &str) -> Result<Vec<String>> {
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query_async(&mut self.lanes.get().await?)
+            .await?;
+        m.sort_unstable();
+        Ok(m)
+    }
+
     /// Runs a script over one player's events and meta keys, answering a cursor first.
     async fn player_script(
         &self,
@@ -235,7 +233,7 @@ impl RedisEngine {
         for a in args {
             inv.arg(a.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(&mut self.conn().await?).await?;
+        let out: Vec<u64> = inv.invoke_async(&mut self.lanes.get().await?).await?;
         if out.len() < 3 {
             return Err(EngineError::Corrupt("script answered short".into()));
         }
@@ -334,11 +332,7 @@ impl Engine for RedisEngine {
                         return decode::room_deliveries(&first);
                     }
                 }
-                let mut members: Vec<String> = redis::cmd("SMEMBERS")
-                    .arg(keys::members(r))
-                    .query_async(&mut conn)
-                    .await?;
-                members.sort_unstable();
+                let members = self.sorted_set(&keys::members(r)).await?;
                 let out = self.append(&mut conn, &members, &body, dedupe_key).await?;
                 if let Some(k) = dedupe_key {
                     // NX: of two racing first publishes, the record of the
@@ -370,7 +364,7 @@ impl Engine for RedisEngine {
             .arg("+")
             .arg("COUNT")
             .arg(limit)
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         stream::entries(v)?.into_iter().map(event_of).collect()
     }
@@ -385,7 +379,7 @@ impl Engine for RedisEngine {
     async fn cursor(&self, player: &str) -> Result<Cursor> {
         let args = [
             self.limits.max_backlog.to_string(),
-            self.age_ms().to_string(),
+            ms(self.limits.max_backlog_age).to_string(),
         ];
         let v = self
             .player_script(&self.scripts.cursor, player, &args)
@@ -399,7 +393,7 @@ impl Engine for RedisEngine {
             .sadd(keys::members(room), player)
             .sadd(keys::rooms(player), room)
             .smembers(keys::members(room))
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         if added == 0 {
             return Ok(None);
@@ -415,7 +409,7 @@ impl Engine for RedisEngine {
             .srem(keys::members(room), player)
             .srem(keys::rooms(player), room)
             .smembers(keys::members(room))
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         if removed == 0 {
             return Ok(None);
@@ -425,42 +419,25 @@ impl Engine for RedisEngine {
     }
 
     async fn members(&self, room: &str) -> Result<Vec<String>> {
-        let mut m: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::members(room))
-            .query_async(&mut self.conn().await?)
-            .await?;
-        m.sort_unstable();
-        Ok(m)
+        self.sorted_set(&keys::members(room)).await
     }
 
     async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
-        let mut r: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::rooms(player))
-            .query_async(&mut self.conn().await?)
-            .await?;
-        r.sort_unstable();
-        Ok(r)
+        self.sorted_set(&keys::rooms(player)).await
     }
 
     async fn push_command(&self, cmd: &Command) -> Result<String> {
         // One XADD: no script needed, and it touches only the stream's slot.
         let mut conn = self.writer().await?;
-        let id: String = redis::cmd("XADD")
-            .arg(keys::COMMANDS)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(super::MAX_COMMANDS)
-            .arg("*")
-            .arg("player_id")
-            .arg(&cmd.player_id)
-            .arg("session_id")
-            .arg(&cmd.session_id)
-            .arg("type")
-            .arg(&cmd.kind)
-            .arg("id")
-            .arg(&cmd.id)
-            .arg("payload")
-            .arg(&cmd.payload)
+        let fields = [
+            ("player_id", &cmd.player_id),
+            ("session_id", &cmd.session_id),
+            ("type", &cmd.kind),
+            ("id", &cmd.id),
+            ("payload", &cmd.payload),
+        ];
+        let maxlen = StreamMaxlen::Approx(super::MAX_COMMANDS);
+        let id: String = Cmd::xadd_maxlen(keys::COMMANDS, maxlen, "*", &fields)
             .query_async(&mut conn)
             .await?;
         self.confirm(&mut conn).await?;
@@ -488,7 +465,7 @@ impl Engine for RedisEngine {
             return Ok(());
         }
         commands(group)
-            .ack(&mut self.conn().await?, entry_ids)
+            .ack(&mut self.lanes.get().await?, entry_ids)
             .await
     }
 
@@ -505,7 +482,7 @@ impl Engine for RedisEngine {
         while out.len() < count {
             let (next, claimed) = commands(group)
                 .claim(
-                    &mut self.conn().await?,
+                    &mut self.lanes.get().await?,
                     consumer,
                     min_idle,
                     &cursor,
@@ -530,7 +507,7 @@ impl Engine for RedisEngine {
             .key(keys::user(username))
             .arg(&account.password_hash)
             .arg(&account.role)
-            .invoke_async(&mut self.conn().await?)
+            .invoke_async(&mut self.lanes.get().await?)
             .await?;
         Ok(created == 1)
     }
@@ -540,7 +517,7 @@ impl Engine for RedisEngine {
             .arg(keys::user(username))
             .arg("password_hash")
             .arg("role")
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         Ok(hash.map(|password_hash| Account {
             password_hash,
@@ -552,7 +529,7 @@ impl Engine for RedisEngine {
     /// open connections would get nothing new until the next reconnect).
     async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.lanes.get().await?)
             .await?;
         if !self.live.is_up() {
             return Err(EngineError::Rejected(

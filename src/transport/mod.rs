@@ -12,6 +12,8 @@ pub mod ws;
 
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
+use crate::protocol::Event;
+use crate::session::Feed;
 
 /// Parses a resume point: a non-negative integer, else `400 invalid_resume_point`.
 pub fn parse_resume(raw: &str) -> Result<u64, ApiError> {
@@ -76,7 +78,8 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL: u16 = 1011;
 
 impl End {
-    /// The WebSocket close code and reason.
+    /// The WebSocket close code (RFC 6455 §7.4; 4001 and 4008 are the
+    /// contract's own) and reason.
     pub const fn close(self) -> (u16, &'static str) {
         match self {
             End::Shutdown => (CLOSE_RESTART, "server restarting"),
@@ -89,6 +92,14 @@ impl End {
             End::EngineLost => (CLOSE_INTERNAL, "engine_unavailable"),
         }
     }
+}
+
+/// Events sent in one write when several are ready.
+const MAX_BATCH: usize = 64;
+
+/// `first`, then up to `MAX_BATCH - 1` more events that are ready now.
+fn ready_batch(first: Event, feed: &mut Feed) -> impl Iterator<Item = Event> + '_ {
+    std::iter::once(first).chain(std::iter::from_fn(|| feed.try_next()).take(MAX_BATCH - 1))
 }
 
 /// A short random id for a session.

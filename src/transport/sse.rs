@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use warp::http::{header, HeaderValue, StatusCode};
+use warp::http::HeaderValue;
 
-use super::{check_reader, parse_resume, End};
+use super::{check_reader, parse_resume, ready_batch, End};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::listener::StreamBody;
@@ -26,8 +26,6 @@ use crate::state::App;
 /// Chunks buffered between the session and the socket; the session waits
 /// beyond this, so replay is paced by what the socket accepts.
 const BODY_QUEUE: usize = 4;
-/// Events written in one chunk when several are ready.
-const MAX_BATCH: usize = 64;
 
 /// The parts of an SSE request the handler needs.
 pub struct SseRequest {
@@ -75,14 +73,13 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         run(app2, player, feed, first, tx, expires_in).await;
         drop(pass);
     });
-    let mut resp = warp::reply::Response::default();
-    *resp.status_mut() = StatusCode::OK;
+    let mut resp = warp::reply::Response::default(); // 200 OK
     let h = resp.headers_mut();
     h.insert(
-        header::CONTENT_TYPE,
+        "content-type",
         HeaderValue::from_static("text/event-stream"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp.extensions_mut().insert(StreamBody::new(rx));
     Ok(resp)
@@ -133,12 +130,8 @@ async fn run(
             r = feed.next() => match r {
                 Ok(ev) => {
                     let mut out = String::with_capacity(512);
-                    frame(&mut out, &player, &ev);
-                    for _ in 1..MAX_BATCH {
-                        match feed.try_next() {
-                            Some(ev) => frame(&mut out, &player, &ev),
-                            None => break,
-                        }
+                    for ev in ready_batch(ev, &mut feed) {
+                        frame(&mut out, &player, &ev);
                     }
                     chunk = Some(Bytes::from(out));
                 }

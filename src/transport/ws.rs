@@ -21,9 +21,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::{check_reader, parse_resume, session_id, End};
+use super::{check_reader, parse_resume, ready_batch, session_id, End};
 use crate::auth::Principal;
 use crate::engine::Command;
 use crate::error::ApiError;
@@ -42,8 +42,6 @@ const MAX_STRIKES: u32 = 100;
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Events written before one flush when several are ready.
-const MAX_BATCH: usize = 64;
 
 /// Initial read buffer (it grows for larger frames). tungstenite's default (128 KiB,
 /// allocated per connection) would dominate an idle connection's memory.
@@ -154,7 +152,6 @@ pub fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-/// The `101 Switching Protocols` answer.
 /// The subprotocol to answer with: `mythos.v1` when offered; else, when the
 /// client offered only its `bearer.<jwt>` entry, that entry, because a
 /// browser fails a handshake that selects none of the offered protocols.
@@ -171,15 +168,12 @@ pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> warp::re
     let mut resp = warp::reply::Response::default();
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
-    h.insert(
-        "connection",
-        warp::http::HeaderValue::from_static("upgrade"),
-    );
-    h.insert("upgrade", warp::http::HeaderValue::from_static("websocket"));
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
     if let Ok(v) = accept_key.parse() {
         h.insert("sec-websocket-accept", v);
     }
-    if let Some(v) = protocol.and_then(|p| warp::http::HeaderValue::from_str(p).ok()) {
+    if let Some(v) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
         h.insert("sec-websocket-protocol", v);
     }
     resp
@@ -362,16 +356,9 @@ impl Writer<'_> {
                     vec![Message::Ping(Default::default())]
                 }
                 r = feed.next() => match r {
-                    Ok(ev) => {
-                        let mut batch = vec![Message::text(envelope_json(self.player, &ev, true))];
-                        while batch.len() < MAX_BATCH {
-                            match feed.try_next() {
-                                Some(ev) => batch.push(Message::text(envelope_json(self.player, &ev, true))),
-                                None => break,
-                            }
-                        }
-                        batch
-                    }
+                    Ok(ev) => ready_batch(ev, feed)
+                        .map(|ev| Message::text(envelope_json(self.player, &ev, true)))
+                        .collect(),
                     Err(FeedEnd::SlowConsumer) => return Some(End::Slow),
                     Err(FeedEnd::Engine(e)) => {
                         tracing::warn!(error = %e, "WebSocket feed stopped: engine error");

@@ -80,16 +80,11 @@ pub fn command_of(e: stream::Entry) -> Result<Option<CommandEntry>> {
 /// `player seq player seq ...`: a room publish's deliveries as its
 /// idempotency record stores them (player ids hold no spaces).
 pub fn encode_room_deliveries(d: &[Delivery]) -> String {
-    let mut s = String::new();
-    for x in d {
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        s.push_str(&x.player_id);
-        s.push(' ');
-        s.push_str(&x.sequence_number.to_string());
-    }
-    s
+    let pairs: Vec<String> = d
+        .iter()
+        .map(|x| format!("{} {}", x.player_id, x.sequence_number))
+        .collect();
+    pairs.join(" ")
 }
 
 /// The inverse of [`encode_room_deliveries`].
@@ -98,14 +93,12 @@ pub fn room_deliveries(s: &str) -> Result<Vec<Delivery>> {
     parts
         .chunks(2)
         .map(|c| match c {
-            [p, n] => n
-                .parse()
-                .map(|sequence_number| Delivery {
-                    player_id: (*p).to_string(),
-                    sequence_number,
-                })
-                .map_err(|_| EngineError::Corrupt("a room dedupe record".into())),
-            _ => Err(EngineError::Corrupt("a room dedupe record".into())),
+            [p, n] => Some(Delivery {
+                player_id: (*p).to_string(),
+                sequence_number: n.parse().ok()?,
+            }),
+            _ => None,
         })
-        .collect()
+        .collect::<Option<_>>()
+        .ok_or_else(|| EngineError::Corrupt("a room dedupe record".into()))
 }

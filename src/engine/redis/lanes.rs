@@ -21,6 +21,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::engine::EngineError;
 
+#[derive(Default)]
 struct Slot {
     /// Bumped whenever the connection is replaced, so a late failure report
     /// about an old connection doesn't discard its replacement.
@@ -37,14 +38,7 @@ pub struct Lanes {
 
 impl Lanes {
     pub fn new(pool: Pool, lanes: usize) -> Self {
-        let slots = (0..lanes.max(1))
-            .map(|_| {
-                Mutex::new(Slot {
-                    generation: 0,
-                    conn: None,
-                })
-            })
-            .collect();
+        let slots = (0..lanes.max(1)).map(|_| Mutex::default()).collect();
         Self {
             pool,
             slots,
@@ -59,11 +53,8 @@ impl Lanes {
     /// A handle on the next lane (round robin), connecting it if needed.
     pub async fn get(&self) -> Result<Lane<'_>, EngineError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        {
-            let s = self.slot(i);
-            if let Some(c) = &s.conn {
-                return Ok(self.lane(i, s.generation, c));
-            }
+        if let Some(lane) = self.lane(i, &self.slot(i)) {
+            return Ok(lane);
         }
         let fresh = self
             .pool
@@ -75,25 +66,18 @@ impl Lanes {
             s.generation += 1;
             s.conn = Some(fresh);
         }
-        let conn = s.conn.as_ref().map(|c| (**c).clone());
-        let generation = s.generation;
-        drop(s);
-        conn.map(|conn| Lane {
-            conn,
-            lanes: self,
-            slot: i,
-            generation,
-        })
-        .ok_or_else(|| EngineError::Pool("lane emptied while connecting".into()))
+        self.lane(i, &s)
+            .ok_or_else(|| EngineError::Pool("lane emptied while connecting".into()))
     }
 
-    fn lane<'a>(&'a self, slot: usize, generation: u64, c: &Connection) -> Lane<'a> {
-        Lane {
-            conn: (**c).clone(),
+    /// A handle on lane `slot`'s connection, if it has one.
+    fn lane(&self, slot: usize, s: &Slot) -> Option<Lane<'_>> {
+        Some(Lane {
+            conn: (**s.conn.as_ref()?).clone(),
             lanes: self,
             slot,
-            generation,
-        }
+            generation: s.generation,
+        })
     }
 
     fn failed(&self, slot: usize, generation: u64, e: &RedisError) {

@@ -104,15 +104,14 @@ pub async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio:
     Ok(ps)
 }
 
-/// Runs forever: routes announcements from `first` (already subscribed), and
+/// Runs forever: routes announcements from `ps` (already subscribed), and
 /// after each loss resubscribes with backoff and nudges every session.
 async fn listen(
     client: redis::Client,
     hub: Arc<dyn LiveSink>,
-    first: redis::aio::PubSub,
+    mut ps: redis::aio::PubSub,
     health: Arc<LiveHealth>,
 ) {
-    let mut ps = first;
     loop {
         pump(ps, &*hub).await;
         health.set(false);

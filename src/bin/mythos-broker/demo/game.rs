@@ -170,15 +170,16 @@ impl Game {
         Ok(room)
     }
 
+    /// The members of `room` other than `player`.
+    async fn others(&self, room: &Room, player: &str) -> Result<Vec<String>, BrokerError> {
+        let mut members = self.api.members(room.id).await?;
+        members.retain(|m| m != player);
+        Ok(members)
+    }
+
     /// A room as the page shows it: name, description, exits, who else is there.
     async fn describe(&self, room: &Room, player: &str) -> Result<Value, BrokerError> {
-        let others: Vec<String> = self
-            .api
-            .members(room.id)
-            .await?
-            .into_iter()
-            .filter(|m| m != player)
-            .collect();
+        let others = self.others(room, player).await?;
         let exits: Vec<&str> = room.exits.iter().map(|(d, _)| *d).collect();
         Ok(
             json!({"room_id": room.id, "name": room.name, "description": room.description,
@@ -234,13 +235,7 @@ impl Game {
             return Ok(Reply::error("Say what?"));
         }
         let player = entry.command.player_id.as_str();
-        let others: Vec<String> = self
-            .api
-            .members(here.id)
-            .await?
-            .into_iter()
-            .filter(|m| m != player)
-            .collect();
+        let others = self.others(here, player).await?;
         if !others.is_empty() {
             let data = json!({"channel": "say", "from": player, "message": message});
             let id = event_id(entry, "chat");
