@@ -3,6 +3,11 @@
 
 mod support;
 
+#[path = "support/history_tests.rs"]
+mod history_tests;
+#[path = "support/proxy_tests.rs"]
+mod proxy_tests;
+
 use support::redis::{RedisServer, SpawnError};
 
 fn info_pid(r: &RedisServer) -> u32 {

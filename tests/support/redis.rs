@@ -19,6 +19,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     appendonly: bool,
+    /// The primary's port, for a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
@@ -85,10 +87,41 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// A replica of `primary` (`--replicaof`), without persistence; waits
+    /// until its link to the primary is up.
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let replica = Self::start_on_free_port(false, Some(primary.port));
+        replica.wait_for_link();
+        replica
+    }
+
+    /// Waits until a replica reports `master_link_status:up`.
+    pub fn wait_for_link(&self) {
+        let client = self.client();
+        wait_for(
+            Duration::from_secs(10),
+            "the replica's link to its primary",
+            || {
+                client
+                    .get_connection()
+                    .and_then(|mut c| {
+                        redis::cmd("INFO")
+                            .arg("replication")
+                            .query::<String>(&mut c)
+                    })
+                    .is_ok_and(|info| info.contains("master_link_status:up"))
+            },
+        );
+    }
+
     fn start_with(appendonly: bool) -> Self {
+        Self::start_on_free_port(appendonly, None)
+    }
+
+    fn start_on_free_port(appendonly: bool, replica_of: Option<u16>) -> Self {
         let mut errors = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
-            match Self::try_start_on(free_port(), appendonly) {
+            match Self::try_start(free_port(), appendonly, replica_of) {
                 Ok(s) => return s,
                 // Another process took the port first: try another one.
                 Err(e) => errors.push(e),
@@ -100,6 +133,10 @@ impl RedisServer {
     /// Starts a server on exactly `port`; `Err` unless the process answering
     /// there is the child just started (never someone else's server).
     pub fn try_start_on(port: u16, appendonly: bool) -> Result<Self, SpawnError> {
+        Self::try_start(port, appendonly, None)
+    }
+
+    fn try_start(port: u16, appendonly: bool, replica_of: Option<u16>) -> Result<Self, SpawnError> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("mythos-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the server's temp dir");
@@ -107,6 +144,7 @@ impl RedisServer {
             port,
             dir,
             appendonly,
+            replica_of,
             child: None,
         };
         s.spawn()?;
@@ -122,6 +160,11 @@ impl RedisServer {
             .arg(&self.dir)
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
+            .args(
+                self.replica_of
+                    .map(|p| vec!["--replicaof".to_string(), "127.0.0.1".into(), p.to_string()])
+                    .unwrap_or_default(),
+            )
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

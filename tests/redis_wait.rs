@@ -1,0 +1,113 @@
+//! `MYTHOS_REDIS_WAIT_REPLICAS` (contract §10): an append is answered only
+//! once that many replicas confirmed it; fewer in `MYTHOS_REDIS_WAIT_TIMEOUT`
+//! → `503 not_replicated` (HTTP) / `error not_replicated` (WebSocket), and a
+//! retry with the same `id` after the replica is back appends nothing twice.
+//! Real processes: a primary and a replica `redis-server`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::broker::*;
+use support::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once() {
+    let primary = RedisServer::start();
+    let mut replica = RedisServer::start_replica_of(&primary);
+    let mut c = config();
+    c.redis_url = Some(primary.url());
+    c.redis_wait_replicas = 1;
+    c.redis_wait_timeout = Duration::from_millis(300);
+    let n = Node {
+        broker: Broker::start(c).await,
+        redis: None,
+    };
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    // Commands go over another player's socket, so alice's reads only events.
+    let (mut cmds, _) = n.ws_player("bob", None).await;
+    let publish = |id: &'static str| {
+        let n = &n;
+        async move {
+            let body = json!({"to": {"player": "alice"}, "event_type": "t", "data": id, "id": id});
+            n.post("/v1/publish", Some(&service_token()), Body::Json(body))
+                .await
+        }
+    };
+    // With the replica up: 200, and the replica holds the event.
+    let (s, b) = publish("p1").await;
+    assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 1)]), "{b}");
+    let mut rc = replica
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("replica");
+    let len: u64 = redis::cmd("XLEN")
+        .arg("mythos:player:{alice}:events")
+        .query_async(&mut rc)
+        .await
+        .expect("XLEN on the replica");
+    assert_eq!(len, 1, "answered 200 only once the replica had it");
+    cmds.send_json(json!({"type": "command", "id": "c1", "command": "look"}))
+        .await;
+    assert_eq!(
+        cmds.until_type("command_accepted").await.expect("accepted")["id"],
+        "c1"
+    );
+
+    // Replica gone: 503 not_replicated after about the timeout, on both paths.
+    replica.kill();
+    let t0 = Instant::now();
+    let (s, b) = publish("p2").await;
+    let took = t0.elapsed();
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("not_replicated")),
+        "{b}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    cmds.send_json(json!({"type": "command", "id": "c2", "command": "look"}))
+        .await;
+    let e = cmds.until_type("error").await.expect("an error frame");
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("not_replicated"), Some("c2")),
+        "{e}"
+    );
+
+    // Replica back: the retry with the same id answers the first append's
+    // sequence number and appends nothing; the next publish is 3.
+    replica.restart();
+    replica.wait_for_link();
+    let (s, b) = publish("p2").await;
+    assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 2)]), "{b}");
+    let (s, b) = publish("p3").await;
+    assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 3)]), "{b}");
+    // The player got 1, 2, 3 exactly once each (2 was delivered when first
+    // appended), and nothing after: a fence is next.
+    assert_eq!(ws.seqs(3).await, vec![1, 2, 3]);
+    assert_eq!(publish("fence").await.0, 200);
+    assert_eq!(ws.seqs(1).await, vec![4]);
+}
+
+/// Without replicas configured, a WAIT setting is refused at start-up on the
+/// embedded engine, and the cluster setting (not supported yet) too.
+#[test]
+fn wait_and_cluster_settings_are_checked() {
+    let mut c = config();
+    c.redis_wait_replicas = 1;
+    let e = c.validate().expect_err("WAIT without Redis");
+    assert!(e.contains("MYTHOS_REDIS_WAIT_REPLICAS"), "{e}");
+    let mut c = config();
+    c.redis_url = Some("redis://127.0.0.1:1/".into());
+    c.redis_cluster = Some("redis://127.0.0.1:2".into());
+    let e = c.validate().expect_err("both");
+    assert!(
+        e.contains("MYTHOS_REDIS_URL") && e.contains("MYTHOS_REDIS_CLUSTER"),
+        "{e}"
+    );
+}
