@@ -57,6 +57,8 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(config, false).await,
@@ -95,7 +97,9 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    tracing::info!(addr = %running.addr, engine = engine_name, "mythos-broker listening");
+    // The one "listening" line goes to stdout (scripts read it); the log
+    // does not repeat it.
+    tracing::debug!(addr = %running.addr, engine = engine_name, "listening");
     println!(
         "mythos-broker listening on http://{} (engine: {engine_name})",
         running.addr
