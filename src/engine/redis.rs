@@ -124,6 +124,18 @@ impl RedisEngine {
         })
     }
 
+    /// Runs one append with an overall deadline: connection set-up, the
+    /// command and any `WAIT` each have their own timeouts, which could add
+    /// up while Redis is unreachable; a publisher is answered (503, retry-safe
+    /// with the same id) within 2 × `OP_TIMEOUT` (+ the WAIT timeout).
+    async fn within<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let deadline =
+            2 * OP_TIMEOUT + self.limits.wait_timeout * u32::from(self.limits.wait_replicas > 0);
+        tokio::time::timeout(deadline, f)
+            .await
+            .unwrap_or_else(|_| Err(EngineError::Pool(format!("no answer within {deadline:?}"))))
+    }
+
     /// With `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1, waits until that many replicas
     /// confirm this connection's writes, or fails `NotReplicated` after
     /// `MYTHOS_REDIS_WAIT_TIMEOUT`. The writes stay: a retry with the same
@@ -311,47 +323,50 @@ impl Engine for RedisEngine {
         body: Arc<EventBody>,
         dedupe_key: Option<&str>,
     ) -> Result<Vec<Delivery>> {
-        let mut conn = self.writer().await?;
-        let out = match target {
-            Target::Player(p) => {
-                self.append(&mut conn, std::slice::from_ref(p), &body, dedupe_key)
-                    .await?
-            }
-            Target::Players(ps) => self.append(&mut conn, ps, &body, dedupe_key).await?,
-            Target::Room(r) => {
-                // A repeat answers what the first publish answered, even if
-                // the room's members changed since: no new member gets it.
-                if let Some(k) = dedupe_key {
-                    let first: Option<String> = redis::cmd("GET")
-                        .arg(keys::room_dedupe(r, k))
-                        .query_async(&mut conn)
-                        .await?;
-                    if let Some(first) = first {
-                        // Confirmed too: the first answer may not have been.
-                        self.confirm(&mut conn).await?;
-                        return decode::room_deliveries(&first);
+        self.within(async {
+            let mut conn = self.writer().await?;
+            let out = match target {
+                Target::Player(p) => {
+                    self.append(&mut conn, std::slice::from_ref(p), &body, dedupe_key)
+                        .await?
+                }
+                Target::Players(ps) => self.append(&mut conn, ps, &body, dedupe_key).await?,
+                Target::Room(r) => {
+                    // A repeat answers what the first publish answered, even if
+                    // the room's members changed since: no new member gets it.
+                    if let Some(k) = dedupe_key {
+                        let first: Option<String> = redis::cmd("GET")
+                            .arg(keys::room_dedupe(r, k))
+                            .query_async(&mut conn)
+                            .await?;
+                        if let Some(first) = first {
+                            // Confirmed too: the first answer may not have been.
+                            self.confirm(&mut conn).await?;
+                            return decode::room_deliveries(&first);
+                        }
                     }
+                    let members = self.sorted_set(&keys::members(r)).await?;
+                    let out = self.append(&mut conn, &members, &body, dedupe_key).await?;
+                    if let Some(k) = dedupe_key {
+                        // NX: of two racing first publishes, the record of the
+                        // one that stored first stands (both appended each
+                        // member once, by the per-player dedupe keys).
+                        let _: Option<String> = redis::cmd("SET")
+                            .arg(keys::room_dedupe(r, k))
+                            .arg(decode::encode_room_deliveries(&out))
+                            .arg("PX")
+                            .arg(ms(self.limits.dedupe_window))
+                            .arg("NX")
+                            .query_async(&mut conn)
+                            .await?;
+                    }
+                    out
                 }
-                let members = self.sorted_set(&keys::members(r)).await?;
-                let out = self.append(&mut conn, &members, &body, dedupe_key).await?;
-                if let Some(k) = dedupe_key {
-                    // NX: of two racing first publishes, the record of the
-                    // one that stored first stands (both appended each
-                    // member once, by the per-player dedupe keys).
-                    let _: Option<String> = redis::cmd("SET")
-                        .arg(keys::room_dedupe(r, k))
-                        .arg(decode::encode_room_deliveries(&out))
-                        .arg("PX")
-                        .arg(ms(self.limits.dedupe_window))
-                        .arg("NX")
-                        .query_async(&mut conn)
-                        .await?;
-                }
-                out
-            }
-        };
-        self.confirm(&mut conn).await?;
-        Ok(out)
+            };
+            self.confirm(&mut conn).await?;
+            Ok(out)
+        })
+        .await
     }
 
     async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
@@ -427,21 +442,24 @@ impl Engine for RedisEngine {
     }
 
     async fn push_command(&self, cmd: &Command) -> Result<String> {
-        // One XADD: no script needed, and it touches only the stream's slot.
-        let mut conn = self.writer().await?;
-        let fields = [
-            ("player_id", &cmd.player_id),
-            ("session_id", &cmd.session_id),
-            ("type", &cmd.kind),
-            ("id", &cmd.id),
-            ("payload", &cmd.payload),
-        ];
-        let maxlen = StreamMaxlen::Approx(super::MAX_COMMANDS);
-        let id: String = Cmd::xadd_maxlen(keys::COMMANDS, maxlen, "*", &fields)
-            .query_async(&mut conn)
-            .await?;
-        self.confirm(&mut conn).await?;
-        Ok(id)
+        self.within(async {
+            // One XADD: no script needed, and it touches only the stream's slot.
+            let mut conn = self.writer().await?;
+            let fields = [
+                ("player_id", &cmd.player_id),
+                ("session_id", &cmd.session_id),
+                ("type", &cmd.kind),
+                ("id", &cmd.id),
+                ("payload", &cmd.payload),
+            ];
+            let maxlen = StreamMaxlen::Approx(super::MAX_COMMANDS);
+            let id: String = Cmd::xadd_maxlen(keys::COMMANDS, maxlen, "*", &fields)
+                .query_async(&mut conn)
+                .await?;
+            self.confirm(&mut conn).await?;
+            Ok(id)
+        })
+        .await
     }
 
     async fn read_commands(
