@@ -27,7 +27,151 @@ on_both_engines!(
     edge_inputs_named_by_the_contract,
     message_limits_are_configurable,
     hostile_input_gets_a_defined_answer_and_others_are_served,
+    envelope_has_every_key_and_a_utc_millisecond_timestamp,
+    cursor_answers_exact_bodies,
 );
+
+/// A strict `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC, milliseconds).
+fn assert_timestamp(ts: &str) {
+    let b = ts.as_bytes();
+    let shape = b.len() == 24
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'.',
+            23 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        });
+    assert!(shape, "timestamp {ts:?} is not YYYY-MM-DDTHH:MM:SS.mmmZ");
+    let num = |r: std::ops::Range<usize>| ts[r].parse::<u32>().expect("digits");
+    assert!(
+        (1..=12).contains(&num(5..7))
+            && (1..=31).contains(&num(8..10))
+            && num(11..13) < 24
+            && num(14..16) < 60
+            && num(17..19) <= 60,
+        "timestamp {ts:?} has a field out of range"
+    );
+}
+
+/// An envelope as received, checked whole: `timestamp` strictly formatted
+/// and between `before` and `after` (fixed width: text order is time
+/// order), WebSocket's `"type":"event"`, then every other key exactly as
+/// `want` (a missing key is not a `null` one).
+fn assert_envelope(mut got: Value, want: &Value, ws: bool, before: &str, after: &str) {
+    let o = got.as_object_mut().expect("an envelope is an object");
+    let ts = o.remove("timestamp").expect("timestamp");
+    let ts = ts.as_str().expect("timestamp is a string");
+    assert_timestamp(ts);
+    assert!(
+        before <= ts && ts <= after,
+        "timestamp {ts} not within the publish ({before} .. {after})"
+    );
+    if ws {
+        assert_eq!(o.remove("type"), Some(json!("event")));
+    }
+    assert_eq!(&got, want);
+}
+
+/// protocol.md "Events": every envelope carries exactly `event_type`,
+/// `sequence_number`, `timestamp` (RFC 3339 UTC, milliseconds, `Z`),
+/// `player_id`, `room_id`, `data`, `id`; `room_id` and `id` are present as
+/// `null` when absent. Over SSE and WebSocket, live and replayed.
+async fn envelope_has_every_key_and_a_utc_millisecond_timestamp(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let tok = player_token("alice");
+    let (mut live_ws, _) = n.ws_player("alice", None).await;
+    let mut live_sse = n.sse("/v1/events", &tok, None).await.expect("sse");
+    let before = mythos_broker::protocol::now_rfc3339();
+    assert_eq!(
+        n.publish(json!({"player": "alice"}), "plain", json!({"x": 1}))
+            .await,
+        vec![("alice".to_string(), 1)]
+    );
+    let (s, b) = n
+        .post(
+            "/v1/publish",
+            Some(&service_token()),
+            Body::Json(json!({"to": {"player": "alice"}, "event_type": "tagged",
+                "data": {"y": [2]}, "room_id": "tavern", "id": "pub-7"})),
+        )
+        .await;
+    assert_eq!((s, deliveries(&b)), (200, vec![("alice".to_string(), 2)]));
+    let after = mythos_broker::protocol::now_rfc3339();
+    let want = [
+        json!({"event_type": "plain", "sequence_number": 1, "player_id": "alice",
+            "room_id": null, "data": {"x": 1}, "id": null}),
+        json!({"event_type": "tagged", "sequence_number": 2, "player_id": "alice",
+            "room_id": "tavern", "data": {"y": [2]}, "id": "pub-7"}),
+    ];
+    // Replayed: from the log.
+    let (mut replay_ws, _) = n.ws_player("alice", Some(0)).await;
+    let mut replay_sse = n
+        .sse("/v1/events?last_event_id=0", &tok, None)
+        .await
+        .expect("sse");
+    for w in &want {
+        for ws in [&mut live_ws, &mut replay_ws] {
+            let got = ws.next_event().await.expect("an event");
+            assert_envelope(got, w, true, &before, &after);
+        }
+        for sse in [&mut live_sse, &mut replay_sse] {
+            let got = sse.next_event().await.expect("an event");
+            assert_eq!(got.event.as_deref(), w["event_type"].as_str());
+            assert_envelope(got.data, w, false, &before, &after);
+        }
+    }
+}
+
+/// `GET /v1/cursor` (our extension), exact bodies: an unknown player; after
+/// publishes; after acks (`oldest_available` moves past them, to `last + 1`
+/// when nothing is retained); after the count cap trimmed (5 kept).
+async fn cursor_answers_exact_bodies(kind: Kind) {
+    let n = Node::start(kind, |c| c.max_backlog = 5).await;
+    let cursor = |p: &str| {
+        let tok = player_token(p);
+        let n = &n;
+        async move {
+            n.request(reqwest::Method::GET, "/v1/cursor", Some(&tok))
+                .await
+        }
+    };
+    let want = |p: &str, last: u64, acked: u64, oldest: u64| {
+        (
+            200,
+            json!({"player_id": p, "last_sequence_number": last, "acked": acked,
+                "oldest_available": oldest}),
+        )
+    };
+    let ack = |seq: u64| {
+        let n = &n;
+        async move {
+            let (s, b) = n
+                .post(
+                    "/v1/ack",
+                    Some(&player_token("alice")),
+                    Body::Json(json!({"sequence_number": seq})),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+        }
+    };
+    assert_eq!(cursor("nobody").await, want("nobody", 0, 0, 1));
+    assert_eq!(n.publish_n("alice", 3).await, range(1, 3));
+    assert_eq!(cursor("alice").await, want("alice", 3, 0, 1));
+    ack(2).await;
+    assert_eq!(cursor("alice").await, want("alice", 3, 2, 3));
+    ack(3).await;
+    assert_eq!(cursor("alice").await, want("alice", 3, 3, 4));
+    // 4..12 appended, the cap keeps 8..12.
+    assert_eq!(n.publish_n("alice", 9).await, range(4, 12));
+    assert_eq!(cursor("alice").await, want("alice", 12, 3, 8));
+    ack(9).await;
+    assert_eq!(cursor("alice").await, want("alice", 12, 9, 10));
+    // Asking created nothing.
+    assert_eq!(cursor("nobody").await, want("nobody", 0, 0, 1));
+}
 
 /// Issue 11's hostile input, each with its defined answer, while a
 /// connected player keeps receiving (checked by sequence number at the end):

@@ -27,7 +27,8 @@ pub enum Kind {
 pub struct Fixture {
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
-    _server: Option<RedisServer>,
+    /// The Redis engine's own `redis-server`, for looking at it from outside.
+    pub server: Option<RedisServer>,
 }
 
 impl Kind {
@@ -37,7 +38,7 @@ impl Kind {
             Kind::Memory => Fixture {
                 engine: Arc::new(MemoryEngine::new(limits, hub.clone())),
                 hub,
-                _server: None,
+                server: None,
             },
             Kind::Redis => {
                 let server = RedisServer::start();
@@ -47,7 +48,7 @@ impl Kind {
                 Fixture {
                     engine,
                     hub,
-                    _server: Some(server),
+                    server: Some(server),
                 }
             }
         }
@@ -166,6 +167,7 @@ conformance!(
     room_publish_repeat_answers_the_first,
     membership,
     commands,
+    commands_are_capped,
     commands_are_reclaimed,
     accounts,
     hub_gets_fresh_appends_only,
@@ -704,17 +706,205 @@ mod cases {
             .unwrap();
         assert_eq!(other.len(), 1);
         assert_eq!(other[0].entry_id, id1);
-        // A command pushed while a reader blocks wakes it.
-        let (reader, pushed) = tokio::join!(
-            e.read_commands("game", "w1", 10, Duration::from_secs(5)),
-            async {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                e.push_command(&cmd("alice", "c3")).await.unwrap()
+        // A command pushed while a reader blocks wakes it: the reader waits
+        // up to a minute, and must return with the command well before that
+        // (within WAIT of the push). It is blocked before the push: the memory
+        // engine registers for a wake-up in its first poll (nothing to hand
+        // out, no I/O before it waits); Redis shows it in `blocked_clients`.
+        let mut reader = Box::pin({
+            let e = f.engine.clone();
+            async move {
+                e.read_commands("game", "w1", 10, Duration::from_secs(60))
+                    .await
             }
+        });
+        assert!(
+            futures_util::poll!(&mut reader).is_pending(),
+            "nothing to read yet"
         );
-        let reader = reader.unwrap();
-        assert_eq!(reader.len(), 1);
-        assert_eq!(reader[0].entry_id, pushed);
+        let reader = tokio::spawn(reader);
+        if let Some(server) = &f.server {
+            blocked_clients_reach(server, 1).await;
+        }
+        let pushed = e.push_command(&cmd("alice", "c3")).await.unwrap();
+        let reader = tokio::time::timeout(WAIT, reader)
+            .await
+            .expect("the push wakes the blocked reader long before its block ends")
+            .expect("reader task")
+            .unwrap();
+        let ids: Vec<&str> = reader.iter().map(|c| c.entry_id.as_str()).collect();
+        assert_eq!(ids, vec![pushed.as_str()]);
+        assert_eq!(reader[0].command, cmd("alice", "c3"));
+    }
+
+    /// Polls `INFO clients` until at least `n` clients are blocked (a
+    /// blocking read has reached the server).
+    async fn blocked_clients_reach(server: &RedisServer, n: u64) {
+        let c = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        eventually(WAIT, "a blocked reader on the server", || {
+            let mut c = c.clone();
+            async move {
+                let info: String = ::redis::cmd("INFO")
+                    .arg("clients")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                let blocked: u64 = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("blocked_clients:"))?
+                    .trim()
+                    .parse()
+                    .ok()?;
+                (blocked >= n).then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// `engine::MAX_COMMANDS` (crate-private): about how many commands the
+    /// upstream stream keeps.
+    const MAX_COMMANDS: usize = 100_000;
+
+    /// An entry id `ms-n` as a pair that sorts as the stream does.
+    fn entry_key(id: &str) -> (u64, u64) {
+        let (ms, n) = id.split_once('-').expect("an entry id is ms-n");
+        (ms.parse().expect("ms"), n.parse().expect("n"))
+    }
+
+    /// Pushing past the cap keeps the stream bounded and keeps the newest
+    /// commands: memory exactly `MAX_COMMANDS`; Redis (`XADD MAXLEN ~`,
+    /// which trims whole nodes only) at least the cap and less than one node
+    /// (`stream-node-max-entries`) more; the oldest kept is the oldest of
+    /// the newest `len` pushed, so (ids being ordered) exactly the newest
+    /// `len` are kept. The stream first gets `MAX_COMMANDS` entries (on
+    /// Redis by a raw pipelined `XADD` of the same fields, a game server
+    /// that was down a while; an engine push each costs a round trip),
+    /// then `EXTRA` engine pushes from concurrent writers.
+    pub async fn commands_are_capped(k: Kind) {
+        const EXTRA: usize = 3_000;
+        const WRITERS: usize = 16;
+        let total = MAX_COMMANDS + EXTRA;
+        let f = k.fixture().await;
+        let mut pushed: Vec<(String, usize)> = Vec::with_capacity(total);
+        let redis = match &f.server {
+            Some(server) => Some(
+                server
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            ),
+            None => None,
+        };
+        let push = |from: usize, to: usize| {
+            let mut tasks = Vec::new();
+            for w in 0..WRITERS {
+                let e = f.engine.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    for i in (from + w..to).step_by(WRITERS) {
+                        ids.push((
+                            e.push_command(&cmd("p", &format!("c{i}"))).await.unwrap(),
+                            i,
+                        ));
+                    }
+                    ids
+                }));
+            }
+            tasks
+        };
+        match redis.clone() {
+            Some(mut c) => {
+                for chunk in (0..MAX_COMMANDS).collect::<Vec<_>>().chunks(10_000) {
+                    let mut pipe = ::redis::pipe();
+                    for i in chunk {
+                        let c = cmd("p", &format!("c{i}"));
+                        pipe.cmd("XADD")
+                            .arg("mythos:commands")
+                            .arg("*")
+                            .arg("player_id")
+                            .arg(&c.player_id)
+                            .arg("session_id")
+                            .arg(&c.session_id)
+                            .arg("type")
+                            .arg(&c.kind)
+                            .arg("id")
+                            .arg(&c.id)
+                            .arg("payload")
+                            .arg(&c.payload);
+                    }
+                    let ids: Vec<String> = pipe.query_async(&mut c).await.unwrap();
+                    pushed.extend(ids.into_iter().zip(chunk.iter().copied()));
+                }
+            }
+            None => {
+                for t in push(0, MAX_COMMANDS) {
+                    pushed.extend(t.await.unwrap());
+                }
+            }
+        }
+        for t in push(MAX_COMMANDS, total) {
+            pushed.extend(t.await.unwrap());
+        }
+        pushed.sort_by_key(|(id, _)| entry_key(id));
+        pushed.dedup_by(|a, b| a.0 == b.0);
+        assert_eq!(pushed.len(), total, "every push got its own entry id");
+
+        // A new group starts from the oldest command kept.
+        let oldest = f
+            .engine
+            .read_commands("audit", "a1", 1, Duration::ZERO)
+            .await
+            .unwrap();
+        let (len, slack) = match redis {
+            None => {
+                let mut len = oldest.len();
+                loop {
+                    let batch = f
+                        .engine
+                        .read_commands("audit", "a1", 10_000, Duration::ZERO)
+                        .await
+                        .unwrap();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    len += batch.len();
+                }
+                (len, 0)
+            }
+            Some(mut c) => {
+                let (_, node): (String, usize) = ::redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("stream-node-max-entries")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                let len: usize = ::redis::cmd("XLEN")
+                    .arg("mythos:commands")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                (len, node - 1)
+            }
+        };
+        assert!(
+            (MAX_COMMANDS..=MAX_COMMANDS + slack).contains(&len),
+            "kept {len} of {total}, cap {MAX_COMMANDS} (+{slack})"
+        );
+        let first_kept = total - len;
+        assert_eq!(oldest.len(), 1);
+        assert_eq!(
+            (&oldest[0].entry_id, &oldest[0].command),
+            (
+                &pushed[first_kept].0,
+                &cmd("p", &format!("c{}", pushed[first_kept].1))
+            ),
+            "the oldest kept is the oldest of the newest {len}"
+        );
     }
 
     pub async fn accounts(k: Kind) {
@@ -764,6 +954,8 @@ mod cases {
         const WRITERS: u64 = 8;
         const EACH: u64 = 40;
         let f = k.fixture().await;
+        static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        T0.get_or_init(Instant::now);
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let e = f.engine.clone();

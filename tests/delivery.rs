@@ -11,6 +11,16 @@ use serde_json::json;
 use support::broker::*;
 use support::eventually;
 
+/// Publishes a `fence` event to `player` and returns its sequence number;
+/// each client must then get exactly it as its next event: nothing (a
+/// trailing duplicate, a resend) came after what the test read.
+async fn fence(n: &Broker, player: &str) -> u64 {
+    let d = n
+        .publish(json!({"player": player}), "fence", json!({}))
+        .await;
+    d[0].1
+}
+
 on_both_engines!(
     sse_resumes_from_header_query_and_cursor,
     sse_rejects_bad_resume_points_and_wrong_player,
@@ -136,19 +146,23 @@ async fn sse_resumes_from_header_query_and_cursor(kind: Kind) {
     drop(s);
 
     // No resume point: from the acked cursor (4), through the alias path.
-    let mut s = n.sse("/events/alice", &tok, None).await.expect("stream");
-    assert_eq!(s.seqs(6).await, range(5, 10));
+    let mut alias = n.sse("/events/alice", &tok, None).await.expect("stream");
+    assert_eq!(alias.seqs(6).await, range(5, 10));
     // ... then live.
     n.publish_n("alice", 2).await;
-    assert_eq!(s.seqs(2).await, range(11, 12));
+    assert_eq!(alias.seqs(2).await, range(11, 12));
 
     // A resume point past the end means nothing to replay; live continues.
-    let mut s = n
+    let mut past = n
         .sse("/v1/events", &tok, Some("999"))
         .await
         .expect("stream");
     n.publish_n("alice", 1).await;
-    assert_eq!(s.seqs(1).await, vec![13]);
+    assert_eq!(past.seqs(1).await, vec![13]);
+    assert_eq!(alias.seqs(1).await, vec![13]);
+    let f = fence(&n, "alice").await;
+    assert_eq!(past.seqs(1).await, vec![f]);
+    assert_eq!(alias.seqs(1).await, vec![f]);
 }
 
 async fn sse_rejects_bad_resume_points_and_wrong_player(kind: Kind) {
@@ -262,6 +276,9 @@ async fn acks_are_cumulative_clamped_and_shared(kind: Kind) {
     // A new connection without a resume point starts after the shared cursor.
     let (mut ws2, _) = n.ws_player("alice", None).await;
     assert_eq!(ws2.seqs(2).await, range(14, 15));
+    let f = fence(&n, "alice").await;
+    assert_eq!(ws.seqs(1).await, vec![f]);
+    assert_eq!(ws2.seqs(1).await, vec![f]);
 }
 
 async fn disconnect_mid_replay_resumes_exactly(kind: Kind) {
@@ -278,6 +295,9 @@ async fn disconnect_mid_replay_resumes_exactly(kind: Kind) {
     assert_eq!(s.seqs(200).await, range(101, 300));
     let (mut ws, _) = n.ws_player("alice", Some(250)).await;
     assert_eq!(ws.seqs(50).await, range(251, 300));
+    let f = fence(&n, "alice").await;
+    assert_eq!(s.seqs(1).await, vec![f]);
+    assert_eq!(ws.seqs(1).await, vec![f]);
 }
 
 async fn events_published_during_replay_arrive_once_in_order(kind: Kind) {
@@ -300,6 +320,9 @@ async fn events_published_during_replay_arrive_once_in_order(kind: Kind) {
     assert_eq!(ws.seqs(1300).await, range(1, 1300));
     assert_eq!(sse.seqs(1300).await, range(1, 1300));
     assert_eq!(publisher.await.expect("publisher"), range(1001, 1300));
+    let f = fence(&n, "alice").await;
+    assert_eq!(ws.seqs(1).await, vec![f]);
+    assert_eq!(sse.seqs(1).await, vec![f]);
 }
 
 async fn two_connections_both_receive(kind: Kind) {
@@ -321,6 +344,12 @@ async fn two_connections_both_receive(kind: Kind) {
         (b["player_id"].as_str(), b["sequence_number"].as_u64()),
         (Some("bob"), Some(1))
     );
+    let f = fence(&n, "alice").await;
+    assert_eq!(ws_a.seqs(1).await, vec![f]);
+    assert_eq!(ws_b.seqs(1).await, vec![f]);
+    assert_eq!(sse.seqs(1).await, vec![f]);
+    let f = fence(&n, "bob").await;
+    assert_eq!(bob.seqs(1).await, vec![f]);
 }
 
 async fn abrupt_disconnects_lose_nothing(kind: Kind) {
@@ -362,6 +391,8 @@ async fn abrupt_disconnects_lose_nothing(kind: Kind) {
         "exactly 1..{TOTAL}, no gap, no duplicate"
     );
     assert_eq!(publisher.await.expect("publisher").len(), TOTAL as usize);
+    let f = fence(&n, "alice").await;
+    assert_eq!(ws.seqs(1).await, vec![f]);
 }
 
 async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
@@ -402,6 +433,9 @@ async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
         ws.seqs((published - got.len() as u64) as usize).await,
         range(got.len() as u64 + 1, published)
     );
+    let f = fence(&n, "alice").await;
+    assert_eq!(f, published + 1);
+    assert_eq!(ws.seqs(1).await, vec![f]);
 }
 
 async fn token_expiry_closes_connections(kind: Kind) {
