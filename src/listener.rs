@@ -70,7 +70,8 @@ fn join_repeated_header(headers: &mut warp::http::HeaderMap, name: &'static str)
     }
 }
 
-fn into_box_body(resp: warp::reply::Response) -> hyper::Response<BoxBody> {
+/// The response with our body; `true` when it is a stream (SSE).
+fn into_box_body(resp: warp::reply::Response) -> (hyper::Response<BoxBody>, bool) {
     let (parts, body) = resp.into_parts();
     if let Some(rx) = parts
         .extensions
@@ -79,20 +80,89 @@ fn into_box_body(resp: warp::reply::Response) -> hyper::Response<BoxBody> {
     {
         let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
             .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
-        return hyper::Response::from_parts(parts, BodyExt::boxed(HttpStreamBody::new(frames)));
+        let body = BodyExt::boxed(HttpStreamBody::new(frames));
+        return (hyper::Response::from_parts(parts, body), true);
     }
-    hyper::Response::from_parts(parts, body.map_err(|e| e.into()).boxed())
+    (
+        hyper::Response::from_parts(parts, body.map_err(|e| e.into()).boxed()),
+        false,
+    )
+}
+
+/// Slowloris guard of one HTTP connection: requests in progress, when the
+/// last one finished, and whether it carries a stream. A connection with no
+/// request in progress for the timeout is closed: headers that do not arrive
+/// (hyper has not dispatched a request yet) look exactly like that, and so
+/// does an idle keep-alive. One timer per connection, re-armed only when it
+/// fires (hyper's per-request `header_read_timeout` cost ~12 % of the
+/// broker's CPU at W1: docs/benchmarks.md). An SSE stream, or a WebSocket
+/// (the connection future ends at the upgrade), is not idle.
+struct Activity {
+    start: std::time::Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    streaming: std::sync::atomic::AtomicBool,
+    /// Milliseconds from `start` to when the last request finished.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            in_flight: Default::default(),
+            streaming: Default::default(),
+            last_ms: Default::default(),
+        }
+    }
+
+    fn started(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn finished(&self, streaming: bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if streaming {
+            self.streaming.store(true, SeqCst);
+        }
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, SeqCst);
+        self.in_flight.fetch_sub(1, SeqCst);
+    }
+
+    /// Resolves once the connection has been idle for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut deadline = tokio::time::Instant::from_std(self.start) + timeout;
+        loop {
+            tokio::time::sleep_until(deadline).await;
+            if self.streaming.load(SeqCst) {
+                return std::future::pending().await;
+            }
+            let now = tokio::time::Instant::now();
+            if self.in_flight.load(SeqCst) > 0 {
+                deadline = now + timeout;
+                continue;
+            }
+            let idle_since = tokio::time::Instant::from_std(self.start)
+                + Duration::from_millis(self.last_ms.load(SeqCst));
+            if now >= idle_since + timeout {
+                return;
+            }
+            deadline = idle_since + timeout;
+        }
+    }
 }
 
 /// Serves `filter` on `listener` until `shutdown`, then waits up to `grace`
-/// for open HTTP exchanges to finish. A client has `header_timeout` to send
-/// each request's headers.
+/// for open HTTP exchanges to finish. A connection with no request in
+/// progress for `idle_timeout` is closed (see [`Activity`]).
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
     shutdown: CancellationToken,
     grace: Duration,
-    header_timeout: Duration,
+    idle_timeout: Duration,
 ) where
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
@@ -112,6 +182,8 @@ pub async fn serve<F>(
         };
         let _ = io.set_nodelay(true);
         let svc = warp::service(filter.clone());
+        let activity = Arc::new(Activity::new());
+        let act = activity.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let mut svc = svc.clone();
@@ -119,28 +191,31 @@ pub async fn serve<F>(
                 join_repeated_header(req.headers_mut(), "sec-websocket-protocol");
                 req.extensions_mut()
                     .insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
+                let act = act.clone();
+                act.started();
                 async move {
                     let resp = svc
                         .call(req)
                         .await
                         .unwrap_or_else(|e: Infallible| match e {});
-                    Ok::<_, Infallible>(into_box_body(resp))
+                    let (resp, streaming) = into_box_body(resp);
+                    act.finished(streaming);
+                    Ok::<_, Infallible>(resp)
                 }
             });
-        let mut builder = Builder::new(TokioExecutor::new());
-        // Slowloris: a request's headers must arrive within `header_timeout`
-        // (an upgrade's too), or the connection is closed.
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(header_timeout);
-        let conn = builder
+        let conn = Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                },
+                // Dropping the connection closes it.
+                _ = activity.idle_for(idle_timeout) => {
+                    tracing::debug!("connection closed: no request within {idle_timeout:?}");
+                }
             }
         });
     }
