@@ -6,47 +6,11 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use mythos_broker::protocol::{EventBody, Target};
-use serde_json::json;
 use support::broker::*;
 
 on_both_engines!(replay_is_paced_by_a_slow_reader_with_bounded_memory);
-
-/// Appends `n` events of about `pad` bytes each to `player` through the
-/// node's engine (the same path a publish takes, without HTTP round trips).
-async fn append(node: &Broker, player: &str, n: usize, pad: usize) {
-    let data = serde_json::value::to_raw_value(&json!({ "pad": "x".repeat(pad) })).expect("raw");
-    for _ in 0..n {
-        node.app()
-            .engine
-            .publish(
-                &Target::Player(player.into()),
-                Arc::new(EventBody::now("blob", data.clone(), None, None)),
-                None,
-            )
-            .await
-            .expect("append");
-    }
-}
-
-/// Publishes a `fence` event and requires it to be the very next event on
-/// `ws`, with sequence number `seq`: nothing (a duplicate, a stray resend)
-/// came between what the test read and the fence.
-async fn fence(node: &Broker, ws: &mut WsClient, player: &str, seq: u64) {
-    let d = node
-        .publish(json!({"player": player}), "fence", json!({}))
-        .await;
-    assert_eq!(d[0].1, seq, "the fence's sequence number");
-    let e = ws.next_event().await.expect("the fence arrives");
-    assert_eq!(
-        (e["sequence_number"].as_u64(), e["event_type"].as_str()),
-        (Some(seq), Some("fence")),
-        "the next event after the expected ones must be the fence"
-    );
-}
 
 /// Resident memory of this process, in bytes.
 fn rss() -> u64 {

@@ -418,6 +418,40 @@ impl WsClient {
     }
 }
 
+/// Appends `n` events of about `pad` bytes each to `player` through the
+/// node's engine (the same path a publish takes, without HTTP round trips).
+pub async fn append(node: &Broker, player: &str, n: usize, pad: usize) {
+    use mythos_broker::protocol::{EventBody, Target};
+    let data = serde_json::value::to_raw_value(&json!({ "pad": "x".repeat(pad) })).expect("raw");
+    for _ in 0..n {
+        node.app()
+            .engine
+            .publish(
+                &Target::Player(player.into()),
+                Arc::new(EventBody::now("blob", data.clone(), None, None)),
+                None,
+            )
+            .await
+            .expect("append");
+    }
+}
+
+/// Publishes a `fence` event and requires it to be the very next event on
+/// `ws`, with sequence number `seq`: nothing (a duplicate, a stray resend)
+/// came between what the test read and the fence.
+pub async fn fence(node: &Broker, ws: &mut WsClient, player: &str, seq: u64) {
+    let d = node
+        .publish(json!({"player": player}), "fence", json!({}))
+        .await;
+    assert_eq!(d[0].1, seq, "the fence's sequence number");
+    let e = ws.next_event().await.expect("the fence arrives");
+    assert_eq!(
+        (e["sequence_number"].as_u64(), e["event_type"].as_str()),
+        (Some(seq), Some("fence")),
+        "the next event after the expected ones must be the fence"
+    );
+}
+
 /// `a..=b` as a vector, for comparing sequences.
 pub fn range(a: u64, b: u64) -> Vec<u64> {
     (a..=b).collect()
