@@ -734,14 +734,7 @@ async fn health_and_unknown_routes(kind: Kind) {
         (405, Some("method_not_allowed"))
     );
     n.publish_n("a", 1).await;
-    let text = Broker::http()
-        .get(format!("{}/metrics", n.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = n.metrics_text().await;
     assert!(text.contains("mythos_published_total"), "{text}");
 }
 

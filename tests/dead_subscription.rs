@@ -27,14 +27,7 @@ use support::{eventually, RedisServer};
 const DETECTION: Duration = Duration::from_secs(15);
 
 async fn resubscribes(n: &Broker) -> u64 {
-    let text = Broker::http()
-        .get(format!("{}/metrics", n.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = n.metrics_text().await;
     text.lines()
         .find_map(|l| l.strip_prefix("mythos_live_resubscribes_total "))
         .map_or(0, |v| v.trim().parse().expect("a count"))

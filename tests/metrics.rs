@@ -20,14 +20,7 @@ use support::eventually;
 
 /// `/metrics` as `name{labels}` → value.
 async fn scrape(n: &Broker) -> BTreeMap<String, f64> {
-    let text = Broker::http()
-        .get(format!("{}/metrics", n.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = n.metrics_text().await;
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {

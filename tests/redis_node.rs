@@ -146,12 +146,7 @@ async fn junk_on_the_live_channel_does_not_stop_live_delivery() {
     }
     let (s, _) = n.request(reqwest::Method::GET, "/readyz", None).await;
     assert_eq!(s, 200);
-    let metrics = reqwest::get(format!("{}/metrics", n.base))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = n.metrics_text().await;
     assert!(
         metrics
             .lines()

@@ -65,6 +65,18 @@ impl Broker {
             .expect("client")
     }
 
+    /// The `/metrics` text (Prometheus exposition format).
+    pub async fn metrics_text(&self) -> String {
+        Self::http()
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// POSTs JSON (or raw text) with a bearer token; returns status and body JSON.
     pub async fn post(&self, path: &str, token: Option<&str>, body: Body) -> (u16, Value) {
         let mut req = Self::http().post(format!("{}{path}", self.base));
