@@ -2,6 +2,7 @@
 //! nodes with HTTP/SSE/WebSocket clients (`broker`).
 #![allow(dead_code)]
 pub mod broker;
+pub mod cluster;
 pub mod history;
 pub mod proxy;
 pub mod redis;

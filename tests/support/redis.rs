@@ -21,6 +21,8 @@ pub struct RedisServer {
     appendonly: bool,
     /// The primary's port, for a replica.
     replica_of: Option<u16>,
+    /// More `redis-server` arguments (a cluster node's).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -41,6 +43,32 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// A free port below `max` whose port + 10000 (a cluster node's bus port)
+/// is free too.
+pub fn free_port_below(max: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port < max && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+        // Ephemeral ports are mostly above `max`: try a random lower one.
+        let guess = 20_000 + (rand_u16() % (max - 20_000));
+        if guess != 6379
+            && TcpListener::bind(("127.0.0.1", guess)).is_ok()
+            && TcpListener::bind(("127.0.0.1", guess + 10_000)).is_ok()
+        {
+            return guess;
+        }
+    }
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    (h.finish() & 0xffff) as u16
 }
 
 /// Makes a child die with the test process: on Linux it gets SIGKILL when the
@@ -118,6 +146,21 @@ impl RedisServer {
         Self::start_on_free_port(appendonly, None)
     }
 
+    /// A cluster node (`extra` holds the `--cluster-*` arguments) on `port`,
+    /// or on other free ports below 55000 if that one is taken.
+    pub fn start_cluster_node(extra: &[String], port: u16) -> Self {
+        let mut errors = Vec::new();
+        let mut port = port;
+        for _ in 0..PORT_ATTEMPTS {
+            match Self::try_start_with(port, false, None, extra.to_vec()) {
+                Ok(s) => return s,
+                Err(e) => errors.push(e),
+            }
+            port = free_port_below(55_000);
+        }
+        panic!("no cluster node of our own after {PORT_ATTEMPTS} ports: {errors:?}");
+    }
+
     fn start_on_free_port(appendonly: bool, replica_of: Option<u16>) -> Self {
         let mut errors = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -137,6 +180,15 @@ impl RedisServer {
     }
 
     fn try_start(port: u16, appendonly: bool, replica_of: Option<u16>) -> Result<Self, SpawnError> {
+        Self::try_start_with(port, appendonly, replica_of, Vec::new())
+    }
+
+    fn try_start_with(
+        port: u16,
+        appendonly: bool,
+        replica_of: Option<u16>,
+        extra: Vec<String>,
+    ) -> Result<Self, SpawnError> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("mythos-redis-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the server's temp dir");
@@ -145,6 +197,7 @@ impl RedisServer {
             dir,
             appendonly,
             replica_of,
+            extra,
             child: None,
         };
         s.spawn()?;
@@ -165,6 +218,7 @@ impl RedisServer {
                     .map(|p| vec!["--replicaof".to_string(), "127.0.0.1".into(), p.to_string()])
                     .unwrap_or_default(),
             )
+            .args(&self.extra)
             .env_clear()
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
