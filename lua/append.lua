@@ -9,23 +9,25 @@
 --   3 max_backlog   4 max_backlog_age in ms
 --   5 flags ('r': room_id present, 'i': id present)
 --   6 event_type    7 timestamp (stamped by the broker)   8 data (JSON text)
---   9 room_id ('' when absent)   10 id ('' when absent)   10+i: member i's player id
+--   9 room_id ('' when absent)   10 id ('' when absent)
+--   11 the live announcement's command: PUBLISH (one Redis) or SPUBLISH (cluster)
+--   11+i: member i's player id
 -- Returns a flat array: for each member, its sequence number and 1 if the
 -- event was appended now, 0 if the dedupe key returned an earlier one.
 --
 -- Atomic because Redis runs a script alone: every member gets the event
 -- exactly once, the sequence numbers stay dense, a dedupe hit can't race a
--- concurrent append, and the one PUBLISH on `mythos:live` (for every fresh
--- append of the call, with the event body) happens after all of them.
--- Each member touches only its own hash-tagged keys, but a fan-out spans many
--- players' slots: under Redis Cluster a fan-out would have to be split per slot.
+-- concurrent append, and each fresh append is announced on its player's live
+-- channel right after it. Each member touches only its own hash-tagged keys;
+-- on a Redis Cluster the engine calls this once per slot (all members of a
+-- call share a slot), and the calls of one fan-out run concurrently.
 
 local n = tonumber(ARGV[1])
 local dedupe_ms = tonumber(ARGV[2])
 local max_backlog = ARGV[3]
 local max_age_ms = tonumber(ARGV[4])
 local flags, event_type, timestamp, data = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local room_id, id = ARGV[9], ARGV[10]
+local room_id, id, publish = ARGV[9], ARGV[10], ARGV[11]
 local stride = 2
 if dedupe_ms > 0 then stride = 3 end
 
@@ -45,10 +47,11 @@ for i = 1, n do
       redis.call('SET', KEYS[k + 3], int(seq), 'PX', dedupe_ms)
     end
     appended = 1
-    fresh[#fresh + 1] = frame(ARGV[10 + i]) .. frame(int(seq))
+    fresh[#fresh + 1] = ARGV[11 + i]
+    fresh[#fresh + 1] = int(seq)
   end
   out[2 * i - 1] = seq
   out[2 * i] = appended
 end
-announce(fresh, flags, event_type, timestamp, data, room_id, id)
+announce(publish, fresh, flags, event_type, timestamp, data, room_id, id)
 return out

@@ -141,14 +141,21 @@ local function event_fields(flags, event_type, timestamp, data, room_id, id)
   return f
 end
 
--- Announces fresh appends on `mythos:live`: one message for the whole call,
--- `frame(n) (frame(player) frame(seq)){n} frame(flags) frame(event_type)
--- frame(timestamp) frame(room_id) frame(id) frame(data)`, so that every node
--- can hand the event to its local connections without reading it back.
-local function announce(targets, flags, event_type, timestamp, data, room_id, id)
+-- Announces each fresh append on its player's live channel
+-- `mythos:live:{<player>}` (same hash tag as the player's keys, so on a
+-- cluster it is a shard channel of the slot this script runs on):
+-- `frame(1) frame(player) frame(seq) frame(flags) frame(event_type)
+-- frame(timestamp) frame(room_id) frame(id) frame(data)`, so that the nodes
+-- holding a connection of that player (and only they) can hand the event on
+-- without reading it back. `publish` is PUBLISH on one Redis, SPUBLISH on a
+-- cluster. `targets` alternates player, sequence number.
+local function announce(publish, targets, flags, event_type, timestamp, data, room_id, id)
   if #targets == 0 then return end
-  redis.call('PUBLISH', 'mythos:live', frame(int(#targets)) .. table.concat(targets)
-    .. frame(flags) .. frame(event_type) .. frame(timestamp) .. frame(room_id)
-    .. frame(id) .. frame(data))
+  local body = frame(flags) .. frame(event_type) .. frame(timestamp) .. frame(room_id)
+    .. frame(id) .. frame(data)
+  for i = 1, #targets - 1, 2 do
+    local p = targets[i]
+    redis.call(publish, 'mythos:live:{' .. p .. '}',
+      '1:1' .. frame(p) .. frame(targets[i + 1]) .. body)
+  end
 end
-

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::engine::redis::{RedisOptions, Topology};
 use crate::engine::Limits;
 
 /// Redis-backed, guaranteed-delivery real-time message broker for MythosMUD.
@@ -155,10 +156,19 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_INGEST_CLAIM_IDLE", default_value = "30s", value_parser = parse_duration("MYTHOS_INGEST_CLAIM_IDLE"))]
     pub ingest_claim_idle: Duration,
 
-    /// Seed URLs of a Redis Cluster (contract §10). Not supported by this
-    /// version yet: start-up refuses it (exit 2) rather than run on one node.
-    #[arg(long, global = true, env = "MYTHOS_REDIS_CLUSTER")]
-    pub redis_cluster: Option<String>,
+    /// Seed URLs of a Redis Cluster, comma-separated (contract §10); set
+    /// instead of MYTHOS_REDIS_URL.
+    #[arg(long, global = true, env = "MYTHOS_REDIS_CLUSTER", value_parser = parse_cluster_seeds)]
+    pub redis_cluster: Option<ClusterSeeds>,
+
+    /// Partitions of the upstream command stream (1 keeps `mythos:commands`;
+    /// see docs/redis-layout.md). A player's commands stay in one partition.
+    #[arg(long, global = true, env = "MYTHOS_COMMAND_PARTITIONS", default_value = "1", value_parser = parse_count("MYTHOS_COMMAND_PARTITIONS"))]
+    pub command_partitions: u64,
+
+    /// Partitions of the Redis-native publish stream (1 keeps `mythos:publish`).
+    #[arg(long, global = true, env = "MYTHOS_PUBLISH_PARTITIONS", default_value = "1", value_parser = parse_count("MYTHOS_PUBLISH_PARTITIONS"))]
+    pub publish_partitions: u64,
 
     /// After every append, WAIT for this many replicas to confirm it before
     /// answering 200 / command_accepted (0: don't wait; needs MYTHOS_REDIS_URL).
@@ -192,7 +202,7 @@ pub struct Config {
 
 /// Allowed range of each count setting: (name, least, most). Past the most,
 /// a value would exhaust memory or overflow later; start-up refuses it.
-const COUNT_BOUNDS: [(&str, u64, u64); 13] = [
+const COUNT_BOUNDS: [(&str, u64, u64); 15] = [
     ("MYTHOS_MAX_BACKLOG", 1, 10_000_000),
     ("MYTHOS_MAX_EVENT_BYTES", 1, 16 * 1024 * 1024),
     ("MYTHOS_WS_MAX_FRAME", 1, 16 * 1024 * 1024),
@@ -206,6 +216,8 @@ const COUNT_BOUNDS: [(&str, u64, u64); 13] = [
     ("MYTHOS_MAX_CONNECTIONS", 1, 10_000_000),
     ("MYTHOS_MAX_PLAYER_CONNECTIONS", 1, 100_000),
     ("MYTHOS_REDIS_WAIT_REPLICAS", 0, 64),
+    ("MYTHOS_COMMAND_PARTITIONS", 1, 1024),
+    ("MYTHOS_PUBLISH_PARTITIONS", 1, 1024),
 ];
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -274,15 +286,9 @@ impl Config {
                     .into(),
             );
         }
-        if self.redis_cluster.is_some() {
+        if self.redis_wait_replicas > 0 && self.redis_options().is_none() {
             return Err(
-                "MYTHOS_REDIS_CLUSTER: Redis Cluster is not supported by this version yet; use MYTHOS_REDIS_URL (a single Redis or Sentinel-managed master)"
-                    .into(),
-            );
-        }
-        if self.redis_wait_replicas > 0 && self.redis_url.is_none() {
-            return Err(
-                "MYTHOS_REDIS_WAIT_REPLICAS needs MYTHOS_REDIS_URL: the embedded engine has no replicas"
+                "MYTHOS_REDIS_WAIT_REPLICAS needs MYTHOS_REDIS_URL or MYTHOS_REDIS_CLUSTER: the embedded engine has no replicas"
                     .into(),
             );
         }
@@ -303,6 +309,8 @@ impl Config {
             self.max_connections,
             self.max_player_connections,
             self.redis_wait_replicas,
+            self.command_partitions,
+            self.publish_partitions,
         ];
         for ((name, least, most), v) in COUNT_BOUNDS.into_iter().zip(counts) {
             if !(least..=most).contains(&v) {
@@ -341,6 +349,22 @@ impl Config {
             max_backlog_age: self.max_backlog_age,
             dedupe_window: self.dedupe_window,
         }
+    }
+
+    /// How the Redis engine connects; `None`: the embedded memory engine.
+    pub fn redis_options(&self) -> Option<RedisOptions> {
+        let topology = match (&self.redis_url, &self.redis_cluster) {
+            (Some(url), _) => Topology::Single(url.clone()),
+            (None, Some(seeds)) => Topology::Cluster(seeds.0.clone()),
+            (None, None) => return None,
+        };
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Some(RedisOptions {
+            topology,
+            pool_size: n(self.redis_pool),
+            command_partitions: n(self.command_partitions),
+            publish_partitions: n(self.publish_partitions),
+        })
     }
 
     /// This node's consumer name.
@@ -387,6 +411,38 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
     redis::Client::open(s)
         .map(|_| s.to_string())
         .map_err(|e| format!("MYTHOS_REDIS_URL: `{s}` is not a valid Redis URL ({e})"))
+}
+
+/// A Redis Cluster's seed URLs (`MYTHOS_REDIS_CLUSTER`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSeeds(pub Vec<String>);
+
+/// Most seeds accepted (a cluster is found from any one of them).
+const MAX_SEEDS: usize = 64;
+
+fn parse_cluster_seeds(s: &str) -> Result<ClusterSeeds, String> {
+    let seeds: Vec<&str> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .take(MAX_SEEDS + 1)
+        .collect();
+    if seeds.is_empty() {
+        return Err("MYTHOS_REDIS_CLUSTER: give at least one redis://host:port".into());
+    }
+    if seeds.len() > MAX_SEEDS {
+        return Err(format!(
+            "MYTHOS_REDIS_CLUSTER: at most {MAX_SEEDS} seed URLs"
+        ));
+    }
+    seeds
+        .into_iter()
+        .map(|u| {
+            parse_redis_url(u)
+                .map_err(|e| e.replacen("MYTHOS_REDIS_URL", "MYTHOS_REDIS_CLUSTER", 1))
+        })
+        .collect::<Result<_, _>>()
+        .map(ClusterSeeds)
 }
 
 fn parse_count(name: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone {

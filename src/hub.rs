@@ -64,6 +64,15 @@ struct Sub {
     state: Arc<SubState>,
 }
 
+impl Sub {
+    /// Queues a nudge; a full queue means the reader will re-read anyway.
+    fn nudge(&self) {
+        if self.tx.try_send(Live::Nudge).is_err() {
+            self.state.lagged.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// A live subscription; unsubscribes when dropped.
 pub struct Subscription {
     pub rx: mpsc::Receiver<Live>,
@@ -182,11 +191,14 @@ impl LiveSink for Hub {
     /// Tells every local connection to re-read its log (something may have been missed).
     fn nudge_all(&self) {
         for subs in self.lock().values() {
-            for s in subs {
-                if s.tx.try_send(Live::Nudge).is_err() {
-                    s.state.lagged.store(true, Ordering::SeqCst);
-                }
-            }
+            subs.iter().for_each(Sub::nudge);
+        }
+    }
+
+    /// Tells `player`'s local connections to re-read their logs.
+    fn nudge(&self, player: &str) {
+        if let Some(subs) = self.lock().get(player) {
+            subs.iter().for_each(Sub::nudge);
         }
     }
 }

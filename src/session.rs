@@ -5,8 +5,9 @@
 //! Owns: the delivery semantics both transports share — the resume point
 //! ([`ResumePoint`]) and what it acknowledges, the connection-local
 //! `resync_required` decision (contract §5), and the handover between the
-//! log and live notifications. [`open`] subscribes to the hub *before*
-//! reading the cursor, so nothing appended meanwhile is missed; the feed reads
+//! log and live notifications. [`open`] subscribes to the hub and has the
+//! engine deliver the player's appends to this node ([`Engine::watch`])
+//! *before* reading the cursor, so nothing appended meanwhile is missed; the feed reads
 //! the log in bounded batches (paced by the caller, who only asks for the next
 //! event once the socket took the last), and treats live notifications as
 //! hints: the sequence number decides. An event at `last_sent + 1` is sent,
@@ -60,6 +61,14 @@ pub async fn open(
     point: ResumePoint,
 ) -> Result<Opened, EngineError> {
     let sub = hub.subscribe(player);
+    // From here on this node receives the player's appends (the engine's
+    // live subscription follows the node's sessions); the guard pairs the
+    // watch with an unwatch, also when it fails.
+    let watching = Watching {
+        engine: engine.clone(),
+        player: player.to_string(),
+    };
+    engine.watch(player).await?;
     if let ResumePoint::Seen(n) = point {
         engine.ack(player, n).await?;
     }
@@ -74,6 +83,7 @@ pub async fn open(
         buffer: VecDeque::new(),
         catching_up: true,
         retry: RETRY_MIN,
+        _watching: watching,
     };
     Ok(Opened {
         feed,
@@ -121,6 +131,19 @@ pub struct Feed {
     catching_up: bool,
     /// The next pause before reading an unavailable log again.
     retry: std::time::Duration,
+    _watching: Watching,
+}
+
+/// A session's interest in its player's live appends: unwatched on drop.
+struct Watching {
+    engine: Arc<dyn Engine>,
+    player: String,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.engine.unwatch(&self.player);
+    }
 }
 
 impl Feed {

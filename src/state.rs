@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
-use crate::engine::redis::RedisEngine;
+use crate::engine::redis::{RedisEngine, RedisOptions, Topology};
 use crate::engine::Engine;
 use crate::hub::Hub;
 use crate::transport::gate::Gate;
@@ -58,8 +58,8 @@ impl App {
         )
         .map_err(StartError::Config)?;
         let hub = Hub::new(config.send_queue as usize);
-        let engine: Arc<dyn Engine> = match &config.redis_url {
-            Some(url) => connect_redis(&config, url, &hub).await?,
+        let engine: Arc<dyn Engine> = match config.redis_options() {
+            Some(options) => connect_redis(&config, &options, &hub).await?,
             None => Arc::new(MemoryEngine::new(config.limits(), hub.clone())),
         };
         let per_sec = NonZeroU32::new(config.rate_per_sec.min(u32::MAX as u64) as u32)
@@ -98,27 +98,32 @@ pub enum StartError {
 /// until `MYTHOS_REDIS_CONNECT_TIMEOUT` has passed.
 async fn connect_redis(
     config: &Config,
-    url: &str,
+    options: &RedisOptions,
     hub: &Arc<Hub>,
 ) -> Result<Arc<dyn Engine>, StartError> {
+    let (setting, place) = match &options.topology {
+        Topology::Single(url) => ("MYTHOS_REDIS_URL", format!("Redis at {}", redact(url))),
+        Topology::Cluster(seeds) => (
+            "MYTHOS_REDIS_CLUSTER",
+            format!(
+                "the Redis Cluster at {}",
+                seeds
+                    .iter()
+                    .map(|s| redact(s))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+    };
     let deadline = tokio::time::Instant::now() + config.redis_connect_timeout;
     let mut wait = std::time::Duration::from_millis(50);
     loop {
-        let r = RedisEngine::connect(
-            url,
-            config.redis_pool as usize,
-            config.limits(),
-            hub.clone(),
-        )
-        .await;
+        let r = RedisEngine::connect(options, config.limits(), hub.clone()).await;
         let e = match r {
             Ok(engine) => return Ok(engine),
             Err(e) => e,
         };
-        let msg = format!(
-            "MYTHOS_REDIS_URL: cannot reach Redis at {}: {e}",
-            redact(url)
-        );
+        let msg = format!("{setting}: cannot reach {place}: {e}");
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             return Err(StartError::Unavailable(format!(

@@ -654,7 +654,7 @@ async fn ws_commands_reach_the_command_stream(kind: Kind) {
     let engine = n.app().engine.clone();
     // A game server's group, created before any command arrives.
     assert!(engine
-        .read_commands("game", "g1", 10, Duration::from_millis(1))
+        .read_commands("game", "g1", 0, 10, Duration::from_millis(1))
         .await
         .expect("read")
         .is_empty());
@@ -679,7 +679,7 @@ async fn ws_commands_reach_the_command_stream(kind: Kind) {
     let mut got = Vec::new();
     while got.len() < 3 {
         let more = engine
-            .read_commands("game", "g1", 10, Duration::from_secs(5))
+            .read_commands("game", "g1", 0, 10, Duration::from_secs(5))
             .await
             .expect("read");
         assert!(!more.is_empty(), "accepted commands missing: {got:?}");
@@ -707,7 +707,7 @@ async fn ws_commands_reach_the_command_stream(kind: Kind) {
     );
     assert_ne!(got[2].command.session_id, session);
     let ids: Vec<String> = got.iter().map(|e| e.entry_id.clone()).collect();
-    engine.ack_commands("game", &ids).await.expect("ack");
+    engine.ack_commands("game", 0, &ids).await.expect("ack");
 }
 
 async fn health_and_unknown_routes(kind: Kind) {

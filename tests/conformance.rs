@@ -1,6 +1,8 @@
 //! The engine conformance suite: the same test bodies run against the memory
-//! engine (`memory::*`) and the Redis engine (`redis::*`, each test on its own
-//! fresh `redis-server`). Assertions are by sequence number; nothing sleeps
+//! engine (`memory::*`), the Redis engine (`redis::*`, each test on its own
+//! fresh `redis-server`) and the Redis engine on a Redis Cluster
+//! (`cluster::*`: 3 masters with a replica each, shared by the binary's
+//! cluster tests one at a time, flushed before each). Assertions are by sequence number; nothing sleeps
 //! and hopes: waits poll a condition with a deadline.
 
 mod support;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mythos_broker::engine::memory::MemoryEngine;
-use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{Account, Command, Cursor, Engine, Limits};
 use mythos_broker::hub::{Hub, Live, Subscription};
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
@@ -22,6 +24,7 @@ const WAIT: Duration = Duration::from_secs(10);
 pub enum Kind {
     Memory,
     Redis,
+    Cluster,
 }
 
 pub struct Fixture {
@@ -29,6 +32,19 @@ pub struct Fixture {
     pub hub: Arc<Hub>,
     /// The Redis engine's own `redis-server`, for looking at it from outside.
     pub server: Option<RedisServer>,
+    /// The turn on the shared cluster, held while the test runs.
+    pub lease: Option<support::cluster::Lease>,
+}
+
+impl Fixture {
+    /// A plain client of the server that holds `key` (Redis engines only).
+    fn raw_client(&self, key: &str) -> Option<::redis::Client> {
+        match (&self.server, &self.lease) {
+            (Some(server), _) => Some(server.client()),
+            (None, Some(lease)) => Some(support::cluster::master_client(&lease.seeds, key)),
+            (None, None) => None,
+        }
+    }
 }
 
 impl Kind {
@@ -39,16 +55,36 @@ impl Kind {
                 engine: Arc::new(MemoryEngine::new(limits, hub.clone())),
                 hub,
                 server: None,
+                lease: None,
             },
             Kind::Redis => {
                 let server = RedisServer::start();
-                let engine = RedisEngine::connect(&server.url(), 8, limits, hub.clone())
-                    .await
-                    .expect("connect to the test redis");
+                let engine = RedisEngine::connect(
+                    &RedisOptions::single(&server.url()).with_pool(8),
+                    limits,
+                    hub.clone(),
+                )
+                .await
+                .expect("connect to the test redis");
                 Fixture {
                     engine,
                     hub,
                     server: Some(server),
+                    lease: None,
+                }
+            }
+            Kind::Cluster => {
+                let lease = support::cluster::lease().await;
+                let seeds: Vec<String> = lease.seeds.split(',').map(String::from).collect();
+                let engine =
+                    RedisEngine::connect(&RedisOptions::cluster(&seeds), limits, hub.clone())
+                        .await
+                        .expect("connect to the test cluster");
+                Fixture {
+                    engine,
+                    hub,
+                    server: None,
+                    lease: Some(lease),
                 }
             }
         }
@@ -144,6 +180,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::cases::$case(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::cases::$case(super::Kind::Cluster).await
                 }
             )*
         }
@@ -404,6 +448,7 @@ mod cases {
         let f = k.fixture().await;
         let e = &*f.engine;
         let mut other = f.hub.subscribe("a");
+        e.watch("a").await.expect("watch");
         publish_n(e, "a", 10).await;
         assert_eq!(e.ack("a", 6).await.unwrap(), cur(10, 6, 7));
         for _ in 0..2 {
@@ -527,6 +572,8 @@ mod cases {
         let e = &*f.engine;
         let mut sub_a = f.hub.subscribe("a");
         let mut sub_c = f.hub.subscribe("c");
+        e.watch("a").await.expect("watch");
+        e.watch("c").await.expect("watch");
         for p in ["c", "a", "b"] {
             e.join("tavern", p).await.unwrap();
         }
@@ -612,7 +659,7 @@ mod cases {
         let hour = Duration::from_secs(3600);
         // Nothing pending in a group nobody has read with.
         assert!(e
-            .claim_commands("game", "w2", Duration::ZERO, 10)
+            .claim_commands("game", "w2", 0, Duration::ZERO, 10)
             .await
             .unwrap()
             .is_empty());
@@ -625,18 +672,18 @@ mod cases {
             );
         }
         let taken = e
-            .read_commands("game", "w1", 2, Duration::ZERO)
+            .read_commands("game", "w1", 0, 2, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(taken.len(), 2);
         // Not idle for an hour: nothing to take over.
         assert!(e
-            .claim_commands("game", "w2", hour, 10)
+            .claim_commands("game", "w2", 0, hour, 10)
             .await
             .unwrap()
             .is_empty());
         let claimed = e
-            .claim_commands("game", "w2", Duration::ZERO, 10)
+            .claim_commands("game", "w2", 0, Duration::ZERO, 10)
             .await
             .unwrap();
         let claimed_ids: Vec<&str> = claimed.iter().map(|c| c.entry_id.as_str()).collect();
@@ -644,26 +691,26 @@ mod cases {
         assert_eq!(claimed[0].command, cmd("alice", "c1"));
         // Claiming counts as handing out again.
         assert!(e
-            .claim_commands("game", "w3", hour, 10)
+            .claim_commands("game", "w3", 0, hour, 10)
             .await
             .unwrap()
             .is_empty());
         // `count` bounds a claim.
         let one = e
-            .claim_commands("game", "w3", Duration::ZERO, 1)
+            .claim_commands("game", "w3", 0, Duration::ZERO, 1)
             .await
             .unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].entry_id, ids[0]);
-        e.ack_commands("game", &ids[..2]).await.unwrap();
+        e.ack_commands("game", 0, &ids[..2]).await.unwrap();
         assert!(e
-            .claim_commands("game", "w2", Duration::ZERO, 10)
+            .claim_commands("game", "w2", 0, Duration::ZERO, 10)
             .await
             .unwrap()
             .is_empty());
         // The third was never handed out: it is read, not claimed.
         let rest = e
-            .read_commands("game", "w2", 10, Duration::ZERO)
+            .read_commands("game", "w2", 0, 10, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(rest.len(), 1);
@@ -680,7 +727,7 @@ mod cases {
         let id2 = e.push_command(&cmd("bob", "c1")).await.unwrap();
         let id3 = e.push_command(&cmd("alice", "c2")).await.unwrap();
         let got = e
-            .read_commands("game", "w1", 10, Duration::ZERO)
+            .read_commands("game", "w1", 0, 10, Duration::ZERO)
             .await
             .unwrap();
         let ids: Vec<&str> = got.iter().map(|c| c.entry_id.as_str()).collect();
@@ -693,15 +740,15 @@ mod cases {
         assert_eq!(got[2].command, cmd("bob", "c1"));
         assert_eq!(got[3].command, cmd("alice", "c2"));
         let none = e
-            .read_commands("game", "w1", 10, Duration::from_millis(50))
+            .read_commands("game", "w1", 0, 10, Duration::from_millis(50))
             .await;
         assert!(none.unwrap().is_empty());
-        e.ack_commands("game", &[id1.clone(), again, id2, id3])
+        e.ack_commands("game", 0, &[id1.clone(), again, id2, id3])
             .await
             .unwrap();
         // A new group starts from the oldest command kept.
         let other = e
-            .read_commands("audit", "w9", 1, Duration::ZERO)
+            .read_commands("audit", "w9", 0, 1, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(other.len(), 1);
@@ -714,7 +761,7 @@ mod cases {
         let mut reader = Box::pin({
             let e = f.engine.clone();
             async move {
-                e.read_commands("game", "w1", 10, Duration::from_secs(60))
+                e.read_commands("game", "w1", 0, 10, Duration::from_secs(60))
                     .await
             }
         });
@@ -790,13 +837,14 @@ mod cases {
         let total = MAX_COMMANDS + EXTRA;
         let f = k.fixture().await;
         let mut pushed: Vec<(String, usize)> = Vec::with_capacity(total);
-        let redis = match &f.server {
-            Some(server) => Some(
-                server
-                    .client()
+        // Straight to the server that holds `mythos:commands` (on a
+        // cluster, the master of its slot).
+        let redis = match f.raw_client("mythos:commands") {
+            Some(client) => Some(
+                client
                     .get_multiplexed_async_connection()
                     .await
-                    .unwrap(),
+                    .expect("connect"),
             ),
             None => None,
         };
@@ -857,7 +905,7 @@ mod cases {
         // A new group starts from the oldest command kept.
         let oldest = f
             .engine
-            .read_commands("audit", "a1", 1, Duration::ZERO)
+            .read_commands("audit", "a1", 0, 1, Duration::ZERO)
             .await
             .unwrap();
         let (len, slack) = match redis {
@@ -866,7 +914,7 @@ mod cases {
                 loop {
                     let batch = f
                         .engine
-                        .read_commands("audit", "a1", 10_000, Duration::ZERO)
+                        .read_commands("audit", "a1", 0, 10_000, Duration::ZERO)
                         .await
                         .unwrap();
                     if batch.is_empty() {
@@ -929,6 +977,7 @@ mod cases {
         let f = k.fixture().await;
         let e = &*f.engine;
         let mut sub = f.hub.subscribe("a");
+        e.watch("a").await.expect("watch");
         let t = player("a");
         assert_eq!(
             e.publish(&t, body("t", "1"), Some("k1")).await.unwrap(),

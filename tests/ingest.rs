@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{
     Account, Command, CommandEntry, Cursor, Engine, EngineError, IngestExit as Exit, IngestOptions,
     Limits, Result,
@@ -35,9 +35,13 @@ struct Setup {
 
 async fn setup() -> Setup {
     let server = RedisServer::start();
-    let engine = RedisEngine::connect(&server.url(), 4, Limits::default(), Hub::new(64))
-        .await
-        .expect("connect");
+    let engine = RedisEngine::connect(
+        &RedisOptions::single(&server.url()).with_pool(4),
+        Limits::default(),
+        Hub::new(64),
+    )
+    .await
+    .expect("connect");
     let redis = server
         .client()
         .get_multiplexed_async_connection()
@@ -415,26 +419,39 @@ impl Engine for Flaky {
         &self,
         group: &str,
         consumer: &str,
+        partition: usize,
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>> {
         self.inner
-            .read_commands(group, consumer, count, block)
+            .read_commands(group, consumer, partition, count, block)
             .await
     }
-    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
-        self.inner.ack_commands(group, entry_ids).await
+    async fn ack_commands(
+        &self,
+        group: &str,
+        partition: usize,
+        entry_ids: &[String],
+    ) -> Result<()> {
+        self.inner.ack_commands(group, partition, entry_ids).await
     }
     async fn claim_commands(
         &self,
         group: &str,
         consumer: &str,
+        partition: usize,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<CommandEntry>> {
         self.inner
-            .claim_commands(group, consumer, min_idle, count)
+            .claim_commands(group, consumer, partition, min_idle, count)
             .await
+    }
+    async fn watch(&self, player: &str) -> Result<()> {
+        self.inner.watch(player).await
+    }
+    fn unwatch(&self, player: &str) {
+        self.inner.unwatch(player)
     }
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
         self.inner.create_user(username, account).await

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use mythos_broker::engine::memory::MemoryEngine;
-use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{Cursor, Engine, Limits};
 use mythos_broker::hub::Hub;
 use mythos_broker::protocol::{Delivery, EventBody, Target};
@@ -289,7 +289,7 @@ proptest! {
             let connect = || {
                 let url = url.clone();
                 async move {
-                    let e: Arc<dyn Engine> = RedisEngine::connect(&url, 4, limits(), Hub::new(64))
+                    let e: Arc<dyn Engine> = RedisEngine::connect(&RedisOptions::single(&url).with_pool(4), limits(), Hub::new(64))
                         .await
                         .expect("connect");
                     e

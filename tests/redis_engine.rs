@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{Command, Engine, Limits};
 use mythos_broker::hub::{Hub, Live};
 use mythos_broker::protocol::{EventBody, Target};
@@ -28,9 +28,13 @@ fn body(data: &str, room: Option<&str>, id: Option<&str>) -> Arc<EventBody> {
 }
 
 async fn engine(server: &RedisServer, hub: &Arc<Hub>) -> Arc<RedisEngine> {
-    RedisEngine::connect(&server.url(), 4, Limits::default(), hub.clone())
-        .await
-        .expect("connect")
+    RedisEngine::connect(
+        &RedisOptions::single(&server.url()).with_pool(4),
+        Limits::default(),
+        hub.clone(),
+    )
+    .await
+    .expect("connect")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +117,7 @@ async fn key_layout_is_as_documented() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     assert_eq!(fields, vec![(entry.clone(), expected)]);
-    e.read_commands("game", "w", 10, Duration::ZERO)
+    e.read_commands("game", "w", 0, 10, Duration::ZERO)
         .await
         .unwrap();
     let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
@@ -123,7 +127,7 @@ async fn key_layout_is_as_documented() {
         .await
         .unwrap();
     assert_eq!(pending.0, 1);
-    e.ack_commands("game", std::slice::from_ref(&entry))
+    e.ack_commands("game", 0, std::slice::from_ref(&entry))
         .await
         .unwrap();
     let pending: (u64, Option<String>, Option<String>, redis::Value) = redis::cmd("XPENDING")
@@ -144,6 +148,7 @@ async fn live_subscription_survives_a_redis_restart() {
     let hub = Hub::new(64);
     let e = engine(&server, &hub).await;
     let mut sub = hub.subscribe("alice");
+    e.watch("alice").await.expect("watch");
     let alice = Target::Player("alice".into());
     e.publish(&alice, body("1", None, None), None)
         .await
@@ -220,7 +225,7 @@ async fn logs_survive_a_restart_with_aof() {
 async fn an_abandoned_blocking_read_does_not_go_back_to_the_pool() {
     let server = RedisServer::start();
     let e = engine(&server, &Hub::new(64)).await;
-    let read = e.read_commands("game", "g1", 10, Duration::from_secs(30));
+    let read = e.read_commands("game", "g1", 0, 10, Duration::from_secs(30));
     assert!(tokio::time::timeout(Duration::from_millis(300), read)
         .await
         .is_err());
@@ -246,6 +251,6 @@ async fn an_abandoned_blocking_read_does_not_go_back_to_the_pool() {
     )
     .await;
     // The pool still serves blocking reads.
-    let empty = e.read_commands("game", "g1", 10, Duration::from_millis(50));
+    let empty = e.read_commands("game", "g1", 0, 10, Duration::from_millis(50));
     assert!(empty.await.unwrap().is_empty());
 }

@@ -95,7 +95,7 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
 }
 
 /// Without replicas configured, a WAIT setting is refused at start-up on the
-/// embedded engine, and the cluster setting (not supported yet) too.
+/// embedded engine, and so are both Redis settings at once.
 #[test]
 fn wait_and_cluster_settings_are_checked() {
     let mut c = config();
@@ -104,7 +104,9 @@ fn wait_and_cluster_settings_are_checked() {
     assert!(e.contains("MYTHOS_REDIS_WAIT_REPLICAS"), "{e}");
     let mut c = config();
     c.redis_url = Some("redis://127.0.0.1:1/".into());
-    c.redis_cluster = Some("redis://127.0.0.1:2".into());
+    c.redis_cluster = Some(mythos_broker::config::ClusterSeeds(vec![
+        "redis://127.0.0.1:2".into(),
+    ]));
     let e = c.validate().expect_err("both");
     assert!(
         e.contains("MYTHOS_REDIS_URL") && e.contains("MYTHOS_REDIS_CLUSTER"),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mythos_broker::engine::redis::RedisEngine;
+use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{Engine, Limits};
 use mythos_broker::hub::Hub;
 use mythos_broker::protocol::{now_rfc3339, EventBody, Target};
@@ -163,6 +163,7 @@ fn ceiling(
         DATA,
         "",
         "",
+        "PUBLISH",
     ] {
         cmd.push(a.to_string());
     }
@@ -204,7 +205,11 @@ async fn main() {
 async fn bench(a: Args) -> Result<(), String> {
     let server = start_redis()?;
     let url = format!("redis://127.0.0.1:{}/", server.1);
-    let engine = RedisEngine::connect(&url, a.pool, Limits::default(), Hub::new(1024))
+    let options = RedisOptions {
+        pool_size: a.pool,
+        ..RedisOptions::single(&url)
+    };
+    let engine = RedisEngine::connect(&options, Limits::default(), Hub::new(1024))
         .await
         .map_err(|e| e.to_string())?;
     let sha = engine.scripts().append.get_hash().to_string();

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{Account, Command, CommandEntry, Cursor, Engine, Limits, LiveSink, Result};
+use super::{
+    Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, LiveSink, Result,
+};
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
 struct Stored {
@@ -336,9 +338,11 @@ impl Engine for MemoryEngine {
         &self,
         group: &str,
         _consumer: &str,
+        partition: usize,
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>> {
+        only_partition(partition)?;
         let deadline = Instant::now() + block;
         loop {
             let notified = self.commands_ready.notified();
@@ -371,7 +375,13 @@ impl Engine for MemoryEngine {
         }
     }
 
-    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
+    async fn ack_commands(
+        &self,
+        group: &str,
+        partition: usize,
+        entry_ids: &[String],
+    ) -> Result<()> {
+        only_partition(partition)?;
         let mut st = self.lock();
         if let Some(g) = st.commands.groups.get_mut(group) {
             for k in entry_ids.iter().filter_map(|id| command_index(id)) {
@@ -385,9 +395,11 @@ impl Engine for MemoryEngine {
         &self,
         group: &str,
         _consumer: &str,
+        partition: usize,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<CommandEntry>> {
+        only_partition(partition)?;
         let mut st = self.lock();
         let log = &mut st.commands;
         let Some(g) = log.groups.get_mut(group) else {
@@ -433,5 +445,14 @@ impl Engine for MemoryEngine {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The memory engine's command stream is one partition, number 0.
+fn only_partition(partition: usize) -> Result<()> {
+    if partition == 0 {
+        Ok(())
+    } else {
+        Err(EngineError::Rejected("no such command partition"))
     }
 }

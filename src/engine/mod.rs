@@ -36,6 +36,8 @@ pub trait LiveSink: Send + Sync {
     fn deliver(&self, player: &str, event: &Event);
     /// Announcements may have been lost: every reader should re-read its log.
     fn nudge_all(&self);
+    /// Announcements of `player` may have been lost: its readers re-read.
+    fn nudge(&self, player: &str);
 }
 
 /// How an engine consumes publishes handed to the storage itself
@@ -202,18 +204,27 @@ pub trait Engine: Send + Sync + 'static {
     /// `(player_id, id)` itself (as the demo world does).
     async fn push_command(&self, cmd: &Command) -> Result<String>;
 
-    /// Reads new commands for consumer `consumer` of group `group` (created on
-    /// first use), waiting up to `block` for some.
+    /// How many partitions the command stream has (`MYTHOS_COMMAND_PARTITIONS`;
+    /// 1 for the memory engine). A player's commands all go to one
+    /// partition, in order; a game server consumes every partition.
+    fn command_partitions(&self) -> usize {
+        1
+    }
+
+    /// Reads new commands of `partition` for consumer `consumer` of group
+    /// `group` (created on first use), waiting up to `block` for some.
     async fn read_commands(
         &self,
         group: &str,
         consumer: &str,
+        partition: usize,
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>>;
 
-    /// Marks commands as processed by `group`.
-    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()>;
+    /// Marks commands of `partition` as processed by `group`.
+    async fn ack_commands(&self, group: &str, partition: usize, entry_ids: &[String])
+        -> Result<()>;
 
     /// Takes over, for `consumer`, up to `count` commands that `group` handed
     /// out at least `min_idle` ago and nobody acknowledged (a game server
@@ -224,6 +235,7 @@ pub trait Engine: Send + Sync + 'static {
         &self,
         group: &str,
         consumer: &str,
+        partition: usize,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<CommandEntry>>;
@@ -236,6 +248,21 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Fails if the engine cannot serve requests.
     async fn ping(&self) -> Result<()>;
+
+    /// Makes `player`'s appends reach this node's [`LiveSink`] from now on
+    /// (a session calls it before reading the log). Answers once that is in
+    /// effect. Every call, failed or not, is paired with [`Engine::unwatch`].
+    /// The memory engine hands every append to its sink anyway.
+    async fn watch(&self, player: &str) -> Result<()> {
+        let _ = player;
+        Ok(())
+    }
+
+    /// One watcher of `player` on this node fewer; after the last, the
+    /// node stops receiving the player's appends.
+    fn unwatch(&self, player: &str) {
+        let _ = player;
+    }
 
     /// Starts consuming the publishes game servers hand to the storage itself
     /// (Redis-native publishing), each validated as an HTTP publish and

@@ -9,6 +9,23 @@
 //! Must not touch: HTTP, sockets, validation (callers pass checked input).
 //! The key layout is in [`keys`] and `docs/redis-layout.md`.
 
+//! The Redis engine: durable logs shared by many broker nodes, on one Redis
+//! or on a Redis Cluster.
+//!
+//! Owns: the connections ([`conn`]: shared multiplexed ones, and pooled ones
+//! of their own for blocking commands), the Lua scripts in `lua/` that make
+//! every append, ack and cursor read atomic per player, the live
+//! subscriptions ([`live`]) that are the only way appends reach the node's
+//! [`LiveSink`] (this node's own appends included), and consumer groups
+//! ([`consumer`]) for the command stream and Redis-native publishing
+//! ([`ingest`]), each split into partitions ([`keys::partition`]).
+//! Every key of a player shares the player's hash tag, so each per-player
+//! script runs on one slot; a fan-out over players of several slots is one
+//! script call per slot, run concurrently ([`RedisEngine::append_all`]).
+//! Must not touch: HTTP, sockets, validation (callers pass checked input).
+//! The key layout is in [`keys`] and `docs/redis-layout.md`.
+
+mod conn;
 mod consumer;
 mod decode;
 mod ingest;
@@ -18,17 +35,19 @@ mod live;
 mod scripts;
 mod stream;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::{Manager, Pool, Runtime};
+use futures_util::future::join_all;
 use redis::streams::StreamMaxlen;
-use redis::{AsyncConnectionConfig, Cmd, Script, Value};
+use redis::{Cmd, Script, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
+use self::conn::{Conns, Own, Shared};
+pub use self::conn::{Topology, LANES};
 use self::consumer::Group;
 use self::decode::{command_of, cursor_of, event_of};
 pub use self::scripts::Scripts;
@@ -40,19 +59,54 @@ use crate::protocol::{Delivery, Event, EventBody, Target};
 
 /// How long one ordinary command may take before it fails.
 const OP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Multiplexed connections shared by all non-blocking commands (see [`lanes`]).
-pub const LANES: usize = 4;
 
-/// The Redis engine. Dropping it stops its live subscription.
+/// How the Redis engine connects, and how its streams are split.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub topology: Topology,
+    /// Connections of their own for blocking commands (`MYTHOS_REDIS_POOL`).
+    pub pool_size: usize,
+    /// Partitions of `mythos:commands` (`MYTHOS_COMMAND_PARTITIONS`).
+    pub command_partitions: usize,
+    /// Partitions of `mythos:publish` (`MYTHOS_PUBLISH_PARTITIONS`).
+    pub publish_partitions: usize,
+}
+
+impl RedisOptions {
+    /// One Redis at `url`, a pool of 8, unpartitioned streams.
+    pub fn single(url: &str) -> Self {
+        Self {
+            topology: Topology::Single(url.to_string()),
+            pool_size: 8,
+            command_partitions: 1,
+            publish_partitions: 1,
+        }
+    }
+
+    /// The same with `n` connections of their own.
+    pub fn with_pool(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// A Redis Cluster by its seed URLs, a pool of 8, unpartitioned streams.
+    pub fn cluster(seeds: &[String]) -> Self {
+        Self {
+            topology: Topology::Cluster(seeds.to_vec()),
+            ..Self::single("")
+        }
+    }
+}
+
+/// The Redis engine. Dropping it stops its live subscriptions.
 pub struct RedisEngine {
-    pool: Pool,
-    lanes: lanes::Lanes,
+    conns: Arc<Conns>,
+    live: live::Live,
     limits: Limits,
     scripts: Scripts,
-    /// The live subscription's task, aborted when the engine is dropped.
-    _listener: AbortOnDropHandle<()>,
-    /// Whether the live subscription is up (`/readyz` says not ready when not).
-    live: Arc<live::LiveHealth>,
+    options: RedisOptions,
+    /// How scripts announce appends: `PUBLISH`, or `SPUBLISH` on a cluster.
+    publish: &'static str,
 }
 
 fn pool_err(e: impl std::fmt::Display) -> EngineError {
@@ -64,46 +118,36 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl RedisEngine {
-    /// Connects a pool of `pool_size` connections for blocking commands plus
-    /// [`LANES`] multiplexed lanes for all others, loads the scripts and
-    /// subscribes to `mythos:live` (before returning, so no append made after
-    /// this returns can be missed by the hub). Fails if Redis is unreachable.
+    /// Connects (failing if Redis is unreachable), loads the scripts and
+    /// starts the live subscriber. Appends reach `hub` for the players some
+    /// session follows ([`Engine::watch`]).
     pub async fn connect(
-        url: &str,
-        pool_size: usize,
+        options: &RedisOptions,
         limits: Limits,
         hub: Arc<dyn LiveSink>,
     ) -> Result<Arc<Self>> {
-        let client = redis::Client::open(url)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT));
-        let manager = Manager::new_with_config(url, config)?;
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1) + LANES)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(OP_TIMEOUT))
-            .create_timeout(Some(OP_TIMEOUT))
-            .recycle_timeout(Some(OP_TIMEOUT))
-            .build()
-            .map_err(pool_err)?;
+        let conns = Conns::connect(&options.topology, options.pool_size).await?;
         let scripts = Scripts::new();
-        {
-            let mut conn = pool.get().await.map_err(pool_err)?;
+        if !conns.is_cluster() {
+            // On a cluster each master loads a script the first time it is
+            // asked to run it (EVALSHA answers NOSCRIPT, the script is sent).
+            let mut conn = conns.shared().await?;
             for s in scripts.all() {
                 s.prepare_invoke().load_async(&mut conn).await?;
             }
         }
-        let first = live::subscribe(&client).await?;
-        let live = Arc::new(live::LiveHealth::default());
-        let listener = AbortOnDropHandle::new(live::spawn(client, hub, first, live.clone()));
+        let live = live::Live::start(&options.topology, hub).await?;
         Ok(Arc::new(Self {
-            lanes: lanes::Lanes::new(pool.clone(), LANES),
-            pool,
+            publish: if conns.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            },
+            conns: Arc::new(conns),
+            live,
             limits,
             scripts,
-            _listener: listener,
-            live,
+            options: options.clone(),
         }))
     }
 
@@ -112,15 +156,18 @@ impl RedisEngine {
         &self.scripts
     }
 
-    /// A connection for writes: a shared lane, or — with
-    /// `MYTHOS_REDIS_WAIT_REPLICAS` — a pooled connection of its own, because
-    /// `WAIT` blocks the connection it runs on (on a shared lane a replica
-    /// outage would stall every command queued behind it).
+    async fn shared(&self) -> Result<Shared<'_>> {
+        self.conns.shared().await
+    }
+
+    /// A connection for writes: a shared one, or — with
+    /// `MYTHOS_REDIS_WAIT_REPLICAS` — one of its own, because `WAIT` blocks
+    /// the connection it runs on and counts that connection's writes.
     async fn writer(&self) -> Result<Writer<'_>> {
         Ok(if self.limits.wait_replicas == 0 {
-            Writer::Lane(self.lanes.get().await?)
+            Writer::Shared(self.shared().await?)
         } else {
-            Writer::Own(Some(self.pool.get().await.map_err(pool_err)?))
+            Writer::Own(self.conns.own().await?)
         })
     }
 
@@ -137,32 +184,15 @@ impl RedisEngine {
     }
 
     /// With `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1, waits until that many replicas
-    /// confirm this connection's writes, or fails `NotReplicated` after
-    /// `MYTHOS_REDIS_WAIT_TIMEOUT`. The writes stay: a retry with the same
-    /// idempotency key finds them and appends nothing twice.
-    async fn confirm(&self, conn: &mut Writer<'_>) -> Result<()> {
+    /// confirm this connection's writes to `key`'s master, or fails
+    /// `NotReplicated` after `MYTHOS_REDIS_WAIT_TIMEOUT`. The writes stay: a
+    /// retry with the same idempotency key finds them and appends nothing twice.
+    async fn confirm(&self, conn: &mut Writer<'_>, key: &str) -> Result<()> {
         let wanted = self.limits.wait_replicas;
-        let Writer::Own(Some(c)) = conn else {
+        let Writer::Own(c) = conn else {
             return Ok(());
         };
-        c.set_response_timeout(self.limits.wait_timeout + OP_TIMEOUT);
-        let got: redis::RedisResult<u64> = redis::cmd("WAIT")
-            .arg(wanted)
-            .arg(ms(self.limits.wait_timeout).max(1))
-            .query_async(&mut **c)
-            .await;
-        c.set_response_timeout(OP_TIMEOUT);
-        let got = match got {
-            Ok(n) => n,
-            Err(e) => {
-                // A WAIT that may still be blocked on the server: this
-                // connection must not serve anyone else.
-                if let Some(c) = conn.take() {
-                    drop(deadpool_redis::Connection::take(c));
-                }
-                return Err(e.into());
-            }
-        };
+        let got = c.wait(key, wanted, self.limits.wait_timeout).await?;
         metrics::counter!("mythos_redis_waits_total").increment(1);
         if got < wanted {
             metrics::counter!("mythos_not_replicated_total").increment(1);
@@ -171,18 +201,66 @@ impl RedisEngine {
         Ok(())
     }
 
-    /// Appends `body` to `players` (distinct, in delivery order) in one script
-    /// call on `conn` (the caller confirms).
-    async fn append(
+    /// Appends `body` to `players` (distinct, in delivery order): on one
+    /// Redis in one script call; on a cluster in one call per slot, run
+    /// concurrently. Every call that succeeded stays appended even if
+    /// another failed: the error is answered (503) and a retry with the same
+    /// dedupe key appends nothing twice and fills in the rest.
+    async fn append_all(
         &self,
-        conn: &mut Writer<'_>,
         players: &[String],
         body: &EventBody,
         dedupe_key: Option<&str>,
     ) -> Result<Vec<Delivery>> {
-        if players.is_empty() {
-            return Ok(Vec::new());
+        let groups: Vec<Vec<&String>> = if self.conns.is_cluster() {
+            let mut by_slot: HashMap<u16, Vec<&String>> = HashMap::new();
+            for p in players {
+                by_slot.entry(keys::slot(p.as_bytes())).or_default().push(p);
+            }
+            by_slot.into_values().collect()
+        } else {
+            vec![players.iter().collect()]
+        };
+        let calls = groups
+            .iter()
+            .map(|g| self.append_group(g, body, dedupe_key));
+        let mut seqs: HashMap<&str, u64> = HashMap::with_capacity(players.len());
+        let mut failed = None;
+        for r in join_all(calls).await {
+            match r {
+                Ok(ds) => seqs.extend(ds),
+                Err(e) => failed = Some(e),
+            }
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        players
+            .iter()
+            .map(|p| {
+                let sequence_number = *seqs
+                    .get(p.as_str())
+                    .ok_or_else(|| EngineError::Corrupt("append.lua skipped a member".into()))?;
+                Ok(Delivery {
+                    player_id: p.clone(),
+                    sequence_number,
+                })
+            })
+            .collect()
+    }
+
+    /// One `append.lua` call for `players` (all of one slot on a cluster),
+    /// then the replicas' confirmation.
+    async fn append_group<'p>(
+        &self,
+        players: &[&'p String],
+        body: &EventBody,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<(&'p str, u64)>> {
+        let Some(first) = players.first() else {
+            return Ok(Vec::new());
+        };
+        let mut conn = self.writer().await?;
         let mut inv = self.scripts.append.prepare_invoke();
         for p in players {
             inv.key(keys::events(p)).key(keys::meta(p));
@@ -205,29 +283,73 @@ impl RedisEngine {
             .arg(&body.timestamp)
             .arg(body.data.get())
             .arg(body.room_id.as_deref().unwrap_or(""))
-            .arg(body.id.as_deref().unwrap_or(""));
+            .arg(body.id.as_deref().unwrap_or(""))
+            .arg(self.publish);
         for p in players {
             inv.arg(p.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(conn).await?;
+        let out: Vec<u64> = inv.invoke_async(&mut conn).await?;
         if out.len() != players.len() * 2 {
             return Err(EngineError::Corrupt("append.lua answered short".into()));
         }
+        self.confirm(&mut conn, &keys::events(first)).await?;
         Ok(players
             .iter()
             .zip(out.chunks_exact(2))
-            .map(|(p, r)| Delivery {
-                player_id: p.clone(),
-                sequence_number: r[0],
-            })
+            .map(|(p, r)| (p.as_str(), r[0]))
             .collect())
+    }
+
+    /// A room publish. With an id, the players are those its first publish
+    /// reached (its record `mythos:room:{r}:dedupe:<id>`), so a repeat —
+    /// after a member left or joined, or after a partial failure — reaches
+    /// exactly them: their own dedupe keys answer the sequence numbers
+    /// already given and appends happen only where one is missing.
+    async fn publish_room(
+        &self,
+        room: &str,
+        body: &EventBody,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<Delivery>> {
+        let record = match dedupe_key {
+            Some(k) => {
+                let r: Option<String> = redis::cmd("GET")
+                    .arg(keys::room_dedupe(room, k))
+                    .query_async(&mut self.shared().await?)
+                    .await?;
+                r
+            }
+            None => None,
+        };
+        let players = match &record {
+            Some(r) => decode::room_deliveries(r)?
+                .into_iter()
+                .map(|d| d.player_id)
+                .collect(),
+            None => self.sorted_set(&keys::members(room)).await?,
+        };
+        let out = self.append_all(&players, body, dedupe_key).await?;
+        if let (Some(k), None) = (dedupe_key, record) {
+            // NX: of two racing first publishes, the record of the one that
+            // stored first stands (both reached each member once, by the
+            // members' dedupe keys).
+            let _: Option<String> = redis::cmd("SET")
+                .arg(keys::room_dedupe(room, k))
+                .arg(decode::encode_room_deliveries(&out))
+                .arg("PX")
+                .arg(ms(self.limits.dedupe_window))
+                .arg("NX")
+                .query_async(&mut self.shared().await?)
+                .await?;
+        }
+        Ok(out)
     }
 
     /// The members of a set, sorted.
     async fn sorted_set(&self, key: &str) -> Result<Vec<String>> {
         let mut m: Vec<String> = redis::cmd("SMEMBERS")
             .arg(key)
-            .query_async(&mut self.lanes.get().await?)
+            .query_async(&mut self.shared().await?)
             .await?;
         m.sort_unstable();
         Ok(m)
@@ -245,36 +367,60 @@ impl RedisEngine {
         for a in args {
             inv.arg(a.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(&mut self.lanes.get().await?).await?;
+        let out: Vec<u64> = inv.invoke_async(&mut self.shared().await?).await?;
         if out.len() < 3 {
             return Err(EngineError::Corrupt("script answered short".into()));
         }
         Ok(out)
     }
+
+    /// Adds or removes `player` in `room` (both sets); answers whether it
+    /// changed and the room's members after. On one Redis a transaction;
+    /// on a cluster the two sets live on different slots, so the room's set
+    /// (the one publishes read) is written first, then the player's.
+    async fn membership(&self, room: &str, player: &str, add: bool) -> Result<(bool, Vec<String>)> {
+        let (members, rooms) = (keys::members(room), keys::rooms(player));
+        let cmd = if add { "SADD" } else { "SREM" };
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd(cmd).arg(&members).arg(player);
+        if !self.conns.is_cluster() {
+            pipe.cmd(cmd).arg(&rooms).arg(room).ignore();
+        }
+        pipe.cmd("SMEMBERS").arg(&members);
+        let mut conn = self.shared().await?;
+        let (changed, mut list): (u64, Vec<String>) = pipe.query_async(&mut conn).await?;
+        if self.conns.is_cluster() {
+            let _: u64 = redis::cmd(cmd)
+                .arg(&rooms)
+                .arg(room)
+                .query_async(&mut conn)
+                .await?;
+        }
+        list.sort_unstable();
+        Ok((changed == 1, list))
+    }
+
+    /// Partition `partition` of the command stream, checked.
+    fn commands(&self, partition: usize) -> Result<String> {
+        let n = self.options.command_partitions;
+        if partition >= n {
+            return Err(EngineError::Rejected("no such command partition"));
+        }
+        Ok(keys::partition(keys::COMMANDS, partition, n))
+    }
 }
 
 /// Where an append is written (see [`RedisEngine::writer`]).
 enum Writer<'a> {
-    Lane(lanes::Lane<'a>),
-    /// `None` once discarded after a failed `WAIT`.
-    Own(Option<deadpool_redis::Connection>),
-}
-
-impl Writer<'_> {
-    fn take(&mut self) -> Option<deadpool_redis::Connection> {
-        match self {
-            Writer::Own(c) => c.take(),
-            Writer::Lane(_) => None,
-        }
-    }
+    Shared(Shared<'a>),
+    Own(Own),
 }
 
 impl redis::aio::ConnectionLike for Writer<'_> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
         match self {
-            Writer::Lane(l) => l.req_packed_command(cmd),
-            Writer::Own(Some(c)) => c.req_packed_command(cmd),
-            Writer::Own(None) => Box::pin(async { Err(discarded()) }),
+            Writer::Shared(c) => c.req_packed_command(cmd),
+            Writer::Own(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -285,33 +431,13 @@ impl redis::aio::ConnectionLike for Writer<'_> {
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<Value>> {
         match self {
-            Writer::Lane(l) => l.req_packed_commands(cmd, offset, count),
-            Writer::Own(Some(c)) => c.req_packed_commands(cmd, offset, count),
-            Writer::Own(None) => Box::pin(async { Err(discarded()) }),
+            Writer::Shared(c) => c.req_packed_commands(cmd, offset, count),
+            Writer::Own(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Writer::Lane(l) => l.get_db(),
-            Writer::Own(Some(c)) => c.get_db(),
-            Writer::Own(None) => 0,
-        }
-    }
-}
-
-fn discarded() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "connection discarded after a failed WAIT",
-    ))
-}
-
-/// Consumer group `group` on the command stream.
-fn commands(group: &str) -> Group<'_> {
-    Group {
-        stream: keys::COMMANDS,
-        name: group,
+        0
     }
 }
 
@@ -324,47 +450,14 @@ impl Engine for RedisEngine {
         dedupe_key: Option<&str>,
     ) -> Result<Vec<Delivery>> {
         self.within(async {
-            let mut conn = self.writer().await?;
-            let out = match target {
+            match target {
                 Target::Player(p) => {
-                    self.append(&mut conn, std::slice::from_ref(p), &body, dedupe_key)
-                        .await?
+                    self.append_all(std::slice::from_ref(p), &body, dedupe_key)
+                        .await
                 }
-                Target::Players(ps) => self.append(&mut conn, ps, &body, dedupe_key).await?,
-                Target::Room(r) => {
-                    // A repeat answers what the first publish answered, even if
-                    // the room's members changed since: no new member gets it.
-                    if let Some(k) = dedupe_key {
-                        let first: Option<String> = redis::cmd("GET")
-                            .arg(keys::room_dedupe(r, k))
-                            .query_async(&mut conn)
-                            .await?;
-                        if let Some(first) = first {
-                            // Confirmed too: the first answer may not have been.
-                            self.confirm(&mut conn).await?;
-                            return decode::room_deliveries(&first);
-                        }
-                    }
-                    let members = self.sorted_set(&keys::members(r)).await?;
-                    let out = self.append(&mut conn, &members, &body, dedupe_key).await?;
-                    if let Some(k) = dedupe_key {
-                        // NX: of two racing first publishes, the record of the
-                        // one that stored first stands (both appended each
-                        // member once, by the per-player dedupe keys).
-                        let _: Option<String> = redis::cmd("SET")
-                            .arg(keys::room_dedupe(r, k))
-                            .arg(decode::encode_room_deliveries(&out))
-                            .arg("PX")
-                            .arg(ms(self.limits.dedupe_window))
-                            .arg("NX")
-                            .query_async(&mut conn)
-                            .await?;
-                    }
-                    out
-                }
-            };
-            self.confirm(&mut conn).await?;
-            Ok(out)
+                Target::Players(ps) => self.append_all(ps, &body, dedupe_key).await,
+                Target::Room(r) => self.publish_room(r, &body, dedupe_key).await,
+            }
         })
         .await
     }
@@ -379,7 +472,7 @@ impl Engine for RedisEngine {
             .arg("+")
             .arg("COUNT")
             .arg(limit)
-            .query_async(&mut self.lanes.get().await?)
+            .query_async(&mut self.shared().await?)
             .await?;
         stream::entries(v)?.into_iter().map(event_of).collect()
     }
@@ -403,34 +496,17 @@ impl Engine for RedisEngine {
     }
 
     async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        let (added, _, mut members): (u64, u64, Vec<String>) = redis::pipe()
-            .atomic()
-            .sadd(keys::members(room), player)
-            .sadd(keys::rooms(player), room)
-            .smembers(keys::members(room))
-            .query_async(&mut self.lanes.get().await?)
-            .await?;
-        if added == 0 {
+        let (added, mut members) = self.membership(room, player, true).await?;
+        if !added {
             return Ok(None);
         }
         members.retain(|m| m != player);
-        members.sort_unstable();
         Ok(Some(members))
     }
 
     async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        let (removed, _, mut members): (u64, u64, Vec<String>) = redis::pipe()
-            .atomic()
-            .srem(keys::members(room), player)
-            .srem(keys::rooms(player), room)
-            .smembers(keys::members(room))
-            .query_async(&mut self.lanes.get().await?)
-            .await?;
-        if removed == 0 {
-            return Ok(None);
-        }
-        members.sort_unstable();
-        Ok(Some(members))
+        let (removed, members) = self.membership(room, player, false).await?;
+        Ok(removed.then_some(members))
     }
 
     async fn members(&self, room: &str) -> Result<Vec<String>> {
@@ -442,6 +518,10 @@ impl Engine for RedisEngine {
     }
 
     async fn push_command(&self, cmd: &Command) -> Result<String> {
+        let stream = self.commands(keys::partition_of(
+            &cmd.player_id,
+            self.options.command_partitions,
+        ))?;
         self.within(async {
             // One XADD: no script needed, and it touches only the stream's slot.
             let mut conn = self.writer().await?;
@@ -453,24 +533,30 @@ impl Engine for RedisEngine {
                 ("payload", &cmd.payload),
             ];
             let maxlen = StreamMaxlen::Approx(super::MAX_COMMANDS);
-            let id: String = Cmd::xadd_maxlen(keys::COMMANDS, maxlen, "*", &fields)
+            let id: String = Cmd::xadd_maxlen(&stream, maxlen, "*", &fields)
                 .query_async(&mut conn)
                 .await?;
-            self.confirm(&mut conn).await?;
+            self.confirm(&mut conn, &stream).await?;
             Ok(id)
         })
         .await
+    }
+
+    fn command_partitions(&self) -> usize {
+        self.options.command_partitions
     }
 
     async fn read_commands(
         &self,
         group: &str,
         consumer: &str,
+        partition: usize,
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>> {
-        let entries = commands(group)
-            .read(&self.pool, consumer, ">", count, block)
+        let stream = self.commands(partition)?;
+        let entries = Group::new(&stream, group)
+            .read(&self.conns, consumer, ">", count, block)
             .await?;
         entries
             .into_iter()
@@ -478,12 +564,18 @@ impl Engine for RedisEngine {
             .collect()
     }
 
-    async fn ack_commands(&self, group: &str, entry_ids: &[String]) -> Result<()> {
+    async fn ack_commands(
+        &self,
+        group: &str,
+        partition: usize,
+        entry_ids: &[String],
+    ) -> Result<()> {
         if entry_ids.is_empty() {
             return Ok(());
         }
-        commands(group)
-            .ack(&mut self.lanes.get().await?, entry_ids)
+        let stream = self.commands(partition)?;
+        Group::new(&stream, group)
+            .ack(&mut self.shared().await?, entry_ids)
             .await
     }
 
@@ -491,16 +583,19 @@ impl Engine for RedisEngine {
         &self,
         group: &str,
         consumer: &str,
+        partition: usize,
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<CommandEntry>> {
+        let stream = self.commands(partition)?;
+        let group = Group::new(&stream, group);
         let count = count.max(1);
         let mut out = Vec::new();
         let mut cursor = "0-0".to_string();
         while out.len() < count {
-            let (next, claimed) = commands(group)
+            let (next, claimed) = group
                 .claim(
-                    &mut self.lanes.get().await?,
+                    &mut self.shared().await?,
                     consumer,
                     min_idle,
                     &cursor,
@@ -525,7 +620,7 @@ impl Engine for RedisEngine {
             .key(keys::user(username))
             .arg(&account.password_hash)
             .arg(&account.role)
-            .invoke_async(&mut self.lanes.get().await?)
+            .invoke_async(&mut self.shared().await?)
             .await?;
         Ok(created == 1)
     }
@@ -535,7 +630,7 @@ impl Engine for RedisEngine {
             .arg(keys::user(username))
             .arg("password_hash")
             .arg("role")
-            .query_async(&mut self.lanes.get().await?)
+            .query_async(&mut self.shared().await?)
             .await?;
         Ok(hash.map(|password_hash| Account {
             password_hash,
@@ -543,11 +638,11 @@ impl Engine for RedisEngine {
         }))
     }
 
-    /// Redis answers, and this node's live subscription is up (without it,
-    /// open connections would get nothing new until the next reconnect).
+    /// Redis answers, and this node's live subscriptions are up (without
+    /// them, open connections would get nothing new until a resubscribe).
     async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.lanes.get().await?)
+            .query_async(&mut self.shared().await?)
             .await?;
         if !self.live.is_up() {
             return Err(EngineError::Rejected(
@@ -563,7 +658,19 @@ impl Engine for RedisEngine {
         opts: IngestOptions,
         shutdown: CancellationToken,
     ) -> Option<JoinHandle<IngestExit>> {
-        let run = ingest::run(publisher, self.pool.clone(), opts, shutdown);
+        let n = self.options.publish_partitions;
+        let streams = (0..n)
+            .map(|i| keys::partition(keys::PUBLISH, i, n))
+            .collect();
+        let run = ingest::run(publisher, self.conns.clone(), streams, opts, shutdown);
         Some(tokio::spawn(run))
+    }
+
+    async fn watch(&self, player: &str) -> Result<()> {
+        self.live.watch(player).await
+    }
+
+    fn unwatch(&self, player: &str) {
+        self.live.unwatch(player);
     }
 }

@@ -158,34 +158,9 @@ impl RedisCluster {
 
     /// The index in `nodes` of the master serving `slot`.
     pub fn master_of(&self, slot: u16) -> usize {
-        let mut c = self.any();
-        let v: redis::Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query(&mut c)
-            .expect("CLUSTER SLOTS");
-        let redis::Value::Array(ranges) = v else {
-            panic!("CLUSTER SLOTS answered {v:?}");
-        };
-        for r in ranges {
-            let redis::Value::Array(parts) = r else {
-                continue;
-            };
-            let (Some(a), Some(b), Some(redis::Value::Array(master))) =
-                (parts.first(), parts.get(1), parts.get(2))
-            else {
-                continue;
-            };
-            let (a, b): (u16, u16) = (
-                redis::from_redis_value_ref(a).expect("slot"),
-                redis::from_redis_value_ref(b).expect("slot"),
-            );
-            if (a..=b).contains(&slot) {
-                let port: u16 =
-                    redis::from_redis_value_ref(master.get(1).expect("port")).expect("port");
-                return self.index_of(port);
-            }
-        }
-        panic!("no master serves slot {slot}");
+        let port = slot_owner(&mut self.any(), slot)
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"));
+        self.index_of(port)
     }
 
     fn index_of(&self, port: u16) -> usize {
@@ -317,6 +292,45 @@ impl RedisCluster {
                 .expect("FLUSHALL");
         }
     }
+}
+
+/// A plain client of the master that serves `key` now, found through the
+/// first of `seeds` (`CLUSTER KEYSLOT`, `CLUSTER SLOTS`).
+pub fn master_client(seeds: &str, key: &str) -> redis::Client {
+    let port: u16 = seeds
+        .split(',')
+        .find_map(|u| u.rsplit(':').next()?.trim_end_matches('/').parse().ok())
+        .expect("a seed port");
+    let mut c = sync_conn(port).expect("connect to a seed");
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut c)
+        .expect("CLUSTER KEYSLOT");
+    let owner = slot_owner(&mut c, slot).expect("a master serves the slot");
+    redis::Client::open(format!("redis://127.0.0.1:{owner}/")).expect("url")
+}
+
+/// The port of the master serving `slot`, as the node behind `c` sees it.
+fn slot_owner(c: &mut redis::Connection, slot: u16) -> Option<u16> {
+    let v: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(c).ok()?;
+    let redis::Value::Array(ranges) = v else {
+        return None;
+    };
+    ranges.into_iter().find_map(|r| {
+        let redis::Value::Array(parts) = r else {
+            return None;
+        };
+        let a: u16 = redis::from_redis_value_ref(parts.first()?).ok()?;
+        let b: u16 = redis::from_redis_value_ref(parts.get(1)?).ok()?;
+        let redis::Value::Array(master) = parts.get(2)? else {
+            return None;
+        };
+        (a..=b)
+            .contains(&slot)
+            .then(|| redis::from_redis_value_ref(master.get(1)?).ok())
+            .flatten()
+    })
 }
 
 /// The binary's one shared cluster, started on first use by a thread that

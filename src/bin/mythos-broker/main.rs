@@ -77,6 +77,8 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
     }
     let engine_name = if config.redis_url.is_some() {
         "redis"
+    } else if config.redis_cluster.is_some() {
+        "redis cluster"
     } else {
         "memory (embedded, not durable)"
     };
@@ -154,9 +156,9 @@ impl Signals {
 }
 
 async fn user_add(config: Config, name: &str, role: &str) -> ExitCode {
-    if config.redis_url.is_none() {
+    if config.redis_options().is_none() {
         return usage_error(
-            "`user add` needs MYTHOS_REDIS_URL: the embedded engine keeps accounts inside the \
+            "`user add` needs MYTHOS_REDIS_URL (or MYTHOS_REDIS_CLUSTER): the embedded engine keeps accounts inside the \
              running server's memory, which this command cannot reach. Create the account on the \
              running server instead: POST /v1/admin/users {\"username\",\"password\"} with an \
              admin token (run the server with --dev to get one printed).",

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use deadpool_redis::{Connection, Pool};
 use redis::aio::ConnectionLike;
-use redis::{Cmd, Value};
+use redis::Value;
 
+use super::conn::Conns;
+use super::ms;
 use super::stream::{self, Entry};
-use super::{ms, pool_err, OP_TIMEOUT};
-use crate::engine::{EngineError, Result};
+use crate::engine::Result;
 
 /// Consumer group `name` on stream `stream`.
 #[derive(Clone, Copy)]
@@ -24,7 +24,11 @@ pub(crate) struct Group<'a> {
     pub name: &'a str,
 }
 
-impl Group<'_> {
+impl<'a> Group<'a> {
+    pub fn new(stream: &'a str, name: &'a str) -> Self {
+        Self { stream, name }
+    }
+
     /// Creates the group (reading from the stream's start) unless it exists.
     async fn create(&self, conn: &mut impl ConnectionLike) -> Result<()> {
         let r: redis::RedisResult<Value> = redis::cmd("XGROUP")
@@ -46,7 +50,7 @@ impl Group<'_> {
     /// group if Redis does not know it.
     pub async fn read(
         &self,
-        pool: &Pool,
+        conns: &Conns,
         consumer: &str,
         from: &str,
         count: usize,
@@ -59,11 +63,11 @@ impl Group<'_> {
             cmd.arg("BLOCK").arg(ms(block));
         }
         cmd.arg("STREAMS").arg(self.stream).arg(from);
-        let v = match query_blocking(pool, &cmd, block).await {
-            Err(EngineError::Redis(e)) if e.code() == Some("NOGROUP") => {
-                self.create(&mut pool.get().await.map_err(pool_err)?)
-                    .await?;
-                query_blocking(pool, &cmd, block).await?
+        let mut conn = conns.own().await?;
+        let v = match conn.query_blocking(&cmd, block).await {
+            Err(crate::engine::EngineError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                self.create(&mut conns.shared().await?).await?;
+                conn.query_blocking(&cmd, block).await?
             }
             r => r?,
         };
@@ -111,38 +115,5 @@ impl Group<'_> {
             .query_async(conn)
             .await?;
         Ok(())
-    }
-}
-
-/// Sends a command that may block on the server for `block`, on a pooled
-/// connection of its own. The connection goes back to the pool only when the
-/// command completed: one whose future was dropped (a reader stopped
-/// waiting), or that failed on the wire, may still have the command running
-/// on the server and would stall its next user, so it leaves the pool.
-async fn query_blocking(pool: &Pool, cmd: &Cmd, block: Duration) -> Result<Value> {
-    let mut held = Held(Some(pool.get().await.map_err(pool_err)?));
-    let Some(conn) = held.0.as_mut() else {
-        return Err(pool_err("no connection"));
-    };
-    conn.set_response_timeout(block + OP_TIMEOUT);
-    let r = cmd.query_async(&mut *conn).await;
-    if !r
-        .as_ref()
-        .is_err_and(|e| e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error())
-    {
-        conn.set_response_timeout(OP_TIMEOUT);
-        held.0.take(); // completed: back to the pool
-    }
-    Ok(r?)
-}
-
-/// A pooled connection that is discarded, not returned, if still held when dropped.
-struct Held(Option<Connection>);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0.take() {
-            drop(Connection::take(conn));
-        }
     }
 }

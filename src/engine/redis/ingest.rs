@@ -2,16 +2,18 @@
 //! speak Redis rather than HTTP; started by the node through
 //! [`Engine::start_ingest`](crate::engine::Engine::start_ingest).
 //!
-//! Owns: the consumer group `mythos-broker` on `mythos:publish`, one consumer
-//! per node (the node name). Each entry
+//! Owns: the consumer group `mythos-broker` on `mythos:publish` (or on each
+//! of its partitions, read by a loop of its own), one consumer per node (the
+//! node name). Each entry
 //! `to <json target> event_type <t> data <json> [id <key>] [room_id <r>]`
 //! is validated by [`Publish::new`] (as HTTP bodies are), appended with the
 //! dedupe key `id`, else `stream:<entry id>`, and only then `XACK`ed, so a
 //! crash in between duplicates nothing: whoever takes the entry over (with
 //! `XAUTOCLAIM`, after `claim_idle`) gets the same deliveries back from the
-//! dedupe key. Malformed entries go to `mythos:publish:dead` with a `reason`
-//! and are acked (never retried forever, never dropped silently); engine
-//! errors (Redis down) are retried. Unknown fields are ignored.
+//! dedupe key. Malformed entries go to the stream's dead letters
+//! (`mythos:publish:dead`, `<partition>:dead`) with a `reason` and are acked
+//! (never retried forever, never dropped silently); engine errors (Redis
+//! down) are retried. Unknown fields are ignored.
 //!
 //! Must not touch: anything but these two streams and the publishing engine.
 //! Entries are processed one at a time per node, in stream order; across
@@ -20,42 +22,55 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
+use futures_util::future::join_all;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::Conns;
 use super::consumer::Group;
-use super::keys::{PUBLISH, PUBLISH_DEAD};
-use super::pool_err;
+use super::keys;
 use super::stream::Entry;
 use crate::engine::{Engine, EngineError, IngestExit as Exit, IngestOptions};
 use crate::publish::{Publish, PublishError};
 
 /// The consumer group every broker node shares.
-const GROUP: Group = Group {
-    stream: PUBLISH,
-    name: "mythos-broker",
-};
+const GROUP: &str = "mythos-broker";
 
 /// How often idle entries of other consumers are looked for.
 fn claim_every(opts: &IngestOptions) -> Duration {
     (opts.claim_idle / 2).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
-/// Consumes `mythos:publish` until `shutdown` (or the test fault point fires).
+/// Consumes every stream of `streams` (the partitions of `mythos:publish`)
+/// until `shutdown` (or the test fault point fires on one of them).
 pub(super) async fn run(
     publisher: Arc<dyn Engine>,
-    pool: Pool,
+    conns: Arc<Conns>,
+    streams: Vec<String>,
     opts: IngestOptions,
     shutdown: CancellationToken,
 ) -> Exit {
-    let mut c = Consumer {
-        publisher,
-        pool,
-        opts,
-        own_pending: true,
-        last_claim: None,
-    };
+    let loops = streams.into_iter().map(|stream| {
+        let c = Consumer {
+            publisher: publisher.clone(),
+            conns: conns.clone(),
+            dead: keys::dead(&stream),
+            stream,
+            opts: opts.clone(),
+            own_pending: true,
+            last_claim: None,
+        };
+        consume(c, shutdown.clone())
+    });
+    let exits = join_all(loops).await;
+    exits
+        .into_iter()
+        .find(|e| *e != Exit::Shutdown)
+        .unwrap_or(Exit::Shutdown)
+}
+
+/// Consumes one stream.
+async fn consume(mut c: Consumer, shutdown: CancellationToken) -> Exit {
     loop {
         let step = tokio::select! {
             r = c.step() => r,
@@ -79,7 +94,10 @@ pub(super) async fn run(
 
 struct Consumer {
     publisher: Arc<dyn Engine>,
-    pool: Pool,
+    conns: Arc<Conns>,
+    stream: String,
+    /// Where this stream's malformed entries go.
+    dead: String,
     opts: IngestOptions,
     /// Re-read this consumer's own pending entries (at start and after an error).
     own_pending: bool,
@@ -89,16 +107,17 @@ struct Consumer {
 type Step = Result<Option<Exit>, EngineError>;
 
 impl Consumer {
-    async fn conn(&self) -> Result<deadpool_redis::Connection, EngineError> {
-        self.pool.get().await.map_err(pool_err)
+    fn group(&self) -> Group<'_> {
+        Group::new(&self.stream, GROUP)
     }
 
     /// One round: own pending entries first, then idle ones of others, then new ones.
     async fn step(&mut self) -> Step {
         let (consumer, batch) = (&self.opts.consumer, self.opts.batch);
         if self.own_pending {
-            let entries = GROUP
-                .read(&self.pool, consumer, "0", batch, Duration::ZERO)
+            let entries = self
+                .group()
+                .read(&self.conns, consumer, "0", batch, Duration::ZERO)
                 .await?;
             if entries.is_empty() {
                 self.own_pending = false;
@@ -113,8 +132,9 @@ impl Consumer {
             }
         }
         let block = self.opts.block.min(claim_every);
-        let entries = GROUP
-            .read(&self.pool, &self.opts.consumer, ">", batch, block)
+        let entries = self
+            .group()
+            .read(&self.conns, &self.opts.consumer, ">", batch, block)
             .await?;
         self.process(entries).await
     }
@@ -123,9 +143,10 @@ impl Consumer {
     async fn claim(&mut self) -> Step {
         let mut cursor = "0-0".to_string();
         loop {
-            let (next, entries) = GROUP
+            let (next, entries) = self
+                .group()
                 .claim(
-                    &mut self.conn().await?,
+                    &mut self.conns.shared().await?,
                     &self.opts.consumer,
                     self.opts.claim_idle,
                     &cursor,
@@ -181,27 +202,35 @@ impl Consumer {
 
     async fn ack(&self, id: &str) -> Result<(), EngineError> {
         let ids = [id.to_string()];
-        GROUP.ack(&mut self.conn().await?, &ids).await
+        self.group()
+            .ack(&mut self.conns.shared().await?, &ids)
+            .await
     }
 
-    /// Moves an entry to `mythos:publish:dead` (original fields + `reason` +
-    /// `entry_id`) and acks it, in one transaction.
+    /// Moves an entry to the dead letters (original fields + `reason` +
+    /// `entry_id`) and acks it: in one transaction where both streams share
+    /// a slot (one Redis; a partition and its dead letters); on a cluster's
+    /// untagged `mythos:publish` the XADD goes first, so a crash in between
+    /// can dead-letter an entry twice, never lose it.
     async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), EngineError> {
         tracing::warn!(entry = %e.id, reason, "publish entry dead-lettered");
         metrics::counter!("mythos_ingest_dead_letters_total").increment(1);
         let mut xadd = redis::cmd("XADD");
-        xadd.arg(PUBLISH_DEAD).arg("*");
+        xadd.arg(&self.dead).arg("*");
         for (k, v) in e.fields.iter().flatten() {
             xadd.arg(k).arg(v.as_slice());
         }
         xadd.arg("reason").arg(reason).arg("entry_id").arg(&e.id);
         let mut xack = redis::cmd("XACK");
-        xack.arg(GROUP.stream).arg(GROUP.name).arg(&e.id);
-        let _: (String, u64) = redis::pipe()
-            .atomic()
+        xack.arg(&self.stream).arg(GROUP).arg(&e.id);
+        let mut pipe = redis::pipe();
+        if !self.conns.is_cluster() || self.stream.contains('{') {
+            pipe.atomic();
+        }
+        let _: (String, u64) = pipe
             .add_command(xadd)
             .add_command(xack)
-            .query_async(&mut self.conn().await?)
+            .query_async(&mut self.conns.shared().await?)
             .await?;
         Ok(())
     }

@@ -5,14 +5,65 @@
 //! `{<player>}`, so one player's scripts run on one Redis Cluster slot. Must
 //! not touch: Redis itself (these are pure functions).
 
-/// The channel on which scripts announce fresh appends (also hard-coded in `lua/lib.lua`).
-pub const LIVE_CHANNEL: &str = "mythos:live";
+/// Slots of a Redis Cluster (`CLUSTER KEYSLOT` answers below this).
+const SLOTS: u16 = 16_384;
+
+/// A player's live channel: scripts announce each fresh append of the player
+/// there (`PUBLISH`, or `SPUBLISH` on a cluster; the name is also built in
+/// `lua/lib.lua`). It carries the player's hash tag, so on a cluster it is a
+/// shard channel of the player's own slot.
+pub fn live(player: &str) -> String {
+    format!("mythos:live:{{{player}}}")
+}
+
+/// The player a live channel name belongs to.
+pub fn live_player(channel: &str) -> Option<&str> {
+    channel.strip_prefix("mythos:live:{")?.strip_suffix('}')
+}
+
+/// Partition `i` of `n` of a Redis-native stream named `base`: `base`
+/// itself when `n` is 1 (today's names), else `base:{<i>.<k>}`, with `k` the
+/// smallest number that puts partition `i` in the `i`-th of `n` equal slot
+/// ranges, so the partitions spread over a cluster's masters as evenly as
+/// its slots do.
+pub fn partition(base: &str, i: usize, n: usize) -> String {
+    if n <= 1 {
+        return base.to_string();
+    }
+    let n16 = u32::try_from(n).unwrap_or(u32::MAX);
+    let i32_ = u32::try_from(i).unwrap_or(0);
+    let lo = u32::from(SLOTS) * i32_ / n16;
+    let hi = u32::from(SLOTS) * (i32_ + 1) / n16;
+    let k = (0u32..)
+        .find(|k| {
+            let s = u32::from(slot(format!("{i}.{k}").as_bytes()));
+            (lo..hi.max(lo + 1)).contains(&s)
+        })
+        .unwrap_or(0);
+    format!("{base}:{{{i}.{k}}}")
+}
+
 /// The upstream stream of player commands.
 pub const COMMANDS: &str = "mythos:commands";
 /// The stream game servers publish to (Redis-native publishing).
 pub const PUBLISH: &str = "mythos:publish";
-/// Where malformed `mythos:publish` entries are moved.
-pub const PUBLISH_DEAD: &str = "mythos:publish:dead";
+
+/// Where malformed entries of a `mythos:publish` partition are moved:
+/// `mythos:publish:dead`, or `<partition>:dead` (same slot).
+pub fn dead(stream: &str) -> String {
+    format!("{stream}:dead")
+}
+
+/// The partition (of `n`) that holds `player`'s commands: its
+/// `CLUSTER KEYSLOT` modulo `n` (CRC16-XMODEM of the name, mod 16384).
+pub fn partition_of(player: &str, n: usize) -> usize {
+    usize::from(slot(player.as_bytes())) % n.max(1)
+}
+
+/// Redis Cluster's key slot of a hash tag's text.
+pub fn slot(tag: &[u8]) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag) % SLOTS
+}
 
 /// A player's log: a stream whose entry ids are `<seq>-0`.
 pub fn events(player: &str) -> String {
@@ -52,6 +103,25 @@ pub fn user(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn partitions_spread_over_the_slots() {
+        assert_eq!(super::partition("mythos:commands", 0, 1), "mythos:commands");
+        for n in [2usize, 3, 4, 16] {
+            for i in 0..n {
+                let key = super::partition("mythos:commands", i, n);
+                let tag = &key[key.find('{').unwrap() + 1..key.len() - 1];
+                let s = usize::from(super::slot(tag.as_bytes()));
+                assert!(
+                    (16384 * i / n..16384 * (i + 1) / n).contains(&s),
+                    "{key} {s}"
+                );
+            }
+        }
+        // Redis's own CLUSTER KEYSLOT for "alice" (and for "{alice}...").
+        assert_eq!(super::slot(b"alice"), 749);
+        assert_eq!(super::live_player("mythos:live:{alice}"), Some("alice"));
+    }
+
     #[test]
     fn layout() {
         assert_eq!(super::events("alice"), "mythos:player:{alice}:events");

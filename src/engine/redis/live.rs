@@ -1,35 +1,53 @@
-//! The node's one subscription to `mythos:live`, feeding the node's [`LiveSink`].
+//! Live delivery from Redis to this node: subscriptions that follow the
+//! node's connections, and decoding what arrives on them.
 //!
-//! Owns: the pub/sub connection (one per node, not per player), decoding the
-//! announcements that `lua/lib.lua` publishes (anyone who may `PUBLISH` on
-//! the broker's Redis can send anything there: a message that does not
-//! decode is counted and dropped, never a panic), recovering from a lost
-//! subscription (reconnect with backoff, then [`LiveSink::nudge_all`], because
-//! announcements sent while disconnected are gone), and supervising the
-//! listener task: if it ever ends, it is restarted, counted, and sessions
-//! are nudged. [`LiveHealth`] says whether the subscription is up, for
-//! `/readyz`. Must not touch: the command pool or any key: this module only
-//! listens.
+//! Owns: this node's one subscriber connection (a RESP3 connection whose
+//! pushes come to [`run`]); the set of players it follows, with a count of
+//! local watchers each ([`Live::watch`] / [`Live::unwatch`], called by
+//! sessions: subscribe before replay, drop after the player's last local
+//! connection left); the channel commands — `SUBSCRIBE mythos:live:{p}` on one
+//! Redis, `SSUBSCRIBE` (sharded pub/sub, one command per slot) on a cluster,
+//! so a node receives only the announcements of players it holds a
+//! connection of; decoding announcements (`lua/lib.lua` writes them; anyone
+//! who may publish on the broker's Redis can send anything there: a message
+//! that does not decode is counted and dropped, never a panic); and
+//! recovery: after a lost connection, a failover or a resharding (Redis
+//! unsubscribes shard channels of a slot that moved) the channels are
+//! subscribed again with backoff, and each confirmed (re)subscription nudges
+//! that player's sessions to re-read their log (announcements sent meanwhile
+//! are gone; the log is not). [`LiveHealth`] says whether every followed
+//! channel is subscribed, for `/readyz`. Must not touch: keys, the command
+//! connections.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
 use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::AbortOnDropHandle;
 
-use super::keys::LIVE_CHANNEL;
-use crate::engine::LiveSink;
+use super::conn::Topology;
+use super::{keys, OP_TIMEOUT};
+use crate::engine::{EngineError, LiveSink, Result as EngineResult};
 use crate::protocol::{Event, EventBody};
 
-/// How often the subscription is pinged to detect a silently dead connection.
+/// How often the subscriber connection is pinged to detect a silently dead one.
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a ping may take before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Channels per subscribe command.
+const CHUNK: usize = 512;
 
-/// Whether this node's live subscription is up (shared with the engine).
+/// Whether this node's live subscriptions are all in place.
 #[derive(Debug, Default)]
 pub struct LiveHealth(AtomicBool);
 
@@ -42,108 +60,405 @@ impl LiveHealth {
     }
 }
 
-/// Starts the supervised listener on `first` (already subscribed): the
-/// listener runs in a task of its own; should that task ever end (a bug
-/// that panics), the supervisor counts it, marks live delivery down,
-/// resubscribes and starts a fresh listener, which nudges every session.
-pub fn spawn(
-    client: redis::Client,
-    hub: Arc<dyn LiveSink>,
-    first: redis::aio::PubSub,
-    health: Arc<LiveHealth>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        health.set(true);
-        let mut first = Some(first);
-        loop {
-            let ps = match first.take() {
-                Some(ps) => ps,
-                None => resubscribe(&client, &health).await,
-            };
-            // Aborted with the supervisor (the engine's drop aborts that).
-            let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(listen(
-                client.clone(),
-                hub.clone(),
-                ps,
-                health.clone(),
-            )));
-            let why = match task.await {
-                Ok(()) => "returned".to_string(),
-                Err(e) => e.to_string(),
-            };
-            health.set(false);
-            tracing::error!("live listener stopped ({why}); restarting it");
-            metrics::counter!("mythos_live_listener_restarts_total").increment(1);
-            hub.nudge_all();
-        }
-    })
+enum Request {
+    Watch(String, oneshot::Sender<std::result::Result<(), String>>),
+    Unwatch(String),
 }
 
-/// Subscribes again, with backoff, until it works; marks the health up.
-async fn resubscribe(client: &redis::Client, health: &LiveHealth) -> redis::aio::PubSub {
-    let mut wait = BACKOFF_MIN;
-    loop {
-        match subscribe(client).await {
-            Ok(ps) => {
-                health.set(true);
-                return ps;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "live resubscribe failed; retrying in {wait:?}");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(BACKOFF_MAX);
-            }
+/// This node's live subscriptions. Dropping it stops them.
+pub struct Live {
+    requests: mpsc::UnboundedSender<Request>,
+    health: Arc<LiveHealth>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl Live {
+    /// Connects the subscriber connection (fails if Redis is unreachable)
+    /// and starts routing what arrives to `hub`.
+    pub async fn start(topology: &Topology, hub: Arc<dyn LiveSink>) -> EngineResult<Self> {
+        let (push_tx, pushes) = mpsc::unbounded_channel();
+        let mut sub = Subscriber {
+            topology: topology.clone(),
+            push_tx,
+            conn: None,
+        };
+        sub.connect().await?;
+        let health = Arc::new(LiveHealth::default());
+        health.set(true);
+        let (requests, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(supervise(sub, rx, pushes, hub, health.clone()));
+        Ok(Self {
+            requests,
+            health,
+            _task: AbortOnDropHandle::new(task),
+        })
+    }
+
+    /// Follows `player`: answers once this node's subscription to the
+    /// player's channel is confirmed, so every append after this returns is
+    /// announced here. Pair every call with [`Live::unwatch`], also after an error.
+    pub async fn watch(&self, player: &str) -> EngineResult<()> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Watch(player.to_string(), tx))
+            .map_err(|_| EngineError::Pool("live subscriber stopped".into()))?;
+        match tokio::time::timeout(2 * OP_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(EngineError::Pool(format!("live subscribe: {e}"))),
+            Ok(Err(_)) => Err(EngineError::Pool("live subscriber stopped".into())),
+            Err(_) => Err(EngineError::Pool("live subscribe timed out".into())),
         }
+    }
+
+    /// One local watcher of `player` fewer; after the last, the node unsubscribes.
+    pub fn unwatch(&self, player: &str) {
+        let _ = self.requests.send(Request::Unwatch(player.to_string()));
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.health.is_up()
     }
 }
 
-/// Opens a pub/sub connection subscribed to `mythos:live`.
-pub async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut ps = client.get_async_pubsub().await?;
-    ps.subscribe(LIVE_CHANNEL).await?;
-    Ok(ps)
+/// The subscriber connection.
+struct Subscriber {
+    topology: Topology,
+    push_tx: mpsc::UnboundedSender<PushInfo>,
+    conn: Option<SubConn>,
 }
 
-/// Runs forever: routes announcements from `ps` (already subscribed), and
-/// after each loss resubscribes with backoff and nudges every session.
-async fn listen(
-    client: redis::Client,
+#[derive(Clone)]
+enum SubConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    /// Connects unless connected: on one Redis a connection is replaced
+    /// (set to `None`) when lost; a cluster connection repairs itself
+    /// (reconnects, follows the slot map) and is kept.
+    async fn connect(&mut self) -> EngineResult<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let conn = match &self.topology {
+            Topology::Single(url) => {
+                let info = url.as_str().into_connection_info()?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(OP_TIMEOUT))
+                    .set_response_timeout(Some(OP_TIMEOUT))
+                    .set_push_sender(self.push_tx.clone());
+                SubConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Topology::Cluster(seeds) => SubConn::Cluster(
+                ClusterClientBuilder::new(seeds.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(self.push_tx.clone())
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    .build()?
+                    .get_async_connection()
+                    .await?,
+            ),
+        };
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Subscribes to the live channels of `players`; on one Redis a failure
+    /// drops the connection (the next attempt makes a fresh one).
+    async fn subscribe(&mut self, players: &[String], on: bool) -> EngineResult<()> {
+        if players.is_empty() {
+            return Ok(());
+        }
+        self.connect().await?;
+        let Some(conn) = self.conn.clone() else {
+            return Err(EngineError::Pool("no subscriber connection".into()));
+        };
+        let channels: Vec<String> = players.iter().map(|p| keys::live(p)).collect();
+        let r = match conn {
+            SubConn::Single(mut c) => {
+                let mut r = Ok(());
+                for chunk in channels.chunks(CHUNK) {
+                    r = if on {
+                        c.subscribe(chunk).await
+                    } else {
+                        c.unsubscribe(chunk).await
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+            SubConn::Cluster(c) => {
+                // A shard-channel command names channels of one slot only.
+                let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+                for (p, ch) in players.iter().zip(channels) {
+                    by_slot
+                        .entry(keys::slot(p.as_bytes()))
+                        .or_default()
+                        .push(ch);
+                }
+                let calls = by_slot.into_values().map(|chs| {
+                    let mut c = c.clone();
+                    async move {
+                        if on {
+                            c.ssubscribe(chs).await
+                        } else {
+                            c.sunsubscribe(chs).await
+                        }
+                    }
+                });
+                join_all(calls).await.into_iter().collect()
+            }
+        };
+        if let Err(e) = r {
+            if matches!(self.conn, Some(SubConn::Single(_))) {
+                self.conn = None;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// False if the connection stopped answering (one Redis; a cluster
+    /// connection reports its losses as pushes).
+    async fn alive(&mut self) -> bool {
+        let Some(SubConn::Single(c)) = &mut self.conn else {
+            return true;
+        };
+        let cmd = redis::cmd("PING");
+        let ping = tokio::time::timeout(PING_TIMEOUT, cmd.query_async::<Value>(c));
+        if matches!(ping.await, Ok(Ok(_))) {
+            return true;
+        }
+        self.conn = None;
+        false
+    }
+}
+
+/// Runs the subscriber; should it ever end (a bug that panics), counts it,
+/// marks live delivery down, nudges every session and starts it again with
+/// the same followed players.
+async fn supervise(
+    sub: Subscriber,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     hub: Arc<dyn LiveSink>,
-    mut ps: redis::aio::PubSub,
     health: Arc<LiveHealth>,
 ) {
+    let mut state = State {
+        sub,
+        wanted: HashMap::new(),
+        stale: HashSet::new(),
+        all_stale: false,
+        backoff: BACKOFF_MIN,
+    };
     loop {
-        pump(ps, &*hub).await;
+        let r = std::panic::AssertUnwindSafe(state.run(&mut requests, &mut pushes, &*hub, &health));
+        let r = futures_util::FutureExt::catch_unwind(r).await;
+        if r.is_ok() {
+            return; // the engine was dropped
+        }
         health.set(false);
-        tracing::warn!("live subscription to {LIVE_CHANNEL} lost; reconnecting");
-        metrics::counter!("mythos_live_resubscribes_total").increment(1);
-        ps = resubscribe(&client, &health).await;
-        tracing::info!("live subscription re-established");
+        tracing::error!("live subscriber panicked; restarting it");
+        metrics::counter!("mythos_live_listener_restarts_total").increment(1);
+        state.all_stale = true;
         hub.nudge_all();
     }
 }
 
-/// Routes messages until the connection ends or stops answering pings.
-async fn pump(ps: redis::aio::PubSub, hub: &dyn LiveSink) {
-    let (mut sink, mut stream) = ps.split();
-    let mut ticker = tokio::time::interval(PING_EVERY);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(m) => {
-                    if let Err(e) = route(hub, m.get_payload_bytes()) {
-                        metrics::counter!("mythos_live_undecodable_total").increment(1);
-                        tracing::error!("undecodable announcement on {LIVE_CHANNEL}: {e}");
+struct State {
+    sub: Subscriber,
+    /// Followed players and their local watcher counts.
+    wanted: HashMap<String, usize>,
+    /// Followed players whose subscription must be made again.
+    stale: HashSet<String>,
+    /// Every followed player's subscription must be made again.
+    all_stale: bool,
+    backoff: Duration,
+}
+
+impl State {
+    async fn run(
+        &mut self,
+        requests: &mut mpsc::UnboundedReceiver<Request>,
+        pushes: &mut mpsc::UnboundedReceiver<PushInfo>,
+        hub: &dyn LiveSink,
+        health: &LiveHealth,
+    ) {
+        let mut ticker = tokio::time::interval(PING_EVERY);
+        ticker.tick().await;
+        loop {
+            let repair = self.all_stale || !self.stale.is_empty();
+            tokio::select! {
+                biased;
+                push = pushes.recv() => match push {
+                    Some(p) => self.on_push(p, hub, health),
+                    None => return,
+                },
+                req = requests.recv() => match req {
+                    Some(r) => {
+                        let mut batch = vec![r];
+                        while let Ok(r) = requests.try_recv() {
+                            batch.push(r);
+                        }
+                        self.apply(batch).await;
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(self.backoff), if repair => self.repair(health).await,
+                _ = ticker.tick() => {
+                    if !self.sub.alive().await {
+                        self.lost(health);
                     }
                 }
-                None => return,
-            },
-            _ = ticker.tick() => {
-                let ping = tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
-                if !matches!(ping, Ok(Ok(_))) {
+            }
+        }
+    }
+
+    /// The subscriber connection (or, on a cluster, one node's) was lost:
+    /// every followed channel is subscribed again (counted once per loss).
+    fn lost(&mut self, health: &LiveHealth) {
+        if !self.all_stale {
+            tracing::warn!("live subscriber connection lost; resubscribing");
+            metrics::counter!("mythos_live_resubscribes_total").increment(1);
+        }
+        health.set(false);
+        self.all_stale = true;
+        self.backoff = BACKOFF_MIN;
+    }
+
+    fn on_push(&mut self, p: PushInfo, hub: &dyn LiveSink, health: &LiveHealth) {
+        let channel = |p: &PushInfo| match p.data.first() {
+            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            _ => None,
+        };
+        match p.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let Some(Value::BulkString(payload)) = p.data.get(1) else {
                     return;
+                };
+                metrics::counter!("mythos_live_messages_total").increment(1);
+                metrics::counter!("mythos_live_bytes_total").increment(payload.len() as u64);
+                if let Err(e) = route(hub, payload) {
+                    metrics::counter!("mythos_live_undecodable_total").increment(1);
+                    tracing::error!("undecodable live announcement: {e}");
                 }
+            }
+            // A (re)subscription is in effect: what was announced before it
+            // may have been missed, so the player's sessions re-read.
+            PushKind::Subscribe | PushKind::SSubscribe => {
+                if let Some(ch) = channel(&p) {
+                    if let Some(player) = keys::live_player(&ch) {
+                        hub.nudge(player);
+                    }
+                }
+            }
+            // Redis dropped a channel we still follow (its slot moved away).
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                if let Some(ch) = channel(&p) {
+                    if let Some(player) = keys::live_player(&ch) {
+                        if self.wanted.contains_key(player) {
+                            metrics::counter!("mythos_live_resubscribes_total").increment(1);
+                            self.stale.insert(player.to_string());
+                            self.backoff = BACKOFF_MIN;
+                        }
+                    }
+                }
+            }
+            PushKind::Disconnection => self.lost(health),
+            _ => {}
+        }
+    }
+
+    /// Applies a batch of watch/unwatch requests: one subscribe and one
+    /// unsubscribe command (per slot on a cluster) for the whole batch.
+    async fn apply(&mut self, batch: Vec<Request>) {
+        let mut waiting: HashMap<String, Vec<oneshot::Sender<_>>> = HashMap::new();
+        let mut gone = Vec::new();
+        for r in batch {
+            match r {
+                Request::Watch(p, reply) => {
+                    let n = self.wanted.entry(p.clone()).or_insert(0);
+                    *n += 1;
+                    if *n == 1 || waiting.contains_key(&p) {
+                        waiting.entry(p).or_default().push(reply);
+                    } else {
+                        let _ = reply.send(Ok(()));
+                    }
+                }
+                Request::Unwatch(p) => {
+                    if let Some(n) = self.wanted.get_mut(&p) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.wanted.remove(&p);
+                            self.stale.remove(&p);
+                            if !waiting.contains_key(&p) {
+                                gone.push(p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !gone.is_empty() {
+            // Best effort: a channel left subscribed only costs messages
+            // that `wants` then ignores.
+            let _ = self.sub.subscribe(&gone, false).await;
+        }
+        let fresh: Vec<String> = waiting
+            .keys()
+            .filter(|p| self.wanted.contains_key(*p))
+            .cloned()
+            .collect();
+        let r = self.sub.subscribe(&fresh, true).await;
+        if r.is_err() {
+            self.stale.extend(fresh);
+        }
+        for reply in waiting.into_values().flatten() {
+            let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        }
+    }
+
+    /// Subscribes again what must be; on success live delivery is up.
+    async fn repair(&mut self, health: &LiveHealth) {
+        let players: Vec<String> = if self.all_stale {
+            // A connection that still answers is kept (the loss reported may
+            // have been an older connection's); one that doesn't is replaced.
+            self.sub.alive().await;
+            self.wanted.keys().cloned().collect()
+        } else {
+            self.stale.iter().cloned().collect()
+        };
+        let r = match self.sub.connect().await {
+            Ok(()) => self.sub.subscribe(&players, true).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => {
+                if self.all_stale {
+                    tracing::info!(players = players.len(), "live subscriptions re-established");
+                    // Players of no channel (none followed) still re-read.
+                    self.all_stale = false;
+                }
+                self.stale.clear();
+                self.backoff = BACKOFF_MIN;
+                health.set(true);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "live resubscribe failed; retrying in {:?}", self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
@@ -238,6 +553,7 @@ mod tests {
             got.push((player.to_string(), event.clone()));
         }
         fn nudge_all(&self) {}
+        fn nudge(&self, _: &str) {}
     }
 
     #[test]

@@ -105,8 +105,10 @@ impl Reply {
 
 /// The idempotency key of one event a command causes: derived from the
 /// command's stream entry, so handling the entry again delivers nothing new.
+/// Entry ids are unique within a partition, and a player's commands all go
+/// to one partition: with the player, the key is unique.
 fn event_id(entry: &CommandEntry, what: &str) -> String {
-    format!("demo-{}-{what}", entry.entry_id)
+    format!("demo-{}-{}-{what}", entry.command.player_id, entry.entry_id)
 }
 
 /// The game's state: where players are.

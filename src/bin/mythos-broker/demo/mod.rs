@@ -104,12 +104,19 @@ pub async fn start(app: &Arc<App>, addr: SocketAddr) {
     ));
     create_accounts(&api, &admin).await;
     let consumer = app.config.node_name();
-    tokio::spawn(command_loop(
-        app.engine.clone(),
-        Game::new(api.clone()),
-        consumer,
-        app.shutdown.clone(),
-    ));
+    // One loop (and one game state) per partition of the command stream: a
+    // player's commands all land in one partition, in order.
+    for partition in 0..app.engine.command_partitions() {
+        tokio::spawn(command_loop(
+            app.engine.clone(),
+            Game::new(api.clone()),
+            Reader {
+                consumer: consumer.clone(),
+                partition,
+            },
+            app.shutdown.clone(),
+        ));
+    }
     tokio::spawn(ticker(api, app.shutdown.clone()));
     println!(
         "demo world ready: open {base}/ and log in as {} (password: {PASSWORD})",
@@ -135,13 +142,23 @@ async fn create_accounts(api: &BrokerApi, admin_token: &str) {
     }
 }
 
+/// Which partition of the command stream a loop reads, as which consumer.
+struct Reader {
+    consumer: String,
+    partition: usize,
+}
+
 /// Reads commands, carries each out, acknowledges them; until shutdown.
 async fn command_loop(
     engine: Arc<dyn Engine>,
     mut game: Game,
-    consumer: String,
+    reader: Reader,
     shutdown: CancellationToken,
 ) {
+    let Reader {
+        consumer,
+        partition,
+    } = reader;
     let mut last_claim: Option<tokio::time::Instant> = None;
     let mut handled = Handled::default();
     loop {
@@ -152,7 +169,7 @@ async fn command_loop(
             r = async {
                 if claim {
                     last_claim = Some(tokio::time::Instant::now());
-                    let claimed = engine.claim_commands(GROUP, &consumer, CLAIM_IDLE, BATCH).await?;
+                    let claimed = engine.claim_commands(GROUP, &consumer, partition, CLAIM_IDLE, BATCH).await?;
                     if !claimed.is_empty() {
                         tracing::info!(n = claimed.len(), "demo: took over unacknowledged commands");
                         if claimed.len() >= BATCH {
@@ -162,7 +179,7 @@ async fn command_loop(
                         return Ok(claimed);
                     }
                 }
-                engine.read_commands(GROUP, &consumer, BATCH, BLOCK.min(CLAIM_IDLE / 2)).await
+                engine.read_commands(GROUP, &consumer, partition, BATCH, BLOCK.min(CLAIM_IDLE / 2)).await
             } => r,
         };
         let entries = match read {
@@ -190,7 +207,7 @@ async fn command_loop(
             }
         }
         let ids: Vec<String> = entries.iter().map(|e| e.entry_id.clone()).collect();
-        if let Err(e) = engine.ack_commands(GROUP, &ids).await {
+        if let Err(e) = engine.ack_commands(GROUP, partition, &ids).await {
             tracing::warn!(error = %e, "demo: cannot acknowledge commands");
         }
     }

@@ -1,0 +1,272 @@
+//! The engine's connections to one Redis or to a Redis Cluster.
+//!
+//! Owns: which connection a command goes out on. Ordinary commands share
+//! multiplexed connections ([`Conns::shared`]): on one Redis a few long-held
+//! pooled ones ([`super::lanes`]); on a cluster one `ClusterConnection`
+//! (the `redis` crate's async cluster client, which routes each command to
+//! the master of its keys' slot and follows `MOVED`/`ASK`, refreshing its
+//! slot map after a failover or a resharding). Commands that block on the
+//! server (`WAIT`, `XREADGROUP BLOCK`) take a connection of their own from a
+//! deadpool-redis pool ([`Conns::own`]: the single-server pool, or
+//! deadpool-redis's cluster pool), because on a shared connection they would
+//! stall everyone queued behind them. Must not touch: keys and scripts (the
+//! engine decides what to send).
+
+use std::time::Duration;
+
+use deadpool_redis::{Manager, Pool, Runtime};
+use redis::aio::ConnectionLike;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, Value};
+
+use super::lanes::{Lane, Lanes};
+use super::{pool_err, OP_TIMEOUT};
+use crate::engine::{EngineError, Result};
+
+/// Multiplexed lanes shared by all non-blocking commands on one Redis.
+pub const LANES: usize = 4;
+
+/// Where the engine's Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One Redis (`MYTHOS_REDIS_URL`; a Sentinel-managed master is one too).
+    Single(String),
+    /// A Redis Cluster, by its seed URLs (`MYTHOS_REDIS_CLUSTER`).
+    Cluster(Vec<String>),
+}
+
+impl Topology {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Topology::Cluster(_))
+    }
+}
+
+/// The engine's connections.
+pub enum Conns {
+    Single {
+        pool: Pool,
+        lanes: Lanes,
+    },
+    Cluster {
+        shared: ClusterConnection,
+        pool: deadpool_redis::cluster::Pool,
+    },
+}
+
+impl Conns {
+    /// Connects: `pool_size` own connections for blocking commands (plus the
+    /// shared ones). Fails if Redis (or no cluster seed) answers.
+    pub async fn connect(topology: &Topology, pool_size: usize) -> Result<Self> {
+        let size = pool_size.max(1);
+        Ok(match topology {
+            Topology::Single(url) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(OP_TIMEOUT))
+                    .set_response_timeout(Some(OP_TIMEOUT));
+                let manager = Manager::new_with_config(url.as_str(), config)?;
+                let pool = Pool::builder(manager)
+                    .max_size(size + LANES)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(OP_TIMEOUT))
+                    .create_timeout(Some(OP_TIMEOUT))
+                    .recycle_timeout(Some(OP_TIMEOUT))
+                    .build()
+                    .map_err(pool_err)?;
+                // Fail now, not on first use, when Redis is unreachable.
+                drop(pool.get().await.map_err(pool_err)?);
+                Conns::Single {
+                    lanes: Lanes::new(pool.clone(), LANES),
+                    pool,
+                }
+            }
+            Topology::Cluster(seeds) => {
+                let shared = ClusterClientBuilder::new(seeds.clone())
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    // Redirections and a failover's reconnects get their own
+                    // time on top of one slow answer.
+                    .overall_response_timeout(Some(2 * OP_TIMEOUT))
+                    .build()?
+                    .get_async_connection()
+                    .await?;
+                // deadpool-redis's cluster manager sets no response timeout,
+                // which blocking commands need; callers bound them instead.
+                let manager = deadpool_redis::cluster::Manager::new(seeds.clone(), false)?;
+                let pool = deadpool_redis::cluster::Pool::builder(manager)
+                    .max_size(size)
+                    .runtime(Runtime::Tokio1)
+                    .wait_timeout(Some(OP_TIMEOUT))
+                    .create_timeout(Some(OP_TIMEOUT))
+                    .recycle_timeout(Some(OP_TIMEOUT))
+                    .build()
+                    .map_err(pool_err)?;
+                Conns::Cluster { shared, pool }
+            }
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conns::Cluster { .. })
+    }
+
+    /// A multiplexed connection shared with other tasks (never block on it).
+    pub async fn shared(&self) -> Result<Shared<'_>> {
+        Ok(match self {
+            Conns::Single { lanes, .. } => Shared::Lane(lanes.get().await?),
+            Conns::Cluster { shared, .. } => Shared::Cluster(shared.clone()),
+        })
+    }
+
+    /// A connection of its own, for commands that block on the server.
+    pub async fn own(&self) -> Result<Own> {
+        Ok(match self {
+            Conns::Single { pool, .. } => Own::Single(Some(pool.get().await.map_err(pool_err)?)),
+            Conns::Cluster { pool, .. } => Own::Cluster(Some(pool.get().await.map_err(pool_err)?)),
+        })
+    }
+}
+
+/// A shared multiplexed connection.
+pub enum Shared<'a> {
+    Lane(Lane<'a>),
+    Cluster(ClusterConnection),
+}
+
+/// A connection of one user's own: dropped, it returns to its pool unless
+/// [`Own::discard`] was called (a command may still run on it).
+pub enum Own {
+    Single(Option<deadpool_redis::Connection>),
+    Cluster(Option<deadpool_redis::cluster::Connection>),
+}
+
+impl Own {
+    /// Takes the connection out of its pool for good (it is closed when
+    /// dropped): after a blocking command that did not complete, the server
+    /// may still be running it, and its next user would wait behind it.
+    pub fn discard(&mut self) {
+        match self {
+            Own::Single(c) => drop(c.take().map(deadpool_redis::Connection::take)),
+            Own::Cluster(c) => drop(c.take().map(deadpool_redis::cluster::Connection::take)),
+        }
+    }
+
+    /// Sends `cmd` that may block on the server for up to `block`; discards
+    /// the connection unless the command completed.
+    pub async fn query_blocking(&mut self, cmd: &Cmd, block: Duration) -> Result<Value> {
+        let limit = block + OP_TIMEOUT;
+        if let Own::Single(Some(c)) = self {
+            c.set_response_timeout(limit);
+        }
+        let r = match tokio::time::timeout(limit, cmd.query_async::<Value>(self)).await {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(_) => Err(EngineError::Pool(format!("no answer within {limit:?}"))),
+        };
+        let completed = match &r {
+            Ok(_) => true,
+            Err(EngineError::Redis(e)) => {
+                !(e.is_io_error() || e.is_timeout() || e.is_unrecoverable_error())
+            }
+            Err(_) => false,
+        };
+        if completed {
+            if let Own::Single(Some(c)) = self {
+                c.set_response_timeout(OP_TIMEOUT);
+            }
+        } else {
+            self.discard();
+        }
+        r
+    }
+
+    /// `WAIT replicas timeout` on the node that took this connection's writes
+    /// to `key` (on a cluster, the master of its slot).
+    pub async fn wait(&mut self, key: &str, replicas: u64, timeout: Duration) -> Result<u64> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(super::ms(timeout));
+        let v = match self {
+            Own::Cluster(Some(c)) => {
+                let route = redis::cluster_routing::Route::with_key(
+                    key,
+                    redis::cluster_routing::SlotAddr::Master,
+                );
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let call = c.as_mut().route_command(cmd, routing);
+                match tokio::time::timeout(timeout + OP_TIMEOUT, call).await {
+                    Ok(v) => v.map_err(EngineError::from),
+                    Err(_) => Err(EngineError::Pool("WAIT did not answer".into())),
+                }
+            }
+            _ => self.query_blocking(&cmd, timeout).await,
+        };
+        match v {
+            Ok(v) => Ok(redis::from_redis_value(v).map_err(redis::RedisError::from)?),
+            Err(e) => {
+                // A WAIT that may still be blocked on the server: this
+                // connection must not serve anyone else.
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn discarded() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Io, "connection discarded"))
+}
+
+impl ConnectionLike for Shared<'_> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Shared::Lane(l) => l.req_packed_command(cmd),
+            Shared::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Shared::Lane(l) => l.req_packed_commands(cmd, offset, count),
+            Shared::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Shared::Lane(l) => l.get_db(),
+            Shared::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl ConnectionLike for Own {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Own::Single(Some(c)) => c.req_packed_command(cmd),
+            Own::Cluster(Some(c)) => c.req_packed_command(cmd),
+            Own::Single(None) | Own::Cluster(None) => Box::pin(async { Err(discarded()) }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Own::Single(Some(c)) => c.req_packed_commands(cmd, offset, count),
+            Own::Cluster(Some(c)) => c.req_packed_commands(cmd, offset, count),
+            Own::Single(None) | Own::Cluster(None) => Box::pin(async { Err(discarded()) }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
