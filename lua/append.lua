@@ -10,7 +10,11 @@
 --   5 flags ('r': room_id present, 'i': id present)
 --   6 event_type    7 timestamp (stamped by the broker)   8 data (JSON text)
 --   9 room_id ('' when absent)   10 id ('' when absent)
---   11 the live announcement's command: PUBLISH (one Redis) or SPUBLISH (cluster)
+--   11 the live announcement's command: PUBLISH (one Redis) or SPUBLISH
+--      (cluster); '' with MYTHOS_REDIS_WAIT_REPLICAS >= 1: nothing is
+--      announced here (confirm.lua does, after WAIT), and a meta without
+--      `confirmed` gets it set to the events before this append (they
+--      predate WAIT: readers keep seeing them)
 --   11+i: member i's player id
 -- Returns a flat array: for each member, its sequence number and 1 if the
 -- event was appended now, 0 if the dedupe key returned an earlier one.
@@ -42,6 +46,9 @@ for i = 1, n do
   -- GET answers false for a missing marker, and tonumber(false) is nil
   if dedupe_ms > 0 then seq = tonumber(redis.call('GET', KEYS[k + 3])) end
   if not seq then
+    if publish == '' and redis.call('HEXISTS', meta, 'confirmed') == 0 then
+      redis.call('HSET', meta, 'confirmed', redis.call('HGET', meta, 'seq') or '0')
+    end
     seq = append_one(events, meta, fields, max_backlog, max_age_ms, now)
     if dedupe_ms > 0 then
       redis.call('SET', KEYS[k + 3], int(seq), 'PX', dedupe_ms)

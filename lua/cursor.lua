@@ -2,6 +2,7 @@
 --
 -- KEYS: 1 mythos:player:{p}:events   2 mythos:player:{p}:meta
 -- ARGV: 1 max_backlog   2 max_backlog_age in ms
+--       3 'c': `last` is the newest replica-confirmed event (see lib.lua cursor)
 -- Returns {last, acked, oldest}; an unknown player is {0, 0, 1}.
 --
 -- A script rather than plain reads because it first drops what the caps no
@@ -9,4 +10,4 @@
 -- with a concurrent append or ack.
 
 enforce_caps(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), now_ms())
-return { cursor(KEYS[1], KEYS[2]) }
+return { cursor(KEYS[1], KEYS[2], ARGV[3] == 'c') }

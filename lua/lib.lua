@@ -104,13 +104,18 @@ local function enforce_caps(events, meta, max_backlog, max_age_ms, now)
 end
 
 -- last, acked and oldest (the first retained sequence number, else last + 1).
-local function cursor(events, meta)
-  local m = redis.call('HMGET', meta, 'seq', 'acked')
+-- With `confirmed_only` (MYTHOS_REDIS_WAIT_REPLICAS >= 1) `last` is the
+-- newest event replicas confirmed (meta `confirmed`; absent: every event,
+-- as before WAIT was turned on): what readers may see, so that no reader
+-- ever sees an event a failover can take back.
+local function cursor(events, meta, confirmed_only)
+  local m = redis.call('HMGET', meta, 'seq', 'acked', 'confirmed')
   local last = tonumber(m[1]) or 0
   local acked = tonumber(m[2]) or 0
+  if confirmed_only and m[3] then last = math.min(last, tonumber(m[3])) end
   local first = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
   local oldest = last + 1
-  if first[1] then oldest = id_seq(first[1][1]) end
+  if first[1] then oldest = math.min(id_seq(first[1][1]), oldest) end
   return last, acked, oldest
 end
 
@@ -148,9 +153,10 @@ end
 -- frame(timestamp) frame(room_id) frame(id) frame(data)`, so that the nodes
 -- holding a connection of that player (and only they) can hand the event on
 -- without reading it back. `publish` is PUBLISH on one Redis, SPUBLISH on a
--- cluster. `targets` alternates player, sequence number.
+-- cluster; '' announces nothing (with WAIT, `confirm.lua` announces once
+-- replicas have the event). `targets` alternates player, sequence number.
 local function announce(publish, targets, flags, event_type, timestamp, data, room_id, id)
-  if #targets == 0 then return end
+  if #targets == 0 or publish == '' then return end
   local body = frame(flags) .. frame(event_type) .. frame(timestamp) .. frame(room_id)
     .. frame(id) .. frame(data)
   for i = 1, #targets - 1, 2 do

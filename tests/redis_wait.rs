@@ -2,6 +2,8 @@
 //! once that many replicas confirmed it; fewer in `MYTHOS_REDIS_WAIT_TIMEOUT`
 //! → `503 not_replicated` (HTTP) / `error not_replicated` (WebSocket), and a
 //! retry with the same `id` after the replica is back appends nothing twice.
+//! Readers see only confirmed events: an event answered 503 is invisible
+//! until a retry confirms it.
 //! Real processes: a primary and a replica `redis-server`.
 
 mod support;
@@ -70,6 +72,17 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "{took:?}"
     );
+    // The unconfirmed event is in the primary's log, but no reader sees it
+    // (a failover could take it back): the cursor stops at 1, and neither
+    // the open socket nor a new one gets it.
+    let (_, cur) = n
+        .request(
+            reqwest::Method::GET,
+            "/v1/cursor",
+            Some(&player_token("alice")),
+        )
+        .await;
+    assert_eq!(cur["last_sequence_number"], 1, "{cur}");
     cmds.send_json(json!({"type": "command", "id": "c2", "command": "look"}))
         .await;
     let e = cmds.until_type("error").await.expect("an error frame");
@@ -87,8 +100,8 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
     assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 2)]), "{b}");
     let (s, b) = publish("p3").await;
     assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 3)]), "{b}");
-    // The player got 1, 2, 3 exactly once each (2 was delivered when first
-    // appended), and nothing after: a fence is next.
+    // The player got 1, 2, 3 exactly once each (2 only once confirmed),
+    // and nothing after: a fence is next.
     assert_eq!(ws.seqs(3).await, vec![1, 2, 3]);
     assert_eq!(publish("fence").await.0, 200);
     assert_eq!(ws.seqs(1).await, vec![4]);

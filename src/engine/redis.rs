@@ -284,7 +284,7 @@ impl RedisEngine {
             .arg(body.data.get())
             .arg(body.room_id.as_deref().unwrap_or(""))
             .arg(body.id.as_deref().unwrap_or(""))
-            .arg(self.publish);
+            .arg(if self.waits() { "" } else { self.publish });
         for p in players {
             inv.arg(p.as_str());
         }
@@ -292,12 +292,59 @@ impl RedisEngine {
         if out.len() != players.len() * 2 {
             return Err(EngineError::Corrupt("append.lua answered short".into()));
         }
-        self.confirm(&mut conn, &keys::events(first)).await?;
-        Ok(players
+        let seqs: Vec<(&'p str, u64)> = players
             .iter()
             .zip(out.chunks_exact(2))
             .map(|(p, r)| (p.as_str(), r[0]))
-            .collect())
+            .collect();
+        self.confirm(&mut conn, &keys::events(first)).await?;
+        if self.waits() {
+            self.make_visible(&mut conn, &seqs, body, flags).await?;
+        }
+        Ok(seqs)
+    }
+
+    /// With `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1 readers see only what replicas
+    /// confirmed: `confirm.lua` moves each player's `confirmed` mark up to
+    /// its event and announces it (see the script's header).
+    async fn make_visible(
+        &self,
+        conn: &mut Writer<'_>,
+        seqs: &[(&str, u64)],
+        body: &EventBody,
+        flags: &str,
+    ) -> Result<()> {
+        let mut inv = self.scripts.confirm.prepare_invoke();
+        for (p, _) in seqs {
+            inv.key(keys::meta(p));
+        }
+        inv.arg(seqs.len())
+            .arg(self.publish)
+            .arg(flags)
+            .arg(&body.event_type)
+            .arg(&body.timestamp)
+            .arg(body.room_id.as_deref().unwrap_or(""))
+            .arg(body.id.as_deref().unwrap_or(""))
+            .arg(body.data.get());
+        for (p, seq) in seqs {
+            inv.arg(*p).arg(*seq);
+        }
+        let _: u64 = inv.invoke_async(conn).await?;
+        Ok(())
+    }
+
+    /// True with `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1.
+    fn waits(&self) -> bool {
+        self.limits.wait_replicas > 0
+    }
+
+    /// `c` when readers see only replica-confirmed events (the scripts' flag).
+    fn visibility(&self) -> &'static str {
+        if self.waits() {
+            "c"
+        } else {
+            ""
+        }
     }
 
     /// A room publish. With an id, the players are those its first publish
@@ -466,21 +513,36 @@ impl Engine for RedisEngine {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let v: Value = redis::cmd("XRANGE")
+        let mut xrange = redis::cmd("XRANGE");
+        xrange
             .arg(keys::events(player))
             .arg(format!("({after}"))
             .arg("+")
             .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.shared().await?)
+            .arg(limit);
+        let mut conn = self.shared().await?;
+        if !self.waits() {
+            let v: Value = xrange.query_async(&mut conn).await?;
+            return stream::entries(v)?.into_iter().map(event_of).collect();
+        }
+        // Only what replicas confirmed (absent mark: everything, see lib.lua).
+        let (confirmed, v): (Option<u64>, Value) = redis::pipe()
+            .cmd("HGET")
+            .arg(keys::meta(player))
+            .arg("confirmed")
+            .add_command(xrange)
+            .query_async(&mut conn)
             .await?;
-        stream::entries(v)?.into_iter().map(event_of).collect()
+        let upto = confirmed.unwrap_or(u64::MAX);
+        let events: Result<Vec<Event>> = stream::entries(v)?.into_iter().map(event_of).collect();
+        let mut events = events?;
+        events.retain(|e| e.sequence_number <= upto);
+        Ok(events)
     }
 
     async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
-        let v = self
-            .player_script(&self.scripts.ack, player, &[seq.to_string()])
-            .await?;
+        let args = [seq.to_string(), self.visibility().to_string()];
+        let v = self.player_script(&self.scripts.ack, player, &args).await?;
         Ok(cursor_of(&v))
     }
 
@@ -488,6 +550,7 @@ impl Engine for RedisEngine {
         let args = [
             self.limits.max_backlog.to_string(),
             ms(self.limits.max_backlog_age).to_string(),
+            self.visibility().to_string(),
         ];
         let v = self
             .player_script(&self.scripts.cursor, player, &args)

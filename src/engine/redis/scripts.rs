@@ -11,6 +11,7 @@ const LIB: &str = include_str!("../../../lua/lib.lua");
 /// The loaded scripts; those that use the helpers get `lua/lib.lua` prepended.
 pub struct Scripts {
     pub append: Script,
+    pub confirm: Script,
     pub ack: Script,
     pub cursor: Script,
     pub create_user: Script,
@@ -21,14 +22,21 @@ impl Scripts {
         let with_lib = |s: &str| Script::new(&[LIB, s].concat());
         Self {
             append: with_lib(include_str!("../../../lua/append.lua")),
+            confirm: with_lib(include_str!("../../../lua/confirm.lua")),
             ack: with_lib(include_str!("../../../lua/ack.lua")),
             cursor: with_lib(include_str!("../../../lua/cursor.lua")),
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 4] {
-        [&self.append, &self.ack, &self.cursor, &self.create_user]
+    pub fn all(&self) -> [&Script; 5] {
+        [
+            &self.append,
+            &self.confirm,
+            &self.ack,
+            &self.cursor,
+            &self.create_user,
+        ]
     }
 }
 
