@@ -122,8 +122,10 @@ impl Conns {
     /// A connection of its own, for commands that block on the server.
     pub async fn own(&self) -> Result<Own> {
         Ok(match self {
-            Conns::Single { pool, .. } => Own::Single(Some(pool.get().await.map_err(pool_err)?)),
-            Conns::Cluster { pool, .. } => Own::Cluster(Some(pool.get().await.map_err(pool_err)?)),
+            Conns::Single { pool, .. } => Own::new(Pooled::Single(pool.get().await.map_err(pool_err)?)),
+            Conns::Cluster { pool, .. } => {
+                Own::new(Pooled::Cluster(pool.get().await.map_err(pool_err)?))
+            }
         })
     }
 }
@@ -134,21 +136,43 @@ pub enum Shared<'a> {
     Cluster(ClusterConnection),
 }
 
-/// A connection of one user's own: dropped, it returns to its pool unless
-/// [`Own::discard`] was called (a command may still run on it).
-pub enum Own {
-    Single(Option<deadpool_redis::Connection>),
-    Cluster(Option<deadpool_redis::cluster::Connection>),
+/// A connection of one user's own: dropped, it returns to its pool, unless
+/// it was dropped while a blocking command was in flight (a reader stopped
+/// waiting) or [`Own::discard`] was called: the server may still be running
+/// that command, and the connection's next user would wait behind it.
+pub struct Own {
+    conn: Option<Pooled>,
+    blocked: bool,
+}
+
+enum Pooled {
+    Single(deadpool_redis::Connection),
+    Cluster(deadpool_redis::cluster::Connection),
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        if self.blocked {
+            self.discard();
+        }
+    }
 }
 
 impl Own {
+    fn new(conn: Pooled) -> Self {
+        Own {
+            conn: Some(conn),
+            blocked: false,
+        }
+    }
+
     /// Takes the connection out of its pool for good (it is closed when
-    /// dropped): after a blocking command that did not complete, the server
-    /// may still be running it, and its next user would wait behind it.
+    /// dropped).
     pub fn discard(&mut self) {
-        match self {
-            Own::Single(c) => drop(c.take().map(deadpool_redis::Connection::take)),
-            Own::Cluster(c) => drop(c.take().map(deadpool_redis::cluster::Connection::take)),
+        match self.conn.take() {
+            Some(Pooled::Single(c)) => drop(deadpool_redis::Connection::take(c)),
+            Some(Pooled::Cluster(c)) => drop(deadpool_redis::cluster::Connection::take(c)),
+            None => {}
         }
     }
 
@@ -156,9 +180,10 @@ impl Own {
     /// the connection unless the command completed.
     pub async fn query_blocking(&mut self, cmd: &Cmd, block: Duration) -> Result<Value> {
         let limit = block + OP_TIMEOUT;
-        if let Own::Single(Some(c)) = self {
+        if let Some(Pooled::Single(c)) = &mut self.conn {
             c.set_response_timeout(limit);
         }
+        self.blocked = true;
         let r = match tokio::time::timeout(limit, cmd.query_async::<Value>(self)).await {
             Ok(r) => r.map_err(EngineError::from),
             Err(_) => Err(EngineError::Pool(format!("no answer within {limit:?}"))),
@@ -170,8 +195,9 @@ impl Own {
             }
             Err(_) => false,
         };
+        self.blocked = false;
         if completed {
-            if let Own::Single(Some(c)) = self {
+            if let Some(Pooled::Single(c)) = &mut self.conn {
                 c.set_response_timeout(OP_TIMEOUT);
             }
         } else {
@@ -185,18 +211,21 @@ impl Own {
     pub async fn wait(&mut self, key: &str, replicas: u64, timeout: Duration) -> Result<u64> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(super::ms(timeout));
-        let v = match self {
-            Own::Cluster(Some(c)) => {
+        let v = match &mut self.conn {
+            Some(Pooled::Cluster(c)) => {
                 let route = redis::cluster_routing::Route::with_key(
                     key,
                     redis::cluster_routing::SlotAddr::Master,
                 );
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                self.blocked = true;
                 let call = c.as_mut().route_command(cmd, routing);
-                match tokio::time::timeout(timeout + OP_TIMEOUT, call).await {
+                let v = match tokio::time::timeout(timeout + OP_TIMEOUT, call).await {
                     Ok(v) => v.map_err(EngineError::from),
                     Err(_) => Err(EngineError::Pool("WAIT did not answer".into())),
-                }
+                };
+                self.blocked = false;
+                v
             }
             _ => self.query_blocking(&cmd, timeout).await,
         };
@@ -246,10 +275,10 @@ impl ConnectionLike for Shared<'_> {
 
 impl ConnectionLike for Own {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Own::Single(Some(c)) => c.req_packed_command(cmd),
-            Own::Cluster(Some(c)) => c.req_packed_command(cmd),
-            Own::Single(None) | Own::Cluster(None) => Box::pin(async { Err(discarded()) }),
+        match &mut self.conn {
+            Some(Pooled::Single(c)) => c.req_packed_command(cmd),
+            Some(Pooled::Cluster(c)) => c.req_packed_command(cmd),
+            None => Box::pin(async { Err(discarded()) }),
         }
     }
 
@@ -259,10 +288,10 @@ impl ConnectionLike for Own {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Own::Single(Some(c)) => c.req_packed_commands(cmd, offset, count),
-            Own::Cluster(Some(c)) => c.req_packed_commands(cmd, offset, count),
-            Own::Single(None) | Own::Cluster(None) => Box::pin(async { Err(discarded()) }),
+        match &mut self.conn {
+            Some(Pooled::Single(c)) => c.req_packed_commands(cmd, offset, count),
+            Some(Pooled::Cluster(c)) => c.req_packed_commands(cmd, offset, count),
+            None => Box::pin(async { Err(discarded()) }),
         }
     }
 

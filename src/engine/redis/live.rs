@@ -13,7 +13,8 @@
 //! that does not decode is counted and dropped, never a panic); and
 //! recovery: after a lost connection, a failover or a resharding (Redis
 //! unsubscribes shard channels of a slot that moved) the channels are
-//! subscribed again with backoff, and each confirmed (re)subscription nudges
+//! subscribed again with backoff, and each confirmed resubscription (not
+//! the first subscription: its sessions read after it) nudges
 //! that player's sessions to re-read their log (announcements sent meanwhile
 //! are gone; the log is not). [`LiveHealth`] says whether every followed
 //! channel is subscribed, for `/readyz`. Must not touch: keys, the command
@@ -261,6 +262,7 @@ async fn supervise(
         sub,
         wanted: HashMap::new(),
         stale: HashSet::new(),
+        confirming: HashSet::new(),
         all_stale: false,
         backoff: BACKOFF_MIN,
     };
@@ -284,6 +286,10 @@ struct State {
     wanted: HashMap<String, usize>,
     /// Followed players whose subscription must be made again.
     stale: HashSet<String>,
+    /// Players whose first subscription's confirmation is still to come:
+    /// their sessions read the log after `watch` returned, so that
+    /// confirmation nudges nobody (every later one does).
+    confirming: HashSet<String>,
     /// Every followed player's subscription must be made again.
     all_stale: bool,
     backoff: Duration,
@@ -336,6 +342,7 @@ impl State {
         }
         health.set(false);
         self.all_stale = true;
+        self.confirming.clear();
         self.backoff = BACKOFF_MIN;
     }
 
@@ -361,7 +368,9 @@ impl State {
             PushKind::Subscribe | PushKind::SSubscribe => {
                 if let Some(ch) = channel(&p) {
                     if let Some(player) = keys::live_player(&ch) {
-                        hub.nudge(player);
+                        if !self.confirming.remove(player) {
+                            hub.nudge(player);
+                        }
                     }
                 }
             }
@@ -371,6 +380,7 @@ impl State {
                     if let Some(player) = keys::live_player(&ch) {
                         if self.wanted.contains_key(player) {
                             metrics::counter!("mythos_live_resubscribes_total").increment(1);
+                            self.confirming.remove(player);
                             self.stale.insert(player.to_string());
                             self.backoff = BACKOFF_MIN;
                         }
@@ -404,6 +414,7 @@ impl State {
                         if *n == 0 {
                             self.wanted.remove(&p);
                             self.stale.remove(&p);
+                            self.confirming.remove(&p);
                             if !waiting.contains_key(&p) {
                                 gone.push(p);
                             }
@@ -422,8 +433,12 @@ impl State {
             .filter(|p| self.wanted.contains_key(*p))
             .cloned()
             .collect();
+        self.confirming.extend(fresh.iter().cloned());
         let r = self.sub.subscribe(&fresh, true).await;
         if r.is_err() {
+            for p in &fresh {
+                self.confirming.remove(p);
+            }
             self.stale.extend(fresh);
         }
         for reply in waiting.into_values().flatten() {
