@@ -10,6 +10,7 @@
 #[allow(dead_code)]
 mod support {
     pub mod broker;
+    pub mod cluster;
     pub mod proxy;
     pub mod redis;
     pub use self::redis::{eventually, RedisServer};

@@ -21,7 +21,7 @@ async fn fence(n: &Broker, player: &str) -> u64 {
     d[0].1
 }
 
-on_both_engines!(
+on_every_topology!(
     sse_resumes_from_header_query_and_cursor,
     sse_rejects_bad_resume_points_and_wrong_player,
     acks_are_cumulative_clamped_and_shared,
@@ -40,11 +40,12 @@ on_both_engines!(
     connection_caps_refuse_the_excess_with_429,
 );
 
+/// (Caps are per node: the two-node kinds run this on one node.)
 /// Hole 4 of issue 11: a flood of connections from one token is refused
 /// with 429 before the stream or upgrade, per player and per node; the
 /// others keep being served, and a closed connection frees its place.
 async fn connection_caps_refuse_the_excess_with_429(kind: Kind) {
-    let n = Node::start(kind, |c| {
+    let n = Node::start(kind.alone(), |c| {
         c.max_player_connections = 2;
         c.max_connections = 3;
     })
@@ -486,7 +487,7 @@ async fn token_expiry_closes_connections(kind: Kind) {
 }
 
 async fn shutdown_closes_with_1012(kind: Kind) {
-    let mut n = Node::start(kind, |_| {}).await;
+    let mut n = Node::start(kind.alone(), |_| {}).await;
     let (mut ws, _) = n.ws_player("alice", None).await;
     let mut sse = n
         .sse("/v1/events", &player_token("alice"), None)

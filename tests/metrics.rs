@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod support {
     pub mod broker;
+    pub mod cluster;
     pub mod redis;
     pub use self::redis::{eventually, RedisServer};
 }

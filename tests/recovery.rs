@@ -103,10 +103,7 @@ async fn an_open_connection_continues_exactly_after_redis_restarts() {
     let redis = RedisServer::start_persistent();
     let mut c = config();
     c.redis_url = Some(redis.url());
-    let mut n = Node {
-        broker: Broker::start(c).await,
-        redis: Some(redis),
-    };
+    let mut n = Node::single(Broker::start(c).await, Some(redis));
     let (mut ws, _) = n.ws_player("alice", None).await;
     assert_eq!(n.publish_n("alice", 5).await, range(1, 5));
     assert_eq!(ws.seqs(5).await, range(1, 5));

@@ -10,10 +10,7 @@ use support::{eventually, RedisServer};
 async fn node_on(redis: RedisServer) -> Node {
     let mut c = config();
     c.redis_url = Some(redis.url());
-    Node {
-        broker: Broker::start(c).await,
-        redis: Some(redis),
-    }
+    Node::single(Broker::start(c).await, Some(redis))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

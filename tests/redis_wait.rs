@@ -22,10 +22,7 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
     c.redis_url = Some(primary.url());
     c.redis_wait_replicas = 1;
     c.redis_wait_timeout = Duration::from_millis(300);
-    let n = Node {
-        broker: Broker::start(c).await,
-        redis: None,
-    };
+    let n = Node::single(Broker::start(c).await, None);
     let (mut ws, _) = n.ws_player("alice", None).await;
     // Commands go over another player's socket, so alice's reads only events.
     let (mut cmds, _) = n.ws_player("bob", None).await;

@@ -469,35 +469,131 @@ pub fn range(a: u64, b: u64) -> Vec<u64> {
     (a..=b).collect()
 }
 
-/// Which engine a test node runs on.
+/// Which engine (and how many nodes) a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Memory,
     Redis,
+    /// Two nodes on one Redis: publishes go through the second, and
+    /// connections alternate between the two (each reconnect lands on the
+    /// other node).
+    RedisTwoNodes,
+    /// The same on a Redis Cluster (3 masters with a replica each).
+    ClusterTwoNodes,
+    /// One node on that Redis Cluster.
+    Cluster,
 }
 
-/// A node of `kind` (with its own redis-server for Redis), configured by `tweak`.
+impl Kind {
+    /// The same store with one node: for what is per node by definition
+    /// (connection caps, a node's shutdown).
+    pub fn alone(self) -> Self {
+        match self {
+            Kind::RedisTwoNodes => Kind::Redis,
+            Kind::ClusterTwoNodes => Kind::Cluster,
+            k => k,
+        }
+    }
+}
+
+/// A node of `kind` (with its own redis-server for Redis), configured by
+/// `tweak`; for the two-node kinds, a pair.
 pub struct Node {
     pub broker: Broker,
+    /// The second node of a two-node kind.
+    pub other: Option<Broker>,
     pub redis: Option<super::RedisServer>,
+    /// A turn on the shared cluster, held while the test runs.
+    pub lease: Option<super::cluster::Lease>,
+    /// Connections opened so far (they alternate between the two nodes).
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl Node {
-    pub async fn start(kind: Kind, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start(kind: Kind, tweak: impl Fn(&mut Config)) -> Self {
         let mut c = config();
-        let redis = match kind {
-            Kind::Memory => None,
-            Kind::Redis => {
+        let (mut redis, mut lease) = (None, None);
+        match kind {
+            Kind::Memory => {}
+            Kind::Redis | Kind::RedisTwoNodes => {
                 let r = super::RedisServer::start();
                 c.redis_url = Some(r.url());
-                Some(r)
+                redis = Some(r);
             }
-        };
+            Kind::ClusterTwoNodes | Kind::Cluster => {
+                let l = super::cluster::lease().await;
+                c.redis_cluster = Some(mythos_broker::config::ClusterSeeds(
+                    l.seeds.split(',').map(String::from).collect(),
+                ));
+                lease = Some(l);
+            }
+        }
         tweak(&mut c);
+        let other = match kind {
+            Kind::RedisTwoNodes | Kind::ClusterTwoNodes => Some(Broker::start(c.clone()).await),
+            Kind::Memory | Kind::Redis | Kind::Cluster => None,
+        };
         Self {
             broker: Broker::start(c).await,
+            other,
             redis,
+            lease,
+            turn: Default::default(),
         }
+    }
+
+    /// A node alone, on whatever `redis` says.
+    pub fn single(broker: Broker, redis: Option<super::RedisServer>) -> Self {
+        Self {
+            broker,
+            other: None,
+            redis,
+            lease: None,
+            turn: Default::default(),
+        }
+    }
+
+    /// Where publishes go: the second node if there is one.
+    pub fn publisher(&self) -> &Broker {
+        self.other.as_ref().unwrap_or(&self.broker)
+    }
+
+    /// Where the next connection goes: alternately each node.
+    pub fn next_node(&self) -> &Broker {
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.other {
+            Some(b) if i % 2 == 1 => b,
+            _ => &self.broker,
+        }
+    }
+
+    pub async fn publish(&self, to: Value, event_type: &str, data: Value) -> Vec<(String, u64)> {
+        self.publisher().publish(to, event_type, data).await
+    }
+
+    pub async fn publish_n(&self, player: &str, n: usize) -> Vec<u64> {
+        self.publisher().publish_n(player, n).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Body) -> (u16, Value) {
+        self.publisher().post(path, token, body).await
+    }
+
+    pub async fn ws_player(&self, player: &str, since: Option<u64>) -> (WsClient, Value) {
+        self.next_node().ws_player(player, since).await
+    }
+
+    pub async fn ws(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<WsClient, u16> {
+        self.next_node().ws(path_and_query, headers).await
+    }
+
+    pub async fn sse(
+        &self,
+        path: &str,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<SseClient, (u16, Value)> {
+        self.next_node().sse(path, token, last_event_id).await
     }
 }
 
@@ -512,6 +608,24 @@ impl std::ops::DerefMut for Node {
     fn deref_mut(&mut self) -> &mut Broker {
         &mut self.broker
     }
+}
+
+/// Generates `mod memory`, `mod redis`, `mod redis_two_nodes` and
+/// `mod cluster_two_nodes`, each running every listed `async fn name(kind:
+/// Kind)` on that topology.
+#[macro_export]
+macro_rules! on_every_topology {
+    ($($name:ident),* $(,)?) => {
+        $crate::on_both_engines!($($name),*);
+        mod redis_two_nodes {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::support::broker::Kind::RedisTwoNodes).await } )*
+        }
+        mod cluster_two_nodes {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name($crate::support::broker::Kind::ClusterTwoNodes).await } )*
+        }
+    };
 }
 
 /// Generates `mod memory` and `mod redis`, each running every listed
