@@ -37,6 +37,99 @@ pub enum Cmd {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCmd),
+    /// Write a player's retained events (or the upstream commands) to
+    /// standard output as JSON lines: a recording. Reads Redis directly
+    /// (MYTHOS_REDIS_URL / MYTHOS_REDIS_CLUSTER), or a running broker with --url.
+    Export(ExportArgs),
+    /// Publish a recording into a player's log (same event types, data and
+    /// relative timing; ids `replay:<player>:<seq>`, so a replay run twice
+    /// appends once). Through Redis directly, or a running broker with --url.
+    Replay(ReplayArgs),
+    /// Look at a player or at the streams (plain `name: value` lines, or --json).
+    #[command(subcommand)]
+    Inspect(InspectCmd),
+}
+
+impl Cmd {
+    /// `export`, `replay` and `inspect`: tools that read or publish through
+    /// a store or a running broker, and serve nothing.
+    pub fn is_tool(&self) -> bool {
+        matches!(self, Cmd::Export(_) | Cmd::Replay(_) | Cmd::Inspect(_))
+    }
+}
+
+/// How a tool reaches the broker: a running node's HTTP API (`--url`), or,
+/// without it, the store the settings name.
+#[derive(Debug, Clone, Args)]
+pub struct Remote {
+    /// A running broker's base URL (http://host:port): use its admin HTTP API
+    /// (either engine) instead of reading Redis directly.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The bearer token for --url (admin role). Default: one minted from
+    /// MYTHOS_JWT_SECRET.
+    #[arg(long, hide_env_values = true, env = "MYTHOS_TOKEN")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// The player whose retained events to write (with --commands: only
+    /// this player's commands).
+    #[arg(long)]
+    pub player: Option<String>,
+    /// First sequence number to write (default: the oldest retained).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// Last sequence number to write (default: the newest).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// Write the upstream commands (every partition) instead of events.
+    #[arg(long)]
+    pub commands: bool,
+    /// With --commands: only those after a stream entry id (1700000000000-5),
+    /// at or after an RFC 3339 time, or within a duration back from now (10m).
+    #[arg(long)]
+    pub since: Option<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The recording (JSON lines, as `export` writes them).
+    pub file: PathBuf,
+    /// The player whose log receives the replay.
+    #[arg(long)]
+    pub to_player: String,
+    /// 1 = the recorded timing, 10 = ten times faster, max = no waiting.
+    #[arg(long, default_value = "1")]
+    pub speed: String,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum InspectCmd {
+    /// A player: last sequence number, acked, retained, oldest retained
+    /// (number and age), dedupe keys, rooms, live connections (with --url).
+    Player {
+        player: String,
+        /// Print JSON instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// The publish and command streams: lengths per partition, consumer
+    /// groups, pending entries and their idle times, dead letters.
+    Streams {
+        /// Print JSON instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,7 +473,7 @@ impl Config {
     /// A configuration with every default and the given secret, for tests and
     /// embedding. The process environment is ignored: a developer's exported
     /// `MYTHOS_*` (a Redis URL, a backlog cap) must not change what a test runs on.
-    #[cfg(feature = "test-support")]
+    #[cfg(feature = "testkit")]
     pub fn for_tests(secret: &str) -> Self {
         use clap::{CommandFactory, FromArgMatches};
         let cmd = Cli::command().mut_args(|a| a.env(None::<&str>));

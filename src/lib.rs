@@ -21,7 +21,11 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod state;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod tools;
 
+mod admin;
 mod api;
 mod error;
 mod listener;

@@ -17,6 +17,7 @@ use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
+use crate::admin;
 use crate::api::{self, json_reply, Answer, Body};
 use crate::auth::{token_from, Principal};
 use crate::error::ApiError;
@@ -225,14 +226,42 @@ fn auth(p: &Parts) -> Routes {
     any_of(vec![login.boxed(), refresh.boxed()])
 }
 
-/// `POST /v1/admin/users`.
+/// `POST /v1/admin/users`; the admin reads of `crate::admin`:
+/// `GET /v1/admin/players/{P}`, `GET /v1/admin/players/{P}/events`,
+/// `GET /v1/admin/commands`, `GET /v1/admin/streams`.
 fn admin(p: &Parts) -> Routes {
-    warp::path!("v1" / "admin" / "users")
+    let users = warp::path!("v1" / "admin" / "users")
         .and(warp::post())
         .and(p.authed.clone())
         .and(p.body.clone())
-        .then(|app, p, b| authorized(p, move |p| api::add_user(app, p, b)))
-        .boxed()
+        .then(|app, p, b| authorized(p, move |p| api::add_user(app, p, b)));
+    let player = warp::path!("v1" / "admin" / "players" / String)
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|player, app, p, q| authorized(p, move |p| admin::player(app, p, player, q)));
+    let events = warp::path!("v1" / "admin" / "players" / String / "events")
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|player, app, p, q| authorized(p, move |p| admin::events(app, p, player, q)));
+    let commands = warp::path!("v1" / "admin" / "commands")
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|app, p, q| authorized(p, move |p| admin::commands(app, p, q)));
+    let streams = warp::path!("v1" / "admin" / "streams")
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|app, p, q| authorized(p, move |p| admin::streams(app, p, q)));
+    any_of(vec![
+        users.boxed(),
+        player.boxed(),
+        events.boxed(),
+        commands.boxed(),
+        streams.boxed(),
+    ])
 }
 
 /// `POST /v1/publish`.

@@ -217,6 +217,9 @@ conformance!(
     hub_gets_fresh_appends_only,
     concurrent_publishers_get_dense_sequences,
     concurrent_same_key_appends_once,
+    commands_after_reads_without_a_group,
+    dedupe_keys_are_listed_until_they_expire,
+    streams_report_length_groups_and_pending,
 );
 
 mod cases {
@@ -1056,5 +1059,118 @@ mod cases {
         }
         assert_eq!(f.engine.cursor("a").await.unwrap(), cur(1, 0, 1));
         assert_eq!(f.engine.cursor("b").await.unwrap(), cur(1, 0, 1));
+    }
+
+    /// `commands_after` (what `export --commands` reads): oldest first,
+    /// exclusive of `after`, bounded by `count`, and invisible to consumer
+    /// groups (a game server still gets every command).
+    pub async fn commands_after_reads_without_a_group(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        let mut ids = Vec::new();
+        for (p, c) in [
+            ("alice", "c1"),
+            ("bob", "c1"),
+            ("alice", "c2"),
+            ("carol", "c1"),
+        ] {
+            ids.push(e.push_command(&cmd(p, c)).await.unwrap());
+        }
+        let all = e.commands_after(0, "0-0", 100).await.unwrap();
+        let got: Vec<&str> = all.iter().map(|c| c.entry_id.as_str()).collect();
+        assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(all[2].command, cmd("alice", "c2"));
+        let page = e.commands_after(0, &ids[0], 2).await.unwrap();
+        let got: Vec<&str> = page.iter().map(|c| c.entry_id.as_str()).collect();
+        assert_eq!(got, vec![ids[1].as_str(), ids[2].as_str()]);
+        assert!(e.commands_after(0, &ids[3], 10).await.unwrap().is_empty());
+        assert!(e.commands_after(0, "0-0", 0).await.unwrap().is_empty());
+        assert!(e.commands_after(0, "yesterday", 10).await.is_err());
+        assert!(e.commands_after(1, "0-0", 10).await.is_err());
+        let read = e
+            .read_commands("game", "w1", 0, 10, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 4, "exporting consumed nothing");
+    }
+
+    /// `dedupe_keys` (what `inspect player` shows): the unexpired keys of
+    /// one player only, sorted, the sample bounded.
+    pub async fn dedupe_keys_are_listed_until_they_expire(k: Kind) {
+        let limits = Limits {
+            dedupe_window: Duration::from_millis(1500),
+            ..Limits::default()
+        };
+        let f = k.with(limits).await;
+        let e = &*f.engine;
+        for key in ["k3", "k1", "k2"] {
+            e.publish(&player("a"), body("t", "{}"), Some(key))
+                .await
+                .unwrap();
+        }
+        e.publish(&player("b"), body("t", "{}"), None)
+            .await
+            .unwrap();
+        let keys = e.dedupe_keys("a", 2).await.unwrap();
+        assert_eq!(keys.count, 3);
+        assert_eq!(keys.sample, strings(&["k1", "k2"]));
+        assert!(keys.complete);
+        let none = e.dedupe_keys("b", 10).await.unwrap();
+        assert_eq!((none.count, none.sample.len()), (0, 0));
+        assert_eq!(e.dedupe_keys("nobody", 10).await.unwrap().count, 0);
+        eventually(WAIT, "the dedupe keys expire", || async {
+            (e.dedupe_keys("a", 10).await.unwrap().count == 0).then_some(())
+        })
+        .await;
+    }
+
+    /// `streams` (what `inspect streams` shows): the command stream's
+    /// length, its groups and their pending entries, oldest first.
+    pub async fn streams_report_length_groups_and_pending(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        let before = e.streams().await.unwrap();
+        let commands = before
+            .iter()
+            .find(|s| s.kind == "commands")
+            .expect("commands");
+        assert_eq!((commands.length, commands.groups.len()), (0, 0));
+        let mut ids = Vec::new();
+        for c in ["c1", "c2", "c3"] {
+            ids.push(e.push_command(&cmd("alice", c)).await.unwrap());
+        }
+        let got = e
+            .read_commands("game", "w1", 0, 2, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        let report = e.streams().await.unwrap();
+        let s = report
+            .iter()
+            .find(|s| s.kind == "commands")
+            .expect("commands");
+        assert_eq!((s.partition, s.length), (0, 3));
+        assert_eq!(s.groups.len(), 1);
+        let g = &s.groups[0];
+        assert_eq!((g.name.as_str(), g.pending), ("game", 2));
+        assert_eq!(g.last_delivered, ids[1]);
+        let pending: Vec<&str> = g
+            .oldest_pending
+            .iter()
+            .map(|p| p.entry_id.as_str())
+            .collect();
+        assert_eq!(pending, vec![ids[0].as_str(), ids[1].as_str()]);
+        e.ack_commands("game", 0, &ids[..1]).await.unwrap();
+        let report = e.streams().await.unwrap();
+        let s = report
+            .iter()
+            .find(|s| s.kind == "commands")
+            .expect("commands");
+        assert_eq!(s.groups[0].pending, 1);
+        assert_eq!(s.groups[0].oldest_pending[0].entry_id, ids[1]);
+        // Every stream is reported once; dead letters only beside a publish stream.
+        let publish = report.iter().filter(|s| s.kind == "publish").count();
+        let dead = report.iter().filter(|s| s.kind == "dead").count();
+        assert_eq!(publish, dead);
     }
 }

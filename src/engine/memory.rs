@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Account, Command, CommandEntry, Cursor, Engine, EngineError, Limits, LiveSink, Result,
+    parse_entry_id, Account, Command, CommandEntry, Cursor, DedupeKeys, Engine, EngineError,
+    GroupInfo, Limits, LiveSink, PendingEntry, Result, StreamInfo, MAX_PENDING_SHOWN,
 };
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -428,6 +429,93 @@ impl Engine for MemoryEngine {
             }
         }
         Ok(out)
+    }
+
+    async fn commands_after(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        only_partition(partition)?;
+        let after = parse_entry_id(after).ok_or(EngineError::Rejected(
+            "a command entry id must look like <ms>-<n>",
+        ))?;
+        let st = self.lock();
+        Ok(st
+            .commands
+            .entries
+            .values()
+            .filter(|e| parse_entry_id(&e.entry_id).is_some_and(|id| id > after))
+            .take(count)
+            .cloned()
+            .collect())
+    }
+
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut keys: Vec<&String> = st
+            .players
+            .get(player)
+            .map(|l| {
+                l.dedupe
+                    .iter()
+                    .filter(|(_, (_, until))| *until > now)
+                    .map(|(k, _)| k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort_unstable();
+        Ok(DedupeKeys {
+            count: keys.len() as u64,
+            sample: keys.into_iter().take(limit).cloned().collect(),
+            complete: true,
+        })
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamInfo>> {
+        let now = Instant::now();
+        let st = self.lock();
+        let log = &st.commands;
+        let mut groups: Vec<GroupInfo> = log
+            .groups
+            .iter()
+            .map(|(name, g)| GroupInfo {
+                name: name.clone(),
+                pending: g.pending.len() as u64,
+                last_delivered: g
+                    .next
+                    .checked_sub(1)
+                    .and_then(|k| log.entries.get(&k))
+                    .map_or_else(|| "0-0".to_string(), |e| e.entry_id.clone()),
+                lag: Some(log.entries.range(g.next..).count() as u64),
+                consumers: Vec::new(),
+                oldest_pending: g
+                    .pending
+                    .iter()
+                    .take(MAX_PENDING_SHOWN)
+                    .map(|(k, at)| PendingEntry {
+                        entry_id: log
+                            .entries
+                            .get(k)
+                            .map_or_else(|| format!("0-{k}"), |e| e.entry_id.clone()),
+                        consumer: String::new(),
+                        idle_ms: u64::try_from(now.duration_since(*at).as_millis())
+                            .unwrap_or(u64::MAX),
+                        deliveries: 1,
+                    })
+                    .collect(),
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vec![StreamInfo {
+            name: "mythos:commands".into(),
+            kind: "commands".into(),
+            partition: 0,
+            length: log.entries.len() as u64,
+            groups,
+        }])
     }
 
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {

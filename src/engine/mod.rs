@@ -139,6 +139,16 @@ pub struct Command {
     pub payload: String,
 }
 
+/// A stream entry id `<ms>-<n>` as its two numbers (how streams order them).
+pub fn parse_entry_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, n) = id.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(n) {
+        return None;
+    }
+    Some((ms.parse().ok()?, n.parse().ok()?))
+}
+
 /// A command read back from the stream by a game server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandEntry {
@@ -154,6 +164,74 @@ pub struct Account {
     /// `player`, `service` or `admin`.
     pub role: String,
 }
+
+/// The publish dedupe keys a player's log holds now (for `inspect player`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct DedupeKeys {
+    /// How many were found.
+    pub count: u64,
+    /// Up to the asked limit of them, sorted.
+    pub sample: Vec<String>,
+    /// False when the search stopped at its bound before seeing every key
+    /// (`count` is then a lower bound).
+    pub complete: bool,
+}
+
+/// One stream an operator looks at: a partition of `mythos:commands` or
+/// `mythos:publish`, or a dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StreamInfo {
+    /// The key (`mythos:commands`, `mythos:publish:{1.3}`, ...).
+    pub name: String,
+    /// `commands`, `publish` or `dead`.
+    pub kind: String,
+    /// The partition number.
+    pub partition: usize,
+    /// Entries in the stream (`XLEN`).
+    pub length: u64,
+    /// Its consumer groups, by name.
+    pub groups: Vec<GroupInfo>,
+}
+
+/// A consumer group of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupInfo {
+    pub name: String,
+    /// Entries handed out and not acknowledged.
+    pub pending: u64,
+    /// The last entry id handed out.
+    pub last_delivered: String,
+    /// Entries not yet handed out, when the store knows (`XINFO GROUPS` lag).
+    pub lag: Option<u64>,
+    /// The group's consumers (the memory engine does not track them: empty).
+    pub consumers: Vec<ConsumerInfo>,
+    /// The oldest pending entries, at most [`MAX_PENDING_SHOWN`].
+    pub oldest_pending: Vec<PendingEntry>,
+}
+
+/// A consumer of a group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    /// Since its last read, in milliseconds.
+    pub idle_ms: u64,
+}
+
+/// An entry handed out and not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingEntry {
+    pub entry_id: String,
+    /// Who holds it (empty where the engine does not track consumers).
+    pub consumer: String,
+    /// Since it was last handed out, in milliseconds.
+    pub idle_ms: u64,
+    /// How many times it was handed out.
+    pub deliveries: u64,
+}
+
+/// Most pending entries [`Engine::streams`] lists per group.
+pub const MAX_PENDING_SHOWN: usize = 20;
 
 /// About how many commands the upstream stream keeps (Redis trims with
 /// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
@@ -221,6 +299,26 @@ pub trait Engine: Send + Sync + 'static {
         count: usize,
         block: Duration,
     ) -> Result<Vec<CommandEntry>>;
+
+    /// Up to `count` commands of `partition` whose entry id comes after
+    /// `after` (`<ms>-<n>`, compared as Redis compares stream ids; `0-0`:
+    /// from the oldest kept), oldest first, without any consumer group
+    /// (`XRANGE`): for exporting. A malformed `after` is refused.
+    async fn commands_after(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>>;
+
+    /// The publish dedupe keys `player`'s log holds now (unexpired), with
+    /// up to `limit` of them listed.
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys>;
+
+    /// Every stream of the store an operator watches: each command
+    /// partition, each publish partition and its dead letters (the memory
+    /// engine has the one command stream), with groups and pending entries.
+    async fn streams(&self) -> Result<Vec<StreamInfo>>;
 
     /// Marks commands of `partition` as processed by `group`.
     async fn ack_commands(&self, group: &str, partition: usize, entry_ids: &[String])

@@ -28,6 +28,7 @@
 mod conn;
 mod consumer;
 mod decode;
+mod info;
 mod ingest;
 mod keys;
 mod lanes;
@@ -52,8 +53,8 @@ use self::consumer::Group;
 use self::decode::{command_of, cursor_of, event_of};
 pub use self::scripts::Scripts;
 use super::{
-    Account, Command, CommandEntry, Cursor, Engine, EngineError, IngestExit, IngestOptions, Limits,
-    LiveSink, Result,
+    parse_entry_id, Account, Command, CommandEntry, Cursor, DedupeKeys, Engine, EngineError,
+    IngestExit, IngestOptions, Limits, LiveSink, Result, StreamInfo,
 };
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -674,6 +675,46 @@ impl Engine for RedisEngine {
             cursor = next;
         }
         Ok(out)
+    }
+
+    async fn commands_after(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        let stream = self.commands(partition)?;
+        let (ms, n) = parse_entry_id(after).ok_or(EngineError::Rejected(
+            "a command entry id must look like <ms>-<n>",
+        ))?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let v: Value = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("({ms}-{n}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.shared().await?)
+            .await?;
+        stream::entries(v)?
+            .into_iter()
+            .filter_map(|e| command_of(e).transpose())
+            .collect()
+    }
+
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys> {
+        info::dedupe_keys(&self.conns, player, limit).await
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamInfo>> {
+        info::streams(
+            &self.conns,
+            self.options.command_partitions,
+            self.options.publish_partitions,
+        )
+        .await
     }
 
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {

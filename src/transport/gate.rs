@@ -26,6 +26,8 @@ pub struct Gate {
 struct Counts {
     total: usize,
     per_player: HashMap<String, usize>,
+    /// Open connections by (player, transport), for `inspect player`.
+    by_transport: HashMap<(String, &'static str), usize>,
 }
 
 /// A place taken by one open connection; freed on drop.
@@ -33,6 +35,7 @@ struct Counts {
 pub struct Pass {
     gate: Arc<Gate>,
     player: String,
+    transport: &'static str,
 }
 
 impl Gate {
@@ -49,8 +52,13 @@ impl Gate {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a place for a connection of `player`, or says why not.
-    pub fn admit(self: &Arc<Self>, player: &str) -> Result<Pass, ApiError> {
+    /// Takes a place for a connection of `player` over `transport` (`sse`,
+    /// `websocket`), or says why not.
+    pub fn admit(
+        self: &Arc<Self>,
+        player: &str,
+        transport: &'static str,
+    ) -> Result<Pass, ApiError> {
         let mut c = self.counts();
         if c.total >= self.max_total {
             metrics::counter!("mythos_connections_refused_total", "reason" => "node").increment(1);
@@ -70,15 +78,29 @@ impl Gate {
         }
         c.total += 1;
         c.per_player.insert(player.to_string(), mine + 1);
+        *c.by_transport
+            .entry((player.to_string(), transport))
+            .or_default() += 1;
         Ok(Pass {
             gate: self.clone(),
             player: player.to_string(),
+            transport,
         })
     }
 
     /// Open connections on this node.
     pub fn open(&self) -> usize {
         self.counts().total
+    }
+
+    /// `player`'s open connections on this node, by transport.
+    pub fn of_player(&self, player: &str) -> std::collections::BTreeMap<String, u64> {
+        self.counts()
+            .by_transport
+            .iter()
+            .filter(|((p, _), _)| p == player)
+            .map(|((_, t), n)| (t.to_string(), *n as u64))
+            .collect()
     }
 }
 
@@ -90,6 +112,13 @@ impl Drop for Pass {
             *n -= 1;
             if *n == 0 {
                 c.per_player.remove(&self.player);
+            }
+        }
+        let key = (std::mem::take(&mut self.player), self.transport);
+        if let Some(n) = c.by_transport.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_transport.remove(&key);
             }
         }
     }
@@ -110,22 +139,31 @@ mod tests {
     #[test]
     fn caps_per_player_and_per_node() {
         let g = Gate::new(3, 2);
-        let a1 = g.admit("a").expect("a1");
-        let a2 = g.admit("a").expect("a2");
-        let e = g.admit("a").expect_err("a3 over the player cap");
+        let a1 = g.admit("a", "sse").expect("a1");
+        let a2 = g.admit("a", "sse").expect("a2");
+        let e = g.admit("a", "sse").expect_err("a3 over the player cap");
         assert_eq!((e.status.as_u16(), e.code), (429, "too_many_connections"));
-        let _b1 = g.admit("b").expect("b1");
+        let _b1 = g.admit("b", "sse").expect("b1");
         assert_eq!(
-            g.admit("c").expect_err("over the node cap").status.as_u16(),
+            g.admit("c", "sse")
+                .expect_err("over the node cap")
+                .status
+                .as_u16(),
             429
         );
         drop(a1);
-        let _c1 = g.admit("c").expect("a place was freed");
+        let _c1 = g.admit("c", "sse").expect("a place was freed");
         drop(a2);
         assert_eq!(g.open(), 2);
         assert!(
             !g.counts().per_player.contains_key("a"),
             "no entry left behind"
         );
+        let _w = g.admit("c", "websocket").expect("c2");
+        assert_eq!(
+            g.of_player("c"),
+            [("sse".to_string(), 1), ("websocket".to_string(), 1)].into()
+        );
+        assert!(g.counts().by_transport.keys().all(|(p, _)| p != "a"));
     }
 }

@@ -53,7 +53,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         (None, None) => ResumePoint::Acked,
     };
     let player = p.player_id.clone();
-    let pass = app.gate.admit(&player)?;
+    let pass = app.gate.admit(&player, "sse")?;
     let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
     let feed = opened.feed;
     let mut first = String::from("retry: 1000\n\n");

@@ -92,7 +92,7 @@ pub async fn open(
         )
     })?;
     let player = principal.player_id.clone();
-    let pass = app.gate.admit(&player)?;
+    let pass = app.gate.admit(&player, "websocket")?;
     let point = since.map_or(ResumePoint::Acked, ResumePoint::After);
     let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
     let session_id = session_id();

@@ -1,5 +1,6 @@
 //! The `mythos-broker` command: run a node (`serve`, the default), run it with
-//! the demo world (`demo`), or manage accounts (`user add`).
+//! the demo world (`demo`), manage accounts (`user add`), or record,
+//! replay and inspect (`export`, `replay`, `inspect`, in [`tools`]).
 //!
 //! Owns: process concerns — parsing configuration, logging, signals, exit
 //! codes (2 for a bad setting or usage). Must not touch: broker logic. The
@@ -7,6 +8,7 @@
 //! broker and can reach only the library's public API.
 
 mod demo;
+mod tools;
 
 use std::io::BufRead;
 use std::process::ExitCode;
@@ -48,7 +50,17 @@ async fn main() -> ExitCode {
     if matches!(cli.command, Some(Cmd::Demo)) {
         config.dev = true;
     }
-    if let Err(msg) = config.validate() {
+    let tool = cli.command.as_ref().is_some_and(Cmd::is_tool);
+    let checked = if tool && config.jwt_secret.is_none() {
+        // A tool needs no secret of its own (`--url` with `--token`, or
+        // reading Redis): check every other setting.
+        let mut c = config.clone();
+        c.dev = true;
+        c.validate()
+    } else {
+        config.validate()
+    };
+    if let Err(msg) = checked {
         return usage_error(&msg);
     }
     tracing_subscriber::fmt()
@@ -64,6 +76,15 @@ async fn main() -> ExitCode {
         Cmd::Serve => serve(config, false).await,
         Cmd::Demo => serve(config, true).await,
         Cmd::User(UserCmd::Add { name, role }) => user_add(config, &name, &role).await,
+        Cmd::Export(args) => tools::export(config, args)
+            .await
+            .map_or_else(|e| e.exit(), |()| ExitCode::SUCCESS),
+        Cmd::Replay(args) => tools::replay(config, args)
+            .await
+            .map_or_else(|e| e.exit(), |()| ExitCode::SUCCESS),
+        Cmd::Inspect(cmd) => tools::inspect(config, cmd)
+            .await
+            .map_or_else(|e| e.exit(), |()| ExitCode::SUCCESS),
     }
 }
 

@@ -119,10 +119,28 @@ impl Conns {
         })
     }
 
+    /// Runs `cmd` (one that names no key, such as `SCAN`) on the server that
+    /// holds `key`: on a cluster, the master of its slot.
+    pub async fn on_master_of(&self, key: &str, cmd: &Cmd) -> Result<Value> {
+        match self {
+            Conns::Single { .. } => Ok(cmd.query_async(&mut self.shared().await?).await?),
+            Conns::Cluster { shared, .. } => {
+                let route = redis::cluster_routing::Route::with_key(
+                    key,
+                    redis::cluster_routing::SlotAddr::Master,
+                );
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                Ok(shared.clone().route_command(cmd.clone(), routing).await?)
+            }
+        }
+    }
+
     /// A connection of its own, for commands that block on the server.
     pub async fn own(&self) -> Result<Own> {
         Ok(match self {
-            Conns::Single { pool, .. } => Own::new(Pooled::Single(pool.get().await.map_err(pool_err)?)),
+            Conns::Single { pool, .. } => {
+                Own::new(Pooled::Single(pool.get().await.map_err(pool_err)?))
+            }
             Conns::Cluster { pool, .. } => {
                 Own::new(Pooled::Cluster(pool.get().await.map_err(pool_err)?))
             }

@@ -1,0 +1,217 @@
+//! The admin read endpoints behind `export` and `inspect --url`:
+//! `GET /v1/admin/players/{P}`, `GET /v1/admin/players/{P}/events`,
+//! `GET /v1/admin/commands`, `GET /v1/admin/streams` (admin role only).
+//!
+//! Owns: each endpoint's checks (role, ids, query parameters with bounded
+//! page sizes) and answer. Must not touch: routing (`server`), storage
+//! semantics (every read is an [`Engine`](crate::engine::Engine) call), and
+//! anything that writes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use warp::http::StatusCode;
+
+use crate::api::{json_reply, Answer};
+use crate::auth::{Principal, Role};
+use crate::engine::{parse_entry_id, CommandEntry};
+use crate::error::ApiError;
+use crate::protocol::check_id;
+use crate::state::App;
+use crate::tools::inspect::{self, InspectError};
+use crate::tools::recording::line_of;
+
+/// Default and largest page of events or commands.
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = crate::tools::PAGE;
+
+type Query = HashMap<String, String>;
+
+/// Refuses parameters other than `allowed`, naming the first.
+fn only(q: &Query, allowed: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&String> = q
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
+    unknown.sort();
+    match unknown.first() {
+        Some(k) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "unknown query parameter `{}` (allowed: {})",
+                k.chars().take(64).collect::<String>(),
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A non-negative integer parameter, or its default.
+fn number(q: &Query, name: &str, default: u64) -> Result<u64, ApiError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                format!("`{name}` must be a non-negative whole number"),
+            )
+        }),
+    }
+}
+
+/// The `limit` parameter: 1 to [`MAX_LIMIT`].
+fn limit(q: &Query) -> Result<usize, ApiError> {
+    let n = number(q, "limit", DEFAULT_LIMIT as u64)?;
+    if n == 0 || n > MAX_LIMIT as u64 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("`limit` must be from 1 to {MAX_LIMIT}"),
+        ));
+    }
+    Ok(n as usize)
+}
+
+fn ok<T: Serialize>(v: &T) -> Answer {
+    Ok(json_reply(StatusCode::OK, v))
+}
+
+/// `GET /v1/admin/players/{P}`: the inspect report, with this node's
+/// connections of the player.
+pub async fn player(app: Arc<App>, p: Principal, player: String, q: Query) -> Answer {
+    p.require(&[Role::Admin])?;
+    check_id("player id", &player)?;
+    only(&q, &[])?;
+    let mut nodes = BTreeMap::new();
+    nodes.insert(app.config.node_name(), app.gate.of_player(&player));
+    match inspect::player(app.engine.as_ref(), &player, Some(nodes)).await {
+        Ok(r) => ok(&r),
+        Err(InspectError::UnknownPlayer(_)) => Err(unknown_player(&player)),
+        Err(InspectError::Engine(e)) => Err(e.into()),
+    }
+}
+
+fn unknown_player(player: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_player",
+        format!("nothing was ever published to `{player}` and they are in no room"),
+    )
+}
+
+/// `GET /v1/admin/players/{P}/events?after=N&limit=M`: up to `limit`
+/// retained events after `after`, each the envelope as SSE delivers it.
+pub async fn events(app: Arc<App>, p: Principal, player: String, q: Query) -> Answer {
+    p.require(&[Role::Admin])?;
+    check_id("player id", &player)?;
+    only(&q, &["after", "limit"])?;
+    let after = number(&q, "after", 0)?;
+    let limit = limit(&q)?;
+    let c = app.engine.cursor(&player).await?;
+    let evs = app.engine.read(&player, after, limit).await?;
+    let mut lines = Vec::with_capacity(evs.len());
+    for e in &evs {
+        let line = RawValue::from_string(line_of(&player, e))
+            .map_err(|_| ApiError::internal("an event did not serialise"))?;
+        lines.push(line);
+    }
+    let next_after = match evs.last() {
+        Some(e) if evs.len() == limit && e.sequence_number < c.last => Some(e.sequence_number),
+        _ => None,
+    };
+    #[derive(Serialize)]
+    struct Page {
+        player_id: String,
+        last_sequence_number: u64,
+        acked: u64,
+        oldest_available: u64,
+        events: Vec<Box<RawValue>>,
+        next_after: Option<u64>,
+    }
+    ok(&Page {
+        player_id: player,
+        last_sequence_number: c.last,
+        acked: c.acked,
+        oldest_available: c.oldest,
+        events: lines,
+        next_after,
+    })
+}
+
+/// One command as `export --commands` and the API show it: the entry, its
+/// partition, and the client's message as JSON (text if it is not JSON).
+#[derive(Debug, Serialize)]
+pub(crate) struct CommandLine {
+    pub entry_id: String,
+    pub partition: usize,
+    pub player_id: String,
+    pub session_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub payload: serde_json::Value,
+}
+
+impl CommandLine {
+    pub fn new(partition: usize, e: CommandEntry) -> Self {
+        let c = e.command;
+        Self {
+            payload: serde_json::from_str(&c.payload)
+                .unwrap_or(serde_json::Value::String(c.payload)),
+            entry_id: e.entry_id,
+            partition,
+            player_id: c.player_id,
+            session_id: c.session_id,
+            kind: c.kind,
+            id: c.id,
+        }
+    }
+}
+
+/// `GET /v1/admin/commands?partition=I&after=ID&limit=M`: up to `limit`
+/// commands of partition `I` after entry id `ID` (default `0-0`).
+pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
+    p.require(&[Role::Admin])?;
+    only(&q, &["partition", "after", "limit"])?;
+    let partitions = app.engine.command_partitions();
+    let partition = number(&q, "partition", 0)?;
+    if partition >= partitions as u64 {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`partition` must be below {partitions} (MYTHOS_COMMAND_PARTITIONS)"),
+        ));
+    }
+    let partition = partition as usize;
+    let after = q.get("after").map_or("0-0", String::as_str);
+    if parse_entry_id(after).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`after` must be a stream entry id like 1700000000000-0",
+        ));
+    }
+    let limit = limit(&q)?;
+    let entries = app.engine.commands_after(partition, after, limit).await?;
+    let next_after = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.entry_id.clone()))
+        .flatten();
+    let commands: Vec<CommandLine> = entries
+        .into_iter()
+        .map(|e| CommandLine::new(partition, e))
+        .collect();
+    ok(&serde_json::json!({
+        "partitions": partitions,
+        "partition": partition,
+        "commands": commands,
+        "next_after": next_after,
+    }))
+}
+
+/// `GET /v1/admin/streams`: the streams report.
+pub async fn streams(app: Arc<App>, p: Principal, q: Query) -> Answer {
+    p.require(&[Role::Admin])?;
+    only(&q, &[])?;
+    ok(&inspect::streams(app.engine.as_ref()).await?)
+}
