@@ -447,6 +447,24 @@ impl Engine for Flaky {
             .claim_commands(group, consumer, partition, min_idle, count)
             .await
     }
+    async fn commands_after(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        self.inner.commands_after(partition, after, count).await
+    }
+    async fn dedupe_keys(
+        &self,
+        player: &str,
+        limit: usize,
+    ) -> Result<mythos_broker::engine::DedupeKeys> {
+        self.inner.dedupe_keys(player, limit).await
+    }
+    async fn streams(&self) -> Result<Vec<mythos_broker::engine::StreamInfo>> {
+        self.inner.streams().await
+    }
     async fn watch(&self, player: &str) -> Result<()> {
         self.inner.watch(player).await
     }

@@ -60,6 +60,23 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        let bytes = self.send_raw(method, path, body).await?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// `GET path`: the 2xx answer's bytes, untouched (the text of the
+    /// envelopes in it keeps its field order).
+    pub async fn get_raw(&self, path: &str) -> Result<Bytes, ClientError> {
+        self.send_raw(Method::GET, path, None).await
+    }
+
+    /// One request; a 2xx answer's body, or the error the broker gave.
+    async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Bytes, ClientError> {
         let unreachable = |message: String| ClientError::Unreachable {
             base: self.base.clone(),
             message,
@@ -83,8 +100,8 @@ impl ApiClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             return Err(ClientError::Refused {
                 status,
                 code: v["error"]["code"].as_str().unwrap_or("").to_string(),
@@ -94,7 +111,7 @@ impl ApiClient {
                     .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect()),
             });
         }
-        Ok(v)
+        Ok(bytes)
     }
 }
 

@@ -68,7 +68,7 @@ fn write_failed(e: std::io::Error) -> ToolError {
 /// Where a tool reads and publishes.
 enum Source {
     Engine(Arc<App>),
-    Api(ApiClient),
+    Api(Box<ApiClient>),
 }
 
 async fn source(config: Config, remote: &Remote) -> Result<Source, ToolError> {
@@ -93,7 +93,7 @@ async fn source(config: Config, remote: &Remote) -> Result<Source, ToolError> {
                 ))
             }
         };
-        return Ok(Source::Api(ApiClient::new(url, token)));
+        return Ok(Source::Api(Box::new(ApiClient::new(url, token))));
     }
     if config.redis_options().is_none() {
         return Err(ToolError::Usage(
@@ -196,36 +196,29 @@ async fn export_events(src: &Source, player: &str, from: u64, to: u64) -> Result
                 (lines, c.oldest, more)
             }
             Source::Api(api) => {
-                let page = api
-                    .get(&format!(
+                let raw = api
+                    .get_raw(&format!(
                         "/v1/admin/players/{player}/events?after={after}&limit={PAGE}"
                     ))
-                    .await;
-                let page = match page {
-                    Ok(p) => p,
-                    Err(ClientError::Refused { status, .. }) if status.as_u16() == 404 && first => {
-                        // The events endpoint answers any valid id; the
-                        // player's report says whether it is known.
-                        return Err(unknown_player(player));
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                if first && page["last_sequence_number"].as_u64() == Some(0) {
+                    .await?;
+                let page: EventsPage = serde_json::from_slice(&raw).map_err(|e| {
+                    ToolError::Failed(format!("the broker's page did not parse: {e}"))
+                })?;
+                if first && page.last_sequence_number == 0 {
                     match api.get(&format!("/v1/admin/players/{player}")).await {
                         Err(e) if is_unknown_player(&e) => return Err(unknown_player(player)),
                         Err(e) => return Err(e.into()),
                         Ok(_) => {}
                     }
                 }
-                let empty = Vec::new();
-                let lines = page["events"]
-                    .as_array()
-                    .unwrap_or(&empty)
-                    .iter()
-                    .map(|e| (e["sequence_number"].as_u64().unwrap_or(0), e.to_string()))
-                    .collect();
-                let oldest = page["oldest_available"].as_u64().unwrap_or(0);
-                (lines, oldest, !page["next_after"].is_null())
+                let mut lines = Vec::with_capacity(page.events.len());
+                for e in page.events {
+                    let seq: Seq = serde_json::from_str(e.get()).map_err(|e| {
+                        ToolError::Failed(format!("an event of the page did not parse: {e}"))
+                    })?;
+                    lines.push((seq.sequence_number, e.get().to_string()));
+                }
+                (lines, page.oldest_available, page.next_after.is_some())
             }
         };
         if first && from < oldest && from > 1 {
@@ -246,6 +239,20 @@ async fn export_events(src: &Source, player: &str, from: u64, to: u64) -> Result
             return out.flush().map_err(write_failed);
         }
     }
+}
+
+/// A page of `GET /v1/admin/players/{P}/events`, its envelopes as sent.
+#[derive(serde::Deserialize)]
+struct EventsPage {
+    last_sequence_number: u64,
+    oldest_available: u64,
+    events: Vec<Box<serde_json::value::RawValue>>,
+    next_after: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct Seq {
+    sequence_number: u64,
 }
 
 /// The exclusive start entry id of `--since`.
@@ -353,7 +360,7 @@ pub async fn replay(config: Config, args: ReplayArgs) -> Result<(), ToolError> {
             };
             replay::run(&p, &events, &args.to_player, speed).await
         }
-        Source::Api(api) => replay::run(api, &events, &args.to_player, speed).await,
+        Source::Api(api) => replay::run(api.as_ref(), &events, &args.to_player, speed).await,
     };
     let outcome = outcome.map_err(|e| match e {
         ReplayError::Failed { .. } => ToolError::Failed(e.to_string()),
