@@ -215,3 +215,39 @@ pub async fn streams(app: Arc<App>, p: Principal, q: Query) -> Answer {
     only(&q, &[])?;
     ok(&inspect::streams(app.engine.as_ref()).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any query: an answer within bounds or a 400, never a panic.
+        #[test]
+        fn query_parameters_are_bounded(
+            pairs in proptest::collection::hash_map("[a-z]{1,8}", "\\PC{0,30}", 0..5),
+        ) {
+            let q: Query = pairs;
+            match limit(&q) {
+                Ok(n) => prop_assert!((1..=MAX_LIMIT).contains(&n)),
+                Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
+            }
+            if let Err(e) = number(&q, "after", 0) {
+                prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+            if let Err(e) = only(&q, &["after", "limit"]) {
+                prop_assert!(e.message.len() < 200, "the message stays short");
+            }
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let q = |k: &str, v: &str| Query::from([(k.to_string(), v.to_string())]);
+        assert_eq!(limit(&Query::new()).ok(), Some(DEFAULT_LIMIT));
+        assert_eq!(limit(&q("limit", "1000")).ok(), Some(1000));
+        assert!(limit(&q("limit", "1001")).is_err());
+        assert!(limit(&q("limit", "0")).is_err());
+        assert!(only(&q("x", "1"), &["limit"]).is_err());
+    }
+}

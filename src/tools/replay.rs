@@ -230,6 +230,20 @@ mod tests {
         assert_eq!(plan(&evs, "q", Speed::Max)[1].id, "replay:alice:5");
     }
 
+    proptest::proptest! {
+        /// Any recorded clock (even going backwards): steps never go back
+        /// in time, and ids follow the recorded sequence numbers.
+        #[test]
+        fn plans_are_monotonic(times in proptest::collection::vec(0u64..u64::MAX / 2, 0..50), f in 1u32..100) {
+            let evs: Vec<RecordedEvent> = times.iter().enumerate().map(|(i, t)| ev(i as u64 + 1, *t)).collect();
+            let steps = plan(&evs, "q", Speed::Times(f));
+            proptest::prop_assert!(steps.windows(2).all(|w| w[0].at <= w[1].at));
+            for (s, e) in steps.iter().zip(&evs) {
+                proptest::prop_assert_eq!(&s.id, &format!("replay:alice:{}", e.sequence_number));
+            }
+        }
+    }
+
     #[test]
     fn speeds_parse() {
         assert_eq!("max".parse::<Speed>(), Ok(Speed::Max));

@@ -1,0 +1,218 @@
+//! `bench-replay`: how fast `mythos-broker replay --speed max` publishes a
+//! recording (issue 12), next to the raw Redis ceiling for the same work,
+//! measured in one run.
+//!
+//! Starts its own `redis-server` (no persistence) on a free port, writes a
+//! recording of `--events` events (100 000 by default) to a temporary file,
+//! reads it back as the command does, and replays it through the same code
+//! (`tools::replay::run` with the engine publisher) into a fresh player: (a)
+//! on the Redis engine, (b) on the embedded engine. A replay is one publish
+//! at a time, in order (a player's sequence numbers follow the recording),
+//! so the ceiling is `redis-benchmark -c 1 -P 1` running `EVALSHA` of the
+//! same `append.lua` with the same keys (events, meta, a dedupe key per
+//! event) and arguments: one script call in flight, as in the replay. Must
+//! not touch: any Redis it did not start.
+//!
+//! `cargo run --release --bin bench-replay -- [--events N]`
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use mythos_broker::engine::memory::MemoryEngine;
+use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
+use mythos_broker::engine::{Engine, Limits};
+use mythos_broker::hub::Hub;
+use mythos_broker::protocol::{now_rfc3339, Event, EventBody};
+use mythos_broker::tools::recording::{self, line_of};
+use mythos_broker::tools::replay::{self, EnginePublisher, Speed};
+use serde_json::value::RawValue;
+
+#[derive(Parser)]
+#[command(about = "replay --speed max throughput vs the raw Redis ceiling")]
+struct Args {
+    /// Events in the recording.
+    #[arg(long, default_value = "100000")]
+    events: u64,
+}
+
+const DATA: &str =
+    r#"{"text":"The innkeeper polishes a glass and eyes you warily.","from":"innkeeper","n":1}"#;
+
+struct Server(Child, u16, std::path::PathBuf);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.2);
+    }
+}
+
+fn start_redis() -> Result<Server, String> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let dir = std::env::temp_dir().join(format!("mythos-bench-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
+    let server = Server(child, port, dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("redis-server did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// Writes a recording of `n` events of `player` (10 ms apart) to `path`.
+fn write_recording(path: &std::path::Path, n: u64) -> Result<(), String> {
+    let f = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut w = std::io::BufWriter::new(f);
+    let data = RawValue::from_string(DATA.to_string()).map_err(|e| e.to_string())?;
+    let base = EventBody::now("chat_message", data, Some("tavern".into()), None);
+    for seq in 1..=n {
+        let ms = seq * 10;
+        let body = EventBody {
+            timestamp: format!(
+                "2026-11-23T10:{:02}:{:02}.{:03}Z",
+                (ms / 60_000) % 60,
+                (ms / 1000) % 60,
+                ms % 1000
+            ),
+            ..base.clone()
+        };
+        let ev = Event {
+            sequence_number: seq,
+            body: Arc::new(body),
+        };
+        writeln!(w, "{}", line_of("alice", &ev)).map_err(|e| e.to_string())?;
+    }
+    w.flush().map_err(|e| e.to_string())
+}
+
+/// `redis-benchmark -c 1 -P 1`: EVALSHA of append.lua for one player with a
+/// fresh dedupe key per call, as a replay's publish makes; calls/s.
+fn ceiling(port: u16, sha: &str, n: u64) -> Result<f64, String> {
+    let ts = now_rfc3339();
+    let cmd: Vec<String> = [
+        "EVALSHA",
+        sha,
+        "3",
+        "mythos:player:{ceiling}:events",
+        "mythos:player:{ceiling}:meta",
+        "mythos:player:{ceiling}:dedupe:replay:alice:__rand_int__",
+        "1",
+        "86400000",
+        "10000",
+        "604800000",
+        "ri",
+        "chat_message",
+        &ts,
+        DATA,
+        "tavern",
+        "replay:alice:1",
+        "PUBLISH",
+        "ceiling",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .args([
+            "-P",
+            "1",
+            "-c",
+            "1",
+            "-n",
+            &n.to_string(),
+            "-r",
+            "1000000000",
+        ])
+        .args(&cmd)
+        .output()
+        .map_err(|e| format!("redis-benchmark: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    text.lines()
+        .filter_map(|l| l.split(" requests per second").next()?.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .next_back()
+        .ok_or_else(|| format!("unreadable redis-benchmark output: {text}"))
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = bench(Args::parse()).await {
+        eprintln!("bench-replay: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn bench(a: Args) -> Result<(), String> {
+    let server = start_redis()?;
+    let url = format!("redis://127.0.0.1:{}", server.1);
+    let file = server.2.join("recording.jsonl");
+    write_recording(&file, a.events)?;
+    let t0 = Instant::now();
+    let f = std::fs::File::open(&file).map_err(|e| e.to_string())?;
+    let events = recording::read(std::io::BufReader::new(f)).map_err(|e| e.to_string())?;
+    let parse_s = t0.elapsed().as_secs_f64();
+
+    let hub = Hub::new(1024);
+    let redis = RedisEngine::connect(&RedisOptions::single(&url), Limits::default(), hub.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let sha = redis.scripts().append.get_hash().to_string();
+    let max = 65536;
+    let run = |engine: Arc<dyn Engine>, to: &'static str| {
+        let events = &events;
+        async move {
+            let p = EnginePublisher {
+                engine: engine.as_ref(),
+                max_event_bytes: max,
+            };
+            let out = replay::run(&p, events, to, Speed::Max)
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = out.sequence_numbers.len() as u64;
+            let dense = out.sequence_numbers.iter().copied().eq(1..=n);
+            if n != events.len() as u64 || !dense {
+                return Err(format!(
+                    "{to}: the replay's sequence numbers are not 1..={n}"
+                ));
+            }
+            Ok::<f64, String>(n as f64 / out.elapsed.as_secs_f64())
+        }
+    };
+    let on_redis = run(redis.clone(), "bench-redis").await?;
+    let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Limits::default(), hub));
+    let on_memory = run(memory, "bench-memory").await?;
+    let ceil = ceiling(server.1, &sha, a.events)?;
+    println!(
+        "recording: {} events, read and checked in {parse_s:.2} s",
+        events.len()
+    );
+    println!("| path | events/s | ratio to ceiling |");
+    println!("|---|---|---|");
+    println!(
+        "| replay --speed max, Redis engine | {on_redis:.0} | {:.2} |",
+        on_redis / ceil
+    );
+    println!("| replay --speed max, embedded engine | {on_memory:.0} | - |");
+    println!("| ceiling: redis-benchmark -c 1 -P 1 EVALSHA append.lua | {ceil:.0} | 1.00 |");
+    Ok(())
+}
