@@ -118,10 +118,15 @@ async fn export_replay_inspect(kind: Kind) {
     let url = node.base.clone();
     let parts = partitions.to_string();
     let remote: Vec<(&str, &str)> = vec![("MYTHOS_JWT_SECRET", SECRET)];
-    let redis_url = node.redis.as_ref().map(|r| r.url());
-    let direct: Option<Vec<(&str, &str)>> = redis_url.as_deref().map(|u| {
+    // The store directly: one Redis, or the cluster's seeds.
+    let store: Option<(&str, String)> = match (&node.redis, &node.lease) {
+        (Some(r), _) => Some(("MYTHOS_REDIS_URL", r.url())),
+        (None, Some(l)) => Some(("MYTHOS_REDIS_CLUSTER", l.seeds.clone())),
+        (None, None) => None,
+    };
+    let direct: Option<Vec<(&str, &str)>> = store.as_ref().map(|(k, v)| {
         vec![
-            ("MYTHOS_REDIS_URL", u),
+            (*k, v.as_str()),
             ("MYTHOS_COMMAND_PARTITIONS", parts.as_str()),
             ("MYTHOS_REDIS_CONNECT_TIMEOUT", "5s"),
         ]
@@ -374,6 +379,15 @@ async fn export_replay_inspect(kind: Kind) {
 type Shape = (String, u64, Vec<(String, u64)>);
 
 on_both_engines!(export_replay_inspect);
+
+/// The same on a Redis Cluster (3 masters with a replica each): the store
+/// directly is `MYTHOS_REDIS_CLUSTER`.
+mod cluster {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn export_replay_inspect() {
+        super::export_replay_inspect(super::Kind::Cluster).await
+    }
+}
 
 /// A recording with a malformed third line: exit 2 naming line 3, and
 /// nothing of it is published.
