@@ -203,7 +203,7 @@ pub struct GroupInfo {
     pub last_delivered: String,
     /// Entries not yet handed out, when the store knows (`XINFO GROUPS` lag).
     pub lag: Option<u64>,
-    /// The group's consumers (the memory engine does not track them: empty).
+    /// The group's consumers, at most 100 (the memory engine does not track them: empty).
     pub consumers: Vec<ConsumerInfo>,
     /// The oldest pending entries, at most [`MAX_PENDING_SHOWN`].
     pub oldest_pending: Vec<PendingEntry>,

@@ -20,8 +20,9 @@ use crate::engine::{
 /// Most `SCAN` calls one dedupe-key count makes (each looks at ~1000 keys);
 /// past it the count is reported as incomplete.
 const MAX_SCAN_CALLS: usize = 200;
-/// Most consumer groups listed per stream.
+/// Most consumer groups listed per stream, and consumers per group.
 const MAX_GROUPS: usize = 100;
+const MAX_CONSUMERS: usize = 100;
 
 fn corrupt(what: &str) -> EngineError {
     EngineError::Corrupt(format!("unexpected XINFO/XPENDING reply: {what}"))
@@ -93,6 +94,7 @@ pub async fn stream(conns: &Conns, name: &str, kind: &str, partition: usize) -> 
             .await?;
         let consumers = list(consumers_v)
             .into_iter()
+            .take(MAX_CONSUMERS)
             .map(|c| {
                 let c = fields(c);
                 ConsumerInfo {
