@@ -160,6 +160,19 @@ async fn export_replay_inspect(kind: Kind) {
     )
     .await;
     assert_eq!(seqs(&lines(&part)), vec![10, 11, 12]);
+    let (code, early, err) = run(
+        &remote,
+        &[
+            "export", "--player", "alice", "--from", "2", "--to", "7", "--url", &url,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(seqs(&lines(&early)), vec![6, 7], "the retained part");
+    assert!(
+        err.contains("events 2..5 of alice are no longer retained"),
+        "{err}"
+    );
     if let Some(env) = &direct {
         let same = ok(env, &["export", "--player", "alice"]).await;
         assert_eq!(same, out, "Redis directly and --url export the same lines");

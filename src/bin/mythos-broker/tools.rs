@@ -171,10 +171,16 @@ pub async fn export(config: Config, args: ExportArgs) -> Result<(), ToolError> {
         )));
     }
     let src = source(config, &args.remote).await?;
-    export_events(&src, player, from, to).await
+    export_events(&src, player, from, to, args.from.is_some()).await
 }
 
-async fn export_events(src: &Source, player: &str, from: u64, to: u64) -> Result<(), ToolError> {
+async fn export_events(
+    src: &Source,
+    player: &str,
+    from: u64,
+    to: u64,
+    asked_from: bool,
+) -> Result<(), ToolError> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut after = from - 1;
@@ -221,7 +227,7 @@ async fn export_events(src: &Source, player: &str, from: u64, to: u64) -> Result
                 (lines, page.oldest_available, page.next_after.is_some())
             }
         };
-        if first && from < oldest && from > 1 {
+        if first && asked_from && from < oldest {
             eprintln!(
                 "mythos-broker: events {from}..{} of {player} are no longer retained (acknowledged or past a cap); starting at {oldest}",
                 oldest - 1
