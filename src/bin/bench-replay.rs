@@ -10,8 +10,12 @@
 //! at a time, in order (a player's sequence numbers follow the recording),
 //! so the ceiling is `redis-benchmark -c 1 -P 1` running `EVALSHA` of the
 //! same `append.lua` with the same keys (events, meta, a dedupe key per
-//! event) and arguments: one script call in flight, as in the replay. Must
-//! not touch: any Redis it did not start.
+//! event) and arguments: one script call in flight, as in the replay. With
+//! the `mythos-broker` binary of the same build beside it, it also times the
+//! command itself, `replay FILE --speed max`, on the store directly and with
+//! `--url` through a broker process on the same Redis (its own figure: the
+//! command's own "events/s" line, process start excluded). Must not touch:
+//! any Redis or process it did not start.
 //!
 //! `cargo run --release --bin bench-replay -- [--events N]`
 
@@ -37,6 +41,10 @@ struct Args {
     /// Events in the recording.
     #[arg(long, default_value = "100000")]
     events: u64,
+    /// The `mythos-broker` binary whose `replay` command to time as well
+    /// (default: the one next to this benchmark, i.e. the same build).
+    #[arg(long)]
+    broker: Option<std::path::PathBuf>,
 }
 
 const DATA: &str =
@@ -49,6 +57,16 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
         let _ = std::fs::remove_dir_all(&self.2);
+    }
+}
+
+/// A process of ours, killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -154,6 +172,86 @@ fn ceiling(port: u16, sha: &str, n: u64) -> Result<f64, String> {
         .ok_or_else(|| format!("unreadable redis-benchmark output: {text}"))
 }
 
+/// The rate a `replay` run printed ("... (N events/s)").
+fn printed_rate(out: &std::process::Output) -> Result<f64, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "replay failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    text.rsplit_once(" events/s)")
+        .and_then(|(head, _)| head.rsplit_once('(')?.1.parse().ok())
+        .ok_or_else(|| format!("unreadable replay output: {text}"))
+}
+
+/// Times `bin replay FILE --speed max` on the store directly and through a
+/// broker process (`--url`) on the same Redis; (direct, http) events/s.
+fn cli_rates(
+    bin: &std::path::Path,
+    url: &str,
+    file: &std::path::Path,
+) -> Result<(f64, f64), String> {
+    const SECRET: &str = "bench-replay-secret-0123456789";
+    let base = |c: &mut Command| {
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("MYTHOS_LOG", "warn")
+            .env("MYTHOS_REDIS_URL", url)
+            .env("MYTHOS_JWT_SECRET", SECRET)
+            .stdin(Stdio::null());
+    };
+    let mut direct = Command::new(bin);
+    base(&mut direct);
+    direct
+        .arg("replay")
+        .arg(file)
+        .args(["--to-player", "bench-cli", "--speed", "max"]);
+    let direct = printed_rate(
+        &direct
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?,
+    )?;
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port: {e}"))?
+        .port();
+    let mut serve = Command::new(bin);
+    base(&mut serve);
+    serve
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null());
+    let node = Proc(
+        serve
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("the broker did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut http = Command::new(bin);
+    base(&mut http);
+    http.env_remove("MYTHOS_REDIS_URL")
+        .arg("replay")
+        .arg(file)
+        .args(["--to-player", "bench-http", "--speed", "max"])
+        .args(["--url", &format!("http://127.0.0.1:{port}")]);
+    let http = printed_rate(
+        &http
+            .output()
+            .map_err(|e| format!("{}: {e}", bin.display()))?,
+    )?;
+    drop(node);
+    Ok((direct, http))
+}
+
 #[tokio::main]
 async fn main() {
     if let Err(e) = bench(Args::parse()).await {
@@ -202,6 +300,16 @@ async fn bench(a: Args) -> Result<(), String> {
     let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Limits::default(), hub));
     let on_memory = run(memory, "bench-memory").await?;
     let ceil = ceiling(server.1, &sha, a.events)?;
+    let broker = a.broker.clone().or_else(|| {
+        let p = std::env::current_exe()
+            .ok()?
+            .with_file_name("mythos-broker");
+        p.exists().then_some(p)
+    });
+    let cli = match &broker {
+        Some(bin) => Some(cli_rates(bin, &url, &file)?),
+        None => None,
+    };
     println!(
         "recording: {} events, read and checked in {parse_s:.2} s",
         events.len()
@@ -213,6 +321,21 @@ async fn bench(a: Args) -> Result<(), String> {
         on_redis / ceil
     );
     println!("| replay --speed max, embedded engine | {on_memory:.0} | - |");
+    match cli {
+        Some((direct, http)) => {
+            println!(
+                "| `mythos-broker replay --speed max`, Redis directly | {direct:.0} | {:.2} |",
+                direct / ceil
+            );
+            println!(
+                "| `mythos-broker replay --speed max --url` (a broker on the same Redis) | {http:.0} | {:.2} |",
+                http / ceil
+            );
+        }
+        None => println!(
+            "| `mythos-broker replay` | not measured: no mythos-broker binary beside this one (cargo build --release --bin mythos-broker) | - |"
+        ),
+    }
     println!("| ceiling: redis-benchmark -c 1 -P 1 EVALSHA append.lua | {ceil:.0} | 1.00 |");
     Ok(())
 }
