@@ -3,7 +3,15 @@
 
 mod support;
 
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use mythos_broker::config::ClusterSeeds;
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::broker::{self, deliveries, player_token, service_token, Body, Broker};
 use support::cluster::RedisCluster;
+use support::eventually;
 
 /// The harness itself: six nodes, every slot served, and the faults it injects work.
 #[test]
@@ -23,4 +31,161 @@ fn harness_starts_fails_over_and_moves_slots() {
     assert_eq!(killed, other);
     assert_ne!(c.master_of(slot), other);
     assert_eq!(c.masters().len(), 3, "the replica was promoted");
+}
+
+/// Issue 10: a room of 50 whose members live on all three masters. One
+/// publish reaches each member once (one script call per slot, run
+/// concurrently). Then a master is killed just before the next publish:
+/// whatever that publish answers (the cluster client rides out the failover
+/// and usually answers 200), its retry with the same `id` after the failover
+/// answers 200 with every member once. Then a whole shard (master and
+/// replica) is down during a publish: 503, the members elsewhere already
+/// hold the event, and the retry once the shard is back fills in the rest.
+/// Each member's log holds each room event exactly once, in order, with no
+/// gap (checked by sequence number through a WebSocket replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failover() {
+    let mut cluster = RedisCluster::start_persistent();
+    let mut config = broker::config();
+    config.redis_cluster = Some(ClusterSeeds(
+        cluster.seeds().split(',').map(String::from).collect(),
+    ));
+    let node = Broker::start(config).await;
+    let svc = service_token();
+    let players: Vec<String> = (0..50).map(|i| format!("member{i}")).collect();
+    let masters: HashSet<usize> = players
+        .iter()
+        .map(|p| cluster.master_of(cluster.slot(&format!("{{{p}}}"))))
+        .collect();
+    assert_eq!(masters.len(), 3, "the members span every master");
+    for p in &players {
+        let path = format!("/v1/rooms/hall/members/{p}");
+        let (status, _) = node.request(Method::PUT, &path, Some(&svc)).await;
+        assert_eq!(status, 200, "join {p}");
+    }
+    // Where each member's log stands before the room events.
+    let mut before = HashMap::new();
+    for p in &players {
+        let (status, c) = node
+            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
+            .await;
+        assert_eq!(status, 200);
+        let last = c["last_sequence_number"].as_u64().expect("last");
+        before.insert(p.clone(), last);
+    }
+    let expect_once = |answer: &Value, n: u64| {
+        let mut got = deliveries(answer);
+        got.sort();
+        let mut want: Vec<(String, u64)> =
+            players.iter().map(|p| (p.clone(), before[p] + n)).collect();
+        want.sort();
+        assert_eq!(got, want, "every member once, at the next sequence number");
+    };
+
+    // One publish, 50 deliveries.
+    let room = |id: &str| json!({"to": {"room": "hall"}, "event_type": "chat_message", "data": {"n": id}, "id": id});
+    let (status, answer) = node.post("/v1/publish", Some(&svc), Body::Json(room("r1"))).await;
+    assert_eq!(status, 200, "{answer}");
+    expect_once(&answer, 1);
+
+    // A master dies right before the next publish.
+    let slot = cluster.slot(&format!("{{{}}}", players[0]));
+    let victim = cluster.kill_master(slot);
+    let (first, answer) = node.post("/v1/publish", Some(&svc), Body::Json(room("r2"))).await;
+    eprintln!("publish during the failover: {first} {answer}");
+    if first == 200 {
+        expect_once(&answer, 2);
+    } else {
+        assert_eq!(
+            (first, answer["error"]["code"].as_str()),
+            (503, Some("engine_unavailable")),
+            "{answer}"
+        );
+    }
+    cluster.await_failover(slot, victim);
+    let answer = eventually(Duration::from_secs(20), "the retry to succeed", || {
+        let node = &node;
+        let svc = &svc;
+        let body = room("r2");
+        async move {
+            let (s, a) = node.post("/v1/publish", Some(svc), Body::Json(body)).await;
+            (s == 200).then_some(a)
+        }
+    })
+    .await;
+    expect_once(&answer, 2);
+
+    // A whole shard down: no failover can help this publish.
+    let down = cluster.slot(&format!("{{{}}}", players[1]));
+    let master = cluster.master_of(down);
+    let replica = cluster.replica_of(master);
+    let elsewhere = players
+        .iter()
+        .find(|p| cluster.master_of(cluster.slot(&format!("{{{p}}}"))) != master)
+        .expect("a member on another shard")
+        .clone();
+    cluster.nodes[master].kill();
+    cluster.nodes[replica].kill();
+    let (status, answer) = node.post("/v1/publish", Some(&svc), Body::Json(room("r3"))).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("engine_unavailable")),
+        "{answer}"
+    );
+    // Members on the other masters already hold r3.
+    let (status, c) = node
+        .request(Method::GET, "/v1/cursor", Some(&player_token(&elsewhere)))
+        .await;
+    assert_eq!(
+        (status, c["last_sequence_number"].as_u64()),
+        (200, Some(before[&elsewhere] + 3)),
+        "{elsewhere}: {c}"
+    );
+    cluster.nodes[master].restart();
+    cluster.nodes[replica].restart();
+    cluster.wait_ok();
+    let answer = eventually(Duration::from_secs(20), "the retry to succeed", || {
+        let node = &node;
+        let svc = &svc;
+        let body = room("r3");
+        async move {
+            let (s, a) = node.post("/v1/publish", Some(svc), Body::Json(body)).await;
+            (s == 200).then_some(a)
+        }
+    })
+    .await;
+    expect_once(&answer, 3);
+
+    // Each member's log: r1, r2, r3, then a fence, and nothing else.
+    for p in &players {
+        let (status, _) = node
+            .post(
+                "/v1/publish",
+                Some(&svc),
+                Body::Json(json!({"to": {"player": p}, "event_type": "fence", "data": {}})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let b = before[p];
+        let (mut ws, _) = node.ws_player(p, Some(b)).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let e = ws.next_event().await.expect("an event");
+            got.push((
+                e["sequence_number"].as_u64().unwrap_or(0),
+                e["event_type"].as_str().unwrap_or("").to_string(),
+                e["id"].as_str().map(String::from),
+            ));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (b + 1, "chat_message".to_string(), Some("r1".to_string())),
+                (b + 2, "chat_message".to_string(), Some("r2".to_string())),
+                (b + 3, "chat_message".to_string(), Some("r3".to_string())),
+                (b + 4, "fence".to_string(), None),
+            ],
+            "{p}"
+        );
+    }
 }
