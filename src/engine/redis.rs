@@ -29,7 +29,7 @@ mod conn;
 mod consumer;
 mod decode;
 mod ingest;
-mod keys;
+pub mod keys;
 mod lanes;
 mod live;
 mod scripts;
