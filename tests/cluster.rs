@@ -84,14 +84,18 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
 
     // One publish, 50 deliveries.
     let room = |id: &str| json!({"to": {"room": "hall"}, "event_type": "chat_message", "data": {"n": id}, "id": id});
-    let (status, answer) = node.post("/v1/publish", Some(&svc), Body::Json(room("r1"))).await;
+    let (status, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("r1")))
+        .await;
     assert_eq!(status, 200, "{answer}");
     expect_once(&answer, 1);
 
     // A master dies right before the next publish.
     let slot = cluster.slot(&format!("{{{}}}", players[0]));
     let victim = cluster.kill_master(slot);
-    let (first, answer) = node.post("/v1/publish", Some(&svc), Body::Json(room("r2"))).await;
+    let (first, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("r2")))
+        .await;
     eprintln!("publish during the failover: {first} {answer}");
     if first == 200 {
         expect_once(&answer, 2);
@@ -126,7 +130,9 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
         .clone();
     cluster.nodes[master].kill();
     cluster.nodes[replica].kill();
-    let (status, answer) = node.post("/v1/publish", Some(&svc), Body::Json(room("r3"))).await;
+    let (status, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("r3")))
+        .await;
     assert_eq!(
         (status, answer["error"]["code"].as_str()),
         (503, Some("engine_unavailable")),

@@ -9,8 +9,8 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use mythos_broker::engine::redis::keys;
 use ::redis::aio::ConnectionLike;
+use mythos_broker::engine::redis::keys;
 use serde_json::json;
 use support::broker::{Kind, Node};
 
@@ -99,7 +99,11 @@ async fn commands_stay_in_their_partition_in_order(kind: Kind) {
             seen.insert(p);
         }
     }
-    assert_eq!(seen.len(), players.len(), "every player's commands were found");
+    assert_eq!(
+        seen.len(),
+        players.len(),
+        "every player's commands were found"
+    );
 }
 
 async fn every_publish_partition_is_consumed(kind: Kind) {

@@ -74,7 +74,13 @@ impl RedisCluster {
         .to_vec();
         if persistent {
             extra.extend(
-                ["--appendonly", "yes", "--cluster-require-full-coverage", "no"].map(String::from),
+                [
+                    "--appendonly",
+                    "yes",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ]
+                .map(String::from),
             );
         }
         // The cluster bus listens on port + 10000, so ports stay below 55535.
