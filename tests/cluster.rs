@@ -195,3 +195,109 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
         );
     }
 }
+
+/// Contract §10 on a cluster, deterministically: while the replica of
+/// alice's master lags (frozen with SIGSTOP, its link cut), a node with
+/// `MYTHOS_REDIS_WAIT_REPLICAS=0` answers 200 to events only the master
+/// holds, and a node with `1` answers `503 not_replicated`. The master then
+/// dies and the lagging replica takes over: the events answered 200 without
+/// WAIT are gone (the cost `0` has, docs/scaling.md), nothing answered 200
+/// with WAIT is, and the WAIT node's retry with the same `id` lands once,
+/// right after the last surviving event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_1_refuses_what_a_failover_would_lose() {
+    let mut cluster = RedisCluster::start();
+    let seeds = ClusterSeeds(cluster.seeds().split(',').map(String::from).collect());
+    let node = |wait: u64| {
+        let mut c = broker::config();
+        c.redis_cluster = Some(seeds.clone());
+        c.redis_wait_replicas = wait;
+        c.redis_wait_timeout = Duration::from_millis(300);
+        Broker::start(c)
+    };
+    let (fast, safe) = (node(0).await, node(1).await);
+    let svc = service_token();
+    let event = |id: &str| json!({"to": {"player": "alice"}, "event_type": "t", "data": id, "id": id});
+    let publish = |b: &Broker, id: &str| {
+        let body = event(id);
+        let svc = svc.clone();
+        let b = b.base.clone();
+        async move {
+            let r = Broker::http()
+                .post(format!("{b}/v1/publish"))
+                .bearer_auth(svc)
+                .json(&body)
+                .send()
+                .await
+                .expect("publish");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for (b, id) in [(&fast, "a1"), (&safe, "a2")] {
+        let (s, a) = publish(b, id).await;
+        assert_eq!(s, 200, "{a}");
+    }
+    let slot = cluster.slot("{alice}");
+    let master = cluster.master_of(slot);
+    let replica = cluster.replica_of(master);
+    // Freeze the replica and cut its link: what the master takes from now
+    // on reaches no replica (a frozen process's kernel would still buffer
+    // the replication stream; a closed link does not).
+    cluster.nodes[replica].signal("STOP");
+    let cut: u64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(&mut cluster.nodes[master].client().get_connection().expect("master"))
+        .expect("CLIENT KILL TYPE replica");
+    assert_eq!(cut, 1, "the replica's link was cut");
+    let mut answered_200 = Vec::new();
+    for i in 3..=7 {
+        let (s, a) = publish(&fast, &format!("a{i}")).await;
+        assert_eq!((s, deliveries(&a)), (200, vec![("alice".into(), i)]), "{a}");
+        answered_200.push(i);
+    }
+    let (s, a) = publish(&safe, "w1").await;
+    assert_eq!(
+        (s, a["error"]["code"].as_str()),
+        (503, Some("not_replicated")),
+        "{a}"
+    );
+    cluster.nodes[master].kill();
+    cluster.nodes[replica].signal("CONT");
+    cluster.await_failover(slot, master);
+    // The WAIT node's retry: 200 once a replica confirms (the old master,
+    // restarted, rejoins as the new master's replica).
+    cluster.nodes[master].restart();
+    cluster.nodes[master].wait_for_link();
+    let retry = eventually(Duration::from_secs(20), "the retry to be confirmed", || {
+        let p = publish(&safe, "w1");
+        async move {
+            let (s, a) = p.await;
+            (s == 200).then_some(a)
+        }
+    })
+    .await;
+    // What survived: a1, a2; the five answered 200 without WAIT are lost.
+    assert_eq!(deliveries(&retry), vec![("alice".into(), 3)], "{retry}");
+    let (mut ws, _) = safe.ws_player("alice", Some(0)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let e = ws.next_event().await.expect("an event");
+        got.push((
+            e["sequence_number"].as_u64().unwrap_or(0),
+            e["id"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![(1, "a1".into()), (2, "a2".into()), (3, "w1".into())],
+        "lost without WAIT: {answered_200:?}"
+    );
+    eprintln!(
+        "WAIT 0 lost {} of {} events answered 200 while the replica lagged; WAIT 1 answered 503 and its retry landed once",
+        answered_200.len(),
+        answered_200.len()
+    );
+}
