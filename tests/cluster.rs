@@ -217,7 +217,8 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
     };
     let (fast, safe) = (node(0).await, node(1).await);
     let svc = service_token();
-    let event = |id: &str| json!({"to": {"player": "alice"}, "event_type": "t", "data": id, "id": id});
+    let event =
+        |id: &str| json!({"to": {"player": "alice"}, "event_type": "t", "data": id, "id": id});
     let publish = |b: &Broker, id: &str| {
         let body = event(id);
         let svc = svc.clone();
@@ -249,7 +250,12 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
         .arg("KILL")
         .arg("TYPE")
         .arg("replica")
-        .query(&mut cluster.nodes[master].client().get_connection().expect("master"))
+        .query(
+            &mut cluster.nodes[master]
+                .client()
+                .get_connection()
+                .expect("master"),
+        )
         .expect("CLIENT KILL TYPE replica");
     assert_eq!(cut, 1, "the replica's link was cut");
     let mut answered_200 = Vec::new();
