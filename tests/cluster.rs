@@ -33,6 +33,19 @@ fn harness_starts_fails_over_and_moves_slots() {
     assert_eq!(c.masters().len(), 3, "the replica was promoted");
 }
 
+/// Publishes `body` until it is answered 200 (20 s at most); the answer.
+async fn retry(node: &Broker, body: Value) -> Value {
+    let svc = service_token();
+    eventually(Duration::from_secs(20), "the retry to succeed", || {
+        let (svc, body) = (&svc, body.clone());
+        async move {
+            let (s, a) = node.post("/v1/publish", Some(svc), Body::Json(body)).await;
+            (s == 200).then_some(a)
+        }
+    })
+    .await
+}
+
 /// Issue 10: a room of 50 whose members live on all three masters. One
 /// publish reaches each member once (one script call per slot, run
 /// concurrently). Then a master is killed just before the next publish:
@@ -107,17 +120,7 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
         );
     }
     cluster.await_failover(slot, victim);
-    let answer = eventually(Duration::from_secs(20), "the retry to succeed", || {
-        let node = &node;
-        let svc = &svc;
-        let body = room("r2");
-        async move {
-            let (s, a) = node.post("/v1/publish", Some(svc), Body::Json(body)).await;
-            (s == 200).then_some(a)
-        }
-    })
-    .await;
-    expect_once(&answer, 2);
+    expect_once(&retry(&node, room("r2")).await, 2);
 
     // A whole shard down: no failover can help this publish.
     let down = cluster.slot(&format!("{{{}}}", players[1]));
@@ -150,17 +153,7 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
     cluster.nodes[master].restart();
     cluster.nodes[replica].restart();
     cluster.wait_ok();
-    let answer = eventually(Duration::from_secs(20), "the retry to succeed", || {
-        let node = &node;
-        let svc = &svc;
-        let body = room("r3");
-        async move {
-            let (s, a) = node.post("/v1/publish", Some(svc), Body::Json(body)).await;
-            (s == 200).then_some(a)
-        }
-    })
-    .await;
-    expect_once(&answer, 3);
+    expect_once(&retry(&node, room("r3")).await, 3);
 
     // Each member's log: r1, r2, r3, then a fence, and nothing else.
     for p in &players {
@@ -277,16 +270,9 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
     // restarted, rejoins as the new master's replica).
     cluster.nodes[master].restart();
     cluster.nodes[master].wait_for_link();
-    let retry = eventually(Duration::from_secs(20), "the retry to be confirmed", || {
-        let p = publish(&safe, "w1");
-        async move {
-            let (s, a) = p.await;
-            (s == 200).then_some(a)
-        }
-    })
-    .await;
+    let answer = retry(&safe, event("w1")).await;
     // What survived: a1, a2; the five answered 200 without WAIT are lost.
-    assert_eq!(deliveries(&retry), vec![("alice".into(), 3)], "{retry}");
+    assert_eq!(deliveries(&answer), vec![("alice".into(), 3)], "{answer}");
     let (mut ws, _) = safe.ws_player("alice", Some(0)).await;
     let mut got = Vec::new();
     for _ in 0..3 {
