@@ -66,6 +66,17 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// The HS256 secret being rotated out: tokens it signed are still
+    /// accepted (new ones are signed with MYTHOS_JWT_SECRET). Unset it once
+    /// the longest token lifetime has passed.
+    #[arg(
+        long,
+        global = true,
+        env = "MYTHOS_JWT_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub jwt_secret_previous: Option<String>,
+
     /// PEM public key (RSA or Ed25519) accepted for RS256/EdDSA tokens minted by a game backend.
     #[arg(long, global = true, env = "MYTHOS_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -294,6 +305,16 @@ impl Config {
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err("MYTHOS_JWT_SECRET must be at least 16 bytes".into());
+        }
+        if let Some(previous) = &self.jwt_secret_previous {
+            if previous.len() < 16 {
+                return Err("MYTHOS_JWT_SECRET_PREVIOUS must be at least 16 bytes".into());
+            }
+            if self.jwt_secret.is_none() {
+                return Err(
+                    "MYTHOS_JWT_SECRET_PREVIOUS needs MYTHOS_JWT_SECRET (the new secret)".into(),
+                );
+            }
         }
         let counts = [
             self.max_backlog,

@@ -18,7 +18,7 @@ use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
 use crate::api::{self, json_reply, Answer, Body};
-use crate::auth::{token_from, Principal};
+use crate::auth::{token_from, Principal, TokenError};
 use crate::error::ApiError;
 use crate::state::App;
 use crate::transport::{sse, ws};
@@ -51,7 +51,7 @@ fn authenticate(
     q: &Query,
 ) -> Result<Principal, ApiError> {
     let token = token_from(authz, q.get("token").map(String::as_str), ws_protocols)
-        .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        .ok_or_else(|| TokenError::Missing.into_api())?;
     app.auth.verify(&token)
 }
 

@@ -53,6 +53,7 @@ impl App {
         };
         let auth = Auth::new(
             config.jwt_secret.as_deref(),
+            config.jwt_secret_previous.as_deref(),
             public_pem.as_deref(),
             config.token_ttl,
         )

@@ -583,7 +583,11 @@ impl Node {
         self.next_node().ws_player(player, since).await
     }
 
-    pub async fn ws(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Result<WsClient, u16> {
+    pub async fn ws(
+        &self,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<WsClient, u16> {
         self.next_node().ws(path_and_query, headers).await
     }
 

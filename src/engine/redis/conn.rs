@@ -122,7 +122,9 @@ impl Conns {
     /// A connection of its own, for commands that block on the server.
     pub async fn own(&self) -> Result<Own> {
         Ok(match self {
-            Conns::Single { pool, .. } => Own::new(Pooled::Single(pool.get().await.map_err(pool_err)?)),
+            Conns::Single { pool, .. } => {
+                Own::new(Pooled::Single(pool.get().await.map_err(pool_err)?))
+            }
             Conns::Cluster { pool, .. } => {
                 Own::new(Pooled::Cluster(pool.get().await.map_err(pool_err)?))
             }
