@@ -109,6 +109,11 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_LOG", default_value = "info")]
     pub log: String,
 
+    /// Log format on stderr: `text` (colours only when stdout and stderr are
+    /// terminals) or `json` (one JSON object per line, with the spans).
+    #[arg(long, global = true, env = "MYTHOS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Interval of SSE keep-alive comments.
     #[arg(long, global = true, env = "MYTHOS_KEEPALIVE", default_value = "15s", value_parser = parse_duration("MYTHOS_KEEPALIVE"))]
     pub keepalive: Duration,

@@ -95,6 +95,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("max-event-bytes", "MYTHOS_MAX_EVENT_BYTES"),
     ("token-ttl", "MYTHOS_TOKEN_TTL"),
     ("log", "MYTHOS_LOG"),
+    ("log-format", "MYTHOS_LOG_FORMAT"),
     ("keepalive", "MYTHOS_KEEPALIVE"),
     ("idle-timeout", "MYTHOS_IDLE_TIMEOUT"),
     ("ws-max-frame", "MYTHOS_WS_MAX_FRAME"),
