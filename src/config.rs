@@ -68,7 +68,7 @@ pub struct Config {
 
     /// The HS256 secret being rotated out: tokens it signed are still
     /// accepted (new ones are signed with MYTHOS_JWT_SECRET). Unset it once
-    /// the longest token lifetime has passed.
+    /// the longest token lifetime has passed. Empty: unset.
     #[arg(
         long,
         global = true,
@@ -311,7 +311,7 @@ impl Config {
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err("MYTHOS_JWT_SECRET must be at least 16 bytes".into());
         }
-        if let Some(previous) = &self.jwt_secret_previous {
+        if let Some(previous) = self.jwt_secret_previous() {
             if previous.len() < 16 {
                 return Err("MYTHOS_JWT_SECRET_PREVIOUS must be at least 16 bytes".into());
             }
@@ -364,6 +364,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The previous JWT secret of a rotation; empty counts as unset (so that
+    /// `MYTHOS_JWT_SECRET_PREVIOUS=` in a compose file means "no rotation").
+    pub fn jwt_secret_previous(&self) -> Option<&str> {
+        self.jwt_secret_previous
+            .as_deref()
+            .filter(|s| !s.is_empty())
     }
 
     /// The engine's retention limits.

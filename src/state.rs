@@ -55,7 +55,7 @@ impl App {
         };
         let auth = Auth::new(
             config.jwt_secret.as_deref(),
-            config.jwt_secret_previous.as_deref(),
+            config.jwt_secret_previous(),
             public_pem.as_deref(),
             config.token_ttl,
         )
