@@ -140,6 +140,14 @@ fn metrics_handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Drains the recorder's histogram buffers (without it they grow with
+/// every observation until the next scrape).
+pub(crate) fn metrics_upkeep() {
+    if let Some(h) = metrics_handle() {
+        h.run_upkeep();
+    }
+}
+
 type Routes = BoxedFilter<(Response,)>;
 
 /// The filters every route group builds on.
