@@ -1,7 +1,7 @@
 //! The broker's own log output, from the process as operators run it: a full
 //! session (an admin creates an account, the player logs in with a password,
 //! opens WebSocket and SSE connections with the token in the query and in the
-//! header, a service publishes, the player refreshes) with debug logging, and
+//! header, a service publishes, the player refreshes) with trace logging, and
 //! then the log must hold no token material — no JWT used, no signature of
 //! one, no password, not the secret. With `MYTHOS_LOG_FORMAT=json` every
 //! line is a JSON object, and connection lines carry the connection's span.
@@ -192,14 +192,18 @@ async fn session(env: &[(&str, &str)]) -> Run {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn debug_logs_of_a_full_session_hold_no_token_or_password() {
-    let run = session(&[("MYTHOS_LOG", "debug")]).await;
+async fn verbose_logs_of_a_full_session_hold_no_token_or_password() {
+    // `trace` for every crate: the most verbose level, debug included.
+    let run = session(&[("MYTHOS_LOG", "trace")]).await;
     assert!(
         run.log.contains("connection opened") && run.log.contains("connection closed"),
         "connections are logged at info:\n{}",
         run.log
     );
-    assert!(run.log.contains("DEBUG"), "debug logging was on");
+    assert!(
+        run.log.contains("DEBUG") && run.log.contains("TRACE"),
+        "debug and trace logging were on"
+    );
     for s in &run.secrets {
         assert!(
             !run.log.contains(s.as_str()),
