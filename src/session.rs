@@ -112,6 +112,18 @@ pub fn start_after(point: ResumePoint, cursor: Cursor) -> (u64, Option<u64>) {
     }
 }
 
+/// Why a resume point fell before the oldest retained event (the `reason`
+/// of `mythos_resyncs_total`): `acknowledged` when every missing event had
+/// been acknowledged (by another connection, or an earlier session) — benign;
+/// `trimmed` when a retention cap dropped events nobody acknowledged.
+pub fn resync_reason(cursor: Cursor) -> &'static str {
+    if cursor.oldest <= cursor.acked.saturating_add(1) {
+        "acknowledged"
+    } else {
+        "trimmed"
+    }
+}
+
 /// Why a feed stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedEnd {
@@ -311,5 +323,15 @@ mod tests {
         assert_eq!(start_after(After(6), cur(10, 6, 7)), (6, None));
         // An unknown player.
         assert_eq!(start_after(After(7), cur(0, 0, 1)), (0, None));
+    }
+
+    #[test]
+    fn resync_reasons() {
+        // Everything before the oldest was acknowledged.
+        assert_eq!(resync_reason(cur(10, 6, 7)), "acknowledged");
+        assert_eq!(resync_reason(cur(10, 10, 11)), "acknowledged");
+        // A cap dropped unacknowledged events (251 oldest, nothing acked).
+        assert_eq!(resync_reason(cur(300, 0, 251)), "trimmed");
+        assert_eq!(resync_reason(cur(300, 100, 251)), "trimmed");
     }
 }

@@ -104,7 +104,8 @@ pub async fn open(
     .to_string()];
     if let Some(oldest) = opened.resync {
         first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
-        metrics::counter!("mythos_resyncs_total").increment(1);
+        let reason = session::resync_reason(opened.cursor);
+        metrics::counter!("mythos_resyncs_total", "reason" => reason).increment(1);
     }
     let session = WsSession {
         app: app.clone(),
