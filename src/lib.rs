@@ -28,6 +28,7 @@ mod listener;
 mod node;
 mod publish;
 mod rooms;
+mod telemetry;
 mod transport;
 mod web;
 
