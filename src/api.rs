@@ -80,6 +80,7 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
         ""
     };
     if app.login_limiter.check_key(&key.to_string()).is_err() {
+        crate::telemetry::rate_limited("login");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -104,11 +105,15 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
             let role = Role::parse(&a.role).unwrap_or(Role::Player);
             token_body(&app, &username, role)
         }
-        _ => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "unknown user or wrong password",
-        )),
+        _ => Err({
+            metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => "invalid_credentials")
+                .increment(1);
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "unknown user or wrong password",
+            )
+        }),
     }
 }
 
@@ -179,11 +184,13 @@ pub async fn add_user(app: Arc<App>, p: Principal, body: Body) -> Answer {
 
 /// `POST /v1/publish`
 pub async fn publish(app: Arc<App>, p: Principal, body: Body) -> Answer {
+    let started = std::time::Instant::now();
     p.require(&[Role::Service, Role::Admin])?;
     let b: PublishBody = parse_body(&body?)?;
     let max = app.config.max_event_bytes;
     let publish = Publish::new(&b.to, &b.event_type, b.data, b.room_id, b.id, max)?;
     let deliveries = publish.run(app.engine.as_ref()).await?;
+    crate::telemetry::observe_since(crate::telemetry::PUBLISH_DURATION, started);
     /// The answer, serialised straight from the deliveries (a fan-out answers
     /// one object per member; `json!` would build a `Value` tree of them first).
     #[derive(Serialize)]

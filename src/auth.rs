@@ -101,9 +101,57 @@ impl Principal {
     }
 }
 
+/// Why a token was refused: the `reason` label of
+/// `mythos_auth_failures_total`, and the 401's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("a bearer token is required")]
+    Missing,
+    #[error("invalid token: longer than 8 KiB")]
+    TooLong,
+    #[error("invalid token: malformed")]
+    Malformed,
+    #[error("invalid token: algorithm not accepted")]
+    Algorithm,
+    #[error("invalid token: expired")]
+    Expired,
+    #[error("invalid token: bad signature")]
+    BadSignature,
+    #[error("invalid token: malformed or missing claims")]
+    Claims,
+    #[error("invalid token: `sub` must match [A-Za-z0-9_-]{{1,64}}")]
+    Subject,
+}
+
+impl TokenError {
+    /// The metric label (static: no allocation per failure).
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::TooLong => "too_long",
+            Self::Malformed => "malformed",
+            Self::Algorithm => "algorithm",
+            Self::Expired => "expired",
+            Self::BadSignature => "bad_signature",
+            Self::Claims => "claims",
+            Self::Subject => "subject",
+        }
+    }
+
+    /// Counts the failure (`mythos_auth_failures_total{reason}`) and turns it
+    /// into the 401 answer.
+    pub(crate) fn into_api(self) -> ApiError {
+        metrics::counter!("mythos_auth_failures_total", "reason" => self.reason()).increment(1);
+        ApiError::unauthorized(self.to_string())
+    }
+}
+
 /// The keys tokens are verified (and issued) with.
 pub struct Auth {
     secret: Option<(EncodingKey, DecodingKey)>,
+    /// `MYTHOS_JWT_SECRET_PREVIOUS`: still verifies HS256 tokens during a
+    /// rotation window; never signs.
+    previous: Option<DecodingKey>,
     public: Option<(Algorithm, DecodingKey)>,
     ttl: Duration,
     /// A hash verified when the user does not exist, so both answers take as long.
@@ -111,9 +159,12 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Builds from an HS256 secret and/or a PEM public key (RSA → RS256, Ed25519 → EdDSA).
+    /// Builds from an HS256 secret (plus, during a rotation, the previous
+    /// one, which only verifies) and/or a PEM public key (RSA → RS256,
+    /// Ed25519 → EdDSA).
     pub fn new(
         secret: Option<&str>,
+        previous: Option<&str>,
         public_pem: Option<&[u8]>,
         ttl: Duration,
     ) -> Result<Self, String> {
@@ -134,6 +185,7 @@ impl Auth {
                     DecodingKey::from_secret(s.as_bytes()),
                 )
             }),
+            previous: previous.map(|s| DecodingKey::from_secret(s.as_bytes())),
             public,
             ttl,
             dummy_hash: hash_password("not-a-real-password")
@@ -142,23 +194,39 @@ impl Auth {
     }
 
     /// Verifies a token: signature by the key of its algorithm, `exp` required and in the future.
-    /// Longer than [`MAX_TOKEN_BYTES`]: refused unread.
+    /// Longer than [`MAX_TOKEN_BYTES`]: refused unread. A refusal is counted
+    /// by reason and answered 401.
     pub(crate) fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        let bad = |why: &str| ApiError::unauthorized(format!("invalid token: {why}"));
+        self.check(token).map_err(TokenError::into_api)
+    }
+
+    /// [`Auth::verify`] without the counting: why a token is refused.
+    /// HS256 tokens are tried with the current secret, then the previous one.
+    pub(crate) fn check(&self, token: &str) -> Result<Principal, TokenError> {
         // Bounded before any decoding: our tokens are a few hundred bytes.
         if token.len() > MAX_TOKEN_BYTES {
-            return Err(bad("longer than 8 KiB"));
+            return Err(TokenError::TooLong);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| bad("malformed"))?;
-        let key = match header.alg {
-            Algorithm::HS256 => self.secret.as_ref().map(|(_, d)| d),
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let keys: Vec<&DecodingKey> = match header.alg {
+            Algorithm::HS256 => self
+                .secret
+                .as_ref()
+                .map(|(_, d)| d)
+                .into_iter()
+                .chain(self.previous.as_ref())
+                .collect(),
             alg => self
                 .public
                 .as_ref()
                 .filter(|(a, _)| *a == alg)
-                .map(|(_, d)| d),
+                .map(|(_, d)| d)
+                .into_iter()
+                .collect(),
+        };
+        if keys.is_empty() {
+            return Err(TokenError::Algorithm);
         }
-        .ok_or_else(|| bad("algorithm not accepted"))?;
         let mut v = Validation::new(header.alg);
         v.leeway = 0;
         // A token with `nbf` (not before) in the future is not valid yet.
@@ -166,21 +234,35 @@ impl Auth {
         v.validate_exp = true;
         v.validate_aud = false;
         v.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => bad("expired"),
-                ErrorKind::InvalidSignature => bad("bad signature"),
-                _ => bad("malformed or missing claims"),
+        let mut last = TokenError::BadSignature;
+        let mut claims = None;
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &v) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(e) => {
+                    use jsonwebtoken::errors::ErrorKind;
+                    last = match e.kind() {
+                        ErrorKind::ExpiredSignature => TokenError::Expired,
+                        ErrorKind::InvalidSignature => TokenError::BadSignature,
+                        _ => TokenError::Claims,
+                    };
+                    // Only a wrong signature is worth trying the next key.
+                    if last != TokenError::BadSignature {
+                        break;
+                    }
+                }
             }
-        })?;
-        let c = data.claims;
+        }
+        let c = claims.ok_or(last)?;
         if !valid_id(&c.sub) {
-            return Err(bad("`sub` must match [A-Za-z0-9_-]{1,64}"));
+            return Err(TokenError::Subject);
         }
         // jsonwebtoken compares `exp` with whole seconds; enforce it ourselves too.
         if c.exp <= now_secs() {
-            return Err(bad("expired"));
+            return Err(TokenError::Expired);
         }
         Ok(Principal {
             player_id: c.sub,
@@ -271,7 +353,13 @@ mod tests {
     use super::*;
 
     fn auth() -> Auth {
-        Auth::new(Some("0123456789abcdef0123"), None, Duration::from_secs(60)).expect("auth")
+        Auth::new(
+            Some("0123456789abcdef0123"),
+            None,
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("auth")
     }
 
     #[test]
@@ -286,8 +374,13 @@ mod tests {
     #[test]
     fn rejects_other_secret_none_alg_and_expired() {
         let a = auth();
-        let other =
-            Auth::new(Some("another-secret-of-16+"), None, Duration::from_secs(60)).expect("auth");
+        let other = Auth::new(
+            Some("another-secret-of-16+"),
+            None,
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("auth");
         let (t, _) = other.issue("alice", Role::Player).expect("issue");
         assert_eq!(a.verify(&t).expect_err("wrong key").status, 401);
         // alg "none": header {"alg":"none"} + payload, no signature.
@@ -309,12 +402,47 @@ mod tests {
         assert_eq!(a.verify(&t).expect_err("expired").status, 401);
     }
 
+    /// A rotation window: tokens of the previous secret still verify, new
+    /// tokens are signed with the current one, a third secret's are refused.
+    #[test]
+    fn previous_secret_verifies_during_rotation_but_never_signs() {
+        let old = auth();
+        let (old_token, _) = old.issue("alice", Role::Player).expect("issue");
+        let rotated = Auth::new(
+            Some("the-new-secret-0123456789"),
+            Some("0123456789abcdef0123"),
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("auth");
+        assert_eq!(rotated.check(&old_token).expect("old").player_id, "alice");
+        let (new_token, _) = rotated.issue("bob", Role::Player).expect("issue");
+        assert_eq!(
+            old.check(&new_token)
+                .expect_err("signed with the new secret"),
+            TokenError::BadSignature
+        );
+        let stranger = Auth::new(
+            Some("a-third-secret-0123456"),
+            None,
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("auth");
+        let (other, _) = stranger.issue("carol", Role::Player).expect("issue");
+        assert_eq!(
+            rotated.check(&other).expect_err("neither"),
+            TokenError::BadSignature
+        );
+    }
+
     #[test]
     fn public_key_verifies_only_its_own_algorithm() {
         let public = include_bytes!("../tests/fixtures/ed25519-public.pem");
         let private = include_bytes!("../tests/fixtures/ed25519-private.pem");
         let a = Auth::new(
             Some("0123456789abcdef0123"),
+            None,
             Some(public),
             Duration::from_secs(60),
         )
@@ -377,6 +505,7 @@ mod props {
         AUTH.get_or_init(|| {
             Auth::new(
                 Some("0123456789abcdef0123"),
+                None,
                 None,
                 std::time::Duration::from_secs(60),
             )

@@ -159,6 +159,17 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
+    /// The HS256 secret being rotated out: tokens it signed are still
+    /// accepted (new ones are signed with MYTHOS_JWT_SECRET). Unset it once
+    /// the longest token lifetime has passed. Empty: unset.
+    #[arg(
+        long,
+        global = true,
+        env = "MYTHOS_JWT_SECRET_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub jwt_secret_previous: Option<String>,
+
     /// PEM public key (RSA or Ed25519) accepted for RS256/EdDSA tokens minted by a game backend.
     #[arg(long, global = true, env = "MYTHOS_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -190,6 +201,11 @@ pub struct Config {
     /// Tracing filter (info, mythos_broker=debug, ...).
     #[arg(long, global = true, env = "MYTHOS_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log format on stderr: `text` (colours only when stdout and stderr are
+    /// terminals) or `json` (one JSON object per line, with the spans).
+    #[arg(long, global = true, env = "MYTHOS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// Interval of SSE keep-alive comments.
     #[arg(long, global = true, env = "MYTHOS_KEEPALIVE", default_value = "15s", value_parser = parse_duration("MYTHOS_KEEPALIVE"))]
@@ -388,6 +404,16 @@ impl Config {
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return Err("MYTHOS_JWT_SECRET must be at least 16 bytes".into());
         }
+        if let Some(previous) = self.jwt_secret_previous() {
+            if previous.len() < 16 {
+                return Err("MYTHOS_JWT_SECRET_PREVIOUS must be at least 16 bytes".into());
+            }
+            if self.jwt_secret.is_none() {
+                return Err(
+                    "MYTHOS_JWT_SECRET_PREVIOUS needs MYTHOS_JWT_SECRET (the new secret)".into(),
+                );
+            }
+        }
         let counts = [
             self.max_backlog,
             self.max_event_bytes,
@@ -431,6 +457,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The previous JWT secret of a rotation; empty counts as unset (so that
+    /// `MYTHOS_JWT_SECRET_PREVIOUS=` in a compose file means "no rotation").
+    pub fn jwt_secret_previous(&self) -> Option<&str> {
+        self.jwt_secret_previous
+            .as_deref()
+            .filter(|s| !s.is_empty())
     }
 
     /// The engine's retention limits.

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::engine::LiveSink;
 use crate::protocol::Event;
+use crate::telemetry::{QUEUED_EVENTS, SUBSCRIBED_PLAYERS};
 
 /// What a subscriber's queue carries.
 #[derive(Debug, Clone)]
@@ -85,6 +86,22 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.remove(&self.player, self.id);
+        // No sender is left (the hub held the only one): what is still
+        // queued will never be taken.
+        let mut left = 0u32;
+        while let Ok(live) = self.rx.try_recv() {
+            left += u32::from(matches!(live, Live::Event(_)));
+        }
+        if left > 0 {
+            metrics::gauge!(QUEUED_EVENTS).decrement(f64::from(left));
+        }
+    }
+}
+
+/// An event taken off a subscription's queue (the session's feed calls it).
+pub(crate) fn taken(live: &Live) {
+    if matches!(live, Live::Event(_)) {
+        metrics::gauge!(QUEUED_EVENTS).decrement(1.0);
     }
 }
 
@@ -118,7 +135,13 @@ impl Hub {
             tx,
             state: state.clone(),
         };
-        self.lock().entry(player.to_string()).or_default().push(sub);
+        let mut map = self.lock();
+        let subs = map.entry(player.to_string()).or_default();
+        if subs.is_empty() {
+            metrics::gauge!(SUBSCRIBED_PLAYERS).increment(1.0);
+        }
+        subs.push(sub);
+        drop(map);
         Subscription {
             rx,
             state,
@@ -144,6 +167,7 @@ impl Hub {
             subs.retain(|s| s.id != id);
             if subs.is_empty() {
                 map.remove(player);
+                metrics::gauge!(SUBSCRIBED_PLAYERS).decrement(1.0);
             }
         }
     }
@@ -167,8 +191,12 @@ impl LiveSink for Hub {
         let Some(subs) = map.get_mut(player) else {
             return;
         };
+        let queued = metrics::gauge!(QUEUED_EVENTS);
         subs.retain(|s| match s.tx.try_send(Live::Event(event.clone())) {
-            Ok(()) => true,
+            Ok(()) => {
+                queued.increment(1.0);
+                true
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if s.state.live.load(Ordering::SeqCst) {
@@ -185,6 +213,7 @@ impl LiveSink for Hub {
         });
         if subs.is_empty() {
             map.remove(player);
+            metrics::gauge!(SUBSCRIBED_PLAYERS).decrement(1.0);
         }
     }
 

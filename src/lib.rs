@@ -32,6 +32,7 @@ mod listener;
 mod node;
 mod publish;
 mod rooms;
+mod telemetry;
 mod transport;
 mod web;
 

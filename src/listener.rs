@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
+use tracing::Instrument;
 use warp::Filter;
 
 type BoxBody =
@@ -193,15 +194,25 @@ pub async fn serve<F>(
                     .insert(Upgrade(Arc::new(Mutex::new(Some(upgrade)))));
                 let act = act.clone();
                 act.started();
+                // The path only: a query string may carry `?token=`.
+                let span = tracing::info_span!("request", method = %req.method(),
+                    path = %req.uri().path());
                 async move {
+                    let started = std::time::Instant::now();
                     let resp = svc
                         .call(req)
                         .await
                         .unwrap_or_else(|e: Infallible| match e {});
+                    tracing::debug!(
+                        status = resp.status().as_u16(),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "answered"
+                    );
                     let (resp, streaming) = into_box_body(resp);
                     act.finished(streaming);
                     Ok::<_, Infallible>(resp)
                 }
+                .instrument(span)
             });
         let conn = Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(io), svc)

@@ -13,9 +13,23 @@ use crate::state::App;
 
 /// How often idle rate-limiter entries are dropped.
 const LIMITER_PRUNE: Duration = Duration::from_secs(60);
+/// How often histogram buffers are drained when nobody scrapes `/metrics`.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Starts the node's background tasks.
 pub fn start_background(app: &Arc<App>) {
+    let a = app.clone();
+    app.tasks.spawn(async move {
+        // Histogram observations pile up in the recorder until drained: by a
+        // scrape, or by this upkeep when nobody scrapes.
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => crate::server::metrics_upkeep(),
+                _ = a.shutdown.cancelled() => break,
+            }
+        }
+    });
     let a = app.clone();
     app.tasks.spawn(async move {
         let mut tick = tokio::time::interval(LIMITER_PRUNE);

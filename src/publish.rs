@@ -97,9 +97,11 @@ impl Publish {
 
     /// Appends it; the answer comes once every delivery is durable.
     pub async fn run(&self, engine: &dyn Engine) -> Result<Vec<Delivery>, PublishError> {
+        let started = std::time::Instant::now();
         let deliveries = engine
             .publish(&self.target, self.body.clone(), self.dedupe_key.as_deref())
             .await?;
+        crate::telemetry::observe_append("event", started);
         metrics::counter!("mythos_published_total").increment(1);
         metrics::counter!("mythos_deliveries_total").increment(deliveries.len() as u64);
         Ok(deliveries)

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -19,7 +19,7 @@ use warp::{Filter, Rejection};
 
 use crate::admin;
 use crate::api::{self, json_reply, Answer, Body};
-use crate::auth::{token_from, Principal};
+use crate::auth::{token_from, Principal, TokenError};
 use crate::error::ApiError;
 use crate::state::App;
 use crate::transport::{sse, ws};
@@ -27,7 +27,15 @@ use crate::transport::{sse, ws};
 type Query = HashMap<String, String>;
 
 fn respond(r: Answer) -> Response {
-    r.unwrap_or_else(|e| json_reply(e.status, &e.body()))
+    r.unwrap_or_else(|e| error_reply(&e))
+}
+
+/// An error's answer; a client error is counted by its code.
+fn error_reply(e: &ApiError) -> Response {
+    if e.status.is_client_error() {
+        crate::telemetry::rejected(e.code);
+    }
+    json_reply(e.status, &e.body())
 }
 
 /// Runs `handler` for an authenticated request, or answers the
@@ -52,7 +60,7 @@ fn authenticate(
     q: &Query,
 ) -> Result<Principal, ApiError> {
     let token = token_from(authz, q.get("token").map(String::as_str), ws_protocols)
-        .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
+        .ok_or_else(|| TokenError::Missing.into_api())?;
     app.auth.verify(&token)
 }
 
@@ -118,8 +126,27 @@ where
 fn metrics_handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
-        .get_or_init(|| PrometheusBuilder::new().install_recorder().ok())
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    crate::telemetry::buckets(),
+                )
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            crate::telemetry::describe();
+            Some(recorder)
+        })
         .as_ref()
+}
+
+/// Drains the recorder's histogram buffers (without it they grow with
+/// every observation until the next scrape).
+pub(crate) fn metrics_upkeep() {
+    if let Some(h) = metrics_handle() {
+        h.run_upkeep();
+    }
 }
 
 type Routes = BoxedFilter<(Response,)>;
@@ -406,7 +433,7 @@ async fn recover(r: Rejection) -> Result<Response, Rejection> {
         tracing::debug!(rejection = ?r, "unhandled rejection");
         ApiError::bad_request("invalid_request", "the request could not be handled")
     };
-    Ok(json_reply(e.status, &e.body()))
+    Ok(error_reply(&e))
 }
 
 /// A running node.

@@ -60,6 +60,7 @@ pub async fn open(
     player: &str,
     point: ResumePoint,
 ) -> Result<Opened, EngineError> {
+    let opened = std::time::Instant::now();
     let sub = hub.subscribe(player);
     // From here on this node receives the player's appends (the engine's
     // live subscription follows the node's sessions); the guard pairs the
@@ -83,6 +84,8 @@ pub async fn open(
         buffer: VecDeque::new(),
         catching_up: true,
         retry: RETRY_MIN,
+        opened: Some(opened),
+        handed_live: Vec::new(),
         _watching: watching,
     };
     Ok(Opened {
@@ -109,6 +112,18 @@ pub fn start_after(point: ResumePoint, cursor: Cursor) -> (u64, Option<u64>) {
     }
 }
 
+/// Why a resume point fell before the oldest retained event (the `reason`
+/// of `mythos_resyncs_total`): `acknowledged` when every missing event had
+/// been acknowledged (by another connection, or an earlier session) — benign;
+/// `trimmed` when a retention cap dropped events nobody acknowledged.
+pub fn resync_reason(cursor: Cursor) -> &'static str {
+    if cursor.oldest <= cursor.acked.saturating_add(1) {
+        "acknowledged"
+    } else {
+        "trimmed"
+    }
+}
+
 /// Why a feed stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedEnd {
@@ -125,12 +140,19 @@ pub struct Feed {
     sub: Subscription,
     /// Highest sequence number handed out.
     last_sent: u64,
-    /// Events read from the log, not yet handed out.
-    buffer: VecDeque<Event>,
+    /// Events not yet handed out, and whether each came live from the hub
+    /// (else from the log).
+    buffer: VecDeque<(Event, bool)>,
     /// True while the feed must read the log (replaying or filling a gap).
     catching_up: bool,
     /// The next pause before reading an unavailable log again.
     retry: std::time::Duration,
+    /// When the session opened, until the feed first caught up (replay
+    /// duration).
+    opened: Option<std::time::Instant>,
+    /// Timestamps of live events handed out since the last
+    /// [`Feed::written`] (delivery lag).
+    handed_live: Vec<Arc<crate::protocol::EventBody>>,
     _watching: Watching,
 }
 
@@ -147,6 +169,11 @@ impl Drop for Watching {
 }
 
 impl Feed {
+    /// The player whose log this is.
+    pub fn player(&self) -> &str {
+        &self.player
+    }
+
     /// The subscription's flags (the transport waits on `killed()`).
     pub fn state(&self) -> Arc<SubState> {
         self.sub.state.clone()
@@ -184,13 +211,24 @@ impl Feed {
                 if batch.is_empty() {
                     self.catching_up = self.sub.state.take_lagged();
                     self.sub.state.set_live(!self.catching_up);
+                    if !self.catching_up {
+                        if let Some(opened) = self.opened.take() {
+                            crate::telemetry::observe_since(
+                                crate::telemetry::REPLAY_DURATION,
+                                opened,
+                            );
+                        }
+                    }
                 } else {
-                    self.buffer.extend(batch);
+                    self.buffer.extend(batch.into_iter().map(|ev| (ev, false)));
                 }
                 continue;
             }
             match self.sub.rx.recv().await {
-                Some(live) => self.accept(live),
+                Some(live) => {
+                    crate::hub::taken(&live);
+                    self.accept(live)
+                }
                 None => return Err(FeedEnd::SlowConsumer),
             }
         }
@@ -206,7 +244,10 @@ impl Feed {
                 return None;
             }
             match self.sub.rx.try_recv() {
-                Ok(live) => self.accept(live),
+                Ok(live) => {
+                    crate::hub::taken(&live);
+                    self.accept(live)
+                }
                 Err(_) => return None,
             }
         }
@@ -217,19 +258,30 @@ impl Feed {
             self.catching_up = true;
             self.sub.state.set_live(false);
         }
-        while let Some(ev) = self.buffer.pop_front() {
+        while let Some((ev, live)) = self.buffer.pop_front() {
             if ev.sequence_number > self.last_sent {
                 self.last_sent = ev.sequence_number;
+                if live {
+                    self.handed_live.push(ev.body.clone());
+                }
                 return Some(ev);
             }
         }
         None
     }
 
+    /// The transport wrote the frames of every event handed out so far:
+    /// records the delivery lag of those that came live.
+    pub fn written(&mut self) {
+        for body in self.handed_live.drain(..) {
+            crate::telemetry::observe_delivery_lag(&body.timestamp);
+        }
+    }
+
     fn accept(&mut self, live: Live) {
         match live {
             Live::Event(ev) if ev.sequence_number == self.last_sent + 1 => {
-                self.buffer.push_back(ev);
+                self.buffer.push_back((ev, true));
             }
             Live::Event(ev) if ev.sequence_number <= self.last_sent => {}
             // A gap, or a nudge: the log is the truth.
@@ -271,5 +323,15 @@ mod tests {
         assert_eq!(start_after(After(6), cur(10, 6, 7)), (6, None));
         // An unknown player.
         assert_eq!(start_after(After(7), cur(0, 0, 1)), (0, None));
+    }
+
+    #[test]
+    fn resync_reasons() {
+        // Everything before the oldest was acknowledged.
+        assert_eq!(resync_reason(cur(10, 6, 7)), "acknowledged");
+        assert_eq!(resync_reason(cur(10, 10, 11)), "acknowledged");
+        // A cap dropped unacknowledged events (251 oldest, nothing acked).
+        assert_eq!(resync_reason(cur(300, 0, 251)), "trimmed");
+        assert_eq!(resync_reason(cur(300, 100, 251)), "trimmed");
     }
 }

@@ -35,6 +35,8 @@ pub struct App {
     pub tasks: TaskTracker,
     /// Connection caps per node and per player.
     pub gate: Arc<Gate>,
+    /// This node's name (`MYTHOS_NODE_ID`, else host-pid), for logs.
+    pub node: String,
 }
 
 impl App {
@@ -53,6 +55,7 @@ impl App {
         };
         let auth = Auth::new(
             config.jwt_secret.as_deref(),
+            config.jwt_secret_previous(),
             public_pem.as_deref(),
             config.token_ttl,
         )
@@ -69,7 +72,9 @@ impl App {
         let login_quota = Quota::per_second(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN));
         let gate = Gate::new(config.max_connections, config.max_player_connections);
+        let node = config.node_name();
         Ok(Arc::new(Self {
+            node,
             limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             login_limiter: RateLimiter::keyed(login_quota),
             config,

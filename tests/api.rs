@@ -29,6 +29,7 @@ on_both_engines!(
     hostile_input_gets_a_defined_answer_and_others_are_served,
     envelope_has_every_key_and_a_utc_millisecond_timestamp,
     cursor_answers_exact_bodies,
+    jwt_secret_rotation_accepts_the_previous_secret,
 );
 
 /// A strict `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC, milliseconds).
@@ -477,6 +478,70 @@ async fn accounts_login_and_refresh(kind: Kind) {
     assert!(b["access_token"].as_str().is_some_and(|t| !t.is_empty()));
     let (s, b) = n
         .post("/v1/auth/refresh", Some("nope"), Body::Raw(String::new()))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+}
+
+/// `MYTHOS_JWT_SECRET_PREVIOUS`: during a rotation window tokens signed with
+/// the previous secret still work (HTTP, SSE, WebSocket); login signs with the
+/// new one; a token of neither secret is refused 401.
+async fn jwt_secret_rotation_accepts_the_previous_secret(kind: Kind) {
+    const NEW: &str = "the-rotated-in-secret-0123456789";
+    let n = Node::start(kind, |c| {
+        c.jwt_secret = Some(NEW.into());
+        c.jwt_secret_previous = Some(SECRET.into());
+    })
+    .await;
+    // Tokens of the previous secret (the support helpers sign with SECRET).
+    assert_eq!(n.publish_n("rot", 2).await, range(1, 2));
+    let (mut ws, _) = n.ws_player("rot", None).await;
+    assert_eq!(ws.seqs(2).await, range(1, 2));
+    let mut sse = n
+        .sse("/v1/events", &player_token("rot"), None)
+        .await
+        .expect("an SSE stream with a previous-secret token");
+    assert_eq!(sse.seqs(2).await, range(1, 2));
+    let user = json!({"username": "rota", "password": "pw-rotation"});
+    let (s, _) = n
+        .post(
+            "/v1/admin/users",
+            Some(&admin_token()),
+            Body::Json(user.clone()),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // New tokens are signed with the current secret.
+    let (s, b) = n.post("/v1/auth/login", None, Body::Json(user)).await;
+    assert_eq!(s, 200, "{b}");
+    let token = b["access_token"].as_str().expect("token");
+    let key = |k: &str| jsonwebtoken::DecodingKey::from_secret(k.as_bytes());
+    let v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    assert!(jsonwebtoken::decode::<mythos_broker::auth::Claims>(token, &key(NEW), &v).is_ok());
+    assert!(jsonwebtoken::decode::<mythos_broker::auth::Claims>(token, &key(SECRET), &v).is_err());
+    let (s, c) = n
+        .request(reqwest::Method::GET, "/v1/cursor", Some(token))
+        .await;
+    assert_eq!((s, c["player_id"].as_str()), (200, Some("rota")));
+    // A token of a third secret: 401.
+    let now = mythos_broker::auth::now_secs();
+    let claims = mythos_broker::auth::Claims {
+        sub: "rot".into(),
+        exp: now + 600,
+        iat: Some(now),
+        role: mythos_broker::auth::Role::Service,
+    };
+    let stranger = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"neither-secret-0123456789"),
+    )
+    .expect("token");
+    let body = json!({"to": {"player": "rot"}, "event_type": "t", "data": 1});
+    let (s, b) = n
+        .post("/v1/publish", Some(&stranger), Body::Json(body))
         .await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),

@@ -86,6 +86,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("bind", "MYTHOS_BIND"),
     ("redis-url", "MYTHOS_REDIS_URL"),
     ("jwt-secret", "MYTHOS_JWT_SECRET"),
+    ("jwt-secret-previous", "MYTHOS_JWT_SECRET_PREVIOUS"),
     ("jwt-public-key", "MYTHOS_JWT_PUBLIC_KEY"),
     ("dev", "MYTHOS_DEV"),
     ("max-backlog", "MYTHOS_MAX_BACKLOG"),
@@ -94,6 +95,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("max-event-bytes", "MYTHOS_MAX_EVENT_BYTES"),
     ("token-ttl", "MYTHOS_TOKEN_TTL"),
     ("log", "MYTHOS_LOG"),
+    ("log-format", "MYTHOS_LOG_FORMAT"),
     ("keepalive", "MYTHOS_KEEPALIVE"),
     ("idle-timeout", "MYTHOS_IDLE_TIMEOUT"),
     ("ws-max-frame", "MYTHOS_WS_MAX_FRAME"),
@@ -200,6 +202,10 @@ fn bad_settings_stop_startup_with_exit_2_naming_the_setting() {
             "MYTHOS_MAX_EVENT_BYTES",
         ),
         (vec![("MYTHOS_JWT_SECRET", "short")], "MYTHOS_JWT_SECRET"),
+        (
+            vec![secret, ("MYTHOS_JWT_SECRET_PREVIOUS", "short")],
+            "MYTHOS_JWT_SECRET_PREVIOUS",
+        ),
         // A public key verifies a backend's tokens; login still needs the secret.
         (
             vec![(

@@ -3,7 +3,15 @@
 
 mod support;
 
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use mythos_broker::config::ClusterSeeds;
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::broker::{self, deliveries, player_token, service_token, Body, Broker};
 use support::cluster::RedisCluster;
+use support::eventually;
 
 /// The harness itself: six nodes, every slot served, and the faults it injects work.
 #[test]
@@ -23,4 +31,265 @@ fn harness_starts_fails_over_and_moves_slots() {
     assert_eq!(killed, other);
     assert_ne!(c.master_of(slot), other);
     assert_eq!(c.masters().len(), 3, "the replica was promoted");
+}
+
+/// Publishes `body` until it is answered 200 (20 s at most); the answer.
+async fn retry(node: &Broker, body: Value) -> Value {
+    let svc = service_token();
+    eventually(Duration::from_secs(20), "the retry to succeed", || {
+        let (svc, body) = (&svc, body.clone());
+        async move {
+            let (s, a) = node.post("/v1/publish", Some(svc), Body::Json(body)).await;
+            (s == 200).then_some(a)
+        }
+    })
+    .await
+}
+
+/// Issue 10: a room of 50 whose members live on all three masters. One
+/// publish reaches each member once (one script call per slot, run
+/// concurrently). Then a master is killed just before the next publish:
+/// whatever that publish answers (the cluster client rides out the failover
+/// and usually answers 200), its retry with the same `id` after the failover
+/// answers 200 with every member once. Then a whole shard (master and
+/// replica) is down during a publish: 503, the members elsewhere already
+/// hold the event, and the retry once the shard is back fills in the rest.
+/// Each member's log holds each room event exactly once, in order, with no
+/// gap (checked by sequence number through a WebSocket replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failover() {
+    let mut cluster = RedisCluster::start_persistent();
+    let mut config = broker::config();
+    config.redis_cluster = Some(ClusterSeeds(
+        cluster.seeds().split(',').map(String::from).collect(),
+    ));
+    let node = Broker::start(config).await;
+    let svc = service_token();
+    let players: Vec<String> = (0..50).map(|i| format!("member{i}")).collect();
+    let masters: HashSet<usize> = players
+        .iter()
+        .map(|p| cluster.master_of(cluster.slot(&format!("{{{p}}}"))))
+        .collect();
+    assert_eq!(masters.len(), 3, "the members span every master");
+    for p in &players {
+        let path = format!("/v1/rooms/hall/members/{p}");
+        let (status, _) = node.request(Method::PUT, &path, Some(&svc)).await;
+        assert_eq!(status, 200, "join {p}");
+    }
+    // Where each member's log stands before the room events.
+    let mut before = HashMap::new();
+    for p in &players {
+        let (status, c) = node
+            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
+            .await;
+        assert_eq!(status, 200);
+        let last = c["last_sequence_number"].as_u64().expect("last");
+        before.insert(p.clone(), last);
+    }
+    let expect_once = |answer: &Value, n: u64| {
+        let mut got = deliveries(answer);
+        got.sort();
+        let mut want: Vec<(String, u64)> =
+            players.iter().map(|p| (p.clone(), before[p] + n)).collect();
+        want.sort();
+        assert_eq!(got, want, "every member once, at the next sequence number");
+    };
+
+    // One publish, 50 deliveries.
+    let room = |id: &str| json!({"to": {"room": "hall"}, "event_type": "chat_message", "data": {"n": id}, "id": id});
+    let (status, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("r1")))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    expect_once(&answer, 1);
+
+    // A master dies right before the next publish.
+    let slot = cluster.slot(&format!("{{{}}}", players[0]));
+    let victim = cluster.kill_master(slot);
+    let (first, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("r2")))
+        .await;
+    eprintln!("publish during the failover: {first} {answer}");
+    if first == 200 {
+        expect_once(&answer, 2);
+    } else {
+        assert_eq!(
+            (first, answer["error"]["code"].as_str()),
+            (503, Some("engine_unavailable")),
+            "{answer}"
+        );
+    }
+    cluster.await_failover(slot, victim);
+    expect_once(&retry(&node, room("r2")).await, 2);
+
+    // A whole shard down: no failover can help this publish.
+    let down = cluster.slot(&format!("{{{}}}", players[1]));
+    let master = cluster.master_of(down);
+    let replica = cluster.replica_of(master);
+    let elsewhere = players
+        .iter()
+        .find(|p| cluster.master_of(cluster.slot(&format!("{{{p}}}"))) != master)
+        .expect("a member on another shard")
+        .clone();
+    cluster.nodes[master].kill();
+    cluster.nodes[replica].kill();
+    let (status, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("r3")))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("engine_unavailable")),
+        "{answer}"
+    );
+    // Members on the other masters already hold r3.
+    let (status, c) = node
+        .request(Method::GET, "/v1/cursor", Some(&player_token(&elsewhere)))
+        .await;
+    assert_eq!(
+        (status, c["last_sequence_number"].as_u64()),
+        (200, Some(before[&elsewhere] + 3)),
+        "{elsewhere}: {c}"
+    );
+    cluster.nodes[master].restart();
+    cluster.nodes[replica].restart();
+    cluster.wait_ok();
+    expect_once(&retry(&node, room("r3")).await, 3);
+
+    // Each member's log: r1, r2, r3, then a fence, and nothing else.
+    for p in &players {
+        let (status, _) = node
+            .post(
+                "/v1/publish",
+                Some(&svc),
+                Body::Json(json!({"to": {"player": p}, "event_type": "fence", "data": {}})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let b = before[p];
+        let (mut ws, _) = node.ws_player(p, Some(b)).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let e = ws.next_event().await.expect("an event");
+            got.push((
+                e["sequence_number"].as_u64().unwrap_or(0),
+                e["event_type"].as_str().unwrap_or("").to_string(),
+                e["id"].as_str().map(String::from),
+            ));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (b + 1, "chat_message".to_string(), Some("r1".to_string())),
+                (b + 2, "chat_message".to_string(), Some("r2".to_string())),
+                (b + 3, "chat_message".to_string(), Some("r3".to_string())),
+                (b + 4, "fence".to_string(), None),
+            ],
+            "{p}"
+        );
+    }
+}
+
+/// Contract §10 on a cluster, deterministically: while the replica of
+/// alice's master lags (frozen with SIGSTOP, its link cut), a node with
+/// `MYTHOS_REDIS_WAIT_REPLICAS=0` answers 200 to events only the master
+/// holds, and a node with `1` answers `503 not_replicated`. The master then
+/// dies and the lagging replica takes over: the events answered 200 without
+/// WAIT are gone (the cost `0` has, docs/scaling.md), nothing answered 200
+/// with WAIT is, and the WAIT node's retry with the same `id` lands once,
+/// right after the last surviving event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_1_refuses_what_a_failover_would_lose() {
+    let mut cluster = RedisCluster::start();
+    let seeds = ClusterSeeds(cluster.seeds().split(',').map(String::from).collect());
+    let node = |wait: u64| {
+        let mut c = broker::config();
+        c.redis_cluster = Some(seeds.clone());
+        c.redis_wait_replicas = wait;
+        c.redis_wait_timeout = Duration::from_millis(300);
+        Broker::start(c)
+    };
+    let (fast, safe) = (node(0).await, node(1).await);
+    let svc = service_token();
+    let event =
+        |id: &str| json!({"to": {"player": "alice"}, "event_type": "t", "data": id, "id": id});
+    let publish = |b: &Broker, id: &str| {
+        let body = event(id);
+        let svc = svc.clone();
+        let b = b.base.clone();
+        async move {
+            let r = Broker::http()
+                .post(format!("{b}/v1/publish"))
+                .bearer_auth(svc)
+                .json(&body)
+                .send()
+                .await
+                .expect("publish");
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for (b, id) in [(&fast, "a1"), (&safe, "a2")] {
+        let (s, a) = publish(b, id).await;
+        assert_eq!(s, 200, "{a}");
+    }
+    let slot = cluster.slot("{alice}");
+    let master = cluster.master_of(slot);
+    let replica = cluster.replica_of(master);
+    // Freeze the replica and cut its link: what the master takes from now
+    // on reaches no replica (a frozen process's kernel would still buffer
+    // the replication stream; a closed link does not).
+    cluster.nodes[replica].signal("STOP");
+    let cut: u64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(
+            &mut cluster.nodes[master]
+                .client()
+                .get_connection()
+                .expect("master"),
+        )
+        .expect("CLIENT KILL TYPE replica");
+    assert_eq!(cut, 1, "the replica's link was cut");
+    let mut answered_200 = Vec::new();
+    for i in 3..=7 {
+        let (s, a) = publish(&fast, &format!("a{i}")).await;
+        assert_eq!((s, deliveries(&a)), (200, vec![("alice".into(), i)]), "{a}");
+        answered_200.push(i);
+    }
+    let (s, a) = publish(&safe, "w1").await;
+    assert_eq!(
+        (s, a["error"]["code"].as_str()),
+        (503, Some("not_replicated")),
+        "{a}"
+    );
+    cluster.nodes[master].kill();
+    cluster.nodes[replica].signal("CONT");
+    cluster.await_failover(slot, master);
+    // The WAIT node's retry: 200 once a replica confirms (the old master,
+    // restarted, rejoins as the new master's replica).
+    cluster.nodes[master].restart();
+    cluster.nodes[master].wait_for_link();
+    let answer = retry(&safe, event("w1")).await;
+    // What survived: a1, a2; the five answered 200 without WAIT are lost.
+    assert_eq!(deliveries(&answer), vec![("alice".into(), 3)], "{answer}");
+    let (mut ws, _) = safe.ws_player("alice", Some(0)).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let e = ws.next_event().await.expect("an event");
+        got.push((
+            e["sequence_number"].as_u64().unwrap_or(0),
+            e["id"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![(1, "a1".into()), (2, "a2".into()), (3, "w1".into())],
+        "lost without WAIT: {answered_200:?}"
+    );
+    eprintln!(
+        "WAIT 0 lost {} of {} events answered 200 while the replica lagged; WAIT 1 answered 503 and its retry landed once",
+        answered_200.len(),
+        answered_200.len()
+    );
 }

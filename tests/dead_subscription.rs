@@ -29,9 +29,12 @@ const DETECTION: Duration = Duration::from_secs(15);
 
 async fn resubscribes(n: &Broker) -> u64 {
     let text = n.metrics_text().await;
+    // Summed over the `reason` label.
     text.lines()
-        .find_map(|l| l.strip_prefix("mythos_live_resubscribes_total "))
-        .map_or(0, |v| v.trim().parse().expect("a count"))
+        .filter(|l| l.starts_with("mythos_live_resubscribes_total{"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(_, v)| v.trim().parse::<u64>().expect("a count"))
+        .sum()
 }
 
 async fn readyz(n: &Broker) -> u16 {

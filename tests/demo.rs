@@ -46,7 +46,7 @@ fn start_demo() -> (Demo, String, String) {
         if let Some(rest) = line.strip_prefix("mythos-broker listening on http://") {
             addr = rest.split_whitespace().next().map(str::to_string);
         }
-        if let Some(t) = line.strip_prefix("dev mode: service token: ") {
+        if let Some(t) = line.strip_prefix("export SERVICE=") {
             token = Some(t.to_string());
         }
         if line.starts_with("demo world ready") {
@@ -148,4 +148,91 @@ async fn each_command_gets_one_answer_with_its_id() {
         .await
         .expect("members body");
     assert_eq!(members["members"], json!(["alice"]));
+}
+
+/// What a newcomer sees (issue 12 §5): the "listening" line once (even with
+/// debug logging), dev tokens as lines a shell takes as they are (pasting
+/// them sets `$SERVICE`, with which the README's `curl` example publishes),
+/// and no ANSI colour codes when the output is not a terminal.
+#[tokio::test]
+async fn demo_output_is_pasteable_and_says_listening_once() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mythos-broker"))
+        .args(["demo", "--bind", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MYTHOS_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the broker");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+    let pid = child.id() as i32;
+    let demo = Demo(child);
+    let mut out = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let line = line.expect("read stdout");
+        let ready = line.starts_with("demo world ready");
+        out.push(line);
+        if ready {
+            break;
+        }
+    }
+    let exports: Vec<&String> = out
+        .iter()
+        .filter(|l| l.starts_with('#') || l.starts_with("export "))
+        .collect();
+    let get = |var: &str| {
+        exports
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("export {var}=")))
+            .unwrap_or_else(|| panic!("no `export {var}=` line in {out:?}"))
+            .to_string()
+    };
+    let (broker, service) = (get("BROKER"), get("SERVICE"));
+    assert!(get("ADMIN").starts_with("eyJ"));
+    assert!(get("MYTHOS_JWT_SECRET").len() >= 32);
+    // Pasted into a shell, the block sets the variables.
+    let script = exports
+        .iter()
+        .map(|l| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let echoed = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{script}\nprintf '%s' \"$SERVICE\""))
+        .output()
+        .expect("sh");
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), service);
+    // The README's curl example, with what the block set.
+    let answer = reqwest::Client::new()
+        .post(format!("{broker}/v1/publish"))
+        .bearer_auth(&service)
+        .body(r#"{"to":{"player":"alice"},"event_type":"chat_message","data":{"channel":"say","from":"gm","message":"hello from curl"}}"#)
+        .send()
+        .await
+        .expect("publish");
+    assert_eq!(answer.status(), 200);
+
+    // SIGTERM, then everything either stream printed.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let err = err_reader.join().expect("stderr reader");
+    drop(demo);
+    let all = format!("{}\n{}\n{err}", out.join("\n"), rest.join("\n"));
+    assert_eq!(
+        all.matches("listening").count(),
+        1,
+        "the listening line once:\n{all}"
+    );
+    assert!(!all.contains('\u{1b}'), "no ANSI escapes in a pipe:\n{all}");
+    assert!(err.contains("DEBUG"), "debug logging was on:\n{err}");
 }

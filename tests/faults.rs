@@ -32,7 +32,9 @@
 //! publishers and events, more faults, longer outages; it also runs
 //! `redis_crash_cost_with_everysec` (otherwise ignored), which measures what
 //! a Redis crash costs with `appendfsync everysec` and with no AOF at all —
-//! a figure, not a failure.
+//! and `cluster_master_kill_9_cost_without_wait`, which counts what Redis
+//! Cluster failovers lose without `WAIT` — figures, not failures.
+//! `MYTHOS_FAULTS_RATE=N` sets each publisher's publishes per second.
 //!
 //! ```text
 //! CARGO_TARGET_DIR=… cargo test --test faults -- --nocapture
@@ -82,11 +84,16 @@ struct Scale {
 }
 
 fn scale() -> Scale {
+    // `MYTHOS_FAULTS_RATE`: publishes per second per publisher, to measure
+    // what a failover costs at a higher rate.
+    let rate = std::env::var("MYTHOS_FAULTS_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok());
     if long() {
         Scale {
             players: 24,
             publishers: 6,
-            rate: 40,
+            rate: rate.unwrap_or(40),
             rounds: 5,
             outage: Duration::from_secs(10),
         }
@@ -94,7 +101,7 @@ fn scale() -> Scale {
         Scale {
             players: 6,
             publishers: 3,
-            rate: 30,
+            rate: rate.unwrap_or(30),
             rounds: 2,
             outage: Duration::from_secs(4),
         }

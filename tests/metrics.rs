@@ -19,6 +19,10 @@ use serde_json::json;
 use support::broker::*;
 use support::eventually;
 
+const WS: &str = "mythos_connections{transport=\"ws\"}";
+const SSE: &str = "mythos_connections{transport=\"sse\"}";
+const LAG_COUNT: &str = "mythos_live_delivery_lag_seconds_count";
+
 /// `/metrics` as `name{labels}` → value.
 async fn scrape(n: &Broker) -> BTreeMap<String, f64> {
     let text = n.metrics_text().await;
@@ -85,8 +89,38 @@ async fn metrics_count_exactly_what_happened() {
         .await
         .expect("sse");
     let mid = moved(&before, &scrape(&n).await);
-    assert_eq!(mid.get("mythos_ws_connections"), Some(&1.0), "{mid:?}");
-    assert_eq!(mid.get("mythos_sse_connections"), Some(&1.0), "{mid:?}");
+    assert_eq!(mid.get(WS), Some(&1.0), "{mid:?}");
+    assert_eq!(mid.get(SSE), Some(&1.0), "{mid:?}");
+    assert_eq!(
+        mid.get("mythos_subscribed_players"),
+        Some(&1.0),
+        "alice, on two connections: {mid:?}"
+    );
+
+    // Refused credentials: no token, a malformed one, a wrong password.
+    let (s, _) = n.request(reqwest::Method::GET, "/v1/cursor", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = n
+        .request(reqwest::Method::GET, "/v1/cursor", Some("not-a-jwt"))
+        .await;
+    assert_eq!(s, 401);
+    let (s, _) = n
+        .post(
+            "/v1/auth/login",
+            None,
+            Body::Json(json!({"username": "nobody", "password": "wrong"})),
+        )
+        .await;
+    assert_eq!(s, 401);
+    // A publish refused for its target.
+    let (s, _) = n
+        .post(
+            "/v1/publish",
+            Some(&service_token()),
+            Body::Json(json!({"to": {"planet": "x"}, "event_type": "t", "data": 1})),
+        )
+        .await;
+    assert_eq!(s, 400);
 
     // A burst past the rate limit: every refusal is counted.
     for _ in 0..45 {
@@ -140,6 +174,23 @@ async fn metrics_count_exactly_what_happened() {
             .as_deref(),
         Some("resync_required")
     );
+    // Both stale connections go live: one event reaches each, live.
+    let lag_before = scrape(&n).await;
+    assert_eq!(n.publish_n("r", 1).await, vec![4]);
+    (published, deliveries) = (published + 1.0, deliveries + 1.0);
+    assert_eq!(stale_ws.seqs(1).await, vec![4]);
+    assert_eq!(stale_sse.seqs(1).await, vec![4]);
+    let lag = eventually(PATIENCE, "both live frames to be measured", || {
+        let n = &n;
+        let lag_before = &lag_before;
+        async move {
+            let m = moved(lag_before, &scrape(n).await);
+            let c = m.get(LAG_COUNT).copied().unwrap_or(0.0);
+            (c >= 2.0).then_some(c)
+        }
+    })
+    .await;
+    assert_eq!(lag, 2.0, "one lag per live frame written");
     drop((stale_ws, stale_sse));
 
     // A WebSocket that stops reading is cut as a slow consumer, once.
@@ -168,20 +219,63 @@ async fn metrics_count_exactly_what_happened() {
         async move {
             let after = scrape(n).await;
             let m = moved(before, &after);
-            (!m.contains_key("mythos_ws_connections") && !m.contains_key("mythos_sse_connections"))
-                .then_some(m)
+            let gauges = [
+                WS,
+                SSE,
+                "mythos_subscribed_players",
+                "mythos_live_queued_events",
+            ];
+            gauges.iter().all(|g| !m.contains_key(*g)).then_some(m)
         }
     })
     .await;
+    // Histograms: their counts (buckets and sums follow from the same
+    // observations). The slow consumer's live frames are as many as its
+    // socket took, so the lag count is checked only from below here.
+    let lag_total = settled.get(LAG_COUNT).copied().unwrap_or(0.0);
+    assert!(lag_total >= 2.0, "{settled:?}");
+    let settled: BTreeMap<String, f64> = settled
+        .into_iter()
+        .filter(|(k, _)| !k.contains("_bucket{") && !k.contains("_sum") && k != LAG_COUNT)
+        .collect();
     assert_eq!(
         settled,
         expect(&[
+            ("mythos_publish_duration_seconds_count", published),
+            (
+                "mythos_engine_append_duration_seconds_count{kind=\"event\"}",
+                published,
+            ),
+            (
+                "mythos_engine_append_duration_seconds_count{kind=\"command\"}",
+                2.0,
+            ),
+            // alice's WebSocket and SSE, r's two, and the slow one.
+            ("mythos_replay_duration_seconds_count", 5.0),
+            ("mythos_auth_failures_total{reason=\"missing\"}", 1.0),
+            ("mythos_auth_failures_total{reason=\"malformed\"}", 1.0),
+            (
+                "mythos_auth_failures_total{reason=\"invalid_credentials\"}",
+                1.0,
+            ),
+            ("mythos_rejections_total{reason=\"unauthorized\"}", 2.0),
+            (
+                "mythos_rejections_total{reason=\"invalid_credentials\"}",
+                1.0,
+            ),
+            ("mythos_rejections_total{reason=\"invalid_target\"}", 1.0),
+            ("mythos_rejections_total{reason=\"rate_limited\"}", limited),
+            (
+                "mythos_rejections_total{reason=\"too_many_connections\"}",
+                1.0,
+            ),
+            ("mythos_rate_limited_total{reason=\"message\"}", limited),
             ("mythos_published_total", published),
             ("mythos_deliveries_total", deliveries),
             ("mythos_commands_total", 2.0),
-            ("mythos_ws_rate_limited_total", limited),
             ("mythos_connections_refused_total{reason=\"player\"}", 1.0),
-            ("mythos_resyncs_total", 2.0),
+            // r had acknowledged 1..3 before both resumed from 0.
+            ("mythos_resyncs_total{reason=\"acknowledged\"}", 2.0),
             ("mythos_slow_consumers_total", 1.0),
         ]),
         "exactly what the session did, and nothing else"

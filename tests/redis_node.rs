@@ -107,7 +107,8 @@ async fn redis_restart_mid_session_loses_nothing() {
 /// Hole 1 of issue 11: anyone who can `PUBLISH` on the broker's Redis could
 /// stop live delivery on every node with one message whose length field
 /// overflows (`colon + 1 + len` panicked in the listener task, silently).
-/// Now junk on `mythos:live` is counted and dropped: the same open socket
+/// Now junk on a live channel (`mythos:live:{alice}`, which this node
+/// subscribes to while alice is connected) is counted and dropped: the same open socket
 /// keeps receiving, in order, and `/readyz` stays 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_on_the_live_channel_does_not_stop_live_delivery() {
@@ -130,7 +131,7 @@ async fn junk_on_the_live_channel_does_not_stop_live_delivery() {
     ];
     for (i, j) in junk.iter().enumerate() {
         let _: i64 = redis::cmd("PUBLISH")
-            .arg("mythos:live")
+            .arg("mythos:live:{alice}")
             .arg(*j)
             .query_async(&mut con)
             .await

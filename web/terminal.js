@@ -113,11 +113,16 @@ const RENDER = {
     showRoom(d, ev);
   },
   chat_message(d, ev) {
-    const who = d.from === mythos.player ? "You" : d.from ?? "Someone";
+    // The demo sends {from, message}; a game server may reasonably name them
+    // otherwise (`text`, `sender`, `player_id`), or send a bare string.
+    const body = typeof d === "string" ? { message: d } : d ?? {};
+    const from = body.from ?? body.sender ?? body.player_id ?? body.player;
+    const said = body.message ?? body.text ?? body.body ?? "";
+    const who = from === mythos.player ? "You" : from ?? "Someone";
     const says = who === "You" ? "say" : "says";
-    const text = !d.channel || d.channel === "say"
-      ? `${who} ${says}: ${d.message ?? ""}`
-      : `[${d.channel}] ${who}: ${d.message ?? ""}`;
+    const text = !body.channel || body.channel === "say"
+      ? `${who} ${says}: ${said}`
+      : `[${body.channel}] ${who}: ${said}`;
     addLine(text, "chat", ev);
   },
   player_entered(d, ev) {

@@ -17,6 +17,11 @@
 //! - `w3`: 10,000 idle WebSockets; broker RSS per connection, and where it goes.
 //! - `all`: each in turn, then a summary against the peer and the targets.
 //!
+//! `--nodes N` runs W1/W1max through N broker nodes on the one store
+//! (players and publishers spread evenly; W1 then reports what pub/sub each
+//! node received against its own share), `--cluster` on a 3-master Redis
+//! Cluster instead of one Redis (issue 10).
+//!
 //! `cargo run --release --bin bench-delivery -- <workload> [options]`
 //! (`scripts/bench` builds, raises `ulimit -n`, and runs `all`).
 //! The generator is a multi-thread tokio runtime; it scans frames instead of
@@ -35,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bench_support::net::{event_body, mint, scan_event, ws_connect, Http, Ws};
-use bench_support::procs::{self, Broker, Cpu, CpuUse, Quiet, Redis};
+use bench_support::procs::{self, Broker, Cpu, CpuUse, Quiet, Redis, RedisCluster};
 use bench_support::stats::{verdict, Lat, Recorder, SeqCheck, Table};
 use clap::{Parser, ValueEnum};
 use futures_util::{stream, StreamExt};
@@ -115,6 +120,13 @@ struct Args {
     /// Also write the report (markdown) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Broker nodes on the one store (W1, W1max): players connect to them
+    /// in turn, publishers likewise (issue 10's scale-out figures).
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u16).range(1..=8))]
+    nodes: u16,
+    /// Run on a Redis Cluster (3 masters, 1 replica each, AOF) instead of one Redis.
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The peer's figures and our targets, as the product owner gave them.
@@ -132,24 +144,54 @@ mod goal {
     pub const W3_TARGET_KIB: f64 = 8.0;
 }
 
-/// One workload's environment: its own Redis (AOF) and broker processes.
+/// Where a workload's events are kept: one Redis, or a 3-master cluster.
+enum Store {
+    Single(Redis),
+    Cluster(RedisCluster),
+}
+
+impl Store {
+    fn servers(&self) -> Vec<&Redis> {
+        match self {
+            Store::Single(r) => vec![r],
+            Store::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+}
+
+/// One workload's environment: its own Redis (AOF) and broker processes
+/// (`--nodes` of them, all on the same store).
 struct Env {
-    redis: Redis,
+    store: Store,
+    brokers: Vec<Broker>,
+    /// The first broker (single-node workloads use only it).
     broker: Broker,
     secret: String,
     service: String,
 }
 
 impl Env {
-    fn start(bin: &std::path::Path, prefix: Option<&str>, env: &[(String, String)]) -> Self {
-        let redis = Redis::start();
+    fn start(a: &Args, bin: &std::path::Path) -> Self {
+        let store = if a.cluster {
+            Store::Cluster(RedisCluster::start())
+        } else {
+            Store::Single(Redis::start())
+        };
+        let (var, value) = match &store {
+            Store::Single(r) => ("MYTHOS_REDIS_URL", r.url()),
+            Store::Cluster(c) => ("MYTHOS_REDIS_CLUSTER", c.seeds()),
+        };
         let secret: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        let broker = Broker::start(bin, prefix, &redis.url(), &secret, env);
+        let prefix = a.broker_prefix.as_deref();
+        let start = || Broker::start(bin, prefix, (var, &value), &secret, &a.broker_env);
+        let broker = start();
+        let brokers = (1..a.nodes.max(1)).map(|_| start()).collect();
         let service = mint(&secret, "bench-service", Role::Service);
         Self {
-            redis,
+            store,
+            brokers,
             broker,
             secret,
             service,
@@ -160,34 +202,60 @@ impl Env {
         self.broker.addr
     }
 
+    /// Every node, the first one first.
+    fn nodes(&self) -> impl Iterator<Item = &Broker> {
+        std::iter::once(&self.broker).chain(&self.brokers)
+    }
+
+    /// The node of player (or publisher) number `i`: they are spread evenly.
+    fn addr_of(&self, i: usize) -> SocketAddr {
+        let n = 1 + self.brokers.len();
+        match i % n {
+            0 => self.broker.addr,
+            k => self.brokers[k - 1].addr,
+        }
+    }
+
     fn cpu(&self) -> Cpu {
-        Cpu::sample(self.broker.pid(), self.redis.pid())
+        let brokers: Vec<u32> = self.nodes().map(Broker::pid).collect();
+        let redis: Vec<u32> = self.store.servers().iter().map(|r| r.pid()).collect();
+        Cpu::sample(&brokers, &redis)
     }
 
     /// Redis's own account of the commands the run sent (`INFO
-    /// commandstats`): calls and microseconds per call, the engine's side of
-    /// the cost.
+    /// commandstats`, summed over a cluster's servers): calls and
+    /// microseconds per call, the engine's side of the cost.
     fn redis_commandstats(&self) -> String {
-        let info: Result<String, redis::RedisError> = redis::Client::open(self.redis.url())
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("INFO").arg("commandstats").query(&mut c));
-        let Ok(info) = info else {
-            return "commandstats unavailable".into();
-        };
-        let mut rows: Vec<(f64, String)> = info
-            .lines()
-            .filter_map(|l| {
-                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+        let mut totals: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+        for r in self.store.servers() {
+            for l in r.info("INFO commandstats").lines() {
+                let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+                else {
+                    continue;
+                };
                 let field = |k: &str| {
                     rest.split(',')
                         .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
                         .and_then(|v| v.parse::<f64>().ok())
                 };
-                let (calls, usec, per) = (field("calls")?, field("usec")?, field("usec_per_call")?);
-                Some((
+                if let (Some(calls), Some(usec)) = (field("calls"), field("usec")) {
+                    let t = totals.entry(name.to_string()).or_default();
+                    t.0 += calls;
+                    t.1 += usec;
+                }
+            }
+        }
+        if totals.is_empty() {
+            return "commandstats unavailable".into();
+        }
+        let mut rows: Vec<(f64, String)> = totals
+            .into_iter()
+            .map(|(name, (calls, usec))| {
+                let per = if calls > 0.0 { usec / calls } else { 0.0 };
+                (
                     usec,
                     format!("{name} {} calls × {per:.1} µs", fmt_int(calls)),
-                ))
+                )
             })
             .collect();
         rows.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -200,12 +268,6 @@ impl Env {
 
     fn token(&self, player: &str) -> String {
         mint(&self.secret, player, Role::Player)
-    }
-
-    async fn http(&self) -> Http {
-        Http::connect(self.addr(), &self.service)
-            .await
-            .expect("HTTP connection to the broker")
     }
 }
 
@@ -269,6 +331,8 @@ struct FanoutTotals {
     ended: u64,
     publish_errors: u64,
     end_reasons: Vec<String>,
+    /// Deliveries received by the clients of each node.
+    by_node: Vec<u64>,
 }
 
 impl FanoutTotals {
@@ -367,7 +431,9 @@ impl Fanout {
             )));
         }
         for i in 0..f.spec.publishers {
-            let http = env.http().await;
+            let http = Http::connect(env.addr_of(i), &env.service)
+                .await
+                .expect("HTTP connection to the broker");
             f.pubs.push(tokio::spawn(fanout_publisher(
                 i as u64,
                 f.spec.publishers as u64,
@@ -397,7 +463,10 @@ impl Fanout {
 
     /// Stops publishing (if not done), waits for every client to have every
     /// event of its room (up to 15 s), and totals the checks.
-    async fn finish(mut self) -> (FanoutTotals, Arc<Recorder>, Vec<u64>, Vec<u64>, Vec<u64>) {
+    async fn finish(
+        mut self,
+        nodes: usize,
+    ) -> (FanoutTotals, Arc<Recorder>, Vec<u64>, Vec<u64>, Vec<u64>) {
         for p in std::mem::take(&mut self.pubs) {
             let _ = p.await;
         }
@@ -412,9 +481,11 @@ impl Fanout {
             ended: self.live.ended.load(Ordering::SeqCst),
             publish_errors: self.live.publish_errors.load(Ordering::SeqCst),
             end_reasons: Vec::new(),
+            by_node: vec![0; nodes.max(1)],
         };
-        for c in std::mem::take(&mut self.clients) {
+        for (i, c) in std::mem::take(&mut self.clients).into_iter().enumerate() {
             let Ok(r) = c.await else { continue };
+            t.by_node[i % nodes.max(1)] += r.check.received;
             t.check.add(&r.check);
             t.expected += r.expected;
             t.short += r.expected.saturating_sub(r.check.received);
@@ -593,17 +664,20 @@ async fn join_rooms(env: &Env, prefix: &str, players: &[(String, usize)]) {
 }
 
 /// Opens a WebSocket for each player (`concurrency` handshakes at a time),
-/// in order; each has read its welcome.
+/// in order, player `i` on node `i % nodes`; each has read its welcome.
 async fn connect_all(
     env: &Env,
     players: &[(String, usize)],
     since: Option<u64>,
     concurrency: usize,
 ) -> Vec<(Ws, u64)> {
-    let addr = env.addr();
-    let tokens: Vec<String> = players.iter().map(|(p, _)| env.token(p)).collect();
-    stream::iter(tokens)
-        .map(|t| async move { ws_connect(addr, &t, since).await })
+    let targets: Vec<(SocketAddr, String)> = players
+        .iter()
+        .enumerate()
+        .map(|(i, (p, _))| (env.addr_of(i), env.token(p)))
+        .collect();
+    stream::iter(targets)
+        .map(|(addr, t)| async move { ws_connect(addr, &t, since).await })
         .buffered(concurrency)
         .map(|r| r.expect("WebSocket connection"))
         .collect()
@@ -766,8 +840,10 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
     };
     let (rooms, size) = (spec.rooms, spec.size);
     let f = Fanout::start(env, spec).await;
+    let live_before = live_counters(env).await;
     let steps = run_steps(env, &f, false, size).await;
-    let (t, _, _, _, _) = f.finish().await;
+    let (t, _, _, _, _) = f.finish(env.nodes().count()).await;
+    let live_after = live_counters(env).await;
     let Some(s) = steps.first() else {
         return;
     };
@@ -849,6 +925,7 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         String::new(),
     ]);
     report.push_str(&tab.render());
+    per_node_live(env, &t, &live_before, &live_after, report);
     let _ = writeln!(
         report,
         "\nRedis time by command (INFO commandstats): {}.",
@@ -875,6 +952,96 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         "—",
         "0",
         verdict(lost == 0 && t.check.dups == 0 && t.ended == 0),
+    );
+}
+
+/// Each node's `mythos_live_messages_total` and `mythos_live_bytes_total`:
+/// the live announcements it received from Redis so far.
+async fn live_counters(env: &Env) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for b in env.nodes() {
+        let text = match Http::connect(b.addr, &env.service).await {
+            Ok(mut h) => h
+                .request("GET", "/metrics", bytes::Bytes::new())
+                .await
+                .map(|(_, body)| String::from_utf8_lossy(&body).into_owned())
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        out.push((
+            value("mythos_live_messages_total"),
+            value("mythos_live_bytes_total"),
+        ));
+    }
+    out
+}
+
+/// Issue 10's table: what each node received from Redis's pub/sub over the
+/// run, against the deliveries its own clients got (its share of the load).
+fn per_node_live(
+    env: &Env,
+    t: &FanoutTotals,
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+    report: &mut String,
+) {
+    let nodes = env.nodes().count();
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .zip(before)
+        .map(|(a, b)| (a.0 - b.0, a.1 - b.1))
+        .collect();
+    let (all_msgs, all_bytes) = delta
+        .iter()
+        .fold((0.0, 0.0), |acc, d| (acc.0 + d.0, acc.1 + d.1));
+    let all_own: u64 = t.by_node.iter().sum();
+    let mut tab = Table::new(
+        &format!("Live announcements received per node ({nodes} node(s), players spread evenly)"),
+        &[
+            "node",
+            "own deliveries",
+            "pub/sub messages",
+            "pub/sub bytes",
+            "messages ÷ own deliveries",
+            "bytes ÷ own share of all bytes",
+        ],
+    );
+    for (i, d) in delta.iter().enumerate() {
+        let own = t.by_node.get(i).copied().unwrap_or(0) as f64;
+        let share = if all_own > 0 {
+            all_bytes * own / all_own as f64
+        } else {
+            0.0
+        };
+        tab.row(vec![
+            (i + 1).to_string(),
+            fmt_int(own),
+            fmt_int(d.0),
+            fmt_int(d.1),
+            if own > 0.0 {
+                format!("{:.3}", d.0 / own)
+            } else {
+                "—".into()
+            },
+            if share > 0.0 {
+                format!("{:.3}", d.1 / share)
+            } else {
+                "—".into()
+            },
+        ]);
+    }
+    report.push_str(&tab.render());
+    let _ = writeln!(
+        report,
+        "\nAll nodes together: {} messages, {} bytes for {} deliveries.",
+        fmt_int(all_msgs),
+        fmt_int(all_bytes),
+        fmt_int(all_own as f64)
     );
 }
 
@@ -907,7 +1074,7 @@ async fn w1max(env: &Env, a: &Args, report: &mut String) -> W1maxRun {
     let f = Fanout::start(env, spec).await;
     let results = run_steps(env, &f, true, size).await;
     f.stop_publishing.cancel();
-    let (t, _, _, _, _) = f.finish().await;
+    let (t, _, _, _, _) = f.finish(env.nodes().count()).await;
     let mut tab = Table::new(
         &format!(
             "W1max: rate ×{} every {} s from {} deliveries/s (stop: p99 > 100 ms, loss, or rate not reached)",
@@ -1267,7 +1434,7 @@ async fn w2_live(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         total.add(&check);
     }
     bg.stop_publishing.cancel();
-    let (t, _, _, _, _) = bg.finish().await;
+    let (t, _, _, _, _) = bg.finish(env.nodes().count()).await;
     let lat = Lat::of_samples(&catchup);
     let lost = short + total.gaps + t.lost();
     let dups = total.dups + t.check.dups;
@@ -1500,8 +1667,23 @@ fn main() -> ExitCode {
             _ => String::new(),
         };
         eprintln!("== {w:?}{run} ({quiet})");
-        let env = Env::start(&bin, a.broker_prefix.as_deref(), &a.broker_env);
+        let env = Env::start(&a, &bin);
         let mut part = String::new();
+        let _ = writeln!(
+            part,
+            "\n_Topology: {} broker node(s) on {}{}._",
+            a.nodes,
+            if a.cluster {
+                "a Redis Cluster (3 masters + 3 replicas, AOF everysec)"
+            } else {
+                "one Redis (AOF everysec)"
+            },
+            if a.broker_env.is_empty() {
+                String::new()
+            } else {
+                format!("; broker settings {:?}", a.broker_env)
+            }
+        );
         let t = Instant::now();
         rt.block_on(async {
             match w {
@@ -1518,7 +1700,7 @@ fn main() -> ExitCode {
                 Workload::All => {}
             }
         });
-        let warnings = env.broker.warnings();
+        let warnings: usize = env.nodes().map(Broker::warnings).sum();
         let _ = writeln!(
             part,
             "\n({w:?}: {:.0} s; before it: {quiet}; load avg after: {:.2}; broker warnings logged: {warnings})",

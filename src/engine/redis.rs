@@ -30,7 +30,7 @@ mod consumer;
 mod decode;
 mod info;
 mod ingest;
-mod keys;
+pub mod keys;
 mod lanes;
 mod live;
 mod scripts;

@@ -78,6 +78,20 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_INTERNAL: u16 = 1011;
 
 impl End {
+    /// A short name of why the connection ended, for logs.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            End::Shutdown => "shutdown",
+            End::Expired => "token_expired",
+            End::Slow => "slow_consumer",
+            End::Abuse => "policy_violation",
+            End::TooBig => "message_too_big",
+            End::NotUtf8 => "invalid_utf8",
+            End::Idle => "idle_timeout",
+            End::EngineLost => "engine_unavailable",
+        }
+    }
+
     /// The WebSocket close code (RFC 6455 §7.4; 4001 and 4008 are the
     /// contract's own) and reason.
     pub const fn close(self) -> (u16, &'static str) {

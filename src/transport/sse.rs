@@ -15,13 +15,15 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use warp::http::HeaderValue;
 
-use super::{check_reader, parse_resume, ready_batch, End};
+use super::{check_reader, parse_resume, ready_batch, session_id, End};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::listener::StreamBody;
 use crate::protocol::{envelope_json, Event};
 use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
+use crate::telemetry::{ConnectionGauge, Transport};
+use tracing::Instrument;
 
 /// Chunks buffered between the session and the socket; the session waits
 /// beyond this, so replay is paced by what the socket accepts.
@@ -64,15 +66,21 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
             first,
             "event: resync_required\ndata: {{\"oldest_available\":{oldest}}}\n\n"
         );
-        metrics::counter!("mythos_resyncs_total").increment(1);
+        let reason = session::resync_reason(opened.cursor);
+        metrics::counter!("mythos_resyncs_total", "reason" => reason).increment(1);
     }
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let expires_in = p.time_left();
     let app2 = app.clone();
-    app.tasks.spawn(async move {
-        run(app2, player, feed, first, tx, expires_in).await;
-        drop(pass);
-    });
+    let span = tracing::info_span!(parent: None, "connection", player = %player,
+        transport = "sse", session = %session_id(), node = %app.node);
+    app.tasks.spawn(
+        async move {
+            run(app2, feed, first, tx, expires_in).await;
+            drop(pass);
+        }
+        .instrument(span),
+    );
     let mut resp = warp::reply::Response::default(); // 200 OK
     let h = resp.headers_mut();
     h.insert(
@@ -97,13 +105,14 @@ fn frame(out: &mut String, player: &str, ev: &Event) {
 
 async fn run(
     app: Arc<App>,
-    player: String,
     mut feed: Feed,
     first: String,
     tx: mpsc::Sender<Bytes>,
     expires_in: std::time::Duration,
 ) {
-    metrics::gauge!("mythos_sse_connections").increment(1.0);
+    let _gauge = ConnectionGauge::open(Transport::Sse);
+    tracing::info!("connection opened");
+    let player = feed.player().to_string();
     let state = feed.state();
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
@@ -113,7 +122,7 @@ async fn run(
     let why = loop {
         if let Some(c) = chunk.take() {
             tokio::select! {
-                r = tx.send(c) => if r.is_err() { break None },
+                r = tx.send(c) => if r.is_err() { break None } else { feed.written() },
                 _ = state.killed() => break Some(End::Slow),
                 _ = app.shutdown.cancelled() => break Some(End::Shutdown),
                 _ = &mut expiry => break Some(End::Expired),
@@ -143,6 +152,8 @@ async fn run(
             },
         }
     };
-    tracing::debug!(player = %player, ?why, "SSE stream ended (None: the client left)");
-    metrics::gauge!("mythos_sse_connections").decrement(1.0);
+    tracing::info!(
+        reason = why.map_or("client_left", End::reason),
+        "connection closed"
+    );
 }

@@ -30,6 +30,8 @@ use crate::error::ApiError;
 use crate::protocol::{envelope_json, parse_client_message, ClientMessage, ProtocolError};
 use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
+use crate::telemetry::{ConnectionGauge, Transport};
+use tracing::Instrument;
 
 /// Frames above this (or above the configured limit, if larger) close the
 /// connection with 1009; between the configured limit and this they get a
@@ -102,7 +104,8 @@ pub async fn open(
     .to_string()];
     if let Some(oldest) = opened.resync {
         first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
-        metrics::counter!("mythos_resyncs_total").increment(1);
+        let reason = session::resync_reason(opened.cursor);
+        metrics::counter!("mythos_resyncs_total", "reason" => reason).increment(1);
     }
     let session = WsSession {
         app: app.clone(),
@@ -118,10 +121,15 @@ pub async fn open(
             .and_then(|v| v.to_str().ok()),
     );
     let hard_limit = HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
-    app.tasks.spawn(async move {
-        accept(upgrade, hard_limit, session).await;
-        drop(pass);
-    });
+    let span = tracing::info_span!(parent: None, "connection", player = %session.player,
+        transport = "ws", session = %session.session_id, node = %app.node);
+    app.tasks.spawn(
+        async move {
+            accept(upgrade, hard_limit, session).await;
+            drop(pass);
+        }
+        .instrument(span),
+    );
     Ok(switching_protocols(&accept_key, selected))
 }
 
@@ -239,6 +247,7 @@ struct WsSession {
 }
 
 fn error_frame(e: &ProtocolError, id: Option<&str>) -> String {
+    crate::telemetry::rejected(e.code);
     let mut v = json!({"type": "error", "code": e.code, "message": e.message});
     if let Some(id) = id {
         v["id"] = json!(id);
@@ -256,18 +265,23 @@ async fn run(ws: WebSocket, s: WsSession) {
         first,
         expires_in,
     } = s;
-    metrics::gauge!("mythos_ws_connections").increment(1.0);
+    let _gauge = ConnectionGauge::open(Transport::Ws);
+    tracing::info!("connection opened");
+    let mut why = "client_left";
     let (mut sink, stream) = ws.split();
     let (ctrl_tx, ctrl_rx) = ctrl_queue();
     let clock = Liveness::new();
-    let mut reader = tokio::spawn(read_loop(
-        app.clone(),
-        player.clone(),
-        session_id,
-        stream,
-        ctrl_tx,
-        clock.clone(),
-    ));
+    let mut reader = tokio::spawn(
+        read_loop(
+            app.clone(),
+            player.clone(),
+            session_id,
+            stream,
+            ctrl_tx,
+            clock.clone(),
+        )
+        .instrument(tracing::Span::current()),
+    );
     let mut greet = futures_util::stream::iter(first.into_iter().map(|t| Ok(Message::text(t))));
     if sink.send_all(&mut greet).await.is_ok() {
         let w = Writer {
@@ -277,6 +291,7 @@ async fn run(ws: WebSocket, s: WsSession) {
             clock,
         };
         if let Some(end) = w.run(&mut feed, &mut sink, ctrl_rx).await {
+            why = end.reason();
             let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close(end))).await;
         }
     }
@@ -289,7 +304,7 @@ async fn run(ws: WebSocket, s: WsSession) {
     {
         reader.abort();
     }
-    metrics::gauge!("mythos_ws_connections").decrement(1.0);
+    tracing::info!(reason = why, "connection closed");
 }
 
 /// When the peer was last heard from.
@@ -373,7 +388,7 @@ impl Writer<'_> {
                 sink.flush().await
             };
             tokio::select! {
-                r = send => if r.is_err() { return None },
+                r = send => if r.is_err() { return None } else { feed.written() },
                 _ = state.killed() => return Some(End::Slow),
                 _ = app.shutdown.cancelled() => return Some(End::Shutdown),
             }
@@ -467,7 +482,8 @@ async fn handle(
 ) -> Option<(String, bool)> {
     if let Err(not_until) = app.limiter.check_key(&player.to_string()) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
-        metrics::counter!("mythos_ws_rate_limited_total").increment(1);
+        crate::telemetry::rate_limited("message");
+        crate::telemetry::rejected("rate_limited");
         let mut v = json!({"type": "error", "code": "rate_limited",
             "message": "too many messages; slow down",
             "retry_after_ms": wait.as_millis().max(1) as u64});
@@ -510,8 +526,10 @@ async fn handle(
                 id: id.to_string(),
                 payload,
             };
+            let started = Instant::now();
             match app.engine.push_command(&cmd).await {
                 Ok(_) => {
+                    crate::telemetry::observe_append("command", started);
                     metrics::counter!("mythos_commands_total").increment(1);
                     Some((
                         json!({"type": "command_accepted", "id": id}).to_string(),

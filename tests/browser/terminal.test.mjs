@@ -134,3 +134,25 @@ test("two players log in, look, move, talk, and see each other", async () => {
   await bobContext.close();
   await context.close();
 });
+
+test("chat published over HTTP shows in the terminal: the README's curl body, and `text` instead of `message`", async () => {
+  const context = await newContext(browser, { viewport: { width: 1000, height: 720 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e));
+  await loginAs(page, broker.url, "carol");
+  // The body of the README's `curl` example, to carol instead of alice.
+  await publish(broker, {
+    to: { player: "carol" },
+    event_type: "chat_message",
+    data: { channel: "say", from: "gm", message: "hello from curl" },
+  });
+  await waitForLine(page, /^gm says: hello from curl$/);
+  // What a game server might reasonably send instead.
+  await publish(broker, { to: { player: "carol" }, event_type: "chat_message", data: { text: "hi", sender: "npc" } });
+  await waitForLine(page, /^npc says: hi$/);
+  await publish(broker, { to: { player: "carol" }, event_type: "chat_message", data: { text: "anonymous" } });
+  await waitForLine(page, /^Someone says: anonymous$/);
+  assert.deepEqual(errors, []);
+  await context.close();
+});

@@ -43,7 +43,19 @@ fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
 impl RedisCluster {
     /// Starts six servers and joins them into a cluster (3 masters, 1 replica each).
     pub fn start() -> Self {
-        let extra = [
+        Self::start_with(false)
+    }
+
+    /// The same with every node keeping an AOF (`appendfsync always`), so
+    /// a node killed and restarted comes back with its data, and with
+    /// `cluster-require-full-coverage no`, so the shards still up serve
+    /// their slots while one shard is down (as docs/scaling.md recommends).
+    pub fn start_persistent() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> Self {
+        let mut extra = [
             "--cluster-enabled",
             "yes",
             "--cluster-node-timeout",
@@ -52,9 +64,25 @@ impl RedisCluster {
             // kill masters on purpose.
             "--cluster-replica-validity-factor",
             "0",
+            // Redis 7 waits 5 s before a diskless full sync (for more
+            // replicas to join it): a master killed within that time would
+            // leave an empty replica in charge.
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .map(String::from)
         .to_vec();
+        if persistent {
+            extra.extend(
+                [
+                    "--appendonly",
+                    "yes",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ]
+                .map(String::from),
+            );
+        }
         // The cluster bus listens on port + 10000, so ports stay below 55535.
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| RedisServer::start_cluster_node(&extra, free_port_below(55_000)))
@@ -76,7 +104,19 @@ impl RedisCluster {
         );
         let cluster = Self { nodes };
         cluster.wait_ok();
+        cluster.wait_replicas_synced();
         cluster
+    }
+
+    /// Waits until every running replica's link to its master is up (its
+    /// first full sync done).
+    pub fn wait_replicas_synced(&self) {
+        let masters = self.masters();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.pid().is_some() && !masters.contains(&i) {
+                n.wait_for_link();
+            }
+        }
     }
 
     /// `MYTHOS_REDIS_CLUSTER`: every node's URL, comma-separated.
@@ -163,6 +203,24 @@ impl RedisCluster {
         self.index_of(port)
     }
 
+    /// The index of the replica of the master `master` (by index).
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.id(master);
+        let lines: Vec<String> = redis::cmd("CLUSTER")
+            .arg("REPLICAS")
+            .arg(&id)
+            .query(&mut self.any())
+            .expect("CLUSTER REPLICAS");
+        let port = lines
+            .first()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|addr| addr.split('@').next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no replica of node {master}: {lines:?}"));
+        self.index_of(port)
+    }
+
     fn index_of(&self, port: u16) -> usize {
         self.nodes
             .iter()
@@ -197,10 +255,24 @@ impl RedisCluster {
     /// Kills (SIGKILL) the master serving `slot` and waits until its replica
     /// took over and the cluster is ok again; answers the killed node's index.
     pub fn kill_master_of(&mut self, slot: u16) -> usize {
-        let victim = self.master_of(slot);
-        let port = self.nodes[victim].port();
-        self.nodes[victim].kill();
         let started = Instant::now();
+        let victim = self.kill_master(slot);
+        self.await_failover(slot, victim);
+        eprintln!("failover of slot {slot} took {:?}", started.elapsed());
+        victim
+    }
+
+    /// `kill -9` of the master of `slot`, without waiting for anything.
+    pub fn kill_master(&mut self, slot: u16) -> usize {
+        let victim = self.master_of(slot);
+        self.nodes[victim].kill();
+        victim
+    }
+
+    /// Waits until a replica took over `slot` from the killed `victim` and
+    /// the cluster is whole again.
+    pub fn await_failover(&self, slot: u16, victim: usize) {
+        let port = self.nodes[victim].port();
         wait_for(
             READY,
             "a replica to take over the killed master's slots",
@@ -214,8 +286,6 @@ impl RedisCluster {
             },
         );
         self.wait_ok();
-        eprintln!("failover of slot {slot} took {:?}", started.elapsed());
-        victim
     }
 
     fn any_index(&self) -> usize {

@@ -295,6 +295,18 @@ impl RedisServer {
         }
     }
 
+    /// Sends the server `signal` (`STOP` freezes it, `CONT` resumes it).
+    pub fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = std::process::Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(pid.to_string())
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{signal} {pid}");
+        }
+    }
+
     /// Starts the server again on the same port (and directory); panics if
     /// that port now answers with someone else's server.
     pub fn restart(&mut self) {

@@ -66,8 +66,12 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(free_port(), &[])
+    }
+
+    /// On `port`, with `extra` arguments.
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir = temp_dir("redis");
-        let port = free_port();
         let child = Command::new("redis-server")
             .arg("--port")
             .arg(port.to_string())
@@ -75,6 +79,7 @@ impl Redis {
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -90,6 +95,22 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// The text of an `INFO`-like command (words split on spaces), or "".
+    pub fn info(&self, command: &str) -> String {
+        let mut words = command.split_whitespace();
+        let Some(first) = words.next() else {
+            return String::new();
+        };
+        let mut cmd = redis::cmd(first);
+        for w in words {
+            cmd.arg(w);
+        }
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| cmd.query::<String>(&mut c))
+            .unwrap_or_default()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -103,6 +124,80 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three masters with one replica each (every node with
+/// the same AOF as [`Redis`]), killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        // The cluster bus listens on port + 10000.
+        let nodes: Vec<Redis> = (0..6)
+            .map(|_| {
+                Redis::start_with(
+                    free_port_below(55_000),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--repl-diskless-sync-delay",
+                        "0",
+                    ],
+                )
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = create
+            .output()
+            .expect("run redis-cli --cluster create (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = Self { nodes };
+        wait_until(
+            Duration::from_secs(60),
+            "the cluster to be ok and in sync",
+            || {
+                c.nodes.iter().all(|n| {
+                    let cluster = n.info("CLUSTER INFO");
+                    let repl = n.info("INFO replication");
+                    cluster.contains("cluster_state:ok")
+                        && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+                })
+            },
+        );
+        c
+    }
+
+    /// `MYTHOS_REDIS_CLUSTER`: every node's URL.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A free TCP port on 127.0.0.1 below `limit`.
+fn free_port_below(limit: u16) -> u16 {
+    loop {
+        let p = free_port();
+        if p < limit {
+            return p;
+        }
+    }
+}
+
 /// A broker process (`mythos-broker --bind 127.0.0.1:<free>`), killed on drop.
 pub struct Broker {
     child: Child,
@@ -113,11 +208,12 @@ pub struct Broker {
 
 impl Broker {
     /// Starts `bin` (under `prefix`, a command split on spaces, if given)
-    /// against `redis_url` with `secret`, plus `env` overrides.
+    /// against `store` (`MYTHOS_REDIS_URL` or `MYTHOS_REDIS_CLUSTER` and its
+    /// value) with `secret`, plus `env` overrides.
     pub fn start(
         bin: &Path,
         prefix: Option<&str>,
-        redis_url: &str,
+        store: (&str, &str),
         secret: &str,
         env: &[(String, String)],
     ) -> Self {
@@ -136,7 +232,7 @@ impl Broker {
         };
         cmd.arg("--bind")
             .arg(addr.to_string())
-            .env("MYTHOS_REDIS_URL", redis_url)
+            .env(store.0, store.1)
             .env("MYTHOS_JWT_SECRET", secret)
             .env("MYTHOS_LOG", "warn")
             .env_remove("MYTHOS_DEV")
@@ -371,10 +467,13 @@ pub fn wait_for_quiet(max_load: f64, max_wait: Duration) -> Quiet {
     }
 }
 
-/// CPU seconds of the broker, Redis and this generator at one instant.
-#[derive(Debug, Clone, Copy, Default)]
+/// CPU seconds of the broker(s), Redis (all its servers) and this
+/// generator at one instant.
+#[derive(Debug, Clone, Default)]
 pub struct Cpu {
     pub broker: f64,
+    /// Each broker's, when there are several.
+    pub brokers: Vec<f64>,
     pub redis: f64,
     pub generator: f64,
     /// Every process of the machine, the three above included.
@@ -383,10 +482,12 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    pub fn sample(broker: u32, redis: u32) -> Self {
+    pub fn sample(brokers: &[u32], redis: &[u32]) -> Self {
+        let each: Vec<f64> = brokers.iter().map(|&p| cpu_seconds(p)).collect();
         Self {
-            broker: cpu_seconds(broker),
-            redis: cpu_seconds(redis),
+            broker: each.iter().sum(),
+            brokers: each,
+            redis: redis.iter().map(|&p| cpu_seconds(p)).sum(),
             generator: cpu_seconds(std::process::id()),
             machine: machine_busy_seconds(),
             at: Some(Instant::now()),
@@ -401,6 +502,12 @@ impl Cpu {
         };
         CpuUse {
             broker: self.broker - earlier.broker,
+            brokers: self
+                .brokers
+                .iter()
+                .zip(&earlier.brokers)
+                .map(|(a, b)| a - b)
+                .collect(),
             redis: self.redis - earlier.redis,
             generator: self.generator - earlier.generator,
             machine: self.machine - earlier.machine,
@@ -410,9 +517,10 @@ impl Cpu {
 }
 
 /// CPU seconds used over a wall-clock interval.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CpuUse {
     pub broker: f64,
+    pub brokers: Vec<f64>,
     pub redis: f64,
     pub generator: f64,
     pub machine: f64,
@@ -438,9 +546,18 @@ impl CpuUse {
                 0.0
             }
         };
+        let broker = if self.brokers.len() > 1 {
+            let each: Vec<String> = self
+                .brokers
+                .iter()
+                .map(|b| format!("{:.0}", p(*b)))
+                .collect();
+            format!("{:.0}% ({}%)", p(self.broker), each.join("+"))
+        } else {
+            format!("{:.0}%", p(self.broker))
+        };
         format!(
-            "{:.0}% / {:.0}% / {:.0}%",
-            p(self.broker),
+            "{broker} / {:.0}% / {:.0}%",
             p(self.redis),
             p(self.generator)
         )

@@ -63,15 +63,7 @@ async fn main() -> ExitCode {
     if let Err(msg) = checked {
         return usage_error(&msg);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&config.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file gets plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging(&config);
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => serve(config, false).await,
         Cmd::Demo => serve(config, true).await,
@@ -88,12 +80,38 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr, filtered by `MYTHOS_LOG`, as text or JSON lines
+/// (`MYTHOS_LOG_FORMAT`). Text is coloured only when both stdout and stderr
+/// are terminals (and `NO_COLOR` is unset): `cargo run > file` or a pipe gets
+/// plain text.
+fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init();
+    } else {
+        let colour = std::io::stdout().is_terminal()
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none();
+        builder.with_ansi(colour).init();
+    }
+}
+
 async fn serve(mut config: Config, demo: bool) -> ExitCode {
+    let mut generated = None;
     if config.jwt_secret.is_none() && config.dev {
         let secret: String = (0..32)
             .map(|_| format!("{:02x}", rand::random::<u8>()))
             .collect();
-        println!("dev mode: generated MYTHOS_JWT_SECRET={secret}");
+        generated = Some(secret.clone());
         config.jwt_secret = Some(secret);
     }
     let engine_name = if config.redis_url.is_some() {
@@ -121,18 +139,13 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         }
     };
     // The one "listening" line goes to stdout (scripts read it); the log
-    // does not repeat it.
-    tracing::debug!(addr = %running.addr, engine = engine_name, "listening");
+    // does not repeat it, at any level.
     println!(
         "mythos-broker listening on http://{} (engine: {engine_name})",
         running.addr
     );
     if app.config.dev {
-        for role in [Role::Service, Role::Admin] {
-            if let Ok((token, _)) = app.auth.issue(&format!("dev-{}", role.as_str()), role) {
-                println!("dev mode: {} token: {token}", role.as_str());
-            }
-        }
+        print_dev_exports(&app, running.addr, generated.as_deref());
     }
     if demo {
         demo::start(&app, running.addr).await;
@@ -142,6 +155,43 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
     running.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Dev mode's secret (if generated) and service/admin tokens, printed as
+/// lines a shell takes as they are: `#` comments and `export`s, so that
+/// pasting the block sets `$BROKER`, `$SERVICE` and `$ADMIN` (stdout only,
+/// never the log).
+fn print_dev_exports(app: &App, addr: std::net::SocketAddr, generated: Option<&str>) {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let ttl = humantime::format_duration(app.config.token_ttl);
+    println!(
+        "# dev mode: paste these lines into a shell to try the HTTP API; the tokens are valid for {ttl} (MYTHOS_TOKEN_TTL)"
+    );
+    if let Some(secret) = generated {
+        println!(
+            "# a generated secret: a restart without it generates another and logs everybody out"
+        );
+        println!("export MYTHOS_JWT_SECRET={secret}");
+    }
+    println!(
+        "export BROKER=http://{}",
+        std::net::SocketAddr::new(ip, addr.port())
+    );
+    for (var, role) in [("SERVICE", Role::Service), ("ADMIN", Role::Admin)] {
+        match app.auth.issue(&format!("dev-{}", role.as_str()), role) {
+            Ok((token, _)) => println!("export {var}={token}"),
+            Err(e) => eprintln!(
+                "mythos-broker: cannot issue the dev {} token: {}",
+                role.as_str(),
+                e.message
+            ),
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.

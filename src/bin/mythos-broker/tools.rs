@@ -81,7 +81,7 @@ async fn source(config: Config, remote: &Remote) -> Result<Source, ToolError> {
         let token = match (&remote.token, &config.jwt_secret) {
             (Some(t), _) => t.clone(),
             (None, Some(secret)) => {
-                let auth = Auth::new(Some(secret), None, std::time::Duration::from_secs(3600))
+                let auth = Auth::new(Some(secret), None, None, std::time::Duration::from_secs(3600))
                     .map_err(ToolError::Usage)?;
                 auth.issue("mythos-cli", Role::Admin)
                     .map_err(|e| ToolError::Usage(e.message))?

@@ -43,6 +43,20 @@ impl Topology {
     }
 }
 
+/// Builds a deadpool pool (one Redis or cluster: their builder types
+/// differ) whose every wait is bounded by `OP_TIMEOUT`.
+macro_rules! bounded {
+    ($builder:expr) => {
+        $builder
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(OP_TIMEOUT))
+            .create_timeout(Some(OP_TIMEOUT))
+            .recycle_timeout(Some(OP_TIMEOUT))
+            .build()
+            .map_err(pool_err)?
+    };
+}
+
 /// The engine's connections.
 pub enum Conns {
     Single {
@@ -66,14 +80,7 @@ impl Conns {
                     .set_connection_timeout(Some(OP_TIMEOUT))
                     .set_response_timeout(Some(OP_TIMEOUT));
                 let manager = Manager::new_with_config(url.as_str(), config)?;
-                let pool = Pool::builder(manager)
-                    .max_size(size + LANES)
-                    .runtime(Runtime::Tokio1)
-                    .wait_timeout(Some(OP_TIMEOUT))
-                    .create_timeout(Some(OP_TIMEOUT))
-                    .recycle_timeout(Some(OP_TIMEOUT))
-                    .build()
-                    .map_err(pool_err)?;
+                let pool = bounded!(Pool::builder(manager).max_size(size + LANES));
                 // Fail now, not on first use, when Redis is unreachable.
                 drop(pool.get().await.map_err(pool_err)?);
                 Conns::Single {
@@ -94,14 +101,7 @@ impl Conns {
                 // deadpool-redis's cluster manager sets no response timeout,
                 // which blocking commands need; callers bound them instead.
                 let manager = deadpool_redis::cluster::Manager::new(seeds.clone(), false)?;
-                let pool = deadpool_redis::cluster::Pool::builder(manager)
-                    .max_size(size)
-                    .runtime(Runtime::Tokio1)
-                    .wait_timeout(Some(OP_TIMEOUT))
-                    .create_timeout(Some(OP_TIMEOUT))
-                    .recycle_timeout(Some(OP_TIMEOUT))
-                    .build()
-                    .map_err(pool_err)?;
+                let pool = bounded!(deadpool_redis::cluster::Pool::builder(manager).max_size(size));
                 Conns::Cluster { shared, pool }
             }
         })

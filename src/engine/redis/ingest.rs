@@ -214,7 +214,8 @@ impl Consumer {
     /// can dead-letter an entry twice, never lose it.
     async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), EngineError> {
         tracing::warn!(entry = %e.id, reason, "publish entry dead-lettered");
-        metrics::counter!("mythos_ingest_dead_letters_total").increment(1);
+        metrics::counter!("mythos_ingest_dead_letters_total", "reason" => reason_label(reason))
+            .increment(1);
         let mut xadd = redis::cmd("XADD");
         xadd.arg(&self.dead).arg("*");
         for (k, v) in e.fields.iter().flatten() {
@@ -234,6 +235,22 @@ impl Consumer {
             .await?;
         Ok(())
     }
+}
+
+/// The metric label of a dead-letter reason (`<code>: <message>`): the code,
+/// from a fixed set so that a label never carries entry content.
+fn reason_label(reason: &str) -> &'static str {
+    const CODES: [&str; 7] = [
+        "too_large",
+        "invalid_json",
+        "invalid_request",
+        "invalid_target",
+        "invalid_id",
+        "invalid_event_type",
+        "engine",
+    ];
+    let code = reason.split(':').next().unwrap_or_default().trim();
+    CODES.into_iter().find(|c| *c == code).unwrap_or("other")
 }
 
 fn reason_of(e: &PublishError) -> String {

@@ -338,7 +338,8 @@ impl State {
     fn lost(&mut self, health: &LiveHealth) {
         if !self.all_stale {
             tracing::warn!("live subscriber connection lost; resubscribing");
-            metrics::counter!("mythos_live_resubscribes_total").increment(1);
+            metrics::counter!("mythos_live_resubscribes_total", "reason" => "connection_lost")
+                .increment(1);
         }
         health.set(false);
         self.all_stale = true;
@@ -379,7 +380,8 @@ impl State {
                 if let Some(ch) = channel(&p) {
                     if let Some(player) = keys::live_player(&ch) {
                         if self.wanted.contains_key(player) {
-                            metrics::counter!("mythos_live_resubscribes_total").increment(1);
+                            metrics::counter!("mythos_live_resubscribes_total", "reason" => "channel_dropped")
+                                .increment(1);
                             self.confirming.remove(player);
                             self.stale.insert(player.to_string());
                             self.backoff = BACKOFF_MIN;

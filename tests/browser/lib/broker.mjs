@@ -9,7 +9,7 @@ import path from "node:path";
 export const ROOT = path.resolve(import.meta.dirname, "../../..");
 export const BIN = process.env.MYTHOS_BIN ?? path.join(ROOT, "target/debug/mythos-broker");
 const READY = /demo world ready/;
-const SERVICE_TOKEN = /dev mode: service token: (\S+)/;
+const SERVICE_TOKEN = /^export SERVICE=(\S+)$/m;
 
 /** Every child started here, killed when this test process exits however it exits. */
 const children = new Set();
