@@ -53,7 +53,7 @@ fn start_demo() -> (Demo, String, String) {
         if let Some(rest) = line.strip_prefix("mythos-broker listening on http://") {
             addr = rest.split_whitespace().next().map(str::to_string);
         }
-        if let Some(t) = line.strip_prefix("dev mode: admin token: ") {
+        if let Some(t) = line.strip_prefix("export ADMIN=") {
             token = Some(t.to_string());
         }
         if line.starts_with("demo world ready") {

@@ -213,7 +213,7 @@ export function startBroker(binary: string, timeoutMs = 20_000): Promise<Running
     });
     child.stdout?.on("data", (chunk: Buffer) => {
       out += chunk.toString();
-      secret ??= /generated MYTHOS_JWT_SECRET=(\S+)/.exec(out)?.[1];
+      secret ??= /MYTHOS_JWT_SECRET=(\S+)/.exec(out)?.[1];
       const addr = /listening on (http:\/\/\S+)/.exec(out)?.[1];
       if (addr && secret) {
         clearTimeout(timer);
