@@ -189,11 +189,16 @@ impl RedisEngine {
     /// `NotReplicated` after `MYTHOS_REDIS_WAIT_TIMEOUT`. The writes stay: a
     /// retry with the same idempotency key finds them and appends nothing twice.
     async fn confirm(&self, conn: &mut Writer<'_>, key: &str) -> Result<()> {
+        match conn {
+            Writer::Own(c) => self.confirm_replicated(c, key).await,
+            Writer::Shared(_) => Ok(()),
+        }
+    }
+
+    /// `WAIT` on `conn` for the writes it sent to `key`'s master.
+    async fn confirm_replicated(&self, conn: &mut Own, key: &str) -> Result<()> {
         let wanted = self.limits.wait_replicas;
-        let Writer::Own(c) = conn else {
-            return Ok(());
-        };
-        let got = c.wait(key, wanted, self.limits.wait_timeout).await?;
+        let got = conn.wait(key, wanted, self.limits.wait_timeout).await?;
         metrics::counter!("mythos_redis_waits_total").increment(1);
         if got < wanted {
             metrics::counter!("mythos_not_replicated_total").increment(1);
@@ -222,20 +227,56 @@ impl RedisEngine {
         } else {
             vec![players.iter().collect()]
         };
-        let calls = groups
-            .iter()
-            .map(|g| self.append_group(g, body, dedupe_key));
-        let mut seqs: HashMap<&str, u64> = HashMap::with_capacity(players.len());
+        // With WAIT, every group is written through one connection of its
+        // own, so that one `WAIT` per master covers them all (a `WAIT` for
+        // the second slot of a master returns at once).
+        let mut own = if self.waits() {
+            Some(self.conns.own().await?)
+        } else {
+            None
+        };
+        let calls = groups.iter().map(|g| {
+            let conn = own.as_ref().map(Own::handle);
+            async move {
+                let mut conn = match conn {
+                    Some(Some(c)) => c,
+                    Some(None) => return Err(pool_err("connection discarded")),
+                    None => self.shared().await?,
+                };
+                self.append_group(&mut conn, g, body, dedupe_key).await
+            }
+        });
+        let mut done = Vec::with_capacity(groups.len());
         let mut failed = None;
         for r in join_all(calls).await {
             match r {
-                Ok(ds) => seqs.extend(ds),
+                Ok(ds) => done.push(ds),
                 Err(e) => failed = Some(e),
             }
         }
         if let Some(e) = failed {
             return Err(e);
         }
+        if let Some(own) = own.as_mut() {
+            for group in &done {
+                if let Some((first, _)) = group.first() {
+                    self.confirm_replicated(own, &keys::events(first)).await?;
+                }
+            }
+            let flags = flags_of(body);
+            let visible = done.iter().map(|group| {
+                let conn = own.handle();
+                async move {
+                    let mut conn = conn.ok_or_else(|| pool_err("connection discarded"))?;
+                    self.make_visible(&mut conn, group, body, flags).await
+                }
+            });
+            join_all(visible)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>>>()?;
+        }
+        let seqs: HashMap<&str, u64> = done.into_iter().flatten().collect();
         players
             .iter()
             .map(|p| {
@@ -250,18 +291,17 @@ impl RedisEngine {
             .collect()
     }
 
-    /// One `append.lua` call for `players` (all of one slot on a cluster),
-    /// then the replicas' confirmation.
+    /// One `append.lua` call for `players` (all of one slot on a cluster).
     async fn append_group<'p>(
         &self,
+        conn: &mut Shared<'_>,
         players: &[&'p String],
         body: &EventBody,
         dedupe_key: Option<&str>,
     ) -> Result<Vec<(&'p str, u64)>> {
-        let Some(first) = players.first() else {
+        if players.is_empty() {
             return Ok(Vec::new());
-        };
-        let mut conn = self.writer().await?;
+        }
         let mut inv = self.scripts.append.prepare_invoke();
         for p in players {
             inv.key(keys::events(p)).key(keys::meta(p));
@@ -269,12 +309,7 @@ impl RedisEngine {
                 inv.key(keys::dedupe(p, k));
             }
         }
-        let flags = match (&body.room_id, &body.id) {
-            (Some(_), Some(_)) => "ri",
-            (Some(_), None) => "r",
-            (None, Some(_)) => "i",
-            (None, None) => "",
-        };
+        let flags = flags_of(body);
         inv.arg(players.len())
             .arg(dedupe_key.map_or(0, |_| ms(self.limits.dedupe_window)))
             .arg(self.limits.max_backlog)
@@ -289,20 +324,15 @@ impl RedisEngine {
         for p in players {
             inv.arg(p.as_str());
         }
-        let out: Vec<u64> = inv.invoke_async(&mut conn).await?;
+        let out: Vec<u64> = inv.invoke_async(conn).await?;
         if out.len() != players.len() * 2 {
             return Err(EngineError::Corrupt("append.lua answered short".into()));
         }
-        let seqs: Vec<(&'p str, u64)> = players
+        Ok(players
             .iter()
             .zip(out.chunks_exact(2))
             .map(|(p, r)| (p.as_str(), r[0]))
-            .collect();
-        self.confirm(&mut conn, &keys::events(first)).await?;
-        if self.waits() {
-            self.make_visible(&mut conn, &seqs, body, flags).await?;
-        }
-        Ok(seqs)
+            .collect())
     }
 
     /// With `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1 readers see only what replicas
@@ -310,7 +340,7 @@ impl RedisEngine {
     /// its event and announces it (see the script's header).
     async fn make_visible(
         &self,
-        conn: &mut Writer<'_>,
+        conn: &mut Shared<'_>,
         seqs: &[(&str, u64)],
         body: &EventBody,
         flags: &str,
@@ -455,6 +485,16 @@ impl RedisEngine {
             return Err(EngineError::Rejected("no such command partition"));
         }
         Ok(keys::partition(keys::COMMANDS, partition, n))
+    }
+}
+
+/// The `append.lua` / `confirm.lua` flags: `r` with a room id, `i` with an id.
+fn flags_of(body: &EventBody) -> &'static str {
+    match (&body.room_id, &body.id) {
+        (Some(_), Some(_)) => "ri",
+        (Some(_), None) => "r",
+        (None, Some(_)) => "i",
+        (None, None) => "",
     }
 }
 

@@ -152,6 +152,8 @@ impl Conns {
 pub enum Shared<'a> {
     Lane(Lane<'a>),
     Cluster(ClusterConnection),
+    /// A handle on an [`Own`] connection ([`Own::handle`]).
+    Single(redis::aio::MultiplexedConnection),
 }
 
 /// A connection of one user's own: dropped, it returns to its pool, unless
@@ -181,6 +183,17 @@ impl Own {
         Own {
             conn: Some(conn),
             blocked: false,
+        }
+    }
+
+    /// A handle on this same connection (the same server-side client, so a
+    /// `WAIT` sent here covers writes sent through the handle) that several
+    /// tasks can use at once; `None` once discarded.
+    pub fn handle(&self) -> Option<Shared<'static>> {
+        match &self.conn {
+            Some(Pooled::Single(c)) => Some(Shared::Single((**c).clone())),
+            Some(Pooled::Cluster(c)) => Some(Shared::Cluster((**c).clone())),
+            None => None,
         }
     }
 
@@ -268,6 +281,7 @@ impl ConnectionLike for Shared<'_> {
         match self {
             Shared::Lane(l) => l.req_packed_command(cmd),
             Shared::Cluster(c) => c.req_packed_command(cmd),
+            Shared::Single(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -280,6 +294,7 @@ impl ConnectionLike for Shared<'_> {
         match self {
             Shared::Lane(l) => l.req_packed_commands(cmd, offset, count),
             Shared::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Shared::Single(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -287,6 +302,7 @@ impl ConnectionLike for Shared<'_> {
         match self {
             Shared::Lane(l) => l.get_db(),
             Shared::Cluster(c) => c.get_db(),
+            Shared::Single(c) => c.get_db(),
         }
     }
 }
