@@ -190,15 +190,15 @@ impl RedisEngine {
     /// retry with the same idempotency key finds them and appends nothing twice.
     async fn confirm(&self, conn: &mut Writer<'_>, key: &str) -> Result<()> {
         match conn {
-            Writer::Own(c) => self.confirm_replicated(c, key).await,
+            Writer::Own(c) => self.confirm_replicated(c, &[key.to_string()]).await,
             Writer::Shared(_) => Ok(()),
         }
     }
 
-    /// `WAIT` on `conn` for the writes it sent to `key`'s master.
-    async fn confirm_replicated(&self, conn: &mut Own, key: &str) -> Result<()> {
+    /// `WAIT` on `conn` for the writes it sent to the masters of `keys`.
+    async fn confirm_replicated(&self, conn: &mut Own, keys: &[String]) -> Result<()> {
         let wanted = self.limits.wait_replicas;
-        let got = conn.wait(key, wanted, self.limits.wait_timeout).await?;
+        let got = conn.wait(keys, wanted, self.limits.wait_timeout).await?;
         metrics::counter!("mythos_redis_waits_total").increment(1);
         if got < wanted {
             metrics::counter!("mythos_not_replicated_total").increment(1);
@@ -258,11 +258,11 @@ impl RedisEngine {
             return Err(e);
         }
         if let Some(own) = own.as_mut() {
-            for group in &done {
-                if let Some((first, _)) = group.first() {
-                    self.confirm_replicated(own, &keys::events(first)).await?;
-                }
-            }
+            let firsts: Vec<String> = done
+                .iter()
+                .filter_map(|group| group.first().map(|(p, _)| keys::events(p)))
+                .collect();
+            self.confirm_replicated(own, &firsts).await?;
             let flags = flags_of(body);
             let visible = done.iter().map(|group| {
                 let conn = own.handle();

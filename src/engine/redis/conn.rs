@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
+use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -237,38 +238,51 @@ impl Own {
         r
     }
 
-    /// `WAIT replicas timeout` on the node that took this connection's writes
-    /// to `key` (on a cluster, the master of its slot).
-    pub async fn wait(&mut self, key: &str, replicas: u64, timeout: Duration) -> Result<u64> {
+    /// `WAIT replicas timeout` on every node that took this connection's
+    /// writes to `keys` (one Redis: the server, once; a cluster: the master
+    /// of each key's slot, all at once — on a master reached twice the second
+    /// `WAIT` returns at once); answers the fewest confirmations.
+    pub async fn wait(&mut self, keys: &[String], replicas: u64, timeout: Duration) -> Result<u64> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(super::ms(timeout));
         let v = match &mut self.conn {
             Some(Pooled::Cluster(c)) => {
-                let route = redis::cluster_routing::Route::with_key(
-                    key,
-                    redis::cluster_routing::SlotAddr::Master,
-                );
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let conn: ClusterConnection = (**c).clone();
+                let calls = keys.iter().map(|key| {
+                    let (mut conn, cmd) = (conn.clone(), cmd.clone());
+                    let route = redis::cluster_routing::Route::with_key(
+                        key.as_bytes(),
+                        redis::cluster_routing::SlotAddr::Master,
+                    );
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                    async move {
+                        let call = conn.route_command(cmd, routing);
+                        match tokio::time::timeout(timeout + OP_TIMEOUT, call).await {
+                            Ok(v) => v
+                                .and_then(|v| redis::from_redis_value::<u64>(v).map_err(Into::into))
+                                .map_err(EngineError::from),
+                            Err(_) => Err(EngineError::Pool("WAIT did not answer".into())),
+                        }
+                    }
+                });
                 self.blocked = true;
-                let call = c.as_mut().route_command(cmd, routing);
-                let v = match tokio::time::timeout(timeout + OP_TIMEOUT, call).await {
-                    Ok(v) => v.map_err(EngineError::from),
-                    Err(_) => Err(EngineError::Pool("WAIT did not answer".into())),
-                };
+                let all = join_all(calls).await;
                 self.blocked = false;
-                v
+                all.into_iter()
+                    .try_fold(u64::MAX, |least, r| r.map(|n| least.min(n)))
             }
-            _ => self.query_blocking(&cmd, timeout).await,
+            _ => self
+                .query_blocking(&cmd, timeout)
+                .await
+                .and_then(|v| Ok(redis::from_redis_value(v).map_err(redis::RedisError::from)?)),
         };
-        match v {
-            Ok(v) => Ok(redis::from_redis_value(v).map_err(redis::RedisError::from)?),
-            Err(e) => {
-                // A WAIT that may still be blocked on the server: this
-                // connection must not serve anyone else.
-                self.discard();
-                Err(e)
-            }
+        if v.is_err() {
+            // A WAIT that may still be blocked on the server: this
+            // connection must not serve anyone else.
+            self.discard();
         }
+        v
     }
 }
 
