@@ -9,8 +9,12 @@
 //!
 //! `cargo run --release --bin bench-engine -- [--seconds N]`
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+#[allow(dead_code)] // the load generator's other helpers
+#[path = "bench_support/procs.rs"]
+mod procs;
+
+use procs::Redis;
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,40 +55,10 @@ struct Args {
 const DATA: &str =
     r#"{"text":"The innkeeper polishes a glass and eyes you warily.","from":"innkeeper","n":1}"#;
 
-struct Server(Child, u16, std::path::PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
-
-fn start_redis() -> Result<Server, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let dir = std::env::temp_dir().join(format!("mythos-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
-    let server = Server(child, port, dir);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("redis-server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
+/// Its own `redis-server` (no persistence) on a free port.
+fn start_redis() -> Result<Redis, String> {
+    std::panic::catch_unwind(|| Redis::start_with(procs::free_port(), &["--appendonly", "no"]))
+        .map_err(|_| "redis-server did not start (apt-get install redis-server)".to_string())
 }
 
 fn body() -> Arc<EventBody> {
@@ -204,7 +178,7 @@ async fn main() {
 
 async fn bench(a: Args) -> Result<(), String> {
     let server = start_redis()?;
-    let url = format!("redis://127.0.0.1:{}/", server.1);
+    let url = format!("redis://127.0.0.1:{}/", server.port());
     let options = RedisOptions {
         pool_size: a.pool,
         ..RedisOptions::single(&url)
@@ -259,8 +233,8 @@ async fn bench(a: Args) -> Result<(), String> {
             })
             .await,
         );
-        single[1].push(ceiling(server.1, &sha, 1, plain, a.seconds)?);
-        single[2].push(ceiling(server.1, &sha, 1, piped, a.seconds)?);
+        single[1].push(ceiling(server.port(), &sha, 1, plain, a.seconds)?);
+        single[2].push(ceiling(server.port(), &sha, 1, piped, a.seconds)?);
         eprintln!("round {round}/{}: (b) rooms", a.rounds);
         let (e, rs) = (engine.clone(), rooms.clone());
         rooms_out[0].push(
@@ -276,8 +250,8 @@ async fn bench(a: Args) -> Result<(), String> {
             })
             .await,
         );
-        rooms_out[1].push(ceiling(server.1, &sha, a.room_size, plain, a.seconds)? * room);
-        rooms_out[2].push(ceiling(server.1, &sha, a.room_size, piped, a.seconds)? * room);
+        rooms_out[1].push(ceiling(server.port(), &sha, a.room_size, plain, a.seconds)? * room);
+        rooms_out[2].push(ceiling(server.port(), &sha, a.room_size, piped, a.seconds)? * room);
     }
 
     let redis_version = Command::new("redis-server")

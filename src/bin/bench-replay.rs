@@ -19,6 +19,11 @@
 //!
 //! `cargo run --release --bin bench-replay -- [--events N]`
 
+#[allow(dead_code)] // the load generator's other helpers
+#[path = "bench_support/procs.rs"]
+mod procs;
+
+use procs::Redis;
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -50,16 +55,6 @@ struct Args {
 const DATA: &str =
     r#"{"text":"The innkeeper polishes a glass and eyes you warily.","from":"innkeeper","n":1}"#;
 
-struct Server(Child, u16, std::path::PathBuf);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.2);
-    }
-}
-
 /// A process of ours, killed when dropped.
 struct Proc(Child);
 
@@ -70,30 +65,10 @@ impl Drop for Proc {
     }
 }
 
-fn start_redis() -> Result<Server, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?
-        .port();
-    let dir = std::env::temp_dir().join(format!("mythos-bench-replay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("redis-server: {e} (apt-get install redis-server)"))?;
-    let server = Server(child, port, dir);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("redis-server did not start".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(server)
+/// Its own `redis-server` (no persistence) on a free port.
+fn start_redis() -> Result<Redis, String> {
+    std::panic::catch_unwind(|| Redis::start_with(procs::free_port(), &["--appendonly", "no"]))
+        .map_err(|_| "redis-server did not start (apt-get install redis-server)".to_string())
 }
 
 /// Writes a recording of `n` events of `player` (10 ms apart) to `path`.
@@ -262,8 +237,8 @@ async fn main() {
 
 async fn bench(a: Args) -> Result<(), String> {
     let server = start_redis()?;
-    let url = format!("redis://127.0.0.1:{}", server.1);
-    let file = server.2.join("recording.jsonl");
+    let url = format!("redis://127.0.0.1:{}", server.port());
+    let file = server.dir().join("recording.jsonl");
     write_recording(&file, a.events)?;
     let t0 = Instant::now();
     let f = std::fs::File::open(&file).map_err(|e| e.to_string())?;
@@ -299,7 +274,7 @@ async fn bench(a: Args) -> Result<(), String> {
     let on_redis = run(redis.clone(), "bench-redis").await?;
     let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new(Limits::default(), hub));
     let on_memory = run(memory, "bench-memory").await?;
-    let ceil = ceiling(server.1, &sha, a.events)?;
+    let ceil = ceiling(server.port(), &sha, a.events)?;
     let broker = a.broker.clone().or_else(|| {
         let p = std::env::current_exe()
             .ok()?

@@ -56,8 +56,9 @@ fn probe(addr: SocketAddr, request: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// A `redis-server` with `--appendonly yes --appendfsync everysec`, killed
-/// (and its directory removed) on drop.
+/// A `redis-server` with `--appendonly yes --appendfsync everysec` (unless
+/// [`Redis::start_with`]'s arguments say otherwise), killed (and its
+/// directory removed) on drop.
 pub struct Redis {
     child: Child,
     port: u16,
@@ -93,6 +94,17 @@ impl Redis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    #[allow(dead_code)] // bench-engine's and bench-replay's
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its throw-away directory (removed with it).
+    #[allow(dead_code)] // bench-replay's
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The text of an `INFO`-like command (words split on spaces), or "".
