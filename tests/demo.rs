@@ -5,65 +5,20 @@
 //! is a user of the broker living in the binary, so this runs
 //! `mythos-broker demo` as a user would, with the accounts it announces.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-/// The demo is part of the binary, not the library: run `mythos-broker demo`.
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `mythos-broker demo` on a free port; returns it, its address and
-/// the service token dev mode prints, once the demo world is ready.
-fn start_demo() -> (Demo, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mythos-broker"))
-        .args(["demo", "--bind", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MYTHOS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the broker");
-    let stdout = child.stdout.take().expect("stdout");
-    let demo = Demo(child);
-    let (mut addr, mut token) = (None, None);
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("read stdout");
-        if let Some(rest) = line.strip_prefix("mythos-broker listening on http://") {
-            addr = rest.split_whitespace().next().map(str::to_string);
-        }
-        if let Some(t) = line.strip_prefix("export SERVICE=") {
-            token = Some(t.to_string());
-        }
-        if line.starts_with("demo world ready") {
-            break;
-        }
-    }
-    // Keep reading, so a later line does not fail on a closed pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    let (Some(addr), Some(token)) = (addr, token) else {
-        panic!("the demo did not print its address and a service token");
-    };
-    (demo, addr, token)
-}
-
 #[tokio::test]
 async fn each_command_gets_one_answer_with_its_id() {
-    let (_demo, addr, service_token) = start_demo();
+    let (_demo, addr, service_token) = support::demo::start("SERVICE");
 
     let login: Value = reqwest::Client::new()
         .post(format!("http://{addr}/v1/auth/login"))
@@ -174,7 +129,7 @@ async fn demo_output_is_pasteable_and_says_listening_once() {
         s
     });
     let pid = child.id() as i32;
-    let demo = Demo(child);
+    let demo = support::demo::Demo(child);
     let mut out = Vec::new();
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {

@@ -11,8 +11,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -22,50 +20,6 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mythos-broker");
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `mythos-broker demo` on a free port: (process, address, admin token).
-fn start_demo() -> (Demo, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["demo", "--bind", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("MYTHOS_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    support::redis::die_with_parent(&mut cmd);
-    let mut child = cmd.spawn().expect("spawn the demo");
-    let stdout = child.stdout.take().expect("stdout");
-    let demo = Demo(child);
-    let (mut addr, mut token) = (None, None);
-    let mut lines = BufReader::new(stdout).lines();
-    for line in lines.by_ref() {
-        let line = line.expect("read stdout");
-        if let Some(rest) = line.strip_prefix("mythos-broker listening on http://") {
-            addr = rest.split_whitespace().next().map(str::to_string);
-        }
-        if let Some(t) = line.strip_prefix("export ADMIN=") {
-            token = Some(t.to_string());
-        }
-        if line.starts_with("demo world ready") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    let (Some(addr), Some(token)) = (addr, token) else {
-        panic!("the demo did not print its address and an admin token");
-    };
-    (demo, addr, token)
-}
 
 async fn run(args: &[&str]) -> (i32, String, String) {
     let out = tokio::time::timeout(
@@ -152,7 +106,7 @@ async fn a_demo_session_replays_as_recorded() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
-    let (_demo, addr, admin) = start_demo();
+    let (_demo, addr, admin) = support::demo::start("ADMIN");
     let cmd = |c: &str, args: &[&str]| json!({"type": "command", "command": c, "args": args});
     let chat = |m: &str| json!({"type": "chat", "channel": "say", "message": m});
     let alice_script = vec![

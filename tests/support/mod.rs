@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 pub mod broker;
 pub mod cluster;
+pub mod demo;
 pub mod history;
 pub mod proxy;
 pub mod redis;
