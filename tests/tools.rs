@@ -188,20 +188,17 @@ async fn export_replay_inspect(kind: Kind) {
     std::fs::write(&file, &out).expect("write the recording");
     let path = file.to_str().expect("utf-8 path");
     let (mut alice2, _) = node.ws_player("alice2", None).await;
-    let said = ok(
-        &remote,
-        &[
-            "replay",
-            path,
-            "--to-player",
-            "alice2",
-            "--speed",
-            "max",
-            "--url",
-            &url,
-        ],
-    )
-    .await;
+    let replay = [
+        "replay",
+        path,
+        "--to-player",
+        "alice2",
+        "--speed",
+        "max",
+        "--url",
+        &url,
+    ];
+    let said = ok(&remote, &replay).await;
     assert!(said.contains("replayed 25 events into alice2"), "{said}");
     let replayed = receive(&mut alice2, 1, 25).await;
     assert_eq!(view(&replayed), view(&exported));
@@ -211,20 +208,7 @@ async fn export_replay_inspect(kind: Kind) {
         assert_eq!(r["id"].as_str(), Some(want.as_str()));
     }
     // A replay is idempotent: run again, it appends nothing.
-    ok(
-        &remote,
-        &[
-            "replay",
-            path,
-            "--to-player",
-            "alice2",
-            "--speed",
-            "max",
-            "--url",
-            &url,
-        ],
-    )
-    .await;
+    ok(&remote, &replay).await;
     let report: Value = serde_json::from_str(
         &ok(
             &remote,
