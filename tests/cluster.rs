@@ -293,3 +293,248 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
         answered_200.len()
     );
 }
+
+/// Freezes the replica of `master` (SIGSTOP) and cuts its replication link,
+/// so that nothing `master` takes from now on reaches a replica; returns the
+/// replica's index. `SIGCONT` it to let it catch up again.
+fn freeze_replica_of(cluster: &RedisCluster, master: usize) -> usize {
+    let replica = cluster.replica_of(master);
+    cluster.nodes[replica].signal("STOP");
+    let cut: u64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query(
+            &mut cluster.nodes[master]
+                .client()
+                .get_connection()
+                .expect("master"),
+        )
+        .expect("CLIENT KILL TYPE replica");
+    assert_eq!(cut, 1, "the replica's link was cut");
+    replica
+}
+
+/// A WebSocket's next frame, which must be the answer to a ping sent now:
+/// nothing was pending before it (an event delivered early would be).
+async fn nothing_before_pong(ws: &mut support::broker::WsClient, who: &str) {
+    ws.send_json(json!({"type": "ping"})).await;
+    let next = ws.next_json().await.expect("a frame");
+    assert_eq!(
+        next["type"], "pong",
+        "{who}: nothing before the pong: {next}"
+    );
+}
+
+/// WAIT 1 on a room fan-out across slot groups: a room whose members live
+/// on all three masters, and the replica of one master frozen. The publish
+/// answers `503 not_replicated`; members on the other masters (their slot
+/// groups confirmed) get the event, members on the frozen shard see nothing
+/// (an open socket stays silent, a new one replays without it, the cursor
+/// stops before it); once the replica is back the retry with the same `id`
+/// answers every member once at the same sequence numbers, and the blocked
+/// members get it then. Each member's log is checked by sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_1_room_fan_out_shows_members_only_what_their_replica_confirmed() {
+    let cluster = RedisCluster::start();
+    let mut c = broker::config();
+    c.redis_cluster = Some(ClusterSeeds(
+        cluster.seeds().split(',').map(String::from).collect(),
+    ));
+    c.redis_wait_replicas = 1;
+    c.redis_wait_timeout = Duration::from_millis(500);
+    let node = Broker::start(c).await;
+    let svc = service_token();
+    let players: Vec<String> = (0..30).map(|i| format!("waiter{i}")).collect();
+    let master_of = |p: &str| cluster.master_of(cluster.slot(&format!("{{{p}}}")));
+    let masters: HashSet<usize> = players.iter().map(|p| master_of(p)).collect();
+    assert_eq!(masters.len(), 3, "the members span every master");
+    for p in &players {
+        let path = format!("/v1/rooms/lobby/members/{p}");
+        let (status, _) = node.request(Method::PUT, &path, Some(&svc)).await;
+        assert_eq!(status, 200, "join {p}");
+    }
+    let mut before = HashMap::new();
+    for p in &players {
+        let (_, c) = node
+            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
+            .await;
+        before.insert(p.clone(), c["last_sequence_number"].as_u64().expect("last"));
+    }
+    let room = |id: &str| json!({"to": {"room": "lobby"}, "event_type": "t", "data": id, "id": id});
+    let (status, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("q1")))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    let frozen_master = master_of(&players[0]);
+    let blocked: Vec<&String> = players
+        .iter()
+        .filter(|p| master_of(p) == frozen_master)
+        .collect();
+    let free = players
+        .iter()
+        .find(|p| master_of(p) != frozen_master)
+        .expect("a member elsewhere");
+    let (mut blocked_ws, _) = node.ws_player(blocked[0], Some(before[blocked[0]])).await;
+    let (mut free_ws, _) = node.ws_player(free, Some(before[free])).await;
+    assert_eq!(blocked_ws.seqs(1).await, vec![before[blocked[0]] + 1]);
+    assert_eq!(free_ws.seqs(1).await, vec![before[free] + 1]);
+
+    let replica = freeze_replica_of(&cluster, frozen_master);
+    let (status, answer) = node
+        .post("/v1/publish", Some(&svc), Body::Json(room("q2")))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("not_replicated")),
+        "{answer}"
+    );
+    // A confirmed slot group is visible: the free member gets q2 live.
+    let e = free_ws
+        .next_event()
+        .await
+        .expect("q2 for a confirmed group");
+    assert_eq!(
+        (e["sequence_number"].as_u64(), e["id"].as_str()),
+        (Some(before[free] + 2), Some("q2")),
+        "{e}"
+    );
+    // The blocked members see nothing of q2: the open socket is silent (an
+    // announcement at append time would have arrived a whole WAIT timeout
+    // before the 503), a new socket replays q1 alone (q2 would come in the
+    // same log batch), every blocked cursor stops at q1.
+    nothing_before_pong(&mut blocked_ws, blocked[0]).await;
+    let (mut fresh, welcome) = node.ws_player(blocked[0], Some(before[blocked[0]])).await;
+    assert_eq!(
+        welcome["last_sequence_number"].as_u64(),
+        Some(before[blocked[0]] + 1),
+        "{welcome}"
+    );
+    assert_eq!(fresh.seqs(1).await, vec![before[blocked[0]] + 1]);
+    nothing_before_pong(&mut fresh, blocked[0]).await;
+    for p in &blocked {
+        let (_, c) = node
+            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
+            .await;
+        assert_eq!(
+            c["last_sequence_number"].as_u64(),
+            Some(before[p.as_str()] + 1),
+            "{p}: {c}"
+        );
+    }
+
+    // The replica catches up; the retry answers every member once, at the
+    // sequence number of the first attempt.
+    cluster.nodes[replica].signal("CONT");
+    cluster.nodes[replica].wait_for_link();
+    let answer = retry(&node, room("q2")).await;
+    let mut got = deliveries(&answer);
+    got.sort();
+    let mut want: Vec<(String, u64)> = players.iter().map(|p| (p.clone(), before[p] + 2)).collect();
+    want.sort();
+    assert_eq!(got, want, "every member once, q2 at the next number");
+    assert_eq!(blocked_ws.seqs(1).await, vec![before[blocked[0]] + 2]);
+    assert_eq!(fresh.seqs(1).await, vec![before[blocked[0]] + 2]);
+
+    // Every member's log: q1, q2, a fence, and nothing else.
+    for p in &players {
+        let (status, _) = node
+            .post(
+                "/v1/publish",
+                Some(&svc),
+                Body::Json(json!({"to": {"player": p}, "event_type": "fence", "data": {}})),
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (mut ws, _) = node.ws_player(p, Some(before[p])).await;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let e = ws.next_event().await.expect("an event");
+            got.push((
+                e["sequence_number"].as_u64().unwrap_or(0),
+                e["id"].as_str().unwrap_or("fence").to_string(),
+            ));
+        }
+        let b = before[p];
+        assert_eq!(
+            got,
+            vec![
+                (b + 1, "q1".into()),
+                (b + 2, "q2".into()),
+                (b + 3, "fence".into())
+            ],
+            "{p}"
+        );
+    }
+}
+
+/// WAIT 1 on WebSocket commands on a cluster: `command_accepted` only once a
+/// replica of the command stream's master holds the command. With that
+/// replica frozen the command gets `error not_replicated`; the master then
+/// dies and the lagging replica takes over (the unconfirmed command is gone
+/// with it, as the error said it might be); the client's resend is accepted,
+/// and the stream holds each accepted command exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_1_commands_are_accepted_only_once_a_replica_has_them() {
+    let mut cluster = RedisCluster::start();
+    let mut c = broker::config();
+    c.redis_cluster = Some(ClusterSeeds(
+        cluster.seeds().split(',').map(String::from).collect(),
+    ));
+    c.redis_wait_replicas = 1;
+    c.redis_wait_timeout = Duration::from_millis(500);
+    let node = Broker::start(c).await;
+    let (mut ws, _) = node.ws_player("carol", None).await;
+    let command = |id: &str| json!({"type": "command", "id": id, "command": "look"});
+    ws.send_json(command("k0")).await;
+    let a = ws.next_json().await.expect("a reply");
+    assert_eq!(
+        (a["type"].as_str(), a["id"].as_str()),
+        (Some("command_accepted"), Some("k0")),
+        "{a}"
+    );
+
+    let slot = cluster.slot("mythos:commands");
+    let master = cluster.master_of(slot);
+    let replica = freeze_replica_of(&cluster, master);
+    ws.send_json(command("k1")).await;
+    let e = ws.next_json().await.expect("a reply");
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str(), e["id"].as_str()),
+        (Some("error"), Some("not_replicated"), Some("k1")),
+        "{e}"
+    );
+    cluster.nodes[master].kill();
+    cluster.nodes[replica].signal("CONT");
+    cluster.await_failover(slot, master);
+    cluster.nodes[master].restart();
+    cluster.nodes[master].wait_for_link();
+    // The client resends what was not accepted (the reply may be a 503-like
+    // error while the cluster settles: resend until accepted).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        ws.send_json(command("k1")).await;
+        let r = ws.next_json().await.expect("a reply");
+        if r["type"] == "command_accepted" && r["id"] == "k1" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resend was never accepted: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entries = node
+        .app()
+        .engine
+        .commands_after(0, "0-0", 100)
+        .await
+        .expect("the command stream");
+    let ids: Vec<String> = entries.iter().map(|e| e.command.id.clone()).collect();
+    assert_eq!(
+        ids,
+        vec!["k0", "k1"],
+        "each accepted command once, in order"
+    );
+}

@@ -190,21 +190,38 @@ impl RedisEngine {
     /// retry with the same idempotency key finds them and appends nothing twice.
     async fn confirm(&self, conn: &mut Writer<'_>, key: &str) -> Result<()> {
         match conn {
-            Writer::Own(c) => self.confirm_replicated(c, &[key.to_string()]).await,
+            Writer::Own(c) => self.confirm_replicated(c, key).await,
             Writer::Shared(_) => Ok(()),
         }
     }
 
-    /// `WAIT` on `conn` for the writes it sent to the masters of `keys`.
-    async fn confirm_replicated(&self, conn: &mut Own, keys: &[String]) -> Result<()> {
+    /// `WAIT` on `conn` for the writes it sent to the master of `key`.
+    async fn confirm_replicated(&self, conn: &mut Own, key: &str) -> Result<()> {
+        let got = self.wait_each(conn, &[key.to_string()]).await;
+        got.into_iter().next().unwrap_or(Ok(()))
+    }
+
+    /// `WAIT` on `conn` for the writes it sent to the masters of `keys`:
+    /// per key, confirmed, `NotReplicated`, or the engine's error.
+    async fn wait_each(&self, conn: &mut Own, keys: &[String]) -> Vec<Result<()>> {
         let wanted = self.limits.wait_replicas;
-        let got = conn.wait(keys, wanted, self.limits.wait_timeout).await?;
+        let answers = conn.wait_each(keys, wanted, self.limits.wait_timeout).await;
         metrics::counter!("mythos_redis_waits_total").increment(1);
-        if got < wanted {
+        let out: Vec<Result<()>> = answers
+            .into_iter()
+            .map(|r| match r {
+                Ok(got) if got < wanted => Err(EngineError::NotReplicated { got, wanted }),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            })
+            .collect();
+        if out
+            .iter()
+            .any(|r| matches!(r, Err(EngineError::NotReplicated { .. })))
+        {
             metrics::counter!("mythos_not_replicated_total").increment(1);
-            return Err(EngineError::NotReplicated { got, wanted });
         }
-        Ok(())
+        out
     }
 
     /// Appends `body` to `players` (distinct, in delivery order): on one
@@ -258,23 +275,37 @@ impl RedisEngine {
             return Err(e);
         }
         if let Some(own) = own.as_mut() {
+            // Each slot group is confirmed on its own, as it was appended on
+            // its own: a group whose replica confirmed becomes visible (its
+            // members get the event, as on a healthy master without WAIT),
+            // one whose replica did not stays invisible until the retry.
             let firsts: Vec<String> = done
                 .iter()
                 .filter_map(|group| group.first().map(|(p, _)| keys::events(p)))
                 .collect();
-            self.confirm_replicated(own, &firsts).await?;
+            let confirmed = self.wait_each(own, &firsts).await;
             let flags = flags_of(body);
-            let visible = done.iter().map(|group| {
-                let conn = own.handle();
-                async move {
-                    let mut conn = conn.ok_or_else(|| pool_err("connection discarded"))?;
-                    self.make_visible(&mut conn, group, body, flags).await
+            let mut failed = None;
+            let mut visible = Vec::with_capacity(done.len());
+            for (group, c) in done.iter().zip(confirmed) {
+                match c {
+                    Ok(()) => visible.push(group),
+                    Err(e) => failed = Some(e),
                 }
+            }
+            // The connection may be discarded by now: the confirmations go
+            // out on a shared one (`confirm.lua` is an ordinary write).
+            let calls = visible.into_iter().map(|group| async move {
+                let mut conn = self.shared().await?;
+                self.make_visible(&mut conn, group, body, flags).await
             });
-            join_all(visible)
+            join_all(calls)
                 .await
                 .into_iter()
                 .collect::<Result<Vec<()>>>()?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
         let seqs: HashMap<&str, u64> = done.into_iter().flatten().collect();
         players
@@ -320,7 +351,11 @@ impl RedisEngine {
             .arg(body.data.get())
             .arg(body.room_id.as_deref().unwrap_or(""))
             .arg(body.id.as_deref().unwrap_or(""))
-            .arg(if self.waits() { "" } else { self.publish });
+            .arg(if self.waits() && !deliver_unconfirmed() {
+                ""
+            } else {
+                self.publish
+            });
         for p in players {
             inv.arg(p.as_str());
         }
@@ -488,6 +523,17 @@ impl RedisEngine {
     }
 }
 
+/// [`crate::defects::Defect::DeliverUnconfirmed`] is on (never without the
+/// `defects` feature).
+#[cfg(feature = "defects")]
+fn deliver_unconfirmed() -> bool {
+    crate::defects::on(crate::defects::Defect::DeliverUnconfirmed)
+}
+#[cfg(not(feature = "defects"))]
+const fn deliver_unconfirmed() -> bool {
+    false
+}
+
 /// The `append.lua` / `confirm.lua` flags: `r` with a room id, `i` with an id.
 fn flags_of(body: &EventBody) -> &'static str {
     match (&body.room_id, &body.id) {
@@ -562,7 +608,7 @@ impl Engine for RedisEngine {
             .arg("COUNT")
             .arg(limit);
         let mut conn = self.shared().await?;
-        if !self.waits() {
+        if !self.waits() || deliver_unconfirmed() {
             let v: Value = xrange.query_async(&mut conn).await?;
             return stream::entries(v)?.into_iter().map(event_of).collect();
         }

@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
-use futures_util::future::join_all;
 use redis::aio::ConnectionLike;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -240,15 +239,29 @@ impl Own {
 
     /// `WAIT replicas timeout` on every node that took this connection's
     /// writes to `keys` (one Redis: the server, once; a cluster: the master
-    /// of each key's slot, all at once — on a master reached twice the second
-    /// `WAIT` returns at once); answers the fewest confirmations.
-    pub async fn wait(&mut self, keys: &[String], replicas: u64, timeout: Duration) -> Result<u64> {
+    /// of each key's slot, all at once); answers, per key, how many replicas
+    /// confirmed.
+    ///
+    /// On a cluster the `WAIT`s of keys that share a master queue on that
+    /// master's connection: when its replica is healthy the second returns
+    /// at once, when it is not each would wait the whole `timeout` in turn.
+    /// So once one `WAIT` comes back short (or fails), the others get
+    /// [`WAIT_GRACE`] more; a healthy master answers within it, and a key
+    /// still unanswered then counts as unconfirmed (0). The publish thus
+    /// answers `not_replicated` after about one `timeout`, whatever the
+    /// number of slots. Unanswered `WAIT`s discard the connection.
+    pub async fn wait_each(
+        &mut self,
+        keys: &[String],
+        replicas: u64,
+        timeout: Duration,
+    ) -> Vec<Result<u64>> {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas).arg(super::ms(timeout));
-        let v = match &mut self.conn {
+        let out = match &mut self.conn {
             Some(Pooled::Cluster(c)) => {
                 let conn: ClusterConnection = (**c).clone();
-                let calls = keys.iter().map(|key| {
+                let calls = keys.iter().enumerate().map(|(i, key)| {
                     let (mut conn, cmd) = (conn.clone(), cmd.clone());
                     let route = redis::cluster_routing::Route::with_key(
                         key.as_bytes(),
@@ -257,33 +270,85 @@ impl Own {
                     let routing =
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                     async move {
-                        let call = conn.route_command(cmd, routing);
-                        match tokio::time::timeout(timeout + OP_TIMEOUT, call).await {
-                            Ok(v) => v
-                                .and_then(|v| redis::from_redis_value::<u64>(v).map_err(Into::into))
-                                .map_err(EngineError::from),
-                            Err(_) => Err(EngineError::Pool("WAIT did not answer".into())),
-                        }
+                        let v = conn
+                            .route_command(cmd, routing)
+                            .await
+                            .and_then(|v| redis::from_redis_value::<u64>(v).map_err(Into::into))
+                            .map_err(EngineError::from);
+                        (i, v)
                     }
                 });
                 self.blocked = true;
-                let all = join_all(calls).await;
-                self.blocked = false;
-                all.into_iter()
-                    .try_fold(u64::MAX, |least, r| r.map(|n| least.min(n)))
+                let (out, abandoned) = gather_waits(calls, keys.len(), replicas, timeout).await;
+                self.blocked = abandoned;
+                out
             }
-            _ => self
+            _ => vec![self
                 .query_blocking(&cmd, timeout)
                 .await
-                .and_then(|v| Ok(redis::from_redis_value(v).map_err(redis::RedisError::from)?)),
+                .and_then(|v| Ok(redis::from_redis_value(v).map_err(redis::RedisError::from)?))],
         };
-        if v.is_err() {
+        if self.blocked || out.iter().any(Result::is_err) {
             // A WAIT that may still be blocked on the server: this
             // connection must not serve anyone else.
+            self.blocked = false;
             self.discard();
         }
-        v
+        out
     }
+}
+
+/// How long the other `WAIT`s of a fan-out may still take once one came
+/// back short (see [`Own::wait_each`]).
+pub const WAIT_GRACE: Duration = Duration::from_millis(100);
+
+/// Runs the `WAIT` calls (each answering its index) and collects their
+/// answers by index; unanswered ones at the deadline are `Ok(0)` when
+/// another already came back short, else an error. Also answers whether any
+/// call was abandoned unanswered.
+async fn gather_waits<F>(
+    calls: impl Iterator<Item = F>,
+    n: usize,
+    replicas: u64,
+    timeout: Duration,
+) -> (Vec<Result<u64>>, bool)
+where
+    F: std::future::Future<Output = (usize, Result<u64>)>,
+{
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut pending: FuturesUnordered<F> = calls.collect();
+    let mut out: Vec<Option<Result<u64>>> = (0..n).map(|_| None).collect();
+    let deadline = tokio::time::sleep(timeout + OP_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut short = false;
+    loop {
+        tokio::select! {
+            next = pending.next() => match next {
+                Some((i, r)) => {
+                    if !matches!(r, Ok(got) if got >= replicas) && !short {
+                        short = true;
+                        let grace = tokio::time::Instant::now() + WAIT_GRACE;
+                        if grace < deadline.deadline() {
+                            deadline.as_mut().reset(grace);
+                        }
+                    }
+                    out[i] = Some(r);
+                }
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+    let abandoned = !pending.is_empty();
+    let out = out
+        .into_iter()
+        .map(|r| match r {
+            Some(r) => r,
+            None if short => Ok(0),
+            None => Err(EngineError::Pool("WAIT did not answer".into())),
+        })
+        .collect();
+    (out, abandoned)
 }
 
 fn discarded() -> redis::RedisError {
