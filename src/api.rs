@@ -189,6 +189,12 @@ pub async fn publish(app: Arc<App>, p: Principal, body: Body) -> Answer {
     let b: PublishBody = parse_body(&body?)?;
     let max = app.config.max_event_bytes;
     let publish = Publish::new(&b.to, &b.event_type, b.data, b.room_id, b.id, max)?;
+    #[cfg(feature = "defects")]
+    if crate::defects::on(crate::defects::Defect::AckBeforeAppend) {
+        let engine = app.engine.clone();
+        tokio::spawn(async move { publish.run(engine.as_ref()).await });
+        return ok(&serde_json::json!({ "deliveries": [] }));
+    }
     let deliveries = publish.run(app.engine.as_ref()).await?;
     crate::telemetry::observe_since(crate::telemetry::PUBLISH_DURATION, started);
     /// The answer, serialised straight from the deliveries (a fan-out answers

@@ -27,6 +27,8 @@ pub mod tools;
 
 mod admin;
 mod api;
+#[cfg(feature = "defects")]
+mod defects;
 mod error;
 mod listener;
 mod node;

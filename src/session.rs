@@ -192,8 +192,15 @@ impl Feed {
                     .read(&self.player, self.last_sent, READ_BATCH)
                     .await
                 {
-                    Ok(batch) => {
+                    #[allow(unused_mut)] // mutated by an injected defect only
+                    Ok(mut batch) => {
                         self.retry = RETRY_MIN;
+                        #[cfg(feature = "defects")]
+                        if crate::defects::on(crate::defects::Defect::SkipReplay)
+                            && batch.len() >= 2
+                        {
+                            batch.remove(1);
+                        }
                         batch
                     }
                     // Redis down or restarting: the connection stays open
@@ -261,6 +268,10 @@ impl Feed {
         while let Some((ev, live)) = self.buffer.pop_front() {
             if ev.sequence_number > self.last_sent {
                 self.last_sent = ev.sequence_number;
+                #[cfg(feature = "defects")]
+                if live && crate::defects::drop_this_live() {
+                    continue;
+                }
                 if live {
                     self.handed_live.push(ev.body.clone());
                 }

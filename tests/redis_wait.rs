@@ -21,7 +21,7 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
     let mut c = config();
     c.redis_url = Some(primary.url());
     c.redis_wait_replicas = 1;
-    c.redis_wait_timeout = Duration::from_millis(300);
+    c.redis_wait_timeout = Duration::from_millis(500);
     let n = Node::single(Broker::start(c).await, None);
     let (mut ws, _) = n.ws_player("alice", None).await;
     // Commands go over another player's socket, so alice's reads only events.
@@ -48,6 +48,7 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
         .await
         .expect("XLEN on the replica");
     assert_eq!(len, 1, "answered 200 only once the replica had it");
+    assert_eq!(ws.seqs(1).await, vec![1]);
     cmds.send_json(json!({"type": "command", "id": "c1", "command": "look"}))
         .await;
     assert_eq!(
@@ -66,12 +67,30 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
         "{b}"
     );
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
         "{took:?}"
     );
     // The unconfirmed event is in the primary's log, but no reader sees it
     // (a failover could take it back): the cursor stops at 1, and neither
     // the open socket nor a new one gets it.
+    //
+    // The open socket: had event 2 been announced at its append (before
+    // WAIT), it would have reached this socket a whole WAIT timeout before
+    // the 503 came back; a ping sent now must be answered before anything
+    // else, so the next frame is the pong, not event 2.
+    ws.send_json(json!({"type": "ping"})).await;
+    let next = ws.next_json().await.expect("a frame");
+    assert_eq!(next["type"], "pong", "nothing before the pong: {next}");
+    // A new socket replays from 0: event 1, and not event 2. A replay reads
+    // the log in batches of up to 256, so an unconfirmed event 2 would come
+    // in the same batch, in the same write, as event 1; the next frame
+    // after event 1 must be the pong of a ping sent after it.
+    let (mut fresh, welcome) = n.ws_player("alice", Some(0)).await;
+    assert_eq!(welcome["last_sequence_number"], 1, "{welcome}");
+    assert_eq!(fresh.seqs(1).await, vec![1]);
+    fresh.send_json(json!({"type": "ping"})).await;
+    let next = fresh.next_json().await.expect("a frame");
+    assert_eq!(next["type"], "pong", "event 2 is not replayed: {next}");
     let (_, cur) = n
         .request(
             reqwest::Method::GET,
@@ -97,11 +116,14 @@ async fn appends_wait_for_replicas_and_a_retry_after_not_replicated_appends_once
     assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 2)]), "{b}");
     let (s, b) = publish("p3").await;
     assert_eq!((s, deliveries(&b)), (200, vec![("alice".into(), 3)]), "{b}");
-    // The player got 1, 2, 3 exactly once each (2 only once confirmed),
-    // and nothing after: a fence is next.
-    assert_eq!(ws.seqs(3).await, vec![1, 2, 3]);
+    // The player got 1, 2, 3 exactly once each (1 above, 2 only once confirmed),
+    // and nothing after: a fence is next. Both sockets, the one opened
+    // during the outage included.
+    assert_eq!(ws.seqs(2).await, vec![2, 3]);
+    assert_eq!(fresh.seqs(2).await, vec![2, 3]);
     assert_eq!(publish("fence").await.0, 200);
     assert_eq!(ws.seqs(1).await, vec![4]);
+    assert_eq!(fresh.seqs(1).await, vec![4]);
 }
 
 /// Without replicas configured, a WAIT setting is refused at start-up on the

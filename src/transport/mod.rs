@@ -113,7 +113,21 @@ const MAX_BATCH: usize = 64;
 
 /// `first`, then up to `MAX_BATCH - 1` more events that are ready now.
 fn ready_batch(first: Event, feed: &mut Feed) -> impl Iterator<Item = Event> + '_ {
-    std::iter::once(first).chain(std::iter::from_fn(|| feed.try_next()).take(MAX_BATCH - 1))
+    let batch =
+        std::iter::once(first).chain(std::iter::from_fn(|| feed.try_next()).take(MAX_BATCH - 1));
+    #[cfg(feature = "defects")]
+    let batch = resend_batch(batch);
+    batch
+}
+
+/// [`crate::defects::Defect::ResendBatch`]: a batch of two or more, twice.
+#[cfg(feature = "defects")]
+fn resend_batch(batch: impl Iterator<Item = Event>) -> std::vec::IntoIter<Event> {
+    let mut v: Vec<Event> = batch.collect();
+    if crate::defects::on(crate::defects::Defect::ResendBatch) && v.len() >= 2 {
+        v.extend_from_within(..);
+    }
+    v.into_iter()
 }
 
 /// A short random id for a session.
