@@ -287,6 +287,19 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
         vec![(1, "a1".into()), (2, "a2".into()), (3, "w1".into())],
         "lost without WAIT: {answered_200:?}"
     );
+    // Nothing more (a lost event surfacing after all, w1 twice): a fence
+    // published now is the very next event.
+    let answer = retry(
+        &safe,
+        json!({"to": {"player": "alice"}, "event_type": "fence", "data": {}, "id": "fence"}),
+    )
+    .await;
+    assert_eq!(deliveries(&answer), vec![("alice".into(), 4)], "{answer}");
+    let e = ws.next_event().await.expect("the fence");
+    assert_eq!(
+        (e["sequence_number"].as_u64(), e["event_type"].as_str()),
+        (Some(4), Some("fence"))
+    );
     eprintln!(
         "WAIT 0 lost {} of {} events answered 200 while the replica lagged; WAIT 1 answered 503 and its retry landed once",
         answered_200.len(),

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ::redis::aio::ConnectionLike;
 use mythos_broker::engine::redis::keys;
 use serde_json::json;
-use support::broker::{Kind, Node};
+use support::broker::{fence, Kind, Node};
 
 const COMMANDS: usize = 4;
 const PUBLISH: usize = 3;
@@ -131,6 +131,9 @@ async fn every_publish_partition_is_consumed(kind: Kind) {
             "{key}"
         );
     }
+    // Nothing more (an entry consumed twice, from two partitions or two
+    // consumers): the fence is next.
+    fence(&n, &mut ws, "alice", PUBLISH as u64 + 1).await;
 }
 
 #[test]

@@ -44,6 +44,8 @@ async fn redis_native_publish_reaches_a_connected_player() {
         );
         assert_eq!(e["event_type"], "loot");
     }
+    // Nothing more (an entry appended twice, a stray resend): the fence is next.
+    fence(&n, &mut ws, "alice", 4).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +104,8 @@ async fn redis_restart_mid_session_loses_nothing() {
         (Some(20), Some(80))
     );
     assert_eq!(ws.seqs(60).await, range(21, 80));
+    // Nothing more (an event of the outage repeated): the fence is next.
+    fence(&n, &mut ws, "alice", 81).await;
 }
 
 /// Hole 1 of issue 11: anyone who can `PUBLISH` on the broker's Redis could
@@ -142,6 +146,8 @@ async fn junk_on_the_live_channel_does_not_stop_live_delivery() {
         assert_eq!(n.publish_n("alice", 1).await, vec![seq]);
         assert_eq!(ws.seqs(1).await, vec![seq], "after junk #{i}");
     }
+    // Nothing more (junk turned into an event, a repeat): the fence is next.
+    fence(&n, &mut ws, "alice", 2 + junk.len() as u64).await;
     let (s, _) = n.request(reqwest::Method::GET, "/readyz", None).await;
     assert_eq!(s, 200);
     let metrics = n.metrics_text().await;
