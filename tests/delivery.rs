@@ -301,26 +301,42 @@ async fn disconnect_mid_replay_resumes_exactly(kind: Kind) {
     assert_eq!(ws.seqs(1).await, vec![f]);
 }
 
+/// Events appended while a replay is certainly under way are delivered
+/// once, in order, at the handover to live. Catches: a gap or a duplicate
+/// where the feed leaves the log for live events (an event that came live
+/// while the log was read, sent twice or never).
 async fn events_published_during_replay_arrive_once_in_order(kind: Kind) {
+    const BACKLOG: u64 = 2000;
+    const DURING: u64 = 300;
+    const PAD: usize = 8 * 1024;
     let n = Node::start(kind, |_| {}).await;
-    n.publish_n("alice", 1000).await;
-    let base = n.base.clone();
-    let publisher = tokio::spawn(async move {
-        let b = Broker {
-            base: base.clone(),
-            ws_base: String::new(),
-            running: None,
-        };
-        b.publish_n("alice", 300).await
-    });
-    let (mut ws, _) = n.ws_player("alice", Some(0)).await;
-    let mut sse = n
-        .sse("/v1/events?last_event_id=0", &player_token("alice"), None)
-        .await
-        .expect("sse");
-    assert_eq!(ws.seqs(1300).await, range(1, 1300));
-    assert_eq!(sse.seqs(1300).await, range(1, 1300));
-    assert_eq!(publisher.await.expect("publisher"), range(1001, 1300));
+    append(&n, "alice", BACKLOG as usize, PAD).await;
+    // Neither client reads until the publishes below are answered, so the
+    // replays cannot end before them: a node writes at most this much
+    // toward a client that reads nothing — its socket's send buffer (at most
+    // tcp_wmem's maximum), the client's small receive buffer and hyper's
+    // read buffer, the feed's read batch (256 events), the transport's
+    // queue (SSE: the chunk being sent, 4 queued and one in hyper, of up to
+    // 64 events each; WebSocket: one batch of 64) — and the backlog is more.
+    let event = PAD + 512;
+    let held = tcp_wmem_max() + 2 * SMALL_RECV_BUFFER + 512 * 1024 + (256 + 7 * 64) * event;
+    assert!(
+        BACKLOG as usize * event > held,
+        "the backlog ({BACKLOG} events) must exceed what can be buffered ({held} bytes)"
+    );
+    // The sessions opened (subscribed, cursor read) before the welcome and
+    // the stream's 200: the replays have begun.
+    let (mut ws, welcome) = n.ws_player_small_buffer("alice", Some(0)).await;
+    assert_eq!(welcome["last_sequence_number"], BACKLOG);
+    let mut sse = n.sse_small_buffer(&player_token("alice"), Some("0")).await;
+    let last = BACKLOG + DURING;
+    assert_eq!(
+        n.publish_n("alice", DURING as usize).await,
+        range(BACKLOG + 1, last),
+        "published during both replays"
+    );
+    assert_eq!(ws.seqs(last as usize).await, range(1, last));
+    assert_eq!(sse.seqs(last as usize).await, range(1, last));
     let f = fence(&n, "alice").await;
     assert_eq!(ws.seqs(1).await, vec![f]);
     assert_eq!(sse.seqs(1).await, vec![f]);
@@ -662,6 +678,12 @@ async fn rooms_announce_entry_and_exit(kind: Kind) {
         (e["event_type"].as_str(), e["data"]["player_id"].as_str()),
         (Some("player_left"), Some("bob"))
     );
+    // Nothing more for either (an announcement to the player it is about, a
+    // chat repeated): each one's fence is next.
+    let f = fence(&n, "alice").await;
+    assert_eq!((f, alice.seqs(1).await), (4, vec![4]));
+    let f = fence(&n, "bob").await;
+    assert_eq!((f, bob.seqs(1).await), (2, vec![2]));
     let (s, _) = n
         .request(
             reqwest::Method::PUT,

@@ -156,9 +156,71 @@ impl Broker {
             Some("text/event-stream")
         );
         Ok(SseClient {
-            stream: Box::pin(resp.bytes_stream()),
+            stream: Box::pin(resp.bytes_stream().map(|r| r.map_err(BoxError::from))),
             buf: String::new(),
         })
+    }
+
+    /// Opens `/v1/events` (from `Last-Event-ID: last_event_id`, if any) over
+    /// a socket whose receive buffer is [`SMALL_RECV_BUFFER`], so that the
+    /// kernel holds little for a client that does not read (reqwest cannot
+    /// set it; this is hyper's client). Panics unless 200.
+    pub async fn sse_small_buffer(&self, token: &str, last_event_id: Option<&str>) -> SseClient {
+        use http_body_util::BodyExt;
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_recv_buffer_size(Some(SMALL_RECV_BUFFER));
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, http_body_util::Empty<bytes::Bytes>>(connector);
+        let mut req = hyper::Request::get(format!("{}/v1/events", self.base))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(l) = last_event_id {
+            req = req.header("last-event-id", l);
+        }
+        let req = req.body(http_body_util::Empty::new()).expect("request");
+        let resp = tokio::time::timeout(PATIENCE, client.request(req))
+            .await
+            .expect("SSE answered in time")
+            .expect("SSE request");
+        assert_eq!(resp.status(), 200, "SSE opens");
+        let data = resp
+            .into_body()
+            .into_data_stream()
+            .map(|r| r.map_err(BoxError::from));
+        SseClient {
+            stream: Box::pin(data),
+            buf: String::new(),
+        }
+    }
+
+    /// [`Broker::ws_player`] over a socket whose receive buffer is
+    /// [`SMALL_RECV_BUFFER`], so that the kernel holds little for a client
+    /// that does not read.
+    pub async fn ws_player_small_buffer(
+        &self,
+        player: &str,
+        since: Option<u64>,
+    ) -> (WsClient, Value) {
+        let mut url = format!("{}/v1/ws?token={}", self.ws_base, player_token(player));
+        if let Some(s) = since {
+            url.push_str(&format!("&since={s}"));
+        }
+        let addr = self.base.trim_start_matches("http://").to_string();
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(SMALL_RECV_BUFFER as u32)
+            .expect("SO_RCVBUF");
+        let tcp = sock
+            .connect(addr.parse().expect("node address"))
+            .await
+            .expect("connect");
+        let (ws, _) =
+            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+                .await
+                .expect("ws opens");
+        let mut c = WsClient { ws, protocol: None };
+        let welcome = c.next_json().await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        (c, welcome)
     }
 
     fn http_stream() -> reqwest::Client {
@@ -270,9 +332,25 @@ impl SseEvent {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The receive buffer of the `*_small_buffer` clients (the kernel doubles it).
+pub const SMALL_RECV_BUFFER: usize = 8 * 1024;
+
+/// The largest send buffer the kernel grows a TCP socket to (`tcp_wmem`'s
+/// maximum), in bytes: with a `*_small_buffer` client, about what a node can
+/// write toward a client that reads nothing, before its own buffers.
+pub fn tcp_wmem_max() -> usize {
+    let v = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem").expect("tcp_wmem");
+    v.split_whitespace()
+        .nth(2)
+        .and_then(|m| m.parse().ok())
+        .expect("tcp_wmem max")
+}
+
 pub struct SseClient {
     stream:
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, BoxError>> + Send>>,
     pub buf: String,
 }
 
@@ -598,6 +676,20 @@ impl Node {
         last_event_id: Option<&str>,
     ) -> Result<SseClient, (u16, Value)> {
         self.next_node().sse(path, token, last_event_id).await
+    }
+
+    pub async fn sse_small_buffer(&self, token: &str, last_event_id: Option<&str>) -> SseClient {
+        self.next_node()
+            .sse_small_buffer(token, last_event_id)
+            .await
+    }
+
+    pub async fn ws_player_small_buffer(
+        &self,
+        player: &str,
+        since: Option<u64>,
+    ) -> (WsClient, Value) {
+        self.next_node().ws_player_small_buffer(player, since).await
     }
 }
 
