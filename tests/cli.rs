@@ -383,3 +383,159 @@ fn unreachable_redis_is_retried_then_exit_1() {
         "it retried for about the timeout: {took:?}"
     );
 }
+
+/// Contract §9 and docs/delivery.md (lifecycle): SIGTERM closes WebSockets
+/// with `1012`, lets a publish already in flight finish, and exits 0. The
+/// node's link to Redis goes through the fault proxy, which holds Redis's
+/// answers back (`HalfOpen(Down)`): the publish's append has run on Redis
+/// but the node has not heard back when SIGTERM arrives. Catches: a shutdown
+/// that drops in-flight requests (the publisher gets no answer though the
+/// event is stored), exits before they finish, or exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_publish_finish() {
+    use futures_util::StreamExt;
+    use support::proxy::{Dir, Mode, Proxy};
+    let redis = support::RedisServer::start_persistent();
+    let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], redis.port()))).await;
+    let mut child = support::redis::KillOnDrop(
+        broker_command()
+            .args(["--bind", "127.0.0.1:0"])
+            .env("MYTHOS_JWT_SECRET", support::broker::SECRET)
+            .env(
+                "MYTHOS_REDIS_URL",
+                format!("redis://127.0.0.1:{}/", proxy.port()),
+            )
+            .env("MYTHOS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the broker prints its address within 10 s");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the address")
+        .to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/v1/ws?token={}",
+        support::broker::player_token("alice")
+    ))
+    .await
+    .expect("ws");
+    let welcome = ws.next().await.expect("welcome").expect("a frame");
+    assert!(welcome.to_text().is_ok_and(|t| t.contains("welcome")));
+
+    // Redis gets the append; its answer stays in the proxy.
+    proxy.set_mode(Mode::HalfOpen(Dir::Down));
+    let publish = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/publish"))
+            .bearer_auth(support::broker::service_token())
+            .json(&serde_json::json!({"to": {"player": "alice"}, "event_type": "t", "data": 1, "id": "in-flight"}))
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+            .expect("the publish is answered");
+        let status = r.status().as_u16();
+        (
+            status,
+            r.json::<serde_json::Value>().await.unwrap_or_default(),
+        )
+    });
+    let con = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let stored = || {
+        let mut con = con.clone();
+        async move {
+            redis::cmd("XRANGE")
+                .arg("mythos:player:{alice}:events")
+                .arg("-")
+                .arg("+")
+                .query_async::<Vec<(String, std::collections::HashMap<String, String>)>>(&mut con)
+                .await
+                .expect("XRANGE")
+        }
+    };
+    support::eventually(
+        Duration::from_secs(10),
+        "the append to run on Redis",
+        || {
+            let stored = stored();
+            async move { (!stored.await.is_empty()).then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        !publish.is_finished(),
+        "the publish waits for Redis's answer"
+    );
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    // The shutdown is under way (the WebSocket is closed 1012) while the
+    // publish is still in flight, and the process waits for it.
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(c))) => {
+                    break c.map(|f| u16::from(f.code))
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the WebSocket ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the close frame within 10 s");
+    assert_eq!(close, Some(1012));
+    assert!(!publish.is_finished(), "still in flight");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the process waits for the in-flight publish"
+    );
+
+    // Redis's answer goes through: the publish finishes, then the process.
+    proxy.set_mode(Mode::Pass);
+    let (status, body) = publish.await.expect("publish task");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["deliveries"],
+        serde_json::json!([{"player_id": "alice", "sequence_number": 1}])
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    let log = stored().await;
+    assert_eq!(log.len(), 1, "one event in the log: {log:?}");
+    assert_eq!(
+        (log[0].0.as_str(), log[0].1.get("id").map(String::as_str)),
+        ("1-0", Some("in-flight"))
+    );
+}
