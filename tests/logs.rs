@@ -6,6 +6,12 @@
 //! one, no password, not the secret. With `MYTHOS_LOG_FORMAT=json` every
 //! line is a JSON object, and connection lines carry the connection's span.
 
+/// Only the support this test uses: the child's death signal.
+#[allow(dead_code)]
+mod support {
+    pub mod redis;
+}
+
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -48,7 +54,9 @@ async fn session(env: &[(&str, &str)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn the broker");
+    // Dies with the test process, also when an assertion below fails first.
+    support::redis::die_with_parent(&mut cmd);
+    let mut child = support::redis::KillOnDrop(cmd.spawn().expect("spawn the broker"));
     let stderr = child.stderr.take().expect("stderr");
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
