@@ -13,32 +13,39 @@
 //! checked: nothing lost, unexpected, duplicated, reordered or reused.
 //!
 //! Scenarios (each prints one `FAULTS …` summary line, run with
-//! `--nocapture` to see them):
+//! `--nocapture` to see them), and what each checks its fault did:
 //! - `node_kill_9`: `kill -9` of a node under load, twice (alternating);
-//!   its clients resume on the other node, and the `mythos:publish` entries
-//!   it had read but not acknowledged are claimed by another consumer;
-//! - `redis_crash_and_aof_restart`: Redis `kill -9`ed and restarted from its AOF;
+//!   its clients resume on the other node (each kill ended connections), and
+//!   the `mythos:publish` entries it had read but not acknowledged are
+//!   claimed by another consumer;
+//! - `redis_crash_and_aof_restart`: Redis `kill -9`ed and restarted from its
+//!   AOF: publishes during each crash are answered 503, no client connection
+//!   ends;
 //! - `redis_unreachable`: both nodes' links to Redis blackholed (~4 s; 10 s
-//!   long): publishes answer 503 within a bound, connections survive;
+//!   long): publishes answer 503 within a bound, no client connection ends;
 //! - `client_connections_reset`: every client connection reset every 300 ms,
 //!   over links with latency + jitter, then a bandwidth limit;
-//! - `slow_consumers`: clients that stop reading are cut (`4008
-//!   slow_consumer` / SSE end, `MYTHOS_SEND_QUEUE=8`), then resume;
+//! - `slow_consumers`: clients that stop reading until every one of them was
+//!   cut (`4008 slow_consumer` / SSE end, `MYTHOS_SEND_QUEUE=8`), then resume;
 //! - `redis_link_stall`: one node's Redis link stalls for longer than the
-//!   engine's 2 s `OP_TIMEOUT`, while the other node carries on.
+//!   engine's 2 s `OP_TIMEOUT`: that node answers 503, the other node answers
+//!   every publish 200, no client connection ends.
 //!
-//! The short variant runs by default (the whole file in a few minutes on two
-//! cores). `MYTHOS_FAULTS_LONG=1` runs the long variant: more players,
-//! publishers and events, more faults, longer outages; it also runs
-//! `redis_crash_cost_with_everysec` (otherwise ignored), which measures what
-//! a Redis crash costs with `appendfsync everysec` and with no AOF at all —
-//! and `cluster_master_kill_9_cost_without_wait`, which counts what Redis
-//! Cluster failovers lose without `WAIT` — figures, not failures.
-//! `MYTHOS_FAULTS_RATE=N` sets each publisher's publishes per second.
+//! Every scenario runs in two sizes, chosen by the test's name, never by the
+//! environment: the short variant (`node_kill_9`, …) runs by default (the
+//! whole file in about a minute on two cores, in CI); the long variant
+//! (`long_node_kill_9`, …: more players, publishers and events, more faults,
+//! longer outages) and two measurements are `#[ignore]`d and run only when
+//! asked for (`scripts/test-long`). The measurements, figures rather than
+//! checks: `redis_crash_cost_with_everysec` (what a Redis crash costs with
+//! `appendfsync everysec` and with no AOF at all) and
+//! `cluster_master_kill_9_cost_without_wait` (what Redis Cluster failovers
+//! lose without `WAIT`). An ignored test that runs does its whole work.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=… cargo test --test faults -- --nocapture
-//! MYTHOS_FAULTS_LONG=1 cargo test --test faults -- --nocapture --include-ignored
+//! cargo test --test faults -- --nocapture             # short variant
+//! scripts/test-long                                   # long variant + measurements
+//! cargo test --test faults long_redis_unreachable -- --ignored --nocapture
 //! ```
 
 mod support;
@@ -51,6 +58,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as LegacyClient;
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use support::broker::{player_token, service_token, SECRET};
 use support::cluster::RedisCluster;
@@ -66,13 +77,11 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// A client connection silent this long is dead (the nodes ping / keep alive every second).
 const SILENCE: Duration = Duration::from_secs(4);
 
-fn long() -> bool {
-    std::env::var("MYTHOS_FAULTS_LONG").is_ok_and(|v| v == "1")
-}
-
 /// How big a run is.
 #[derive(Debug, Clone, Copy)]
 struct Scale {
+    /// `short` or `long`, for the summary line.
+    name: &'static str,
     players: usize,
     publishers: usize,
     /// Publishes per second per publisher.
@@ -83,30 +92,29 @@ struct Scale {
     outage: Duration,
 }
 
-fn scale() -> Scale {
-    // `MYTHOS_FAULTS_RATE`: publishes per second per publisher, to measure
-    // what a failover costs at a higher rate.
-    let rate = std::env::var("MYTHOS_FAULTS_RATE")
-        .ok()
-        .and_then(|r| r.parse().ok());
-    if long() {
-        Scale {
-            players: 24,
-            publishers: 6,
-            rate: rate.unwrap_or(40),
-            rounds: 5,
-            outage: Duration::from_secs(10),
-        }
-    } else {
-        Scale {
-            players: 6,
-            publishers: 3,
-            rate: rate.unwrap_or(30),
-            rounds: 2,
-            outage: Duration::from_secs(4),
-        }
-    }
-}
+/// The default variant, what CI runs.
+const SHORT: Scale = Scale {
+    name: "short",
+    players: 6,
+    publishers: 3,
+    rate: 30,
+    rounds: 2,
+    outage: Duration::from_secs(4),
+};
+
+/// The long variant (`long_*` tests and the measurements).
+const LONG: Scale = Scale {
+    name: "long",
+    players: 24,
+    publishers: 6,
+    rate: 40,
+    rounds: 5,
+    outage: Duration::from_secs(10),
+};
+
+/// Publishes per second per publisher of `cluster_master_kill_9_cost_without_wait`
+/// (the figure in docs/scaling.md; the box delivers far fewer, ~200/s in all).
+const COST_RATE: u64 = 400;
 
 fn free_port() -> u16 {
     loop {
@@ -128,7 +136,8 @@ fn local(port: u16) -> SocketAddr {
 // Processes
 // ---------------------------------------------------------------------------
 
-/// A `mythos-broker` child process; SIGKILLed on drop.
+/// A `mythos-broker` child process; SIGKILLed on drop, and when the test
+/// process dies (`PR_SET_PDEATHSIG`).
 struct Node {
     child: Option<Child>,
     port: u16,
@@ -183,6 +192,8 @@ impl Node {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
+        // Dies with the test process (a runner killed by a timeout, an abort).
+        support::redis::die_with_parent(&mut cmd);
         self.child = Some(cmd.spawn().expect("spawn mythos-broker"));
         let url = format!("http://127.0.0.1:{}/readyz", self.port);
         let http = reqwest::Client::builder()
@@ -276,18 +287,17 @@ impl OwnRedis {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .arg("--port")
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
             .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        self.child = Some(child);
+            .stderr(Stdio::null());
+        support::redis::die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().expect("redis-server"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
             .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
@@ -375,8 +385,8 @@ struct ClientSpec {
     transport: Transport,
     /// Where it connects, in order of preference (it moves on when one refuses).
     endpoints: Vec<SocketAddr>,
-    /// Stop reading for `.1` every `.0` (a slow consumer).
-    pause: Option<(Duration, Duration)>,
+    /// Stops reading while this says `true` (a slow consumer).
+    pause: Option<watch::Receiver<bool>>,
 }
 
 /// What a client tracks across reconnects: the JS client's `SequenceTracker`.
@@ -449,12 +459,11 @@ fn on_event(spec: &ClientSpec, h: &History, p: &mut Position, env: &Value) {
     p.push(seq);
 }
 
-async fn maybe_pause(spec: &ClientSpec, paused_at: &mut Instant) {
-    if let Some((every, pause)) = spec.pause {
-        if paused_at.elapsed() >= every {
-            tokio::time::sleep(pause).await;
-            *paused_at = Instant::now();
-        }
+/// Waits (reading nothing) while the scenario pauses this client.
+async fn maybe_pause(spec: &ClientSpec) {
+    if let Some(mut pause) = spec.pause.clone() {
+        // A closed channel (the run is over) is no pause.
+        let _ = pause.wait_for(|paused| !*paused).await;
     }
 }
 
@@ -475,9 +484,8 @@ async fn ws_connection(spec: &ClientSpec, addr: SocketAddr, h: &History, p: &mut
         return "connect failed".into();
     };
     h.connected(&spec.name, &spec.player);
-    let mut paused_at = Instant::now();
     loop {
-        maybe_pause(spec, &mut paused_at).await;
+        maybe_pause(spec).await;
         if p.ack_due() {
             let ack = json!({"type": "ack", "sequence_number": p.pos}).to_string();
             if ws.send(Message::text(ack)).await.is_err() {
@@ -525,32 +533,45 @@ fn short_error(e: &str) -> String {
 }
 
 async fn sse_connection(spec: &ClientSpec, addr: SocketAddr, h: &History, p: &mut Position) -> End {
+    // The stream over hyper's client, whose connector sets a small receive
+    // buffer (as the WebSocket client does; reqwest cannot): a client that
+    // stops reading is noticed soon, not after the kernel buffered megabytes.
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    connector.set_recv_buffer_size(Some(8 * 1024));
+    let stream_client = LegacyClient::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build::<_, Empty<bytes::Bytes>>(connector);
+    let req = hyper::Request::get(format!("http://{addr}/v1/events"))
+        .header(
+            "authorization",
+            format!("Bearer {}", player_token(&spec.player)),
+        )
+        .header("last-event-id", p.pos.to_string())
+        .body(Empty::new())
+        .expect("request");
+    let resp = match tokio::time::timeout(Duration::from_secs(3), stream_client.request(req)).await
+    {
+        Ok(Ok(r)) if r.status() == 200 => r,
+        Ok(Ok(r)) => return format!("connect refused {}", r.status().as_u16()),
+        _ => return "connect failed".into(),
+    };
+    // Acks go over HTTP requests of their own.
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
-    let req = http
-        .get(format!("http://{addr}/v1/events"))
-        .bearer_auth(player_token(&spec.player))
-        .header("last-event-id", p.pos.to_string())
-        .send();
-    let resp = match tokio::time::timeout(Duration::from_secs(3), req).await {
-        Ok(Ok(r)) if r.status() == 200 => r,
-        Ok(Ok(r)) => return format!("connect refused {}", r.status().as_u16()),
-        _ => return "connect failed".into(),
-    };
     // The Last-Event-ID acknowledged the position.
     if p.pos > p.acked {
         h.acked(&spec.name, &spec.player, p.pos);
         p.acked = p.pos;
     }
     h.connected(&spec.name, &spec.player);
-    let mut stream = resp.bytes_stream();
+    let mut body = resp.into_body();
     let mut buf = String::new();
-    let mut paused_at = Instant::now();
     loop {
-        maybe_pause(spec, &mut paused_at).await;
+        maybe_pause(spec).await;
         if p.ack_due() {
             let ack = http
                 .post(format!("http://{addr}/v1/ack"))
@@ -565,11 +586,14 @@ async fn sse_connection(spec: &ClientSpec, addr: SocketAddr, h: &History, p: &mu
                 p.acked = p.pos;
             }
         }
-        let chunk = match tokio::time::timeout(SILENCE, stream.next()).await {
+        let chunk = match tokio::time::timeout(SILENCE, body.frame()).await {
             Err(_) => return "silent".into(),
             Ok(None) => return "eof".into(),
             Ok(Some(Err(e))) => return format!("error: {}", short_error(&format!("{e:?}"))),
-            Ok(Some(Ok(c))) => c,
+            Ok(Some(Ok(f))) => match f.into_data() {
+                Ok(c) => c,
+                Err(_) => continue, // trailers: none are sent
+            },
         };
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(i) = buf.find("\n\n") {
@@ -600,8 +624,35 @@ async fn sse_connection(spec: &ClientSpec, addr: SocketAddr, h: &History, p: &mu
 // Publishers
 // ---------------------------------------------------------------------------
 
-/// Latency and answer of every publish attempt, for the outage bounds.
-type Attempts = Arc<Mutex<Vec<(Instant, Duration, Answer)>>>;
+/// One HTTP publish attempt, for the outage bounds.
+#[derive(Debug, Clone)]
+struct Attempt {
+    /// When it was sent.
+    at: Instant,
+    /// How long its answer took.
+    took: Duration,
+    /// The node's base URL.
+    node: String,
+    answer: Answer,
+}
+
+impl Attempt {
+    /// Sent within one of `windows` (from, to).
+    fn within(&self, windows: &[(Instant, Instant)]) -> bool {
+        windows.iter().any(|(a, b)| self.at >= *a && self.at < *b)
+    }
+    /// Under way for some of `window`: sent before it ended, answered after
+    /// it began (a request sent just before a fault is answered in it).
+    fn overlaps(&self, (from, to): (Instant, Instant)) -> bool {
+        self.at < to && self.at + self.took > from
+    }
+    fn is_503(&self) -> bool {
+        matches!(&self.answer, Answer::Err(s) if s.starts_with("503"))
+    }
+}
+
+/// Every publish attempt of a run.
+type Attempts = Arc<Mutex<Vec<Attempt>>>;
 
 /// Publishes `id` to `player` over HTTP until it gets a 200, trying the
 /// nodes in turn from `first`; every attempt is recorded.
@@ -646,7 +697,12 @@ async fn publish_until_ok(
         attempts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((t, t.elapsed(), answer.clone()));
+            .push(Attempt {
+                at: t,
+                took: t.elapsed(),
+                node: base.clone(),
+                answer: answer.clone(),
+            });
         let ok = matches!(answer, Answer::Ok(_));
         h.publish(id, player, answer);
         if ok || Instant::now() > deadline {
@@ -784,8 +840,8 @@ struct Options {
     env: Vec<(&'static str, &'static str)>,
     /// Clients connect straight to the nodes (no proxy in between).
     direct_clients: bool,
-    /// Clients that stop reading now and then: (every, for).
-    pause: Option<(Duration, Duration)>,
+    /// Half the clients stop reading while [`Run::pause`] says so.
+    pause: bool,
     /// Also publish through `mythos:publish`.
     stream_publisher: bool,
     /// Padding bytes per event.
@@ -796,6 +852,8 @@ struct Options {
     rate: Option<u64>,
     /// On a 3-master Redis Cluster (with a replica each) instead of one Redis.
     cluster: bool,
+    /// The long variant's [`Scale`] (else the short one's).
+    long: bool,
 }
 
 struct Run {
@@ -817,12 +875,16 @@ struct Run {
     publishers: Vec<tokio::task::JoinHandle<usize>>,
     client_tasks: Vec<tokio::task::JoinHandle<()>>,
     transports: (usize, usize),
+    /// Tells the pausing clients to stop reading (`true`) or to read again.
+    pause: watch::Sender<bool>,
+    /// How many clients pause.
+    pausing: usize,
     pub faults: u32,
 }
 
 impl Run {
     async fn start(name: &'static str, o: Options) -> Self {
-        let scale = scale();
+        let scale = if o.long { LONG } else { SHORT };
         let store = match (&o.redis_args, o.cluster) {
             (_, true) => Store::Cluster(RedisCluster::start()),
             (None, false) => Store::Always(RedisServer::start_persistent()),
@@ -852,6 +914,8 @@ impl Run {
         let players: Vec<String> = (0..scale.players).map(|i| format!("{name}-p{i}")).collect();
         let (stop_clients, crx) = watch::channel(false);
         let (stop_publishers, prx) = watch::channel(false);
+        let (pause, pause_rx) = watch::channel(false);
+        let mut pausing = 0;
         let mut client_tasks = Vec::new();
         let mut clients = Vec::new();
         let mut transports = (0, 0);
@@ -882,8 +946,9 @@ impl Run {
                 transport,
                 endpoints,
                 // Half the clients are slow, when the scenario wants some.
-                pause: o.pause.filter(|_| i % 4 < 2),
+                pause: (o.pause && i % 4 < 2).then(|| pause_rx.clone()),
             };
+            pausing += usize::from(spec.pause.is_some());
             clients.push((spec.name.clone(), player.clone()));
             client_tasks.push(tokio::spawn(run_client(spec, h.clone(), crx.clone())));
         }
@@ -932,8 +997,15 @@ impl Run {
             publishers,
             client_tasks,
             transports,
+            pause,
+            pausing,
             faults: 0,
         }
+    }
+
+    /// Stops (`true`) or resumes the pausing clients' reading.
+    fn pause(&self, paused: bool) {
+        let _ = self.pause.send(paused);
     }
 
     /// Lets the load run for `d` (a fault lasting, or a pause between faults).
@@ -969,6 +1041,7 @@ impl Run {
     async fn finish(mut self) -> (Report, Attempts) {
         Self::set_all(&self.client_proxies, Mode::Pass);
         Self::set_all(&self.redis_proxies, Mode::Pass);
+        self.pause(false);
         let published_for = self.started.elapsed();
         let _ = self.stop_publishers.send(true);
         let mut events = 0;
@@ -1040,7 +1113,7 @@ impl Run {
              | lost={} unexpected={} duplicated={} reordered={} reused={} mismatched={} \
              resyncs={} fence={} | total {:.1}s; connection ends: {:?}",
             self.name,
-            if long() { "long" } else { "short" },
+            self.scale.name,
             events,
             self.players.len(),
             published_for.as_secs_f64(),
@@ -1063,6 +1136,16 @@ impl Run {
             self.started.elapsed().as_secs_f64(),
             r.ends,
         );
+        // The run did work, and the history holds every publish the
+        // publishers made (each id once, fences apart): a publisher that
+        // stopped early, or an id recorded under two players, shows here.
+        assert!(events > 0, "{}: nothing was published", self.name);
+        assert_eq!(
+            r.published + r.unconfirmed,
+            events + self.players.len(),
+            "{}: publish ids in the history vs publishes made (+ fences)",
+            self.name
+        );
         (r, self.attempts.clone())
     }
 }
@@ -1071,23 +1154,52 @@ impl Run {
 // Scenarios
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_kill_9() {
-    kill_nodes("kill9", false).await;
+/// A scenario's short test, `$name`, and its long twin, `$long`: `#[ignore]`d,
+/// it runs only when asked for (`scripts/test-long`), and then in full.
+/// `$l` is `false`, then `true`, in `$body`.
+macro_rules! scenario {
+    ($(#[$doc:meta])* $name:ident, $long:ident, |$l:ident| $body:expr) => {
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let $l = false;
+            $body.await
+        }
+
+        $(#[$doc])*
+        ///
+        /// The long variant.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        #[ignore = "the long variant; scripts/test-long runs it"]
+        async fn $long() {
+            let $l = true;
+            $body.await
+        }
+    };
 }
 
-/// The same on a Redis Cluster.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_node_kill_9() {
-    kill_nodes("cluster-kill9", true).await;
-}
+scenario!(
+    /// Catches: a publish retried on another node landing twice, entries
+    /// of a dead consumer never claimed, clients not resuming elsewhere.
+    node_kill_9,
+    long_node_kill_9,
+    |long| kill_nodes("kill9", false, long)
+);
 
-async fn kill_nodes(name: &'static str, cluster: bool) {
+scenario!(
+    /// The same on a Redis Cluster.
+    cluster_node_kill_9,
+    long_cluster_node_kill_9,
+    |long| kill_nodes("cluster-kill9", true, long)
+);
+
+async fn kill_nodes(name: &'static str, cluster: bool, long: bool) {
     let mut run = Run::start(
         name,
         Options {
             stream_publisher: true,
             cluster,
+            long,
             ..Options::default()
         },
     )
@@ -1144,37 +1256,49 @@ async fn kill_nodes(name: &'static str, cluster: bool) {
         run.nodes[victim].restart_as(&new_id).await;
     }
     run.hold(Duration::from_secs(1)).await;
+    let rounds = run.scale.rounds;
     println!("{name}: entries pending on each killed node right after the kill (all claimed since): {claimed_from:?}");
     let (r, _) = run.finish().await;
     r.assert_clean(name);
-}
-
-/// `kill -9` of a Redis Cluster master under load, with
-/// `MYTHOS_REDIS_WAIT_REPLICAS=1`: its replica takes over and every event
-/// answered 200 is delivered, once, in order. The killed server restarts
-/// and rejoins as the new master's replica (without one, WAIT 1 could never
-/// be met again on that shard).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_master_kill_9() {
-    let (r, kills) = kill_masters("cluster-master-kill9", "1").await;
-    println!(
-        "cluster_master_kill_9: {kills} masters killed; lost={}",
-        r.lost
+    // Each kill was felt: it ended the connections of the clients on that
+    // node (at least one each time), and they came back.
+    assert!(
+        r.connections >= r.clients as u64 + u64::from(rounds),
+        "{name}: {} connections for {} clients and {rounds} kills: {:?}",
+        r.connections,
+        r.clients,
+        r.ends
     );
-    r.assert_clean("cluster_master_kill_9");
 }
 
-/// A figure, not a check: the same run with `MYTHOS_REDIS_WAIT_REPLICAS=0`
-/// (replication is asynchronous) counts the events answered 200 that a
-/// failover lost (docs/reliability.md).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; runs with MYTHOS_FAULTS_LONG=1 and --include-ignored"]
-async fn cluster_master_kill_9_cost_without_wait() {
-    if !long() {
-        eprintln!("set MYTHOS_FAULTS_LONG=1 to measure");
-        return;
+scenario!(
+    /// `kill -9` of a Redis Cluster master under load, with
+    /// `MYTHOS_REDIS_WAIT_REPLICAS=1`: its replica takes over and every event
+    /// answered 200 is delivered, once, in order. The killed server restarts
+    /// and rejoins as the new master's replica (without one, WAIT 1 could never
+    /// be met again on that shard). Catches: an event answered 200 before a
+    /// replica had it, lost by the failover.
+    cluster_master_kill_9,
+    long_cluster_master_kill_9,
+    |long| async move {
+        let (r, kills) = kill_masters("cluster-master-kill9", "1", long, None).await;
+        println!(
+            "cluster_master_kill_9: {kills} masters killed; lost={}",
+            r.lost
+        );
+        r.assert_clean("cluster_master_kill_9");
     }
-    let (r, kills) = kill_masters("cluster-master-kill9-nowait", "0").await;
+);
+
+/// A figure, not a check: the same run (long scale, [`COST_RATE`]) with
+/// `MYTHOS_REDIS_WAIT_REPLICAS=0` (replication is asynchronous) counts the
+/// events answered 200 that a failover lost (docs/reliability.md). It fails
+/// only if it cannot do its work (no failover, nothing published).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement; scripts/test-long runs it"]
+async fn cluster_master_kill_9_cost_without_wait() {
+    let (r, kills) = kill_masters("cluster-master-kill9-nowait", "0", true, Some(COST_RATE)).await;
+    assert_eq!(kills, LONG.rounds, "a master killed each round");
     println!(
         "COST cluster failover without WAIT: {kills} masters killed, published={} lost={} \
          (and unexpected={} duplicated={} reordered={} reused={} mismatched={} resyncs={} fence={})",
@@ -1183,7 +1307,12 @@ async fn cluster_master_kill_9_cost_without_wait() {
     );
 }
 
-async fn kill_masters(name: &'static str, wait: &'static str) -> (Report, u32) {
+async fn kill_masters(
+    name: &'static str,
+    wait: &'static str,
+    long: bool,
+    rate: Option<u64>,
+) -> (Report, u32) {
     let mut run = Run::start(
         name,
         Options {
@@ -1192,6 +1321,8 @@ async fn kill_masters(name: &'static str, wait: &'static str) -> (Report, u32) {
                 ("MYTHOS_REDIS_WAIT_REPLICAS", wait),
                 ("MYTHOS_REDIS_WAIT_TIMEOUT", "500ms"),
             ],
+            long,
+            rate,
             ..Options::default()
         },
     )
@@ -1201,6 +1332,7 @@ async fn kill_masters(name: &'static str, wait: &'static str) -> (Report, u32) {
         // A master that holds players of the run, a different one each round.
         let player = run.players[round as usize % run.players.len()].clone();
         let slot = run.store.cluster().slot(&format!("{{{player}}}"));
+        // Returns once a replica took over the slot.
         let victim = run.store.cluster().kill_master_of(slot);
         run.faults += 1;
         run.store.cluster().nodes[victim].restart();
@@ -1213,57 +1345,116 @@ async fn kill_masters(name: &'static str, wait: &'static str) -> (Report, u32) {
     (r, faults)
 }
 
-/// Slots of the run's players moved to another master (`CLUSTER SETSLOT`
-/// IMPORTING/MIGRATING, `MIGRATE`, `SETSLOT NODE`) while their events flow:
-/// nothing lost, duplicated or reordered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_slot_moved() {
+scenario!(
+    /// Slots of the run's players moved to another master (`CLUSTER SETSLOT`
+    /// IMPORTING/MIGRATING, `MIGRATE`, `SETSLOT NODE`) while their events flow:
+    /// nothing lost, duplicated or reordered. Catches: live delivery not
+    /// following a moved slot (no resubscribe, no nudge), a retry landing twice.
+    cluster_slot_moved,
+    long_cluster_slot_moved,
+    |long| async move {
+        let mut run = Run::start(
+            "cluster-reshard",
+            Options {
+                cluster: true,
+                long,
+                ..Options::default()
+            },
+        )
+        .await;
+        for round in 0..run.scale.rounds as usize {
+            run.hold(Duration::from_secs(1)).await;
+            for player in run.players.clone().iter().skip(round % 2).step_by(2) {
+                let c = run.store.cluster();
+                let slot = c.slot(&format!("{{{player}}}"));
+                let from = c.master_of(slot);
+                let to = c
+                    .masters()
+                    .into_iter()
+                    .find(|m| *m != from)
+                    .expect("another master");
+                c.move_slot(slot, to);
+                assert_eq!(c.master_of(slot), to, "slot {slot} moved");
+                run.faults += 1;
+            }
+        }
+        run.hold(Duration::from_secs(1)).await;
+        let (r, _) = run.finish().await;
+        r.assert_clean("cluster_slot_moved");
+    }
+);
+
+/// The attempts under way during `window` that `pick` selects.
+fn attempts_in<'a>(
+    attempts: &'a [Attempt],
+    window: (Instant, Instant),
+    pick: impl Fn(&Attempt) -> bool + 'a,
+) -> impl Iterator<Item = &'a Attempt> + 'a {
+    attempts
+        .iter()
+        .filter(move |a| a.overlaps(window) && pick(a))
+}
+
+scenario!(
+    /// Catches: an answered event lost or repeated by a Redis crash and AOF
+    /// restart, open connections closed while Redis is away, a crash that
+    /// does not reach the publishers (no 503 while Redis is down).
+    redis_crash_and_aof_restart,
+    long_redis_crash_and_aof_restart,
+    |long| async move {
+        let mut run = Run::start(
+            "redis-crash",
+            Options {
+                long,
+                ..Options::default()
+            },
+        )
+        .await;
+        let mut windows = Vec::new();
+        for _ in 0..run.scale.rounds {
+            run.hold(Duration::from_secs(2)).await;
+            let from = Instant::now();
+            run.store.kill();
+            run.faults += 1;
+            run.hold(run.scale.outage / 2).await;
+            windows.push((from, Instant::now()));
+            run.store.restart();
+        }
+        run.hold(Duration::from_secs(2)).await;
+        let (r, attempts) = run.finish().await;
+        r.assert_clean("redis_crash_and_aof_restart");
+        let attempts = attempts.lock().unwrap_or_else(|e| e.into_inner());
+        for w in &windows {
+            let e503 = attempts_in(&attempts, *w, Attempt::is_503).count();
+            assert!(e503 > 0, "no publish was answered 503 while Redis was down");
+        }
+        // reliability.md: open connections stay open while Redis is away.
+        assert!(
+            r.ends.is_empty(),
+            "client connections ended during the run: {:?}",
+            r.ends
+        );
+    }
+);
+
+scenario!(
+    /// Catches: a publish hanging (no answer within 2 × `OP_TIMEOUT` + 1 s)
+    /// while Redis is unreachable, a connection closed by the outage, an
+    /// event lost or repeated once it heals.
+    redis_unreachable,
+    long_redis_unreachable,
+    |long| redis_unreachable_run(long)
+);
+
+async fn redis_unreachable_run(long: bool) {
     let mut run = Run::start(
-        "cluster-reshard",
+        "redis-unreachable",
         Options {
-            cluster: true,
+            long,
             ..Options::default()
         },
     )
     .await;
-    for round in 0..run.scale.rounds as usize {
-        run.hold(Duration::from_secs(1)).await;
-        for player in run.players.clone().iter().skip(round % 2).step_by(2) {
-            let c = run.store.cluster();
-            let slot = c.slot(&format!("{{{player}}}"));
-            let from = c.master_of(slot);
-            let to = c
-                .masters()
-                .into_iter()
-                .find(|m| *m != from)
-                .expect("another master");
-            c.move_slot(slot, to);
-            run.faults += 1;
-        }
-    }
-    run.hold(Duration::from_secs(1)).await;
-    let (r, _) = run.finish().await;
-    r.assert_clean("cluster_slot_moved");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_crash_and_aof_restart() {
-    let mut run = Run::start("redis-crash", Options::default()).await;
-    for _ in 0..run.scale.rounds {
-        run.hold(Duration::from_secs(2)).await;
-        run.store.kill();
-        run.faults += 1;
-        run.hold(run.scale.outage / 2).await;
-        run.store.restart();
-    }
-    run.hold(Duration::from_secs(2)).await;
-    let (r, _) = run.finish().await;
-    r.assert_clean("redis_crash_and_aof_restart");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_unreachable() {
-    let mut run = Run::start("redis-unreachable", Options::default()).await;
     let mut windows = Vec::new();
     for _ in 0..run.scale.rounds.min(2) {
         run.hold(Duration::from_secs(2)).await;
@@ -1281,21 +1472,15 @@ async fn redis_unreachable() {
     // within the engine's timeout plus a margin: no publisher hangs.
     let bound = 2 * OP_TIMEOUT + Duration::from_secs(1);
     let attempts = attempts.lock().unwrap_or_else(|e| e.into_inner());
-    let during: Vec<_> = attempts
-        .iter()
-        .filter(|(t, _, _)| windows.iter().any(|(a, b)| t >= a && t < b))
-        .collect();
-    let slowest = during.iter().map(|(_, d, _)| *d).max().unwrap_or_default();
-    let e503 = during
-        .iter()
-        .filter(|(_, _, a)| matches!(a, Answer::Err(s) if s.starts_with("503")))
-        .count();
-    let mut lat: Vec<_> = during.iter().map(|(_, d, _)| d.as_millis()).collect();
+    let during: Vec<&Attempt> = attempts.iter().filter(|a| a.within(&windows)).collect();
+    let slowest = during.iter().map(|a| a.took).max().unwrap_or_default();
+    let e503 = during.iter().filter(|a| a.is_503()).count();
+    let mut lat: Vec<_> = during.iter().map(|a| a.took.as_millis()).collect();
     lat.sort_unstable();
     let mut answers = std::collections::BTreeMap::<String, usize>::new();
-    for (_, _, a) in &during {
+    for a in &during {
         *answers
-            .entry(format!("{a:?}").chars().take(30).collect())
+            .entry(format!("{:?}", a.answer).chars().take(30).collect())
             .or_default() += 1;
     }
     println!(
@@ -1309,102 +1494,206 @@ async fn redis_unreachable() {
     assert!(
         during
             .iter()
-            .all(|(_, d, a)| *d < bound && *a != Answer::Unknown),
+            .all(|a| a.took < bound && a.answer != Answer::Unknown),
         "publishes during a Redis outage must be answered within {bound:?}: {during:?}"
     );
     // A stalled request waits for the engine's OP_TIMEOUT before its 503:
     // an outage shorter than that is answered 200 once it heals.
     if run_outage > OP_TIMEOUT {
-        assert!(e503 > 0, "no publish was answered 503 during the outage");
+        for w in &windows {
+            let e503 = attempts_in(&attempts, *w, Attempt::is_503).count();
+            assert!(e503 > 0, "no publish was answered 503 during an outage");
+        }
     }
+    // reliability.md: connections stay open through the outage (none closed).
+    assert!(
+        r.ends.is_empty(),
+        "client connections ended during the run: {:?}",
+        r.ends
+    );
     r.assert_clean("redis_unreachable");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_connections_reset() {
-    let mut run = Run::start("client-resets", Options::default()).await;
-    let resets = 10 * run.scale.rounds;
-    for i in 0..resets {
-        // First half over slow, jittery links; second half bandwidth-limited.
-        let mode = if i < resets / 2 {
-            Mode::Latency {
-                base: Duration::from_millis(5),
-                jitter: Duration::from_millis(20),
+scenario!(
+    /// Catches: a resume from position that skips or repeats under constant
+    /// churn (a reset mid-frame, mid-replay, mid-ack).
+    client_connections_reset,
+    long_client_connections_reset,
+    |long| async move {
+        let mut run = Run::start(
+            "client-resets",
+            Options {
+                long,
+                ..Options::default()
+            },
+        )
+        .await;
+        let resets = 10 * run.scale.rounds;
+        for i in 0..resets {
+            // First half over slow, jittery links; second half bandwidth-limited.
+            let mode = if i < resets / 2 {
+                Mode::Latency {
+                    base: Duration::from_millis(5),
+                    jitter: Duration::from_millis(20),
+                }
+            } else {
+                Mode::Bandwidth(64 * 1024)
+            };
+            Run::set_all(&run.client_proxies, mode);
+            run.hold(Duration::from_millis(300)).await;
+            for p in &run.client_proxies {
+                p.reset_all();
             }
-        } else {
-            Mode::Bandwidth(64 * 1024)
-        };
-        Run::set_all(&run.client_proxies, mode);
-        run.hold(Duration::from_millis(300)).await;
-        for p in &run.client_proxies {
-            p.reset_all();
+            run.faults += 1;
         }
-        run.faults += 1;
+        run.hold(Duration::from_secs(1)).await;
+        let (r, _) = run.finish().await;
+        assert!(
+            r.connections > u64::from(resets),
+            "clients reconnected after resets"
+        );
+        r.assert_clean("client_connections_reset");
     }
-    run.hold(Duration::from_secs(1)).await;
-    let (r, _) = run.finish().await;
-    assert!(
-        r.connections > u64::from(resets),
-        "clients reconnected after resets"
-    );
-    r.assert_clean("client_connections_reset");
-}
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_consumers() {
+/// How long the pausing clients of `slow_consumers` may stay paused before
+/// every one of them must have been cut.
+const CUT_WITHIN: Duration = Duration::from_secs(40);
+
+scenario!(
+    /// Half the clients stop reading, each round until every one of them
+    /// was cut as a slow consumer (`mythos_slow_consumers_total` on the
+    /// nodes), then read again and resume. Catches: a client that stops
+    /// reading never cut (memory grows instead), a cut that loses or repeats
+    /// events on resume.
+    slow_consumers,
+    long_slow_consumers,
+    |long| slow_consumers_run(long)
+);
+
+async fn slow_consumers_run(long: bool) {
     let mut run = Run::start(
         "slow",
         Options {
-            // A paused client answers no ping: keep the idle timeout out of
-            // the way. Loopback's 64 KiB MSS lets the kernel grow a node's
-            // send buffer to megabytes, so the events to the pausing
-            // clients' players are big (60 KiB) for a paused reader to fill
-            // it within seconds.
-            env: vec![("MYTHOS_SEND_QUEUE", "8"), ("MYTHOS_IDLE_TIMEOUT", "30s")],
+            // A paused client answers no ping: keep the idle timeout out
+            // of the way of the longest pause. The events to the pausing
+            // clients' players are big (60 KiB): a pause fills the socket
+            // buffers (the node's send buffer grows to megabytes on
+            // loopback; the clients' receive buffers are 8 KiB), then the
+            // queue of 8, within seconds.
+            env: vec![("MYTHOS_SEND_QUEUE", "8"), ("MYTHOS_IDLE_TIMEOUT", "90s")],
             direct_clients: true,
-            pause: Some((Duration::from_secs(2), Duration::from_secs(8))),
+            pause: true,
             pad: 60 * 1024,
+            long,
             ..Options::default()
         },
     )
     .await;
-    run.hold(Duration::from_secs(8 * u64::from(run.scale.rounds)))
-        .await;
-    let cut = run.metric("mythos_slow_consumers_total").await;
-    run.faults = cut as u32;
+    const CUTS: &str = "mythos_slow_consumers_total";
+    let pausing = run.pausing as u64;
+    let rounds = run.scale.rounds;
+    let clients = run.clients.len() as u64;
+    let mut took = Vec::new();
+    for _ in 0..rounds {
+        // Every client reads (the ones cut last round are back and caught up).
+        run.hold(Duration::from_secs(2)).await;
+        let before = run.metric(CUTS).await;
+        let from = Instant::now();
+        run.pause(true);
+        run.faults += 1;
+        loop {
+            let cut = run.metric(CUTS).await - before;
+            if cut >= pausing {
+                took.push(from.elapsed().as_secs_f64());
+                break;
+            }
+            assert!(
+                from.elapsed() < CUT_WITHIN,
+                "slow: {cut} of the {pausing} stopped readers cut within {CUT_WITHIN:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        run.pause(false);
+    }
+    run.hold(Duration::from_secs(1)).await;
+    let cuts = run.metric(CUTS).await;
     let (r, _) = run.finish().await;
-    // Not asserted: whether a pause overflows the queue depends on how far
-    // the kernel grows the node's send buffer (megabytes on loopback), and on
-    // this shared two-core box the publishers do not always outrun it.
-    println!("slow: {cut} connections cut as slow consumers (mythos_slow_consumers_total)");
+    println!("slow: {cuts} connections cut as slow consumers (mythos_slow_consumers_total); all {pausing} stopped readers cut after {took:.1?} s");
     r.assert_clean("slow_consumers");
+    // Every cut ended a connection, and its client came back.
+    assert!(
+        r.connections >= clients + u64::from(rounds) * pausing,
+        "{} connections for {clients} clients and {rounds} × {pausing} cuts: {:?}",
+        r.connections,
+        r.ends
+    );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_link_stall() {
-    let mut run = Run::start("redis-stall", Options::default()).await;
-    for round in 0..run.scale.rounds {
+scenario!(
+    /// One node's Redis link stalls for longer than `OP_TIMEOUT`. Catches: a
+    /// stalled node that hangs instead of answering 503, a stall on one node
+    /// that slows or fails the other, connections closed by it.
+    redis_link_stall,
+    long_redis_link_stall,
+    |long| async move {
+        let mut run = Run::start(
+            "redis-stall",
+            Options {
+                long,
+                ..Options::default()
+            },
+        )
+        .await;
+        // (stalled node, the other node, when).
+        let mut stalls = Vec::new();
+        for round in 0..run.scale.rounds {
+            run.hold(Duration::from_secs(2)).await;
+            let victim = round as usize % 2;
+            let from = Instant::now();
+            run.redis_proxies[victim].set_mode(Mode::Stall);
+            run.faults += 1;
+            run.hold(OP_TIMEOUT + Duration::from_secs(2)).await;
+            run.redis_proxies[victim].set_mode(Mode::Pass);
+            stalls.push((
+                run.nodes[victim].base(),
+                run.nodes[1 - victim].base(),
+                (from, Instant::now()),
+            ));
+        }
         run.hold(Duration::from_secs(2)).await;
-        let victim = round as usize % 2;
-        run.redis_proxies[victim].set_mode(Mode::Stall);
-        run.faults += 1;
-        run.hold(OP_TIMEOUT + Duration::from_secs(2)).await;
-        run.redis_proxies[victim].set_mode(Mode::Pass);
+        let (r, attempts) = run.finish().await;
+        r.assert_clean("redis_link_stall");
+        let attempts = attempts.lock().unwrap_or_else(|e| e.into_inner());
+        for (stalled, other, w) in &stalls {
+            // The stall was felt: the stalled node's appends timed out.
+            let e503 = attempts_in(&attempts, *w, |a| &a.node == stalled && a.is_503()).count();
+            assert!(e503 > 0, "{stalled} answered no 503 while its Redis link stalled");
+            // The other node carried on: every publish sent to it meanwhile
+            // was answered 200, without waiting for any timeout.
+            let there: Vec<&Attempt> = attempts_in(&attempts, *w, |a| &a.node == other).collect();
+            assert!(!there.is_empty(), "nothing was sent to {other} during the stall");
+            assert!(
+                there
+                    .iter()
+                    .all(|a| matches!(a.answer, Answer::Ok(_)) && a.took < OP_TIMEOUT),
+                "{other} was affected by the other node's stall: {there:?}"
+            );
+        }
+        assert!(
+            r.ends.is_empty(),
+            "client connections ended during the run: {:?}",
+            r.ends
+        );
     }
-    run.hold(Duration::from_secs(2)).await;
-    let (r, _) = run.finish().await;
-    r.assert_clean("redis_link_stall");
-}
+);
 
 /// A figure, not a check: what a Redis crash (`kill -9`, then a restart from
-/// what is on disk) costs with `appendfsync everysec`, and with no AOF at all.
+/// what is on disk) costs with `appendfsync everysec`, and with no AOF at all
+/// (long scale). It fails only if it cannot do its work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement; runs with MYTHOS_FAULTS_LONG=1 and --include-ignored"]
+#[ignore = "a measurement; scripts/test-long runs it"]
 async fn redis_crash_cost_with_everysec() {
-    if !long() {
-        eprintln!("set MYTHOS_FAULTS_LONG=1 to measure");
-        return;
-    }
     for (label, args) in [
         (
             "everysec",
@@ -1420,6 +1709,7 @@ async fn redis_crash_cost_with_everysec() {
             },
             Options {
                 redis_args: Some(args),
+                long: true,
                 ..Options::default()
             },
         )
