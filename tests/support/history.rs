@@ -17,6 +17,10 @@
 //! - **unexpected**: a received event that nobody published to that player;
 //! - **duplicated**: one publish `id` received under two sequence numbers
 //!   (i.e. still twice after the client's dedupe by sequence number);
+//! - **redelivered**: one sequence number received twice on one connection
+//!   (a client's dedupe hides it, but the broker sent an event twice where
+//!   the contract says once; across a reconnect a repeat can be the
+//!   client's own resume point, so only repeats within a connection count);
 //! - **reordered**: the application-visible sequence (first receipt of each
 //!   sequence number, in arrival order) not starting at 1 and going up by 1;
 //! - **sequence reused**: one sequence number carrying two different ids;
@@ -91,6 +95,7 @@ pub struct Report {
     pub lost: usize,
     pub unexpected: usize,
     pub duplicated: usize,
+    pub redelivered: usize,
     pub reordered: usize,
     pub reused: usize,
     pub mismatched: usize,
@@ -109,6 +114,7 @@ impl Report {
         self.lost
             + self.unexpected
             + self.duplicated
+            + self.redelivered
             + self.reordered
             + self.reused
             + self.mismatched
@@ -127,7 +133,7 @@ impl Report {
         format!(
             "published={} attempts={} (errors={} unknown={}) unconfirmed={} clients={} \
              connections={} received={} acks={} | lost={} unexpected={} duplicated={} \
-             reordered={} reused={} mismatched={} resyncs={} fence={}",
+             redelivered={} reordered={} reused={} mismatched={} resyncs={} fence={}",
             self.published,
             self.attempts,
             self.errors,
@@ -140,6 +146,7 @@ impl Report {
             self.lost,
             self.unexpected,
             self.duplicated,
+            self.redelivered,
             self.reordered,
             self.reused,
             self.mismatched,
@@ -317,6 +324,16 @@ impl History {
                 let seqs = by_id.entry(id.as_deref()).or_default();
                 if !seqs.contains(seq) {
                     seqs.push(*seq);
+                }
+            }
+            // (connection, sequence number) pairs seen: a repeat is a resend.
+            let mut on_conn: HashSet<(u32, u64)> = HashSet::new();
+            for (seq, id, conn) in &c.received {
+                if !on_conn.insert((*conn, *seq)) {
+                    r.redelivered += 1;
+                    r.detail(format!(
+                        "redelivered: {name} got sequence {seq} ({id:?}) twice on connection {conn}"
+                    ));
                 }
             }
             for (seq, ids) in &by_seq {

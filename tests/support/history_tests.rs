@@ -73,6 +73,20 @@ fn duplicated() {
 }
 
 #[test]
+fn redelivered_on_one_connection() {
+    let h = clean();
+    // The same event twice on the second connection: a resend.
+    h.received("c", "alice", 2, Some("a2"));
+    let r = h.check();
+    assert_eq!((r.redelivered, r.duplicated), (1, 0), "{}", r.render());
+    assert!(
+        r.render().contains("redelivered: c got sequence 2"),
+        "{}",
+        r.render()
+    );
+}
+
+#[test]
 fn reordered() {
     let h = History::default();
     for (id, seq) in [("x1", 1), ("x2", 2), ("x3", 3)] {
