@@ -189,6 +189,10 @@ impl Node {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // scripts/mutation-check: the injected defect reaches the brokers.
+        if let Ok(d) = std::env::var("MYTHOS_DEFECT") {
+            cmd.env("MYTHOS_DEFECT", d);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
@@ -624,6 +628,36 @@ async fn sse_connection(spec: &ClientSpec, addr: SocketAddr, h: &History, p: &mu
 // Publishers
 // ---------------------------------------------------------------------------
 
+/// How long the end of a run waits without any client receiving anything
+/// before it judges the history as it is.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Whether the clients still receive events (the end of a run waits for
+/// them while they do, and gives up once they stopped for [`STALL`]).
+struct Progress {
+    received: usize,
+    since: Instant,
+}
+
+impl Progress {
+    fn new(h: &History) -> Self {
+        Self {
+            received: h.check().received,
+            since: Instant::now(),
+        }
+    }
+
+    /// True once nothing new arrived for [`STALL`].
+    fn stalled(&mut self, h: &History) -> bool {
+        let now = h.check().received;
+        if now != self.received {
+            self.received = now;
+            self.since = Instant::now();
+        }
+        self.since.elapsed() > STALL
+    }
+}
+
 /// One HTTP publish attempt, for the outage bounds.
 #[derive(Debug, Clone)]
 struct Attempt {
@@ -1053,9 +1087,13 @@ impl Run {
         }
         // Stream entries are appended by the nodes in their own time: wait
         // (bounded) for those to arrive before fencing, so the fence is last.
+        // Bounded twice: 30 s in all, and STALL without a single new receipt
+        // (a broker that lost events for good stops making progress; a
+        // healthy one delivers well within it once the faults are healed).
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut progress = Progress::new(&self.h);
         loop {
-            if self.h.check().lost == 0 || Instant::now() > deadline {
+            if self.h.check().lost == 0 || Instant::now() > deadline || progress.stalled(&self.h) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1086,6 +1124,7 @@ impl Run {
             .await;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut progress = Progress::new(&self.h);
         loop {
             let behind: Vec<&str> = self
                 .clients
@@ -1096,7 +1135,7 @@ impl Run {
             if behind.is_empty() {
                 break;
             }
-            if Instant::now() > deadline {
+            if Instant::now() > deadline || progress.stalled(&self.h) {
                 eprintln!("{}: clients never caught up: {behind:?}", self.name);
                 break;
             }
@@ -1110,7 +1149,7 @@ impl Run {
         println!(
             "FAULTS {} ({}): events published={} (+{} fences) in {:.1}s, faults injected={}, \
              clients={} (ws={} sse={}), connections={}, attempts={} (errors={} unknown={}) \
-             | lost={} unexpected={} duplicated={} reordered={} reused={} mismatched={} \
+             | lost={} unexpected={} duplicated={} redelivered={} reordered={} reused={} mismatched={} \
              resyncs={} fence={} | total {:.1}s; connection ends: {:?}",
             self.name,
             self.scale.name,
@@ -1128,6 +1167,7 @@ impl Run {
             r.lost,
             r.unexpected,
             r.duplicated,
+            r.redelivered,
             r.reordered,
             r.reused,
             r.mismatched,
