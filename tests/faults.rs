@@ -54,6 +54,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -391,6 +392,8 @@ struct ClientSpec {
     endpoints: Vec<SocketAddr>,
     /// Stops reading while this says `true` (a slow consumer).
     pause: Option<watch::Receiver<bool>>,
+    /// Its position (the last contiguous sequence number), for the run to see.
+    at: Arc<AtomicU64>,
 }
 
 /// What a client tracks across reconnects: the JS client's `SequenceTracker`.
@@ -461,6 +464,7 @@ fn on_event(spec: &ClientSpec, h: &History, p: &mut Position, env: &Value) {
     let seq = env["sequence_number"].as_u64().expect("sequence_number");
     h.received(&spec.name, &spec.player, seq, env["id"].as_str());
     p.push(seq);
+    spec.at.store(p.pos, Ordering::Relaxed);
 }
 
 /// Waits (reading nothing) while the scenario pauses this client.
@@ -911,8 +915,8 @@ struct Run {
     transports: (usize, usize),
     /// Tells the pausing clients to stop reading (`true`) or to read again.
     pause: watch::Sender<bool>,
-    /// How many clients pause.
-    pausing: usize,
+    /// The clients that pause: their player and position.
+    pausing: Vec<(String, Arc<AtomicU64>)>,
     pub faults: u32,
 }
 
@@ -949,7 +953,7 @@ impl Run {
         let (stop_clients, crx) = watch::channel(false);
         let (stop_publishers, prx) = watch::channel(false);
         let (pause, pause_rx) = watch::channel(false);
-        let mut pausing = 0;
+        let mut pausing = Vec::new();
         let mut client_tasks = Vec::new();
         let mut clients = Vec::new();
         let mut transports = (0, 0);
@@ -981,8 +985,11 @@ impl Run {
                 endpoints,
                 // Half the clients are slow, when the scenario wants some.
                 pause: (o.pause && i % 4 < 2).then(|| pause_rx.clone()),
+                at: Arc::default(),
             };
-            pausing += usize::from(spec.pause.is_some());
+            if spec.pause.is_some() {
+                pausing.push((player.clone(), spec.at.clone()));
+            }
             clients.push((spec.name.clone(), player.clone()));
             client_tasks.push(tokio::spawn(run_client(spec, h.clone(), crx.clone())));
         }
@@ -1042,6 +1049,43 @@ impl Run {
         let _ = self.pause.send(paused);
     }
 
+    /// Waits until every pausing client is within `slack` events of its
+    /// player's last one (`GET /v1/cursor`): caught up, its feed live, not
+    /// replaying what piled up while it was paused. Returns how long it took.
+    async fn pausing_caught_up(&self, slack: u64) -> Duration {
+        let from = Instant::now();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        for (player, at) in &self.pausing {
+            loop {
+                let last = http
+                    .get(format!("{}/v1/cursor", self.nodes[0].base()))
+                    .bearer_auth(player_token(player))
+                    .send()
+                    .await
+                    .ok();
+                let last = match last {
+                    Some(r) => r.json::<Value>().await.ok(),
+                    None => None,
+                }
+                .and_then(|c| c["last_sequence_number"].as_u64());
+                let at = at.load(Ordering::Relaxed);
+                if last.is_some_and(|l| l <= at + slack) {
+                    break;
+                }
+                assert!(
+                    from.elapsed() < CATCH_UP_WITHIN,
+                    "{}: {player}'s client at {at} never caught up with {last:?} within {CATCH_UP_WITHIN:?}",
+                    self.name
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        from.elapsed()
+    }
+
     /// Lets the load run for `d` (a fault lasting, or a pause between faults).
     async fn hold(&self, d: Duration) {
         tokio::time::sleep(d).await;
@@ -1055,19 +1099,25 @@ impl Run {
 
     /// Sum of a counter over the running nodes' `/metrics`.
     async fn metric(&self, name: &str) -> u64 {
-        let mut sum = 0;
+        self.metric_per_node(name).await.iter().sum()
+    }
+
+    /// A counter on each running node (0 where `/metrics` did not answer).
+    async fn metric_per_node(&self, name: &str) -> Vec<u64> {
+        let mut per_node = Vec::new();
         for n in self.nodes.iter().filter(|n| n.running()) {
-            let Ok(r) = reqwest::get(format!("{}/metrics", n.base())).await else {
-                continue;
+            let text = match reqwest::get(format!("{}/metrics", n.base())).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
             };
-            let text = r.text().await.unwrap_or_default();
-            sum += text
-                .lines()
-                .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64;
+            per_node.push(
+                text.lines()
+                    .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64,
+            );
         }
-        sum
+        per_node
     }
 
     /// Stops the faults' effects, lets publishers finish, fences, waits for
@@ -1597,8 +1647,11 @@ scenario!(
 );
 
 /// How long the pausing clients of `slow_consumers` may stay paused before
-/// every one of them must have been cut.
-const CUT_WITHIN: Duration = Duration::from_secs(40);
+/// every one of them must have been cut (about 5 s short, 26 s long: the
+/// long run's publishers reach ~65 events/s in all, 160 KiB/s per player).
+const CUT_WITHIN: Duration = Duration::from_secs(60);
+/// How long they may take to catch up again before the next pause.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(30);
 
 scenario!(
     /// Half the clients stop reading, each round until every one of them
@@ -1631,26 +1684,40 @@ async fn slow_consumers_run(long: bool) {
     )
     .await;
     const CUTS: &str = "mythos_slow_consumers_total";
-    let pausing = run.pausing as u64;
+    let pausing = run.pausing.len() as u64;
     let rounds = run.scale.rounds;
     let clients = run.clients.len() as u64;
     let mut took = Vec::new();
+    let mut caught_up = Vec::new();
     for _ in 0..rounds {
-        // Every client reads (the ones cut last round are back and caught up).
-        run.hold(Duration::from_secs(2)).await;
-        let before = run.metric(CUTS).await;
+        // Every pausing client is live again (the ones cut last round are
+        // back and have replayed what piled up): a client paused while still
+        // replaying would only be "lagged", never cut.
+        run.hold(Duration::from_secs(1)).await;
+        caught_up.push(run.pausing_caught_up(10).await.as_secs_f64());
+        let before = run.metric_per_node(CUTS).await;
         let from = Instant::now();
         run.pause(true);
         run.faults += 1;
+        let mut progress = Vec::new();
         loop {
-            let cut = run.metric(CUTS).await - before;
-            if cut >= pausing {
+            let now = run.metric_per_node(CUTS).await;
+            let cut: Vec<u64> = now.iter().zip(&before).map(|(n, b)| n - b).collect();
+            let total: u64 = cut.iter().sum();
+            if total >= pausing {
                 took.push(from.elapsed().as_secs_f64());
                 break;
             }
+            if progress.last().map(|(_, c)| c) != Some(&cut) {
+                progress.push((from.elapsed().as_secs_f64(), cut.clone()));
+            }
             assert!(
                 from.elapsed() < CUT_WITHIN,
-                "slow: {cut} of the {pausing} stopped readers cut within {CUT_WITHIN:?}"
+                "slow: round {}: {total} of the {pausing} stopped readers cut within \
+                 {CUT_WITHIN:?}; cuts per node over time (s, [a, b]): {progress:.1?}; \
+                 publish attempts so far: {}",
+                took.len() + 1,
+                run.attempts.lock().unwrap_or_else(|e| e.into_inner()).len()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1659,7 +1726,11 @@ async fn slow_consumers_run(long: bool) {
     run.hold(Duration::from_secs(1)).await;
     let cuts = run.metric(CUTS).await;
     let (r, _) = run.finish().await;
-    println!("slow: {cuts} connections cut as slow consumers (mythos_slow_consumers_total); all {pausing} stopped readers cut after {took:.1?} s");
+    println!(
+        "slow: {cuts} connections cut as slow consumers (mythos_slow_consumers_total); \
+         all {pausing} stopped readers cut after {took:.1?} s, caught up (live) again \
+         {caught_up:.1?} s before each pause"
+    );
     r.assert_clean("slow_consumers");
     // Every cut ended a connection, and its client came back.
     assert!(
