@@ -44,7 +44,10 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a ping may take before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// At most this long between two resubscription attempts: one connection
+/// per node, and every open connection of the node waits for it after an
+/// outage, so attempts stay frequent.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Channels per subscribe command.
 const CHUNK: usize = 512;
 
@@ -265,6 +268,7 @@ async fn supervise(
         confirming: HashSet::new(),
         all_stale: false,
         backoff: BACKOFF_MIN,
+        next_repair: tokio::time::Instant::now(),
     };
     loop {
         let r = std::panic::AssertUnwindSafe(state.run(&mut requests, &mut pushes, &*hub, &health));
@@ -293,6 +297,11 @@ struct State {
     /// Every followed player's subscription must be made again.
     all_stale: bool,
     backoff: Duration,
+    /// When the next repair may run: a deadline of its own, so pushes,
+    /// requests and pings in between do not push it back (a sleep made
+    /// afresh on every loop would be restarted by each of them, and one
+    /// as long as the ping interval would never fire).
+    next_repair: tokio::time::Instant,
 }
 
 impl State {
@@ -323,7 +332,7 @@ impl State {
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep(self.backoff), if repair => self.repair(health).await,
+                _ = tokio::time::sleep_until(self.next_repair), if repair => self.repair(health).await,
                 _ = ticker.tick() => {
                     if !self.sub.alive().await {
                         self.lost(health);
@@ -345,6 +354,7 @@ impl State {
         self.all_stale = true;
         self.confirming.clear();
         self.backoff = BACKOFF_MIN;
+        self.next_repair = tokio::time::Instant::now() + BACKOFF_MIN;
     }
 
     fn on_push(&mut self, p: PushInfo, hub: &dyn LiveSink, health: &LiveHealth) {
@@ -385,6 +395,7 @@ impl State {
                             self.confirming.remove(player);
                             self.stale.insert(player.to_string());
                             self.backoff = BACKOFF_MIN;
+                            self.next_repair = tokio::time::Instant::now() + BACKOFF_MIN;
                         }
                     }
                 }
@@ -475,6 +486,7 @@ impl State {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "live resubscribe failed; retrying in {:?}", self.backoff);
+                self.next_repair = tokio::time::Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
         }
