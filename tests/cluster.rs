@@ -234,23 +234,7 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
     }
     let slot = cluster.slot("{alice}");
     let master = cluster.master_of(slot);
-    let replica = cluster.replica_of(master);
-    // Freeze the replica and cut its link: what the master takes from now
-    // on reaches no replica (a frozen process's kernel would still buffer
-    // the replication stream; a closed link does not).
-    cluster.nodes[replica].signal("STOP");
-    let cut: u64 = ::redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .query(
-            &mut cluster.nodes[master]
-                .client()
-                .get_connection()
-                .expect("master"),
-        )
-        .expect("CLIENT KILL TYPE replica");
-    assert_eq!(cut, 1, "the replica's link was cut");
+    let replica = freeze_replica_of(&cluster, master);
     let mut answered_200 = Vec::new();
     for i in 3..=7 {
         let (s, a) = publish(&fast, &format!("a{i}")).await;
@@ -308,8 +292,9 @@ async fn wait_1_refuses_what_a_failover_would_lose() {
 }
 
 /// Freezes the replica of `master` (SIGSTOP) and cuts its replication link,
-/// so that nothing `master` takes from now on reaches a replica; returns the
-/// replica's index. `SIGCONT` it to let it catch up again.
+/// so that nothing `master` takes from now on reaches a replica (a frozen
+/// process's kernel would still buffer the replication stream; a closed link
+/// does not); returns the replica's index. `SIGCONT` it to let it catch up.
 fn freeze_replica_of(cluster: &RedisCluster, master: usize) -> usize {
     let replica = cluster.replica_of(master);
     cluster.nodes[replica].signal("STOP");
