@@ -141,7 +141,7 @@ impl TokenError {
     /// Counts the failure (`mythos_auth_failures_total{reason}`) and turns it
     /// into the 401 answer.
     pub(crate) fn into_api(self) -> ApiError {
-        metrics::counter!("mythos_auth_failures_total", "reason" => self.reason()).increment(1);
+        metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => self.reason()).increment(1);
         ApiError::unauthorized(self.to_string())
     }
 }

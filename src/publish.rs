@@ -102,8 +102,8 @@ impl Publish {
             .publish(&self.target, self.body.clone(), self.dedupe_key.as_deref())
             .await?;
         crate::telemetry::observe_append("event", started);
-        metrics::counter!("mythos_published_total").increment(1);
-        metrics::counter!("mythos_deliveries_total").increment(deliveries.len() as u64);
+        metrics::counter!(crate::telemetry::PUBLISHED).increment(1);
+        metrics::counter!(crate::telemetry::DELIVERIES).increment(deliveries.len() as u64);
         Ok(deliveries)
     }
 }

@@ -208,7 +208,7 @@ impl Feed {
                     // gets the exact continuation once the log answers.
                     Err(e) if e.is_transient() => {
                         tracing::debug!(error = %e, "feed: log unavailable; retrying in {:?}", self.retry);
-                        metrics::counter!("mythos_feed_read_retries_total").increment(1);
+                        metrics::counter!(crate::telemetry::FEED_READ_RETRIES).increment(1);
                         tokio::time::sleep(self.retry).await;
                         self.retry = (self.retry * 2).min(RETRY_MAX);
                         continue;

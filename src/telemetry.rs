@@ -34,6 +34,43 @@ pub const REJECTIONS: &str = "mythos_rejections_total";
 /// Rate-limited client actions, label `reason`.
 pub const RATE_LIMITED: &str = "mythos_rate_limited_total";
 
+/// A feed's log read failed transiently and is retried.
+pub const FEED_READ_RETRIES: &str = "mythos_feed_read_retries_total";
+/// Redis-native publishing: a consumer round failed and is retried.
+pub const INGEST_RETRIES: &str = "mythos_ingest_retries_total";
+/// Redis-native publishing: entries taken over from another consumer.
+pub const INGEST_CLAIMED: &str = "mythos_ingest_claimed_total";
+/// Redis-native publishing: entries appended.
+pub const INGEST_PUBLISHED: &str = "mythos_ingest_published_total";
+/// Redis-native publishing: malformed entries dead-lettered, label `reason`.
+pub const INGEST_DEAD_LETTERS: &str = "mythos_ingest_dead_letters_total";
+/// The live subscriber task restarted after a panic.
+pub const LIVE_LISTENER_RESTARTS: &str = "mythos_live_listener_restarts_total";
+/// Live channels subscribed again, label `reason`.
+pub const LIVE_RESUBSCRIBES: &str = "mythos_live_resubscribes_total";
+/// Live announcements received.
+pub const LIVE_MESSAGES: &str = "mythos_live_messages_total";
+/// Bytes of live announcements received.
+pub const LIVE_BYTES: &str = "mythos_live_bytes_total";
+/// Live announcements that did not decode (dropped).
+pub const LIVE_UNDECODABLE: &str = "mythos_live_undecodable_total";
+/// `WAIT` round trips for replica confirmation.
+pub const REDIS_WAITS: &str = "mythos_redis_waits_total";
+/// Appends that replicas did not confirm in time.
+pub const NOT_REPLICATED: &str = "mythos_not_replicated_total";
+/// Publishes appended.
+pub const PUBLISHED: &str = "mythos_published_total";
+/// Deliveries (one per recipient) of those publishes.
+pub const DELIVERIES: &str = "mythos_deliveries_total";
+/// Live connections cut off as slow consumers.
+pub const SLOW_CONSUMERS: &str = "mythos_slow_consumers_total";
+/// `resync_required` markers sent, label `reason`.
+pub const RESYNCS: &str = "mythos_resyncs_total";
+/// Upstream commands and chat lines appended.
+pub const COMMANDS: &str = "mythos_commands_total";
+/// Connections refused by a cap, label `reason` (`node`, `player`).
+pub const CONNECTIONS_REFUSED: &str = "mythos_connections_refused_total";
+
 /// Histogram buckets (seconds): 250 µs to 10 s.
 const BUCKETS: [f64; 15] = [
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -206,7 +206,7 @@ impl RedisEngine {
     async fn wait_each(&self, conn: &mut Own, keys: &[String]) -> Vec<Result<()>> {
         let wanted = self.limits.wait_replicas;
         let answers = conn.wait_each(keys, wanted, self.limits.wait_timeout).await;
-        metrics::counter!("mythos_redis_waits_total").increment(1);
+        metrics::counter!(crate::telemetry::REDIS_WAITS).increment(1);
         let out: Vec<Result<()>> = answers
             .into_iter()
             .map(|r| match r {
@@ -219,7 +219,7 @@ impl RedisEngine {
             .iter()
             .any(|r| matches!(r, Err(EngineError::NotReplicated { .. })))
         {
-            metrics::counter!("mythos_not_replicated_total").increment(1);
+            metrics::counter!(crate::telemetry::NOT_REPLICATED).increment(1);
         }
         out
     }

@@ -61,7 +61,8 @@ impl Gate {
     ) -> Result<Pass, ApiError> {
         let mut c = self.counts();
         if c.total >= self.max_total {
-            metrics::counter!("mythos_connections_refused_total", "reason" => "node").increment(1);
+            metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "reason" => "node")
+                .increment(1);
             return Err(refused(format!(
                 "this node holds its maximum of {} connections (MYTHOS_MAX_CONNECTIONS); try again later or another node",
                 self.max_total
@@ -69,7 +70,7 @@ impl Gate {
         }
         let mine = c.per_player.get(player).copied().unwrap_or(0);
         if mine >= self.max_player {
-            metrics::counter!("mythos_connections_refused_total", "reason" => "player")
+            metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "reason" => "player")
                 .increment(1);
             return Err(refused(format!(
                 "this player already has {} connections on this node (MYTHOS_MAX_PLAYER_CONNECTIONS); close one first",

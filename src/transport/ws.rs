@@ -105,7 +105,7 @@ pub async fn open(
     if let Some(oldest) = opened.resync {
         first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
         let reason = session::resync_reason(opened.cursor);
-        metrics::counter!("mythos_resyncs_total", "reason" => reason).increment(1);
+        metrics::counter!(crate::telemetry::RESYNCS, "reason" => reason).increment(1);
     }
     let session = WsSession {
         app: app.clone(),
@@ -530,7 +530,7 @@ async fn handle(
             match app.engine.push_command(&cmd).await {
                 Ok(_) => {
                     crate::telemetry::observe_append("command", started);
-                    metrics::counter!("mythos_commands_total").increment(1);
+                    metrics::counter!(crate::telemetry::COMMANDS).increment(1);
                     Some((
                         json!({"type": "command_accepted", "id": id}).to_string(),
                         false,

@@ -81,7 +81,7 @@ async fn consume(mut c: Consumer, shutdown: CancellationToken) -> Exit {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "publish stream: will retry");
-                metrics::counter!("mythos_ingest_retries_total").increment(1);
+                metrics::counter!(crate::telemetry::INGEST_RETRIES).increment(1);
                 c.own_pending = true;
                 tokio::select! {
                     _ = tokio::time::sleep(c.opts.retry_delay) => {}
@@ -155,7 +155,7 @@ impl Consumer {
                 .await?;
             if !entries.is_empty() {
                 tracing::info!(n = entries.len(), "took over idle publish entries");
-                metrics::counter!("mythos_ingest_claimed_total").increment(entries.len() as u64);
+                metrics::counter!(crate::telemetry::INGEST_CLAIMED).increment(entries.len() as u64);
             }
             if let Some(exit) = self.process(entries).await? {
                 return Ok(Some(exit));
@@ -195,7 +195,7 @@ impl Consumer {
                 return Ok(Some(Exit::Crashed));
             }
             self.ack(&e.id).await?;
-            metrics::counter!("mythos_ingest_published_total").increment(1);
+            metrics::counter!(crate::telemetry::INGEST_PUBLISHED).increment(1);
         }
         Ok(None)
     }
@@ -214,7 +214,7 @@ impl Consumer {
     /// can dead-letter an entry twice, never lose it.
     async fn dead_letter(&self, e: &Entry, reason: &str) -> Result<(), EngineError> {
         tracing::warn!(entry = %e.id, reason, "publish entry dead-lettered");
-        metrics::counter!("mythos_ingest_dead_letters_total", "reason" => reason_label(reason))
+        metrics::counter!(crate::telemetry::INGEST_DEAD_LETTERS, "reason" => reason_label(reason))
             .increment(1);
         let mut xadd = redis::cmd("XADD");
         xadd.arg(&self.dead).arg("*");

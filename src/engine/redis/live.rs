@@ -274,7 +274,7 @@ async fn supervise(
         }
         health.set(false);
         tracing::error!("live subscriber panicked; restarting it");
-        metrics::counter!("mythos_live_listener_restarts_total").increment(1);
+        metrics::counter!(crate::telemetry::LIVE_LISTENER_RESTARTS).increment(1);
         state.all_stale = true;
         hub.nudge_all();
     }
@@ -338,7 +338,7 @@ impl State {
     fn lost(&mut self, health: &LiveHealth) {
         if !self.all_stale {
             tracing::warn!("live subscriber connection lost; resubscribing");
-            metrics::counter!("mythos_live_resubscribes_total", "reason" => "connection_lost")
+            metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "connection_lost")
                 .increment(1);
         }
         health.set(false);
@@ -357,10 +357,10 @@ impl State {
                 let Some(Value::BulkString(payload)) = p.data.get(1) else {
                     return;
                 };
-                metrics::counter!("mythos_live_messages_total").increment(1);
-                metrics::counter!("mythos_live_bytes_total").increment(payload.len() as u64);
+                metrics::counter!(crate::telemetry::LIVE_MESSAGES).increment(1);
+                metrics::counter!(crate::telemetry::LIVE_BYTES).increment(payload.len() as u64);
                 if let Err(e) = route(hub, payload) {
-                    metrics::counter!("mythos_live_undecodable_total").increment(1);
+                    metrics::counter!(crate::telemetry::LIVE_UNDECODABLE).increment(1);
                     tracing::error!("undecodable live announcement: {e}");
                 }
             }
@@ -380,7 +380,7 @@ impl State {
                 if let Some(ch) = channel(&p) {
                     if let Some(player) = keys::live_player(&ch) {
                         if self.wanted.contains_key(player) {
-                            metrics::counter!("mythos_live_resubscribes_total", "reason" => "channel_dropped")
+                            metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "channel_dropped")
                                 .increment(1);
                             self.confirming.remove(player);
                             self.stale.insert(player.to_string());
