@@ -27,6 +27,7 @@ pub mod tools;
 
 mod admin;
 mod api;
+mod backoff;
 #[cfg(feature = "defects")]
 mod defects;
 mod error;

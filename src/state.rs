@@ -6,12 +6,14 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions, Topology};
@@ -121,7 +123,7 @@ async fn connect_redis(
         ),
     };
     let deadline = tokio::time::Instant::now() + config.redis_connect_timeout;
-    let mut wait = std::time::Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         let r = RedisEngine::connect(options, config.limits(), hub.clone()).await;
         let e = match r {
@@ -136,10 +138,10 @@ async fn connect_redis(
                 humantime::format_duration(config.redis_connect_timeout)
             )));
         }
-        let pause = wait.min(left);
+        let pause = backoff.pause().min(left);
         tracing::warn!("{msg}; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+        backoff.failed();
     }
 }
 
