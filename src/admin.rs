@@ -16,12 +16,13 @@ use warp::http::StatusCode;
 
 use crate::api::{json_reply, Answer};
 use crate::auth::{Principal, Role};
-use crate::engine::{parse_entry_id, CommandEntry};
+use crate::engine::parse_entry_id;
 use crate::error::ApiError;
 use crate::protocol::check_id;
 use crate::state::App;
 use crate::tools::inspect::{self, InspectError};
 use crate::tools::recording::line_of;
+use crate::tools::CommandLine;
 
 /// Default and largest page of events or commands.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -139,36 +140,6 @@ pub async fn events(app: Arc<App>, p: Principal, player: String, q: Query) -> An
         events: lines,
         next_after,
     })
-}
-
-/// One command as `export --commands` and the API show it: the entry, its
-/// partition, and the client's message as JSON (text if it is not JSON).
-#[derive(Debug, Serialize)]
-pub(crate) struct CommandLine {
-    pub entry_id: String,
-    pub partition: usize,
-    pub player_id: String,
-    pub session_id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-    pub payload: serde_json::Value,
-}
-
-impl CommandLine {
-    pub fn new(partition: usize, e: CommandEntry) -> Self {
-        let c = e.command;
-        Self {
-            payload: serde_json::from_str(&c.payload)
-                .unwrap_or(serde_json::Value::String(c.payload)),
-            entry_id: e.entry_id,
-            partition,
-            player_id: c.player_id,
-            session_id: c.session_id,
-            kind: c.kind,
-            id: c.id,
-        }
-    }
 }
 
 /// `GET /v1/admin/commands?partition=I&after=ID&limit=M`: up to `limit`

@@ -31,6 +31,7 @@ mod backoff;
 #[cfg(feature = "defects")]
 mod defects;
 mod error;
+mod gate;
 mod listener;
 mod node;
 mod publish;
@@ -41,3 +42,4 @@ mod web;
 
 pub use api::create_account;
 pub use error::ApiError;
+pub use publish::EntryPublisher;

@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -123,32 +122,6 @@ where
     Ok(buf.freeze())
 }
 
-fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    crate::telemetry::buckets(),
-                )
-                .ok()?
-                .install_recorder()
-                .ok()?;
-            crate::telemetry::describe();
-            Some(recorder)
-        })
-        .as_ref()
-}
-
-/// Drains the recorder's histogram buffers (without it they grow with
-/// every observation until the next scrape).
-pub(crate) fn metrics_upkeep() {
-    if let Some(h) = metrics_handle() {
-        h.run_upkeep();
-    }
-}
-
 type Routes = BoxedFilter<(Response,)>;
 
 /// The filters every route group builds on.
@@ -182,7 +155,7 @@ fn any_of(routes: Vec<Routes>) -> Routes {
 
 /// Every route of a node.
 pub(crate) fn routes(app: Arc<App>) -> Routes {
-    let _ = metrics_handle();
+    crate::telemetry::install();
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone()).boxed()
@@ -233,7 +206,7 @@ fn health(p: &Parts) -> Routes {
         .and(p.app.clone())
         .then(|app| async move { respond(api::ready(app).await) });
     let metrics = warp::path!("metrics").and(warp::get()).map(|| {
-        let text = metrics_handle().map(|h| h.render()).unwrap_or_default();
+        let text = crate::telemetry::render();
         warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
     });
     any_of(vec![health.boxed(), ready.boxed(), metrics.boxed()])

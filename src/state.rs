@@ -18,8 +18,8 @@ use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions, Topology};
 use crate::engine::Engine;
+use crate::gate::Gate;
 use crate::hub::Hub;
-use crate::transport::gate::Gate;
 
 /// Everything a request or session may need.
 pub struct App {

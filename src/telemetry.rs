@@ -2,15 +2,18 @@
 //! buckets of what `/metrics` exposes, and the few helpers the hot paths call.
 //!
 //! Owns: every metric *name* introduced for operators (docs/operations.md
-//! lists them all), their Prometheus help lines and buckets, and turning an
+//! lists them all; no other module spells one), their Prometheus help lines
+//! and buckets, the process's recorder, and turning an
 //! event's timestamp into a delivery lag. Label values are `&'static str`
 //! so that recording allocates nothing. Must not touch: what is measured
 //! (the modules that do the work call in), logging, the recorder's HTTP
-//! endpoint (`server`).
+//! endpoint (`server` serves [`render`]).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP publish: request parsed → durable answer ready (`POST /v1/publish`).
 pub const PUBLISH_DURATION: &str = "mythos_publish_duration_seconds";
@@ -71,16 +74,12 @@ pub const COMMANDS: &str = "mythos_commands_total";
 /// Connections refused by a cap, label `reason` (`node`, `player`).
 pub const CONNECTIONS_REFUSED: &str = "mythos_connections_refused_total";
 
-/// Histogram buckets (seconds): 250 µs to 10 s.
+/// Histogram buckets (seconds): 250 µs to 10 s, for every `*_seconds`
+/// histogram (without them the exporter renders summaries, which cannot be
+/// aggregated across nodes).
 const BUCKETS: [f64; 15] = [
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// The buckets every `*_seconds` histogram gets (without them the exporter
-/// renders summaries, which cannot be aggregated across nodes).
-pub fn buckets() -> &'static [f64] {
-    &BUCKETS
-}
 
 /// The transport label of [`CONNECTIONS`] and of a connection's span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +180,43 @@ pub fn unix_millis(ts: &str) -> Option<u128> {
     u128::try_from(secs * 1000 + ms).ok()
 }
 
+/// The process's recorder, installed by the first call (a second node in
+/// the same process shares it); `None` if another recorder was installed.
+fn recorder() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(recorder)
+        })
+        .as_ref()
+}
+
+/// Installs the recorder (idempotent): what is recorded from now on shows in `/metrics`.
+pub fn install() {
+    let _ = recorder();
+}
+
+/// The text of `/metrics`.
+pub fn render() -> String {
+    recorder().map(|h| h.render()).unwrap_or_default()
+}
+
+/// Drains the recorder's histogram buffers (without it they grow with
+/// every observation until the next scrape).
+pub fn upkeep() {
+    if let Some(h) = recorder() {
+        h.run_upkeep();
+    }
+}
+
 /// Registers units and help texts (the `# HELP` lines of `/metrics`).
-pub fn describe() {
+fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         PUBLISH_DURATION,

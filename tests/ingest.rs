@@ -61,7 +61,7 @@ impl Setup {
             claim_idle: Duration::from_millis(200),
             block: Duration::from_millis(100),
             retry_delay: Duration::from_millis(20),
-            ..IngestOptions::new(consumer, 64)
+            ..IngestOptions::new(consumer)
         }
     }
 
@@ -72,7 +72,7 @@ impl Setup {
     fn spawn_on(&self, e: Arc<dyn Engine>, opts: IngestOptions) -> tokio::task::JoinHandle<Exit> {
         let stop = self.stop.clone();
         self.engine
-            .start_ingest(e, opts, stop)
+            .start_ingest(mythos_broker::EntryPublisher::new(e, 64), opts, stop)
             .expect("Redis ingests")
     }
 

@@ -40,14 +40,24 @@ pub trait LiveSink: Send + Sync {
     fn nudge(&self, player: &str);
 }
 
+/// What becomes of the publishes game servers hand to the storage itself
+/// ([`Engine::start_ingest`]): the node's handler validates each entry as an
+/// HTTP publish and appends it; the engine only reads, acknowledges and
+/// dead-letters entries, and does not know what they mean.
+#[async_trait]
+pub trait IngestHandler: Send + Sync {
+    /// Handles the entry `entry_id` with `fields`: `Ok(None)` appended (the
+    /// engine acknowledges it), `Ok(Some(reason))` refused (`<code>: <message>`;
+    /// dead-lettered and acknowledged), `Err` the engine failed (retried).
+    async fn handle(&self, entry_id: &str, fields: &[(String, Vec<u8>)]) -> Result<Option<String>>;
+}
+
 /// How an engine consumes publishes handed to the storage itself
 /// ([`Engine::start_ingest`]; Redis: the `mythos:publish` stream).
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// This node's consumer name.
     pub consumer: String,
-    /// Largest `data` accepted (`MYTHOS_MAX_EVENT_BYTES`).
-    pub max_event_bytes: u64,
     /// Entries pending this long on another consumer are taken over (default 30 s).
     pub claim_idle: Duration,
     /// Entries read per call.
@@ -63,10 +73,9 @@ pub struct IngestOptions {
 }
 
 impl IngestOptions {
-    pub fn new(consumer: impl Into<String>, max_event_bytes: u64) -> Self {
+    pub fn new(consumer: impl Into<String>) -> Self {
         Self {
             consumer: consumer.into(),
-            max_event_bytes,
             claim_idle: Duration::from_secs(30),
             batch: 100,
             block: Duration::from_secs(2),
@@ -363,16 +372,15 @@ pub trait Engine: Send + Sync + 'static {
     }
 
     /// Starts consuming the publishes game servers hand to the storage itself
-    /// (Redis-native publishing), each validated as an HTTP publish and
-    /// appended through `publisher` (the node's engine), until `shutdown`.
-    /// `None`: this engine has no such inbox (the memory engine).
+    /// (Redis-native publishing), each entry given to `handler` (the node's),
+    /// until `shutdown`. `None`: this engine has no such inbox (the memory engine).
     fn start_ingest(
         &self,
-        publisher: Arc<dyn Engine>,
+        handler: Arc<dyn IngestHandler>,
         opts: IngestOptions,
         shutdown: CancellationToken,
     ) -> Option<JoinHandle<IngestExit>> {
-        let _ = (publisher, opts, shutdown);
+        let _ = (handler, opts, shutdown);
         None
     }
 }

@@ -54,7 +54,7 @@ use self::decode::{command_of, cursor_of, event_of};
 pub use self::scripts::Scripts;
 use super::{
     parse_entry_id, Account, Command, CommandEntry, Cursor, DedupeKeys, Engine, EngineError,
-    IngestExit, IngestOptions, Limits, LiveSink, Result, StreamInfo,
+    IngestExit, IngestHandler, IngestOptions, Limits, LiveSink, Result, StreamInfo,
 };
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -844,7 +844,7 @@ impl Engine for RedisEngine {
 
     fn start_ingest(
         &self,
-        publisher: Arc<dyn Engine>,
+        handler: Arc<dyn IngestHandler>,
         opts: IngestOptions,
         shutdown: CancellationToken,
     ) -> Option<JoinHandle<IngestExit>> {
@@ -852,7 +852,7 @@ impl Engine for RedisEngine {
         let streams = (0..n)
             .map(|i| keys::partition(keys::PUBLISH, i, n))
             .collect();
-        let run = ingest::run(publisher, self.conns.clone(), streams, opts, shutdown);
+        let run = ingest::run(handler, self.conns.clone(), streams, opts, shutdown);
         Some(tokio::spawn(run))
     }
 

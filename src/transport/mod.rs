@@ -6,7 +6,6 @@
 //! acknowledges, `resync_required`) are the session's: both transports call
 //! [`crate::session::open`]. Must not touch: storage directly.
 
-pub mod gate;
 pub mod sse;
 pub mod ws;
 
