@@ -43,9 +43,11 @@ pub struct App {
 
 impl App {
     /// Builds the state; the engine is Redis when `MYTHOS_REDIS_URL` is set.
-    /// Settings are checked first; an unreachable Redis is retried with
-    /// backoff for `MYTHOS_REDIS_CONNECT_TIMEOUT`, each attempt logged.
+    /// Settings are checked first ([`Config::validate`]: a bad one is
+    /// `StartError::Config`, never a panic later); an unreachable Redis is
+    /// retried with backoff for `MYTHOS_REDIS_CONNECT_TIMEOUT`, each attempt logged.
     pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let public_pem = match &config.jwt_public_key {
             Some(p) => Some(std::fs::read(p).map_err(|e| {
                 StartError::Config(format!(
