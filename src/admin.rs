@@ -18,7 +18,7 @@ use crate::api::{json_reply, Answer};
 use crate::auth::{Principal, Role};
 use crate::engine::parse_entry_id;
 use crate::error::ApiError;
-use crate::protocol::check_id;
+use crate::protocol::{check_id, ErrorCode};
 use crate::state::App;
 use crate::tools::inspect::{self, InspectError};
 use crate::tools::recording::line_of;
@@ -39,7 +39,7 @@ fn only(q: &Query, allowed: &[&str]) -> Result<(), ApiError> {
     unknown.sort();
     match unknown.first() {
         Some(k) => Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!(
                 "unknown query parameter `{}` (allowed: {})",
                 k.chars().take(64).collect::<String>(),
@@ -56,7 +56,7 @@ fn number(q: &Query, name: &str, default: u64) -> Result<u64, ApiError> {
         None => Ok(default),
         Some(v) => v.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("`{name}` must be a non-negative whole number"),
             )
         }),
@@ -69,7 +69,7 @@ fn limit(q: &Query) -> Result<usize, ApiError> {
     if n == 0 || n > MAX_LIMIT as u64 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("`limit` must be from 1 to {MAX_LIMIT}"),
         ));
     }
@@ -98,7 +98,7 @@ pub async fn player(app: Arc<App>, p: Principal, player: String, q: Query) -> An
 fn unknown_player(player: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_player",
+        ErrorCode::UnknownPlayer,
         format!("nothing was ever published to `{player}` and they are in no room"),
     )
 }
@@ -151,7 +151,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
     let partition = number(&q, "partition", 0)?;
     if partition >= partitions as u64 {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("`partition` must be below {partitions} (MYTHOS_COMMAND_PARTITIONS)"),
         ));
     }
@@ -159,7 +159,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
     let after = q.get("after").map_or("0-0", String::as_str);
     if parse_entry_id(after).is_none() {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "`after` must be a stream entry id like 1700000000000-0",
         ));
     }

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::protocol::valid_id;
+use crate::protocol::{valid_id, ErrorCode};
 
 /// Longest token accepted (a header line of up to ~400 KiB gets hyper's
 /// `431` before it reaches us).
@@ -276,7 +276,7 @@ impl Auth {
         let (enc, _) = self.secret.as_ref().ok_or_else(|| {
             ApiError::new(
                 warp::http::StatusCode::NOT_IMPLEMENTED,
-                "login_disabled",
+                ErrorCode::LoginDisabled,
                 "this broker has no MYTHOS_JWT_SECRET, so it cannot issue tokens",
             )
         })?;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use warp::http::StatusCode;
 
 use crate::error::ApiError;
+use crate::protocol::ErrorCode;
 
 /// The node's connection counts and caps.
 #[derive(Debug)]
@@ -128,7 +129,7 @@ impl Drop for Pass {
 fn refused(message: String) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "too_many_connections",
+        ErrorCode::TooManyConnections,
         message,
     )
 }
@@ -143,7 +144,10 @@ mod tests {
         let a1 = g.admit("a", "sse").expect("a1");
         let a2 = g.admit("a", "sse").expect("a2");
         let e = g.admit("a", "sse").expect_err("a3 over the player cap");
-        assert_eq!((e.status.as_u16(), e.code), (429, "too_many_connections"));
+        assert_eq!(
+            (e.status.as_u16(), e.code.as_str()),
+            (429, "too_many_connections")
+        );
         let _b1 = g.admit("b", "sse").expect("b1");
         assert_eq!(
             g.admit("c", "sse")

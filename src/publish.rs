@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::engine::{Engine, EngineError, IngestHandler};
-use crate::protocol::{check_id, Delivery, EventBody, ProtocolError, Target};
+use crate::protocol::{check_id, Delivery, ErrorCode, EventBody, ProtocolError, Target};
 
 /// Why a publish was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +51,14 @@ impl Publish {
         let target = Target::from_json(to)?;
         if event_type.is_empty() || event_type.len() > MAX_NAME {
             return Err(ProtocolError::new(
-                "invalid_event_type",
+                ErrorCode::InvalidEventType,
                 format!("`event_type` must be 1 to {MAX_NAME} characters"),
             )
             .into());
         }
         if event_type.chars().any(char::is_control) {
             return Err(ProtocolError::new(
-                "invalid_event_type",
+                ErrorCode::InvalidEventType,
                 "`event_type` must not contain control characters",
             )
             .into());
@@ -69,7 +69,7 @@ impl Publish {
         if let Some(i) = &id {
             if i.is_empty() || i.len() > MAX_NAME {
                 return Err(ProtocolError::new(
-                    "invalid_request",
+                    ErrorCode::InvalidRequest,
                     format!("`id` must be 1 to {MAX_NAME} characters"),
                 )
                 .into());
@@ -77,8 +77,9 @@ impl Publish {
         }
         // SSE carries the envelope on one `data:` line: keep `data` on one line.
         let data = if data.get().contains(['\n', '\r']) {
-            let v: serde_json::Value = serde_json::from_str(data.get())
-                .map_err(|_| ProtocolError::new("invalid_json", "`data` is not valid JSON"))?;
+            let v: serde_json::Value = serde_json::from_str(data.get()).map_err(|_| {
+                ProtocolError::new(ErrorCode::InvalidJson, "`data` is not valid JSON")
+            })?;
             serde_json::value::to_raw_value(&v).unwrap_or(data)
         } else {
             data

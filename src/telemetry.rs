@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::protocol::ErrorCode;
+
 /// HTTP publish: request parsed → durable answer ready (`POST /v1/publish`).
 pub const PUBLISH_DURATION: &str = "mythos_publish_duration_seconds";
 /// One engine append (event fan-out or upstream command), label `kind`.
@@ -124,8 +126,8 @@ pub fn observe_append(kind: &'static str, since: Instant) {
 }
 
 /// Counts a client error answered with `code`.
-pub fn rejected(code: &'static str) {
-    metrics::counter!(REJECTIONS, "reason" => code).increment(1);
+pub fn rejected(code: ErrorCode) {
+    metrics::counter!(REJECTIONS, "reason" => code.as_str()).increment(1);
 }
 
 /// Counts a rate-limited action.
