@@ -18,7 +18,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::backoff::Backoff;
 use crate::engine::{Cursor, Engine, EngineError};
 use crate::hub::{Hub, Live, SubState, Subscription};
 use crate::protocol::Event;
@@ -26,10 +25,8 @@ use crate::protocol::Event;
 /// Events read from the log per round trip.
 const READ_BATCH: usize = 256;
 /// Backoff between reads of a log that is unavailable: 50 ms doubling to 2 s.
-const RETRY: Backoff = Backoff::new(
-    std::time::Duration::from_millis(50),
-    std::time::Duration::from_secs(2),
-);
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(50);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where a connection asks to resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +83,7 @@ pub async fn open(
         last_sent: after,
         buffer: VecDeque::new(),
         catching_up: true,
-        retry: RETRY,
+        retry: RETRY_MIN,
         opened: Some(opened),
         handed_live: Vec::new(),
         _watching: watching,
@@ -149,7 +146,7 @@ pub struct Feed {
     /// True while the feed must read the log (replaying or filling a gap).
     catching_up: bool,
     /// The next pause before reading an unavailable log again.
-    retry: Backoff,
+    retry: std::time::Duration,
     /// When the session opened, until the feed first caught up (replay
     /// duration).
     opened: Option<std::time::Instant>,
@@ -197,7 +194,7 @@ impl Feed {
                 {
                     #[allow(unused_mut)] // mutated by an injected defect only
                     Ok(mut batch) => {
-                        self.retry.reset();
+                        self.retry = RETRY_MIN;
                         #[cfg(feature = "defects")]
                         if crate::defects::on(crate::defects::Defect::SkipReplay)
                             && batch.len() >= 2
@@ -210,10 +207,10 @@ impl Feed {
                     // and the feed reads again, backing off; the client
                     // gets the exact continuation once the log answers.
                     Err(e) if e.is_transient() => {
-                        tracing::debug!(error = %e, "feed: log unavailable; retrying in {:?}", self.retry.pause());
+                        tracing::debug!(error = %e, "feed: log unavailable; retrying in {:?}", self.retry);
                         metrics::counter!(crate::telemetry::FEED_READ_RETRIES).increment(1);
-                        tokio::time::sleep(self.retry.pause()).await;
-                        self.retry.failed();
+                        tokio::time::sleep(self.retry).await;
+                        self.retry = crate::backoff::next(self.retry, RETRY_MAX);
                         continue;
                     }
                     Err(e) => return Err(e.into()),

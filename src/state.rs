@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions, Topology};
@@ -125,7 +124,7 @@ async fn connect_redis(
         ),
     };
     let deadline = tokio::time::Instant::now() + config.redis_connect_timeout;
-    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    let mut wait = Duration::from_millis(50);
     loop {
         let r = RedisEngine::connect(options, config.limits(), hub.clone()).await;
         let e = match r {
@@ -140,10 +139,10 @@ async fn connect_redis(
                 humantime::format_duration(config.redis_connect_timeout)
             )));
         }
-        let pause = backoff.pause().min(left);
+        let pause = wait.min(left);
         tracing::warn!("{msg}; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
-        backoff.failed();
+        wait = crate::backoff::next(wait, Duration::from_secs(2));
     }
 }
 

@@ -36,7 +36,6 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::conn::Topology;
 use super::{keys, OP_TIMEOUT};
-use crate::backoff::Backoff;
 use crate::engine::{EngineError, LiveSink, Result as EngineResult};
 use crate::protocol::{Event, EventBody};
 
@@ -45,7 +44,8 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a ping may take before the connection counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Backoff between resubscribe attempts: 50 ms doubling to 5 s.
-const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Channels per subscribe command.
 const CHUNK: usize = 512;
 
@@ -265,7 +265,7 @@ async fn supervise(
         stale: HashSet::new(),
         confirming: HashSet::new(),
         all_stale: false,
-        backoff: BACKOFF,
+        backoff: BACKOFF_MIN,
     };
     loop {
         let r = std::panic::AssertUnwindSafe(state.run(&mut requests, &mut pushes, &*hub, &health));
@@ -293,7 +293,7 @@ struct State {
     confirming: HashSet<String>,
     /// Every followed player's subscription must be made again.
     all_stale: bool,
-    backoff: Backoff,
+    backoff: Duration,
 }
 
 impl State {
@@ -324,7 +324,7 @@ impl State {
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep(self.backoff.pause()), if repair => self.repair(health).await,
+                _ = tokio::time::sleep(self.backoff), if repair => self.repair(health).await,
                 _ = ticker.tick() => {
                     if !self.sub.alive().await {
                         self.lost(health);
@@ -345,7 +345,7 @@ impl State {
         health.set(false);
         self.all_stale = true;
         self.confirming.clear();
-        self.backoff.reset();
+        self.backoff = BACKOFF_MIN;
     }
 
     fn on_push(&mut self, p: PushInfo, hub: &dyn LiveSink, health: &LiveHealth) {
@@ -385,7 +385,7 @@ impl State {
                                 .increment(1);
                             self.confirming.remove(player);
                             self.stale.insert(player.to_string());
-                            self.backoff.reset();
+                            self.backoff = BACKOFF_MIN;
                         }
                     }
                 }
@@ -471,12 +471,12 @@ impl State {
                     self.all_stale = false;
                 }
                 self.stale.clear();
-                self.backoff.reset();
+                self.backoff = BACKOFF_MIN;
                 health.set(true);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "live resubscribe failed; retrying in {:?}", self.backoff.pause());
-                self.backoff.failed();
+                tracing::warn!(error = %e, "live resubscribe failed; retrying in {:?}", self.backoff);
+                self.backoff = crate::backoff::next(self.backoff, BACKOFF_MAX);
             }
         }
     }
