@@ -161,17 +161,6 @@ impl RedisEngine {
         self.conns.shared().await
     }
 
-    /// A connection for writes: a shared one, or — with
-    /// `MYTHOS_REDIS_WAIT_REPLICAS` — one of its own, because `WAIT` blocks
-    /// the connection it runs on and counts that connection's writes.
-    async fn writer(&self) -> Result<Writer<'_>> {
-        Ok(if self.limits.wait_replicas == 0 {
-            Writer::Shared(self.shared().await?)
-        } else {
-            Writer::Own(self.conns.own().await?)
-        })
-    }
-
     /// Runs one append with an overall deadline: connection set-up, the
     /// command and any `WAIT` each have their own timeouts, which could add
     /// up while Redis is unreachable; a publisher is answered (503, retry-safe
@@ -182,23 +171,6 @@ impl RedisEngine {
         tokio::time::timeout(deadline, f)
             .await
             .unwrap_or_else(|_| Err(EngineError::Pool(format!("no answer within {deadline:?}"))))
-    }
-
-    /// With `MYTHOS_REDIS_WAIT_REPLICAS` ≥ 1, waits until that many replicas
-    /// confirm this connection's writes to `key`'s master, or fails
-    /// `NotReplicated` after `MYTHOS_REDIS_WAIT_TIMEOUT`. The writes stay: a
-    /// retry with the same idempotency key finds them and appends nothing twice.
-    async fn confirm(&self, conn: &mut Writer<'_>, key: &str) -> Result<()> {
-        match conn {
-            Writer::Own(c) => self.confirm_replicated(c, key).await,
-            Writer::Shared(_) => Ok(()),
-        }
-    }
-
-    /// `WAIT` on `conn` for the writes it sent to the master of `key`.
-    async fn confirm_replicated(&self, conn: &mut Own, key: &str) -> Result<()> {
-        let got = self.wait_each(conn, &[key.to_string()]).await;
-        got.into_iter().next().unwrap_or(Ok(()))
     }
 
     /// `WAIT` on `conn` for the writes it sent to the masters of `keys`:
@@ -544,37 +516,6 @@ fn flags_of(body: &EventBody) -> &'static str {
     }
 }
 
-/// Where an append is written (see [`RedisEngine::writer`]).
-enum Writer<'a> {
-    Shared(Shared<'a>),
-    Own(Own),
-}
-
-impl redis::aio::ConnectionLike for Writer<'_> {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
-        match self {
-            Writer::Shared(c) => c.req_packed_command(cmd),
-            Writer::Own(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<Value>> {
-        match self {
-            Writer::Shared(c) => c.req_packed_commands(cmd, offset, count),
-            Writer::Own(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
-}
-
 #[async_trait]
 impl Engine for RedisEngine {
     async fn publish(
@@ -674,7 +615,6 @@ impl Engine for RedisEngine {
         ))?;
         self.within(async {
             // One XADD: no script needed, and it touches only the stream's slot.
-            let mut conn = self.writer().await?;
             let fields = [
                 ("player_id", &cmd.player_id),
                 ("session_id", &cmd.session_id),
@@ -683,10 +623,19 @@ impl Engine for RedisEngine {
                 ("payload", &cmd.payload),
             ];
             let maxlen = StreamMaxlen::Approx(super::MAX_COMMANDS);
-            let id: String = Cmd::xadd_maxlen(&stream, maxlen, "*", &fields)
-                .query_async(&mut conn)
-                .await?;
-            self.confirm(&mut conn, &stream).await?;
+            let xadd = Cmd::xadd_maxlen(&stream, maxlen, "*", &fields);
+            if !self.waits() {
+                return Ok(xadd.query_async(&mut self.shared().await?).await?);
+            }
+            // `WAIT` blocks the connection it runs on and counts that
+            // connection's writes: one of its own. A command not confirmed
+            // in time is `NotReplicated` (it stays appended).
+            let mut own = self.conns.own().await?;
+            let id: String = xadd.query_async(&mut own).await?;
+            let confirmed = self
+                .wait_each(&mut own, std::slice::from_ref(&stream))
+                .await;
+            confirmed.into_iter().next().unwrap_or(Ok(()))?;
             Ok(id)
         })
         .await
