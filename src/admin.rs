@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use warp::http::StatusCode;
 
-use crate::api::{json_reply, Answer};
+use crate::api::{ok, Answer};
 use crate::auth::{Principal, Role};
 use crate::engine::parse_entry_id;
 use crate::error::ApiError;
@@ -74,10 +74,6 @@ fn limit(q: &Query) -> Result<usize, ApiError> {
         ));
     }
     Ok(n as usize)
-}
-
-fn ok<T: Serialize>(v: &T) -> Answer {
-    Ok(json_reply(StatusCode::OK, v))
 }
 
 /// `GET /v1/admin/players/{P}`: the inspect report, with this node's

@@ -32,7 +32,7 @@ pub fn json_reply<T: Serialize>(status: StatusCode, v: &T) -> Response {
 }
 
 /// A `200` JSON answer.
-fn ok<T: Serialize>(v: &T) -> Answer {
+pub(crate) fn ok<T: Serialize>(v: &T) -> Answer {
     Ok(json_reply(StatusCode::OK, v))
 }
 

@@ -16,7 +16,8 @@ macro_rules! error_codes {
         /// Every error code the broker answers with, the same over HTTP
         /// (`{"error": {"code"}}`) and WebSocket (`{"type":"error","code"}`);
         /// docs/protocol.md lists them.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
         pub enum ErrorCode { $($name,)* }
 
         impl ErrorCode {
@@ -58,12 +59,6 @@ error_codes! {
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for ErrorCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
     }
 }
 

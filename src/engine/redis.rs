@@ -1,14 +1,3 @@
-//! The Redis engine: durable logs shared by many broker nodes.
-//!
-//! Owns: the command pool (deadpool-redis), the Lua scripts in `lua/` that
-//! make every append, ack and cursor read atomic, and this node's one pub/sub
-//! subscription to `mythos:live` (see [`live`]), which is the only way
-//! appends reach the node's [`LiveSink`], including this node's own appends;
-//! consumer groups ([`consumer`]) for the command stream and Redis-native
-//! publishing ([`ingest`]).
-//! Must not touch: HTTP, sockets, validation (callers pass checked input).
-//! The key layout is in [`keys`] and `docs/redis-layout.md`.
-
 //! The Redis engine: durable logs shared by many broker nodes, on one Redis
 //! or on a Redis Cluster.
 //!
@@ -22,7 +11,11 @@
 //! Every key of a player shares the player's hash tag, so each per-player
 //! script runs on one slot; a fan-out over players of several slots is one
 //! script call per slot, run concurrently ([`RedisEngine::append_all`]).
-//! Must not touch: HTTP, sockets, validation (callers pass checked input).
+//! With `MYTHOS_REDIS_WAIT_REPLICAS` every write (a fan-out's slot groups, a
+//! command) goes out on a connection of its own and is confirmed by `WAIT`
+//! ([`RedisEngine::wait_each`], the one path) before it is answered.
+//! Must not touch: HTTP, sockets, validation (callers pass checked input;
+//! a `mythos:publish` entry is the node's [`IngestHandler`]'s to judge).
 //! The key layout is in [`keys`] and `docs/redis-layout.md`.
 
 mod conn;

@@ -106,8 +106,6 @@ pub async fn open(
     .to_string()];
     if let Some(oldest) = opened.resync {
         first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
-        let reason = session::resync_reason(opened.cursor);
-        metrics::counter!(crate::telemetry::RESYNCS, "reason" => reason).increment(1);
     }
     let session = WsSession {
         app: app.clone(),
