@@ -212,7 +212,7 @@ pub struct GroupInfo {
     pub last_delivered: String,
     /// Entries not yet handed out, when the store knows (`XINFO GROUPS` lag).
     pub lag: Option<u64>,
-    /// The group's consumers, at most 100 (the memory engine does not track them: empty).
+    /// The group's consumers, at most 100.
     pub consumers: Vec<ConsumerInfo>,
     /// The oldest pending entries, at most [`MAX_PENDING_SHOWN`].
     pub oldest_pending: Vec<PendingEntry>,
@@ -231,7 +231,7 @@ pub struct ConsumerInfo {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PendingEntry {
     pub entry_id: String,
-    /// Who holds it (empty where the engine does not track consumers).
+    /// Who holds it.
     pub consumer: String,
     /// Since it was last handed out, in milliseconds.
     pub idle_ms: u64,
@@ -239,28 +239,17 @@ pub struct PendingEntry {
     pub deliveries: u64,
 }
 
-/// Most pending entries [`Engine::streams`] lists per group.
+/// Most pending entries [`Inspect::streams`] lists per group.
 pub const MAX_PENDING_SHOWN: usize = 20;
 
 /// About how many commands the upstream stream keeps (Redis trims with
 /// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
 pub(crate) const MAX_COMMANDS: usize = 100_000;
 
-/// The operations the broker needs from storage.
-///
-/// Every append is atomic per player; a fan-out appends to each member exactly
-/// once. A publish with a dedupe key that a player's log has seen inside the
-/// dedupe window returns that player's earlier delivery and appends nothing.
+/// A player's durable log: dense sequence numbers, cumulative
+/// acknowledgements, retention, and this node's interest in its fresh appends.
 #[async_trait]
-pub trait Engine: Send + Sync + 'static {
-    /// Appends `body` to every player of `target` (a room: its members now).
-    async fn publish(
-        &self,
-        target: &Target,
-        body: Arc<EventBody>,
-        dedupe_key: Option<&str>,
-    ) -> Result<Vec<Delivery>>;
-
+pub trait EventLog: Send + Sync {
     /// Up to `limit` events with sequence number `> after`, oldest first.
     async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
 
@@ -270,6 +259,25 @@ pub trait Engine: Send + Sync + 'static {
     /// The player's cursor, after applying the retention caps.
     async fn cursor(&self, player: &str) -> Result<Cursor>;
 
+    /// Makes `player`'s appends reach this node's [`LiveSink`] from now on
+    /// (a session calls it before reading the log). Answers once that is in
+    /// effect. Every call, failed or not, is paired with [`EventLog::unwatch`].
+    /// The memory engine hands every append to its sink anyway.
+    async fn watch(&self, player: &str) -> Result<()> {
+        let _ = player;
+        Ok(())
+    }
+
+    /// One watcher of `player` on this node fewer; after the last, the
+    /// node stops receiving the player's appends.
+    fn unwatch(&self, player: &str) {
+        let _ = player;
+    }
+}
+
+/// Room membership.
+#[async_trait]
+pub trait Rooms: Send + Sync {
     /// Adds `player` to `room`; returns the other members if the player was not
     /// a member yet, `None` if they already were.
     async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>>;
@@ -283,7 +291,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The rooms a player is in, sorted.
     async fn rooms_of(&self, player: &str) -> Result<Vec<String>>;
+}
 
+/// The upstream command stream (`mythos:commands`), split into partitions:
+/// appends from players, consumer groups for game servers.
+#[async_trait]
+pub trait CommandStream: Send + Sync {
     /// Appends a command to the upstream stream; returns its entry id. Every
     /// call appends: the contract has every accepted message appended, and a
     /// client's `id` need not be unique beyond its connection, so a game
@@ -320,15 +333,6 @@ pub trait Engine: Send + Sync + 'static {
         count: usize,
     ) -> Result<Vec<CommandEntry>>;
 
-    /// The publish dedupe keys `player`'s log holds now (unexpired), with
-    /// up to `limit` of them listed.
-    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys>;
-
-    /// Every stream of the store an operator watches: each command
-    /// partition, each publish partition and its dead letters (the memory
-    /// engine has the one command stream), with groups and pending entries.
-    async fn streams(&self) -> Result<Vec<StreamInfo>>;
-
     /// Marks commands of `partition` as processed by `group`.
     async fn ack_commands(&self, group: &str, partition: usize, entry_ids: &[String])
         -> Result<()>;
@@ -346,30 +350,52 @@ pub trait Engine: Send + Sync + 'static {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<CommandEntry>>;
+}
 
+/// Stored accounts.
+#[async_trait]
+pub trait Accounts: Send + Sync {
     /// Stores an account; `false` if the name exists.
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool>;
 
     /// A stored account.
     async fn user(&self, username: &str) -> Result<Option<Account>>;
+}
+
+/// What an operator reads about the store (`inspect`, the admin reads):
+/// each answer is what the engine knows, never a placeholder.
+#[async_trait]
+pub trait Inspect: Send + Sync {
+    /// The publish dedupe keys `player`'s log holds now (unexpired), with
+    /// up to `limit` of them listed.
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys>;
+
+    /// Every stream of the store an operator watches: each command
+    /// partition, each publish partition and its dead letters (the memory
+    /// engine has the one command stream), with groups and pending entries.
+    async fn streams(&self) -> Result<Vec<StreamInfo>>;
+}
+
+/// The operations the broker needs from storage: the sum of the
+/// capabilities above, so `Arc<dyn Engine>` offers them all; its own are
+/// those that span them (a publish to a room reads its members) and the
+/// node's (readiness, Redis-native publishing).
+///
+/// Every append is atomic per player; a fan-out appends to each member exactly
+/// once. A publish with a dedupe key that a player's log has seen inside the
+/// dedupe window returns that player's earlier delivery and appends nothing.
+#[async_trait]
+pub trait Engine: EventLog + Rooms + CommandStream + Accounts + Inspect + 'static {
+    /// Appends `body` to every player of `target` (a room: its members now).
+    async fn publish(
+        &self,
+        target: &Target,
+        body: Arc<EventBody>,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<Delivery>>;
 
     /// Fails if the engine cannot serve requests.
     async fn ping(&self) -> Result<()>;
-
-    /// Makes `player`'s appends reach this node's [`LiveSink`] from now on
-    /// (a session calls it before reading the log). Answers once that is in
-    /// effect. Every call, failed or not, is paired with [`Engine::unwatch`].
-    /// The memory engine hands every append to its sink anyway.
-    async fn watch(&self, player: &str) -> Result<()> {
-        let _ = player;
-        Ok(())
-    }
-
-    /// One watcher of `player` on this node fewer; after the last, the
-    /// node stops receiving the player's appends.
-    fn unwatch(&self, player: &str) {
-        let _ = player;
-    }
 
     /// Starts consuming the publishes game servers hand to the storage itself
     /// (Redis-native publishing), each entry given to `handler` (the node's),
