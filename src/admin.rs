@@ -14,14 +14,15 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use warp::http::StatusCode;
 
-use crate::api::{json_reply, Answer};
+use crate::api::{ok, Answer};
 use crate::auth::{Principal, Role};
-use crate::engine::{parse_entry_id, CommandEntry};
+use crate::engine::parse_entry_id;
 use crate::error::ApiError;
-use crate::protocol::check_id;
+use crate::protocol::{check_id, ErrorCode};
 use crate::state::App;
 use crate::tools::inspect::{self, InspectError};
 use crate::tools::recording::line_of;
+use crate::tools::CommandLine;
 
 /// Default and largest page of events or commands.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -38,7 +39,7 @@ fn only(q: &Query, allowed: &[&str]) -> Result<(), ApiError> {
     unknown.sort();
     match unknown.first() {
         Some(k) => Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!(
                 "unknown query parameter `{}` (allowed: {})",
                 k.chars().take(64).collect::<String>(),
@@ -55,7 +56,7 @@ fn number(q: &Query, name: &str, default: u64) -> Result<u64, ApiError> {
         None => Ok(default),
         Some(v) => v.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 format!("`{name}` must be a non-negative whole number"),
             )
         }),
@@ -68,15 +69,11 @@ fn limit(q: &Query) -> Result<usize, ApiError> {
     if n == 0 || n > MAX_LIMIT as u64 {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("`limit` must be from 1 to {MAX_LIMIT}"),
         ));
     }
     Ok(n as usize)
-}
-
-fn ok<T: Serialize>(v: &T) -> Answer {
-    Ok(json_reply(StatusCode::OK, v))
 }
 
 /// `GET /v1/admin/players/{P}`: the inspect report, with this node's
@@ -97,7 +94,7 @@ pub async fn player(app: Arc<App>, p: Principal, player: String, q: Query) -> An
 fn unknown_player(player: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "unknown_player",
+        ErrorCode::UnknownPlayer,
         format!("nothing was ever published to `{player}` and they are in no room"),
     )
 }
@@ -141,36 +138,6 @@ pub async fn events(app: Arc<App>, p: Principal, player: String, q: Query) -> An
     })
 }
 
-/// One command as `export --commands` and the API show it: the entry, its
-/// partition, and the client's message as JSON (text if it is not JSON).
-#[derive(Debug, Serialize)]
-pub(crate) struct CommandLine {
-    pub entry_id: String,
-    pub partition: usize,
-    pub player_id: String,
-    pub session_id: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub id: String,
-    pub payload: serde_json::Value,
-}
-
-impl CommandLine {
-    pub fn new(partition: usize, e: CommandEntry) -> Self {
-        let c = e.command;
-        Self {
-            payload: serde_json::from_str(&c.payload)
-                .unwrap_or(serde_json::Value::String(c.payload)),
-            entry_id: e.entry_id,
-            partition,
-            player_id: c.player_id,
-            session_id: c.session_id,
-            kind: c.kind,
-            id: c.id,
-        }
-    }
-}
-
 /// `GET /v1/admin/commands?partition=I&after=ID&limit=M`: up to `limit`
 /// commands of partition `I` after entry id `ID` (default `0-0`).
 pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
@@ -180,7 +147,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
     let partition = number(&q, "partition", 0)?;
     if partition >= partitions as u64 {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("`partition` must be below {partitions} (MYTHOS_COMMAND_PARTITIONS)"),
         ));
     }
@@ -188,7 +155,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
     let after = q.get("after").map_or("0-0", String::as_str);
     if parse_entry_id(after).is_none() {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "`after` must be a stream entry id like 1700000000000-0",
         ));
     }

@@ -14,7 +14,7 @@ use warp::reply::{Reply, Response};
 use crate::auth::{hash_password, Principal, Role};
 use crate::engine::Account;
 use crate::error::ApiError;
-use crate::protocol::{ack_number, check_id, valid_id, Delivery};
+use crate::protocol::{ack_number, check_id, valid_id, Delivery, ErrorCode};
 use crate::publish::{Publish, PublishBody, PublishError};
 use crate::rooms;
 use crate::state::App;
@@ -32,7 +32,7 @@ pub fn json_reply<T: Serialize>(status: StatusCode, v: &T) -> Response {
 }
 
 /// A `200` JSON answer.
-fn ok<T: Serialize>(v: &T) -> Answer {
+pub(crate) fn ok<T: Serialize>(v: &T) -> Answer {
     Ok(json_reply(StatusCode::OK, v))
 }
 
@@ -40,9 +40,9 @@ fn ok<T: Serialize>(v: &T) -> Answer {
 pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
-            ApiError::bad_request("invalid_request", e.to_string())
+            ApiError::bad_request(ErrorCode::InvalidRequest, e.to_string())
         }
-        _ => ApiError::bad_request("invalid_json", "the body is not valid JSON"),
+        _ => ApiError::bad_request(ErrorCode::InvalidJson, "the body is not valid JSON"),
     })
 }
 
@@ -50,9 +50,11 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::Invalid(p) => p.into(),
-            PublishError::TooLarge(..) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
+            PublishError::TooLarge(..) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::TooLarge,
+                e.to_string(),
+            ),
             PublishError::Engine(e) => e.into(),
         }
     }
@@ -83,7 +85,7 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
         crate::telemetry::rate_limited("login");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             "too many login attempts for this user; wait a few seconds",
         ));
     }
@@ -110,7 +112,7 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
                 .increment(1);
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
+                ErrorCode::InvalidCredentials,
                 "unknown user or wrong password",
             )
         }),
@@ -140,13 +142,13 @@ pub async fn create_account(
     check_id("username", username)?;
     if password.is_empty() || password.len() > 1024 {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the password must be 1 to 1024 bytes",
         ));
     }
     if Role::parse(role).is_none() {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "role must be player, service or admin",
         ));
     }
@@ -176,7 +178,7 @@ pub async fn add_user(app: Arc<App>, p: Principal, body: Body) -> Answer {
     } else {
         Err(ApiError::new(
             StatusCode::CONFLICT,
-            "user_exists",
+            ErrorCode::UserExists,
             "an account with this username exists",
         ))
     }
@@ -249,7 +251,7 @@ pub async fn ack(app: Arc<App>, p: Principal, body: Body) -> Answer {
     let a: AckBody = parse_body(&body?)?;
     let n = ack_number(&a.sequence_number).ok_or_else(|| {
         ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "`sequence_number` must be a non-negative integer",
         )
     })?;
@@ -275,7 +277,7 @@ pub async fn ready(app: Arc<App>) -> Answer {
             tracing::warn!(error = %e, "not ready");
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "engine_unavailable",
+                ErrorCode::EngineUnavailable,
                 format!("the event store is not ready: {e}"),
             ))
         }

@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
-use crate::protocol::valid_id;
+use crate::protocol::{valid_id, ErrorCode};
 
 /// Longest token accepted (a header line of up to ~400 KiB gets hyper's
 /// `431` before it reaches us).
@@ -141,7 +141,7 @@ impl TokenError {
     /// Counts the failure (`mythos_auth_failures_total{reason}`) and turns it
     /// into the 401 answer.
     pub(crate) fn into_api(self) -> ApiError {
-        metrics::counter!("mythos_auth_failures_total", "reason" => self.reason()).increment(1);
+        metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => self.reason()).increment(1);
         ApiError::unauthorized(self.to_string())
     }
 }
@@ -276,7 +276,7 @@ impl Auth {
         let (enc, _) = self.secret.as_ref().ok_or_else(|| {
             ApiError::new(
                 warp::http::StatusCode::NOT_IMPLEMENTED,
-                "login_disabled",
+                ErrorCode::LoginDisabled,
                 "this broker has no MYTHOS_JWT_SECRET, so it cannot issue tokens",
             )
         })?;

@@ -5,7 +5,7 @@
 
 use warp::http::StatusCode;
 
-use crate::protocol::ProtocolError;
+use crate::protocol::{ErrorCode, ProtocolError};
 
 /// A failure of the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -38,29 +38,33 @@ impl EngineError {
 #[error("{status} {code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
             message: message.into(),
         }
     }
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({"error": {"code": self.code, "message": self.message}})
@@ -81,14 +85,14 @@ impl From<EngineError> for ApiError {
             tracing::warn!(error = %e, "not replicated");
             return Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not_replicated",
+                ErrorCode::NotReplicated,
                 format!("{e}; the event may exist: retry with the same id"),
             );
         }
         tracing::error!(error = %e, "engine error");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "engine_unavailable",
+            ErrorCode::EngineUnavailable,
             "the event store is unavailable; retry",
         )
     }

@@ -203,7 +203,7 @@ impl LiveSink for Hub {
                     s.state.slow.store(true, Ordering::SeqCst);
                     s.state.kill.notify_one();
                     self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("mythos_slow_consumers_total").increment(1);
+                    metrics::counter!(crate::telemetry::SLOW_CONSUMERS).increment(1);
                     false
                 } else {
                     s.state.lagged.store(true, Ordering::SeqCst);

@@ -27,9 +27,11 @@ pub mod tools;
 
 mod admin;
 mod api;
+mod backoff;
 #[cfg(feature = "defects")]
 mod defects;
 mod error;
+mod gate;
 mod listener;
 mod node;
 mod publish;
@@ -40,3 +42,4 @@ mod web;
 
 pub use api::create_account;
 pub use error::ApiError;
+pub use publish::EntryPublisher;

@@ -1,5 +1,7 @@
 //! Background work of a node besides serving requests: Redis-native
-//! publishing (when the engine is Redis) and pruning the rate limiters.
+//! publishing (when the engine is Redis; the node owns its handler,
+//! [`EntryPublisher`], so the engine never knows `publish`), pruning the rate
+//! limiters and the metrics upkeep.
 //!
 //! Owns: starting those tasks and tying them to the node's shutdown (they are
 //! tracked with the sessions, so shutdown waits for their in-flight appends).
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::IngestOptions;
+use crate::publish::EntryPublisher;
 use crate::state::App;
 
 /// How often idle rate-limiter entries are dropped.
@@ -25,7 +28,7 @@ pub fn start_background(app: &Arc<App>) {
         let mut tick = tokio::time::interval(METRICS_UPKEEP);
         loop {
             tokio::select! {
-                _ = tick.tick() => crate::server::metrics_upkeep(),
+                _ = tick.tick() => crate::telemetry::upkeep(),
                 _ = a.shutdown.cancelled() => break,
             }
         }
@@ -49,11 +52,10 @@ pub fn start_background(app: &Arc<App>) {
     });
     let opts = IngestOptions {
         claim_idle: app.config.ingest_claim_idle,
-        ..IngestOptions::new(app.config.node_name(), app.config.max_event_bytes)
+        ..IngestOptions::new(app.config.node_name())
     };
-    let ingest = app
-        .engine
-        .start_ingest(app.engine.clone(), opts, app.shutdown.clone());
+    let handler = EntryPublisher::new(app.engine.clone(), app.config.max_event_bytes);
+    let ingest = app.engine.start_ingest(handler, opts, app.shutdown.clone());
     if let Some(consumer) = ingest {
         app.tasks.spawn(async move {
             if let Ok(exit) = consumer.await {

@@ -10,23 +10,75 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+/// Declares [`ErrorCode`] with each variant's wire name.
+macro_rules! error_codes {
+    ($($name:ident = $text:literal,)*) => {
+        /// Every error code the broker answers with, the same over HTTP
+        /// (`{"error": {"code"}}`) and WebSocket (`{"type":"error","code"}`);
+        /// docs/protocol.md lists them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode { $($name,)* }
+
+        impl ErrorCode {
+            /// The code on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(Self::$name => $text,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    EngineUnavailable = "engine_unavailable",
+    Forbidden = "forbidden",
+    ForbiddenOrigin = "forbidden_origin",
+    Internal = "internal",
+    InvalidCredentials = "invalid_credentials",
+    InvalidEventType = "invalid_event_type",
+    InvalidJson = "invalid_json",
+    InvalidMessage = "invalid_message",
+    InvalidRequest = "invalid_request",
+    InvalidResumePoint = "invalid_resume_point",
+    InvalidTarget = "invalid_target",
+    LoginDisabled = "login_disabled",
+    MethodNotAllowed = "method_not_allowed",
+    NotFound = "not_found",
+    NotReplicated = "not_replicated",
+    RateLimited = "rate_limited",
+    RequestTimeout = "request_timeout",
+    TooLarge = "too_large",
+    TooManyConnections = "too_many_connections",
+    Unauthorized = "unauthorized",
+    UnknownPlayer = "unknown_player",
+    UnsupportedMediaType = "unsupported_media_type",
+    UpgradeRequired = "upgrade_required",
+    UserExists = "user_exists",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a piece of client input was refused; `code` is the protocol's error code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ProtocolError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ProtocolError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
         }
     }
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self::new("invalid_message", message)
+        Self::new(ErrorCode::InvalidMessage, message)
     }
 }
 
@@ -44,7 +96,7 @@ pub(crate) fn check_id(what: &str, s: &str) -> Result<(), ProtocolError> {
         Ok(())
     } else {
         Err(ProtocolError::new(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("{what} must match [A-Za-z0-9_-]{{1,64}}"),
         ))
     }
@@ -141,7 +193,7 @@ impl Target {
     pub(crate) fn from_json(v: &serde_json::Value) -> Result<Self, ProtocolError> {
         let bad = || {
             ProtocolError::new(
-                "invalid_target",
+                ErrorCode::InvalidTarget,
                 r#"`to` must be {"player": id}, {"players": [ids]} or {"room": id}"#,
             )
         };
@@ -155,7 +207,7 @@ impl Target {
                 // included) is at most MAX_TARGET_PLAYERS long.
                 if a.is_empty() || a.len() > MAX_TARGET_PLAYERS {
                     return Err(ProtocolError::new(
-                        "invalid_target",
+                        ErrorCode::InvalidTarget,
                         format!("`players` must list 1 to {MAX_TARGET_PLAYERS} players"),
                     ));
                 }
@@ -434,7 +486,7 @@ mod tests {
             r#"{"type":"chat","id":"c","channel":"say","message":""}"#,
         ] {
             let e = parse_client_message(bad, &MessageLimits::default()).expect_err(bad);
-            assert_eq!(e.code, "invalid_message", "{bad}");
+            assert_eq!(e.code, ErrorCode::InvalidMessage, "{bad}");
         }
         let deep = format!("{}{}", "[".repeat(17), "]".repeat(17));
         assert!(parse_client_message(&deep, &MessageLimits::default()).is_err());
@@ -458,7 +510,7 @@ mod tests {
         let repeats = serde_json::json!({"players": vec!["a"; MAX_TARGET_PLAYERS + 1]});
         assert_eq!(
             Target::from_json(&repeats).expect_err("too long").code,
-            "invalid_target"
+            ErrorCode::InvalidTarget
         );
         let at_cap = serde_json::json!({"players": vec!["a"; MAX_TARGET_PLAYERS]});
         assert_eq!(
@@ -469,7 +521,7 @@ mod tests {
         let t = serde_json::json!({"players": many});
         assert_eq!(
             Target::from_json(&t).expect_err("20k").code,
-            "invalid_target"
+            ErrorCode::InvalidTarget
         );
     }
 }
@@ -521,7 +573,7 @@ mod props {
         fn deep_nesting_is_refused_without_recursion(depth in 17usize..20_000) {
             let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
             let e = parse_client_message(&text, &MessageLimits::default()).expect_err("deep");
-            prop_assert_eq!(e.code, "invalid_message");
+            prop_assert_eq!(e.code, ErrorCode::InvalidMessage);
         }
 
         #[test]

@@ -7,10 +7,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::json;
 use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
@@ -21,6 +20,7 @@ use crate::admin;
 use crate::api::{self, json_reply, Answer, Body};
 use crate::auth::{token_from, Principal, TokenError};
 use crate::error::ApiError;
+use crate::protocol::ErrorCode;
 use crate::state::App;
 use crate::transport::{sse, ws};
 
@@ -91,7 +91,7 @@ where
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("the request body is larger than {limit} bytes"),
         )
     };
@@ -107,13 +107,16 @@ where
         let Ok(chunk) = next else {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!("the request body did not arrive within {timeout:?}"),
             ));
         };
         let Some(chunk) = chunk else { break };
         let chunk = chunk.map_err(|_| {
-            ApiError::bad_request("invalid_request", "the request body could not be read")
+            ApiError::bad_request(
+                ErrorCode::InvalidRequest,
+                "the request body could not be read",
+            )
         })?;
         if (buf.len() + chunk.remaining()) as u64 > limit {
             return Err(too_large());
@@ -121,32 +124,6 @@ where
         bytes::BufMut::put(&mut buf, chunk);
     }
     Ok(buf.freeze())
-}
-
-fn metrics_handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    crate::telemetry::buckets(),
-                )
-                .ok()?
-                .install_recorder()
-                .ok()?;
-            crate::telemetry::describe();
-            Some(recorder)
-        })
-        .as_ref()
-}
-
-/// Drains the recorder's histogram buffers (without it they grow with
-/// every observation until the next scrape).
-pub(crate) fn metrics_upkeep() {
-    if let Some(h) = metrics_handle() {
-        h.run_upkeep();
-    }
 }
 
 type Routes = BoxedFilter<(Response,)>;
@@ -182,7 +159,7 @@ fn any_of(routes: Vec<Routes>) -> Routes {
 
 /// Every route of a node.
 pub(crate) fn routes(app: Arc<App>) -> Routes {
-    let _ = metrics_handle();
+    crate::telemetry::install();
     let with_app = {
         let app = app.clone();
         warp::any().map(move || app.clone()).boxed()
@@ -233,7 +210,7 @@ fn health(p: &Parts) -> Routes {
         .and(p.app.clone())
         .then(|app| async move { respond(api::ready(app).await) });
     let metrics = warp::path!("metrics").and(warp::get()).map(|| {
-        let text = metrics_handle().map(|h| h.render()).unwrap_or_default();
+        let text = crate::telemetry::render();
         warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4").into_response()
     });
     any_of(vec![health.boxed(), ready.boxed(), metrics.boxed()])
@@ -399,19 +376,23 @@ fn cors(app: &App) -> warp::cors::Builder {
 
 async fn recover(r: Rejection) -> Result<Response, Rejection> {
     let e = if r.is_not_found() {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such endpoint",
+        )
     } else if let Some(e) = r.find::<ApiError>() {
         e.clone()
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "this method is not allowed here",
         )
     } else if r.find::<warp::reject::UnsupportedMediaType>().is_some() {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send JSON",
         )
     } else if r
@@ -419,19 +400,22 @@ async fn recover(r: Rejection) -> Result<Response, Rejection> {
         .is_some_and(|h| h.name().eq_ignore_ascii_case("last-event-id"))
     {
         ApiError::bad_request(
-            "invalid_resume_point",
+            ErrorCode::InvalidResumePoint,
             "the resume point must be a non-negative integer sequence number",
         )
     } else if r.find::<warp::reject::InvalidHeader>().is_some()
         || r.find::<warp::reject::InvalidQuery>().is_some()
     {
         ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "a header or the query string is malformed",
         )
     } else {
         tracing::debug!(rejection = ?r, "unhandled rejection");
-        ApiError::bad_request("invalid_request", "the request could not be handled")
+        ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "the request could not be handled",
+        )
     };
     Ok(error_reply(&e))
 }

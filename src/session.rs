@@ -24,7 +24,7 @@ use crate::protocol::Event;
 
 /// Events read from the log per round trip.
 const READ_BATCH: usize = 256;
-/// Backoff between reads of a log that is unavailable.
+/// Backoff between reads of a log that is unavailable: 50 ms doubling to 2 s.
 const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(50);
 const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -49,7 +49,8 @@ pub struct Opened {
     /// `Some(S)` when the resume point fell before the oldest retained event
     /// `S`: the transport sends `resync_required {"oldest_available": S}` to
     /// this connection first, and the feed continues from `S`. Not stored,
-    /// no sequence number, seen by no other connection (contract §5).
+    /// no sequence number, seen by no other connection (contract §5);
+    /// counted here (`mythos_resyncs_total`), whatever the transport.
     pub resync: Option<u64>,
 }
 
@@ -76,6 +77,10 @@ pub async fn open(
     // The cursor read applies the retention caps, so `oldest` is current.
     let cursor = engine.cursor(player).await?;
     let (after, resync) = start_after(point, cursor);
+    if resync.is_some() {
+        let reason = resync_reason(cursor);
+        metrics::counter!(crate::telemetry::RESYNCS, "reason" => reason).increment(1);
+    }
     let feed = Feed {
         engine,
         player: player.to_string(),
@@ -116,7 +121,7 @@ pub fn start_after(point: ResumePoint, cursor: Cursor) -> (u64, Option<u64>) {
 /// of `mythos_resyncs_total`): `acknowledged` when every missing event had
 /// been acknowledged (by another connection, or an earlier session) — benign;
 /// `trimmed` when a retention cap dropped events nobody acknowledged.
-pub fn resync_reason(cursor: Cursor) -> &'static str {
+fn resync_reason(cursor: Cursor) -> &'static str {
     if cursor.oldest <= cursor.acked.saturating_add(1) {
         "acknowledged"
     } else {
@@ -208,9 +213,9 @@ impl Feed {
                     // gets the exact continuation once the log answers.
                     Err(e) if e.is_transient() => {
                         tracing::debug!(error = %e, "feed: log unavailable; retrying in {:?}", self.retry);
-                        metrics::counter!("mythos_feed_read_retries_total").increment(1);
+                        metrics::counter!(crate::telemetry::FEED_READ_RETRIES).increment(1);
                         tokio::time::sleep(self.retry).await;
-                        self.retry = (self.retry * 2).min(RETRY_MAX);
+                        self.retry = crate::backoff::next(self.retry, RETRY_MAX);
                         continue;
                     }
                     Err(e) => return Err(e.into()),

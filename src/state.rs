@@ -6,6 +6,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio_util::sync::CancellationToken;
@@ -16,8 +17,8 @@ use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::{RedisEngine, RedisOptions, Topology};
 use crate::engine::Engine;
+use crate::gate::Gate;
 use crate::hub::Hub;
-use crate::transport::gate::Gate;
 
 /// Everything a request or session may need.
 pub struct App {
@@ -41,9 +42,11 @@ pub struct App {
 
 impl App {
     /// Builds the state; the engine is Redis when `MYTHOS_REDIS_URL` is set.
-    /// Settings are checked first; an unreachable Redis is retried with
-    /// backoff for `MYTHOS_REDIS_CONNECT_TIMEOUT`, each attempt logged.
+    /// Settings are checked first ([`Config::validate`]: a bad one is
+    /// `StartError::Config`, never a panic later); an unreachable Redis is
+    /// retried with backoff for `MYTHOS_REDIS_CONNECT_TIMEOUT`, each attempt logged.
     pub async fn new(config: Config) -> Result<Arc<Self>, StartError> {
+        config.validate().map_err(StartError::Config)?;
         let public_pem = match &config.jwt_public_key {
             Some(p) => Some(std::fs::read(p).map_err(|e| {
                 StartError::Config(format!(
@@ -121,7 +124,7 @@ async fn connect_redis(
         ),
     };
     let deadline = tokio::time::Instant::now() + config.redis_connect_timeout;
-    let mut wait = std::time::Duration::from_millis(50);
+    let mut wait = Duration::from_millis(50);
     loop {
         let r = RedisEngine::connect(options, config.limits(), hub.clone()).await;
         let e = match r {
@@ -139,7 +142,7 @@ async fn connect_redis(
         let pause = wait.min(left);
         tracing::warn!("{msg}; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
-        wait = (wait * 2).min(std::time::Duration::from_secs(2));
+        wait = crate::backoff::next(wait, Duration::from_secs(2));
     }
 }
 

@@ -2,15 +2,20 @@
 //! buckets of what `/metrics` exposes, and the few helpers the hot paths call.
 //!
 //! Owns: every metric *name* introduced for operators (docs/operations.md
-//! lists them all), their Prometheus help lines and buckets, and turning an
+//! lists them all; no other module spells one), their Prometheus help lines
+//! and buckets, the process's recorder, and turning an
 //! event's timestamp into a delivery lag. Label values are `&'static str`
 //! so that recording allocates nothing. Must not touch: what is measured
 //! (the modules that do the work call in), logging, the recorder's HTTP
-//! endpoint (`server`).
+//! endpoint (`server` serves [`render`]).
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use metrics::Unit;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::protocol::ErrorCode;
 
 /// HTTP publish: request parsed → durable answer ready (`POST /v1/publish`).
 pub const PUBLISH_DURATION: &str = "mythos_publish_duration_seconds";
@@ -34,16 +39,49 @@ pub const REJECTIONS: &str = "mythos_rejections_total";
 /// Rate-limited client actions, label `reason`.
 pub const RATE_LIMITED: &str = "mythos_rate_limited_total";
 
-/// Histogram buckets (seconds): 250 µs to 10 s.
+/// A feed's log read failed transiently and is retried.
+pub const FEED_READ_RETRIES: &str = "mythos_feed_read_retries_total";
+/// Redis-native publishing: a consumer round failed and is retried.
+pub const INGEST_RETRIES: &str = "mythos_ingest_retries_total";
+/// Redis-native publishing: entries taken over from another consumer.
+pub const INGEST_CLAIMED: &str = "mythos_ingest_claimed_total";
+/// Redis-native publishing: entries appended.
+pub const INGEST_PUBLISHED: &str = "mythos_ingest_published_total";
+/// Redis-native publishing: malformed entries dead-lettered, label `reason`.
+pub const INGEST_DEAD_LETTERS: &str = "mythos_ingest_dead_letters_total";
+/// The live subscriber task restarted after a panic.
+pub const LIVE_LISTENER_RESTARTS: &str = "mythos_live_listener_restarts_total";
+/// Live channels subscribed again, label `reason`.
+pub const LIVE_RESUBSCRIBES: &str = "mythos_live_resubscribes_total";
+/// Live announcements received.
+pub const LIVE_MESSAGES: &str = "mythos_live_messages_total";
+/// Bytes of live announcements received.
+pub const LIVE_BYTES: &str = "mythos_live_bytes_total";
+/// Live announcements that did not decode (dropped).
+pub const LIVE_UNDECODABLE: &str = "mythos_live_undecodable_total";
+/// `WAIT` round trips for replica confirmation.
+pub const REDIS_WAITS: &str = "mythos_redis_waits_total";
+/// Appends that replicas did not confirm in time.
+pub const NOT_REPLICATED: &str = "mythos_not_replicated_total";
+/// Publishes appended.
+pub const PUBLISHED: &str = "mythos_published_total";
+/// Deliveries (one per recipient) of those publishes.
+pub const DELIVERIES: &str = "mythos_deliveries_total";
+/// Live connections cut off as slow consumers.
+pub const SLOW_CONSUMERS: &str = "mythos_slow_consumers_total";
+/// `resync_required` markers sent, label `reason`.
+pub const RESYNCS: &str = "mythos_resyncs_total";
+/// Upstream commands and chat lines appended.
+pub const COMMANDS: &str = "mythos_commands_total";
+/// Connections refused by a cap, label `reason` (`node`, `player`).
+pub const CONNECTIONS_REFUSED: &str = "mythos_connections_refused_total";
+
+/// Histogram buckets (seconds): 250 µs to 10 s, for every `*_seconds`
+/// histogram (without them the exporter renders summaries, which cannot be
+/// aggregated across nodes).
 const BUCKETS: [f64; 15] = [
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// The buckets every `*_seconds` histogram gets (without them the exporter
-/// renders summaries, which cannot be aggregated across nodes).
-pub fn buckets() -> &'static [f64] {
-    &BUCKETS
-}
 
 /// The transport label of [`CONNECTIONS`] and of a connection's span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +126,8 @@ pub fn observe_append(kind: &'static str, since: Instant) {
 }
 
 /// Counts a client error answered with `code`.
-pub fn rejected(code: &'static str) {
-    metrics::counter!(REJECTIONS, "reason" => code).increment(1);
+pub fn rejected(code: ErrorCode) {
+    metrics::counter!(REJECTIONS, "reason" => code.as_str()).increment(1);
 }
 
 /// Counts a rate-limited action.
@@ -144,8 +182,43 @@ pub fn unix_millis(ts: &str) -> Option<u128> {
     u128::try_from(secs * 1000 + ms).ok()
 }
 
+/// The process's recorder, installed by the first call (a second node in
+/// the same process shares it); `None` if another recorder was installed.
+fn recorder() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            describe();
+            Some(recorder)
+        })
+        .as_ref()
+}
+
+/// Installs the recorder (idempotent): what is recorded from now on shows in `/metrics`.
+pub fn install() {
+    let _ = recorder();
+}
+
+/// The text of `/metrics`.
+pub fn render() -> String {
+    recorder().map(|h| h.render()).unwrap_or_default()
+}
+
+/// Drains the recorder's histogram buffers (without it they grow with
+/// every observation until the next scrape).
+pub fn upkeep() {
+    if let Some(h) = recorder() {
+        h.run_upkeep();
+    }
+}
+
 /// Registers units and help texts (the `# HELP` lines of `/metrics`).
-pub fn describe() {
+fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(
         PUBLISH_DURATION,

@@ -12,6 +12,8 @@ use warp::reply::{Reply, Response};
 use warp::Filter;
 
 use crate::api::json_reply;
+use crate::error::ApiError;
+use crate::protocol::ErrorCode;
 
 /// One embedded file.
 pub struct Asset {
@@ -74,11 +76,12 @@ fn serve(a: &'static Asset) -> Response {
 
 fn not_found(name: &str) -> Response {
     let shown: String = name.chars().take(64).collect();
-    json_reply(
+    let e = ApiError::new(
         StatusCode::NOT_FOUND,
-        &serde_json::json!({"error": {"code": "not_found",
-            "message": format!("no asset named `{shown}`")}}),
-    )
+        ErrorCode::NotFound,
+        format!("no asset named `{shown}`"),
+    );
+    json_reply(e.status, &e.body())
 }
 
 fn page(name: &str) -> Response {

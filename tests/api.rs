@@ -1058,3 +1058,22 @@ async fn slow_senders_are_cut_and_others_served() {
         200
     );
 }
+
+/// An embedder that skips `main` gets the same checks: a bad setting is
+/// refused by `App::new` (a usage error naming it), not a panic later (a
+/// zero interval would panic in `tokio::time::interval`).
+#[tokio::test]
+async fn app_new_refuses_a_bad_config() {
+    use mythos_broker::config::Config;
+    use mythos_broker::state::{App, StartError};
+    let mut c = Config::for_tests("a-test-secret-0123456789");
+    c.keepalive = Duration::ZERO;
+    match App::new(c).await {
+        Err(StartError::Config(msg)) => assert!(msg.contains("MYTHOS_KEEPALIVE"), "{msg}"),
+        Err(e) => panic!("a usage error, not {e}"),
+        Ok(_) => panic!("a zero keep-alive interval must be refused"),
+    }
+    let mut c = Config::for_tests("short");
+    c.dev = false;
+    assert!(matches!(App::new(c).await, Err(StartError::Config(_))));
+}

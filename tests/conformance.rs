@@ -220,6 +220,7 @@ conformance!(
     commands_after_reads_without_a_group,
     dedupe_keys_are_listed_until_they_expire,
     streams_report_length_groups_and_pending,
+    streams_name_who_holds_what,
 );
 
 mod cases {
@@ -1126,6 +1127,47 @@ mod cases {
 
     /// `streams` (what `inspect streams` shows): the command stream's
     /// length, its groups and their pending entries, oldest first.
+    /// Inspection answers what the engine knows (no placeholder): which
+    /// consumer holds each pending command and how often it was handed out,
+    /// and each consumer's pending count, the same on every engine.
+    pub async fn streams_name_who_holds_what(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        let mut ids = Vec::new();
+        for c in ["c1", "c2"] {
+            ids.push(e.push_command(&cmd("alice", c)).await.unwrap());
+        }
+        e.read_commands("game", "w1", 0, 10, Duration::ZERO)
+            .await
+            .unwrap();
+        let claimed = e
+            .claim_commands("game", "w2", 0, Duration::ZERO, 1)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let report = e.streams().await.unwrap();
+        let s = report
+            .iter()
+            .find(|s| s.kind == "commands")
+            .expect("commands");
+        let g = &s.groups[0];
+        let held: Vec<(&str, &str, u64)> = g
+            .oldest_pending
+            .iter()
+            .map(|p| (p.entry_id.as_str(), p.consumer.as_str(), p.deliveries))
+            .collect();
+        assert_eq!(
+            held,
+            vec![(ids[0].as_str(), "w2", 2), (ids[1].as_str(), "w1", 1)]
+        );
+        let consumers: Vec<(&str, u64)> = g
+            .consumers
+            .iter()
+            .map(|c| (c.name.as_str(), c.pending))
+            .collect();
+        assert_eq!(consumers, vec![("w1", 1), ("w2", 1)]);
+    }
+
     pub async fn streams_report_length_groups_and_pending(k: Kind) {
         let f = k.fixture().await;
         let e = &*f.engine;

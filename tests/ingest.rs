@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{
-    Account, Command, CommandEntry, Cursor, Engine, EngineError, IngestExit as Exit, IngestOptions,
-    Limits, Result,
+    Account, Accounts, Command, CommandEntry, CommandStream, Cursor, Engine, EngineError, EventLog,
+    IngestExit as Exit, IngestOptions, Inspect, Limits, Result, Rooms,
 };
 use mythos_broker::hub::Hub;
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
@@ -61,7 +61,7 @@ impl Setup {
             claim_idle: Duration::from_millis(200),
             block: Duration::from_millis(100),
             retry_delay: Duration::from_millis(20),
-            ..IngestOptions::new(consumer, 64)
+            ..IngestOptions::new(consumer)
         }
     }
 
@@ -72,7 +72,7 @@ impl Setup {
     fn spawn_on(&self, e: Arc<dyn Engine>, opts: IngestOptions) -> tokio::task::JoinHandle<Exit> {
         let stop = self.stop.clone();
         self.engine
-            .start_ingest(e, opts, stop)
+            .start_ingest(mythos_broker::EntryPublisher::new(e, 64), opts, stop)
             .expect("Redis ingests")
     }
 
@@ -377,6 +377,125 @@ struct Flaky {
 }
 
 #[async_trait]
+impl EventLog for Flaky {
+    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.inner.read(player, after, limit).await
+    }
+
+    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
+        self.inner.ack(player, seq).await
+    }
+
+    async fn cursor(&self, player: &str) -> Result<Cursor> {
+        self.inner.cursor(player).await
+    }
+
+    async fn watch(&self, player: &str) -> Result<()> {
+        self.inner.watch(player).await
+    }
+
+    fn unwatch(&self, player: &str) {
+        self.inner.unwatch(player)
+    }
+}
+
+#[async_trait]
+impl Rooms for Flaky {
+    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        self.inner.join(room, player).await
+    }
+
+    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        self.inner.leave(room, player).await
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>> {
+        self.inner.members(room).await
+    }
+
+    async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
+        self.inner.rooms_of(player).await
+    }
+}
+
+#[async_trait]
+impl CommandStream for Flaky {
+    async fn push_command(&self, cmd: &Command) -> Result<String> {
+        self.inner.push_command(cmd).await
+    }
+
+    async fn read_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        partition: usize,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<CommandEntry>> {
+        self.inner
+            .read_commands(group, consumer, partition, count, block)
+            .await
+    }
+
+    async fn commands_after(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        self.inner.commands_after(partition, after, count).await
+    }
+
+    async fn ack_commands(
+        &self,
+        group: &str,
+        partition: usize,
+        entry_ids: &[String],
+    ) -> Result<()> {
+        self.inner.ack_commands(group, partition, entry_ids).await
+    }
+
+    async fn claim_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        partition: usize,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        self.inner
+            .claim_commands(group, consumer, partition, min_idle, count)
+            .await
+    }
+}
+
+#[async_trait]
+impl Accounts for Flaky {
+    async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
+        self.inner.create_user(username, account).await
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<Account>> {
+        self.inner.user(username).await
+    }
+}
+
+#[async_trait]
+impl Inspect for Flaky {
+    async fn dedupe_keys(
+        &self,
+        player: &str,
+        limit: usize,
+    ) -> Result<mythos_broker::engine::DedupeKeys> {
+        self.inner.dedupe_keys(player, limit).await
+    }
+
+    async fn streams(&self) -> Result<Vec<mythos_broker::engine::StreamInfo>> {
+        self.inner.streams().await
+    }
+}
+
+#[async_trait]
 impl Engine for Flaky {
     async fn publish(
         &self,
@@ -391,92 +510,7 @@ impl Engine for Flaky {
         }
         self.inner.publish(target, body, dedupe_key).await
     }
-    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.inner.read(player, after, limit).await
-    }
-    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
-        self.inner.ack(player, seq).await
-    }
-    async fn cursor(&self, player: &str) -> Result<Cursor> {
-        self.inner.cursor(player).await
-    }
-    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        self.inner.join(room, player).await
-    }
-    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        self.inner.leave(room, player).await
-    }
-    async fn members(&self, room: &str) -> Result<Vec<String>> {
-        self.inner.members(room).await
-    }
-    async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
-        self.inner.rooms_of(player).await
-    }
-    async fn push_command(&self, cmd: &Command) -> Result<String> {
-        self.inner.push_command(cmd).await
-    }
-    async fn read_commands(
-        &self,
-        group: &str,
-        consumer: &str,
-        partition: usize,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<CommandEntry>> {
-        self.inner
-            .read_commands(group, consumer, partition, count, block)
-            .await
-    }
-    async fn ack_commands(
-        &self,
-        group: &str,
-        partition: usize,
-        entry_ids: &[String],
-    ) -> Result<()> {
-        self.inner.ack_commands(group, partition, entry_ids).await
-    }
-    async fn claim_commands(
-        &self,
-        group: &str,
-        consumer: &str,
-        partition: usize,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<CommandEntry>> {
-        self.inner
-            .claim_commands(group, consumer, partition, min_idle, count)
-            .await
-    }
-    async fn commands_after(
-        &self,
-        partition: usize,
-        after: &str,
-        count: usize,
-    ) -> Result<Vec<CommandEntry>> {
-        self.inner.commands_after(partition, after, count).await
-    }
-    async fn dedupe_keys(
-        &self,
-        player: &str,
-        limit: usize,
-    ) -> Result<mythos_broker::engine::DedupeKeys> {
-        self.inner.dedupe_keys(player, limit).await
-    }
-    async fn streams(&self) -> Result<Vec<mythos_broker::engine::StreamInfo>> {
-        self.inner.streams().await
-    }
-    async fn watch(&self, player: &str) -> Result<()> {
-        self.inner.watch(player).await
-    }
-    fn unwatch(&self, player: &str) {
-        self.inner.unwatch(player)
-    }
-    async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
-        self.inner.create_user(username, account).await
-    }
-    async fn user(&self, username: &str) -> Result<Option<Account>> {
-        self.inner.user(username).await
-    }
+
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }

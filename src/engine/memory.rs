@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    parse_entry_id, Account, Command, CommandEntry, Cursor, DedupeKeys, Engine, EngineError,
-    GroupInfo, Limits, LiveSink, PendingEntry, Result, StreamInfo, MAX_PENDING_SHOWN,
+    parse_entry_id, Account, Accounts, Command, CommandEntry, CommandStream, ConsumerInfo, Cursor,
+    DedupeKeys, Engine, EngineError, EventLog, GroupInfo, Inspect, Limits, LiveSink, PendingEntry,
+    Result, Rooms, StreamInfo, MAX_PENDING_SHOWN,
 };
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -94,8 +95,22 @@ impl PlayerLog {
 struct CommandGroup {
     /// Index into `CommandLog::entries` of the next entry to hand out.
     next: u64,
-    /// Handed out, not acknowledged: index → when it was handed out.
-    pending: BTreeMap<u64, Instant>,
+    /// Handed out, not acknowledged: index → to whom, when, how often.
+    pending: BTreeMap<u64, Pending>,
+    /// Each consumer's last read or claim.
+    consumers: HashMap<String, Instant>,
+}
+
+/// A command handed out and not acknowledged (as `XPENDING` tracks it).
+struct Pending {
+    consumer: String,
+    at: Instant,
+    deliveries: u64,
+}
+
+/// Milliseconds from `then` to `now`.
+fn ms_since(now: Instant, then: Instant) -> u64 {
+    u64::try_from(now.duration_since(then).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The index of a command entry id `<ms>-<index>` (this engine numbers its
@@ -143,6 +158,356 @@ impl MemoryEngine {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every mutation completes under the lock before any await point.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryEngine {
+    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let st = self.lock();
+        let Some(log) = st.players.get(player) else {
+            return Ok(Vec::new());
+        };
+        let start = log.events.partition_point(|e| e.seq <= after);
+        Ok(log
+            .events
+            .range(start..)
+            .take(limit)
+            .map(|e| Event {
+                sequence_number: e.seq,
+                body: e.body.clone(),
+            })
+            .collect())
+    }
+
+    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
+        let mut st = self.lock();
+        let log = st.players.entry(player.to_string()).or_default();
+        let seq = seq.min(log.last);
+        if seq > log.acked {
+            log.acked = seq;
+            while log.events.front().is_some_and(|e| e.seq <= seq) {
+                log.events.pop_front();
+            }
+        }
+        Ok(log.cursor())
+    }
+
+    async fn cursor(&self, player: &str) -> Result<Cursor> {
+        let mut st = self.lock();
+        Ok(match st.players.get_mut(player) {
+            Some(log) => {
+                log.enforce_caps(&self.limits, Instant::now());
+                log.cursor()
+            }
+            None => PlayerLog::default().cursor(),
+        })
+    }
+}
+
+#[async_trait]
+impl Rooms for MemoryEngine {
+    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        let mut st = self.lock();
+        let members = st.rooms.entry(room.to_string()).or_default();
+        if !members.insert(player.to_string()) {
+            return Ok(None);
+        }
+        let others = members.iter().filter(|m| *m != player).cloned().collect();
+        st.players
+            .entry(player.to_string())
+            .or_default()
+            .rooms
+            .insert(room.to_string());
+        Ok(Some(others))
+    }
+
+    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
+        let mut st = self.lock();
+        let Some(members) = st.rooms.get_mut(room) else {
+            return Ok(None);
+        };
+        if !members.remove(player) {
+            return Ok(None);
+        }
+        let rest: Vec<String> = members.iter().cloned().collect();
+        if rest.is_empty() {
+            st.rooms.remove(room);
+        }
+        if let Some(log) = st.players.get_mut(player) {
+            log.rooms.remove(room);
+        }
+        Ok(Some(rest))
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>> {
+        let st = self.lock();
+        Ok(st
+            .rooms
+            .get(room)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
+        let st = self.lock();
+        Ok(st
+            .players
+            .get(player)
+            .map(|l| l.rooms.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl CommandStream for MemoryEngine {
+    async fn push_command(&self, cmd: &Command) -> Result<String> {
+        let entry_id = {
+            let mut st = self.lock();
+            let log = &mut st.commands;
+            log.counter += 1;
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let entry_id = format!("{ms}-{}", log.counter);
+            log.entries.insert(
+                log.counter,
+                CommandEntry {
+                    entry_id: entry_id.clone(),
+                    command: cmd.clone(),
+                },
+            );
+            while log.entries.len() > super::MAX_COMMANDS {
+                log.entries.pop_first();
+            }
+            entry_id
+        };
+        self.commands_ready.notify_waiters();
+        Ok(entry_id)
+    }
+
+    async fn read_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        partition: usize,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<CommandEntry>> {
+        only_partition(partition)?;
+        let deadline = Instant::now() + block;
+        loop {
+            let notified = self.commands_ready.notified();
+            {
+                let mut st = self.lock();
+                let log = &mut st.commands;
+                // Like `XGROUP CREATE mythos:commands <group> 0`: a new group
+                // sees every command still kept.
+                let g = log.groups.entry(group.to_string()).or_default();
+                let now = Instant::now();
+                g.consumers.insert(consumer.to_string(), now);
+                let batch: Vec<CommandEntry> = log
+                    .entries
+                    .range(g.next..)
+                    .take(count.max(1))
+                    .map(|(k, e)| {
+                        g.next = k + 1;
+                        let (consumer, at) = (consumer.to_string(), now);
+                        g.pending.insert(
+                            *k,
+                            Pending {
+                                consumer,
+                                at,
+                                deliveries: 1,
+                            },
+                        );
+                        e.clone()
+                    })
+                    .collect();
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+
+    async fn commands_after(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        only_partition(partition)?;
+        let after = parse_entry_id(after).ok_or(EngineError::Rejected(
+            "a command entry id must look like <ms>-<n>",
+        ))?;
+        let st = self.lock();
+        Ok(st
+            .commands
+            .entries
+            .values()
+            .filter(|e| parse_entry_id(&e.entry_id).is_some_and(|id| id > after))
+            .take(count)
+            .cloned()
+            .collect())
+    }
+
+    async fn ack_commands(
+        &self,
+        group: &str,
+        partition: usize,
+        entry_ids: &[String],
+    ) -> Result<()> {
+        only_partition(partition)?;
+        let mut st = self.lock();
+        if let Some(g) = st.commands.groups.get_mut(group) {
+            for k in entry_ids.iter().filter_map(|id| command_index(id)) {
+                g.pending.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    async fn claim_commands(
+        &self,
+        group: &str,
+        consumer: &str,
+        partition: usize,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Vec<CommandEntry>> {
+        only_partition(partition)?;
+        let mut st = self.lock();
+        let log = &mut st.commands;
+        let Some(g) = log.groups.get_mut(group) else {
+            return Ok(Vec::new());
+        };
+        let now = Instant::now();
+        g.consumers.insert(consumer.to_string(), now);
+        let idle: Vec<u64> = g
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.at) >= min_idle)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut out = Vec::new();
+        for k in idle {
+            if out.len() >= count.max(1) {
+                break;
+            }
+            match (log.entries.get(&k), g.pending.get_mut(&k)) {
+                (Some(e), Some(p)) => {
+                    (p.consumer, p.at) = (consumer.to_string(), now);
+                    p.deliveries += 1;
+                    out.push(e.clone());
+                }
+                _ => {
+                    g.pending.remove(&k);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Accounts for MemoryEngine {
+    async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
+        let mut st = self.lock();
+        if st.users.contains_key(username) {
+            return Ok(false);
+        }
+        st.users.insert(username.to_string(), account.clone());
+        Ok(true)
+    }
+
+    async fn user(&self, username: &str) -> Result<Option<Account>> {
+        Ok(self.lock().users.get(username).cloned())
+    }
+}
+
+#[async_trait]
+impl Inspect for MemoryEngine {
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys> {
+        let now = Instant::now();
+        let st = self.lock();
+        let mut keys: Vec<&String> = st
+            .players
+            .get(player)
+            .map(|l| {
+                l.dedupe
+                    .iter()
+                    .filter(|(_, (_, until))| *until > now)
+                    .map(|(k, _)| k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.sort_unstable();
+        Ok(DedupeKeys {
+            count: keys.len() as u64,
+            sample: keys.into_iter().take(limit).cloned().collect(),
+            complete: true,
+        })
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamInfo>> {
+        let now = Instant::now();
+        let st = self.lock();
+        let log = &st.commands;
+        let mut groups: Vec<GroupInfo> = log
+            .groups
+            .iter()
+            .map(|(name, g)| GroupInfo {
+                name: name.clone(),
+                pending: g.pending.len() as u64,
+                last_delivered: g
+                    .next
+                    .checked_sub(1)
+                    .and_then(|k| log.entries.get(&k))
+                    .map_or_else(|| "0-0".to_string(), |e| e.entry_id.clone()),
+                lag: Some(log.entries.range(g.next..).count() as u64),
+                consumers: {
+                    let mut c: Vec<ConsumerInfo> = (g.consumers.iter())
+                        .map(|(name, seen)| ConsumerInfo {
+                            name: name.clone(),
+                            pending: g.pending.values().filter(|p| &p.consumer == name).count()
+                                as u64,
+                            idle_ms: ms_since(now, *seen),
+                        })
+                        .collect();
+                    c.sort_by(|a, b| a.name.cmp(&b.name));
+                    c
+                },
+                oldest_pending: g
+                    .pending
+                    .iter()
+                    .take(MAX_PENDING_SHOWN)
+                    .map(|(k, p)| PendingEntry {
+                        entry_id: log
+                            .entries
+                            .get(k)
+                            .map_or_else(|| format!("0-{k}"), |e| e.entry_id.clone()),
+                        consumer: p.consumer.clone(),
+                        idle_ms: ms_since(now, p.at),
+                        deliveries: p.deliveries,
+                    })
+                    .collect(),
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vec![StreamInfo {
+            name: "mythos:commands".into(),
+            kind: "commands".into(),
+            partition: 0,
+            length: log.entries.len() as u64,
+            groups,
+        }])
     }
 }
 
@@ -215,320 +580,6 @@ impl Engine for MemoryEngine {
             self.hub.deliver(p, ev);
         }
         Ok(deliveries)
-    }
-
-    async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
-        let st = self.lock();
-        let Some(log) = st.players.get(player) else {
-            return Ok(Vec::new());
-        };
-        let start = log.events.partition_point(|e| e.seq <= after);
-        Ok(log
-            .events
-            .range(start..)
-            .take(limit)
-            .map(|e| Event {
-                sequence_number: e.seq,
-                body: e.body.clone(),
-            })
-            .collect())
-    }
-
-    async fn ack(&self, player: &str, seq: u64) -> Result<Cursor> {
-        let mut st = self.lock();
-        let log = st.players.entry(player.to_string()).or_default();
-        let seq = seq.min(log.last);
-        if seq > log.acked {
-            log.acked = seq;
-            while log.events.front().is_some_and(|e| e.seq <= seq) {
-                log.events.pop_front();
-            }
-        }
-        Ok(log.cursor())
-    }
-
-    async fn cursor(&self, player: &str) -> Result<Cursor> {
-        let mut st = self.lock();
-        Ok(match st.players.get_mut(player) {
-            Some(log) => {
-                log.enforce_caps(&self.limits, Instant::now());
-                log.cursor()
-            }
-            None => PlayerLog::default().cursor(),
-        })
-    }
-
-    async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        let mut st = self.lock();
-        let members = st.rooms.entry(room.to_string()).or_default();
-        if !members.insert(player.to_string()) {
-            return Ok(None);
-        }
-        let others = members.iter().filter(|m| *m != player).cloned().collect();
-        st.players
-            .entry(player.to_string())
-            .or_default()
-            .rooms
-            .insert(room.to_string());
-        Ok(Some(others))
-    }
-
-    async fn leave(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        let mut st = self.lock();
-        let Some(members) = st.rooms.get_mut(room) else {
-            return Ok(None);
-        };
-        if !members.remove(player) {
-            return Ok(None);
-        }
-        let rest: Vec<String> = members.iter().cloned().collect();
-        if rest.is_empty() {
-            st.rooms.remove(room);
-        }
-        if let Some(log) = st.players.get_mut(player) {
-            log.rooms.remove(room);
-        }
-        Ok(Some(rest))
-    }
-
-    async fn members(&self, room: &str) -> Result<Vec<String>> {
-        let st = self.lock();
-        Ok(st
-            .rooms
-            .get(room)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    async fn rooms_of(&self, player: &str) -> Result<Vec<String>> {
-        let st = self.lock();
-        Ok(st
-            .players
-            .get(player)
-            .map(|l| l.rooms.iter().cloned().collect())
-            .unwrap_or_default())
-    }
-
-    async fn push_command(&self, cmd: &Command) -> Result<String> {
-        let entry_id = {
-            let mut st = self.lock();
-            let log = &mut st.commands;
-            log.counter += 1;
-            let ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis();
-            let entry_id = format!("{ms}-{}", log.counter);
-            log.entries.insert(
-                log.counter,
-                CommandEntry {
-                    entry_id: entry_id.clone(),
-                    command: cmd.clone(),
-                },
-            );
-            while log.entries.len() > super::MAX_COMMANDS {
-                log.entries.pop_first();
-            }
-            entry_id
-        };
-        self.commands_ready.notify_waiters();
-        Ok(entry_id)
-    }
-
-    async fn read_commands(
-        &self,
-        group: &str,
-        _consumer: &str,
-        partition: usize,
-        count: usize,
-        block: Duration,
-    ) -> Result<Vec<CommandEntry>> {
-        only_partition(partition)?;
-        let deadline = Instant::now() + block;
-        loop {
-            let notified = self.commands_ready.notified();
-            {
-                let mut st = self.lock();
-                let log = &mut st.commands;
-                // Like `XGROUP CREATE mythos:commands <group> 0`: a new group
-                // sees every command still kept.
-                let g = log.groups.entry(group.to_string()).or_default();
-                let now = Instant::now();
-                let batch: Vec<CommandEntry> = log
-                    .entries
-                    .range(g.next..)
-                    .take(count.max(1))
-                    .map(|(k, e)| {
-                        g.next = k + 1;
-                        g.pending.insert(*k, now);
-                        e.clone()
-                    })
-                    .collect();
-                if !batch.is_empty() {
-                    return Ok(batch);
-                }
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(Vec::new());
-            }
-            let _ = tokio::time::timeout(left, notified).await;
-        }
-    }
-
-    async fn ack_commands(
-        &self,
-        group: &str,
-        partition: usize,
-        entry_ids: &[String],
-    ) -> Result<()> {
-        only_partition(partition)?;
-        let mut st = self.lock();
-        if let Some(g) = st.commands.groups.get_mut(group) {
-            for k in entry_ids.iter().filter_map(|id| command_index(id)) {
-                g.pending.remove(&k);
-            }
-        }
-        Ok(())
-    }
-
-    async fn claim_commands(
-        &self,
-        group: &str,
-        _consumer: &str,
-        partition: usize,
-        min_idle: Duration,
-        count: usize,
-    ) -> Result<Vec<CommandEntry>> {
-        only_partition(partition)?;
-        let mut st = self.lock();
-        let log = &mut st.commands;
-        let Some(g) = log.groups.get_mut(group) else {
-            return Ok(Vec::new());
-        };
-        let now = Instant::now();
-        let idle: Vec<u64> = g
-            .pending
-            .iter()
-            .filter(|(_, at)| now.duration_since(**at) >= min_idle)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut out = Vec::new();
-        for k in idle {
-            if out.len() >= count.max(1) {
-                break;
-            }
-            match log.entries.get(&k) {
-                Some(e) => {
-                    g.pending.insert(k, now);
-                    out.push(e.clone());
-                }
-                None => {
-                    g.pending.remove(&k);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    async fn commands_after(
-        &self,
-        partition: usize,
-        after: &str,
-        count: usize,
-    ) -> Result<Vec<CommandEntry>> {
-        only_partition(partition)?;
-        let after = parse_entry_id(after).ok_or(EngineError::Rejected(
-            "a command entry id must look like <ms>-<n>",
-        ))?;
-        let st = self.lock();
-        Ok(st
-            .commands
-            .entries
-            .values()
-            .filter(|e| parse_entry_id(&e.entry_id).is_some_and(|id| id > after))
-            .take(count)
-            .cloned()
-            .collect())
-    }
-
-    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys> {
-        let now = Instant::now();
-        let st = self.lock();
-        let mut keys: Vec<&String> = st
-            .players
-            .get(player)
-            .map(|l| {
-                l.dedupe
-                    .iter()
-                    .filter(|(_, (_, until))| *until > now)
-                    .map(|(k, _)| k)
-                    .collect()
-            })
-            .unwrap_or_default();
-        keys.sort_unstable();
-        Ok(DedupeKeys {
-            count: keys.len() as u64,
-            sample: keys.into_iter().take(limit).cloned().collect(),
-            complete: true,
-        })
-    }
-
-    async fn streams(&self) -> Result<Vec<StreamInfo>> {
-        let now = Instant::now();
-        let st = self.lock();
-        let log = &st.commands;
-        let mut groups: Vec<GroupInfo> = log
-            .groups
-            .iter()
-            .map(|(name, g)| GroupInfo {
-                name: name.clone(),
-                pending: g.pending.len() as u64,
-                last_delivered: g
-                    .next
-                    .checked_sub(1)
-                    .and_then(|k| log.entries.get(&k))
-                    .map_or_else(|| "0-0".to_string(), |e| e.entry_id.clone()),
-                lag: Some(log.entries.range(g.next..).count() as u64),
-                consumers: Vec::new(),
-                oldest_pending: g
-                    .pending
-                    .iter()
-                    .take(MAX_PENDING_SHOWN)
-                    .map(|(k, at)| PendingEntry {
-                        entry_id: log
-                            .entries
-                            .get(k)
-                            .map_or_else(|| format!("0-{k}"), |e| e.entry_id.clone()),
-                        consumer: String::new(),
-                        idle_ms: u64::try_from(now.duration_since(*at).as_millis())
-                            .unwrap_or(u64::MAX),
-                        deliveries: 1,
-                    })
-                    .collect(),
-            })
-            .collect();
-        groups.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(vec![StreamInfo {
-            name: "mythos:commands".into(),
-            kind: "commands".into(),
-            partition: 0,
-            length: log.entries.len() as u64,
-            groups,
-        }])
-    }
-
-    async fn create_user(&self, username: &str, account: &Account) -> Result<bool> {
-        let mut st = self.lock();
-        if st.users.contains_key(username) {
-            return Ok(false);
-        }
-        st.users.insert(username.to_string(), account.clone());
-        Ok(true)
-    }
-
-    async fn user(&self, username: &str) -> Result<Option<Account>> {
-        Ok(self.lock().users.get(username).cloned())
     }
 
     async fn ping(&self) -> Result<()> {

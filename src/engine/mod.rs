@@ -40,14 +40,24 @@ pub trait LiveSink: Send + Sync {
     fn nudge(&self, player: &str);
 }
 
+/// What becomes of the publishes game servers hand to the storage itself
+/// ([`Engine::start_ingest`]): the node's handler validates each entry as an
+/// HTTP publish and appends it; the engine only reads, acknowledges and
+/// dead-letters entries, and does not know what they mean.
+#[async_trait]
+pub trait IngestHandler: Send + Sync {
+    /// Handles the entry `entry_id` with `fields`: `Ok(None)` appended (the
+    /// engine acknowledges it), `Ok(Some(reason))` refused (`<code>: <message>`;
+    /// dead-lettered and acknowledged), `Err` the engine failed (retried).
+    async fn handle(&self, entry_id: &str, fields: &[(String, Vec<u8>)]) -> Result<Option<String>>;
+}
+
 /// How an engine consumes publishes handed to the storage itself
 /// ([`Engine::start_ingest`]; Redis: the `mythos:publish` stream).
 #[derive(Debug, Clone)]
 pub struct IngestOptions {
     /// This node's consumer name.
     pub consumer: String,
-    /// Largest `data` accepted (`MYTHOS_MAX_EVENT_BYTES`).
-    pub max_event_bytes: u64,
     /// Entries pending this long on another consumer are taken over (default 30 s).
     pub claim_idle: Duration,
     /// Entries read per call.
@@ -63,10 +73,9 @@ pub struct IngestOptions {
 }
 
 impl IngestOptions {
-    pub fn new(consumer: impl Into<String>, max_event_bytes: u64) -> Self {
+    pub fn new(consumer: impl Into<String>) -> Self {
         Self {
             consumer: consumer.into(),
-            max_event_bytes,
             claim_idle: Duration::from_secs(30),
             batch: 100,
             block: Duration::from_secs(2),
@@ -203,7 +212,7 @@ pub struct GroupInfo {
     pub last_delivered: String,
     /// Entries not yet handed out, when the store knows (`XINFO GROUPS` lag).
     pub lag: Option<u64>,
-    /// The group's consumers, at most 100 (the memory engine does not track them: empty).
+    /// The group's consumers, at most 100.
     pub consumers: Vec<ConsumerInfo>,
     /// The oldest pending entries, at most [`MAX_PENDING_SHOWN`].
     pub oldest_pending: Vec<PendingEntry>,
@@ -222,7 +231,7 @@ pub struct ConsumerInfo {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PendingEntry {
     pub entry_id: String,
-    /// Who holds it (empty where the engine does not track consumers).
+    /// Who holds it.
     pub consumer: String,
     /// Since it was last handed out, in milliseconds.
     pub idle_ms: u64,
@@ -230,28 +239,17 @@ pub struct PendingEntry {
     pub deliveries: u64,
 }
 
-/// Most pending entries [`Engine::streams`] lists per group.
+/// Most pending entries [`Inspect::streams`] lists per group.
 pub const MAX_PENDING_SHOWN: usize = 20;
 
 /// About how many commands the upstream stream keeps (Redis trims with
 /// `MAXLEN ~`), so it cannot grow without bound while no game server reads it.
 pub(crate) const MAX_COMMANDS: usize = 100_000;
 
-/// The operations the broker needs from storage.
-///
-/// Every append is atomic per player; a fan-out appends to each member exactly
-/// once. A publish with a dedupe key that a player's log has seen inside the
-/// dedupe window returns that player's earlier delivery and appends nothing.
+/// A player's durable log: dense sequence numbers, cumulative
+/// acknowledgements, retention, and this node's interest in its fresh appends.
 #[async_trait]
-pub trait Engine: Send + Sync + 'static {
-    /// Appends `body` to every player of `target` (a room: its members now).
-    async fn publish(
-        &self,
-        target: &Target,
-        body: Arc<EventBody>,
-        dedupe_key: Option<&str>,
-    ) -> Result<Vec<Delivery>>;
-
+pub trait EventLog: Send + Sync {
     /// Up to `limit` events with sequence number `> after`, oldest first.
     async fn read(&self, player: &str, after: u64, limit: usize) -> Result<Vec<Event>>;
 
@@ -261,6 +259,25 @@ pub trait Engine: Send + Sync + 'static {
     /// The player's cursor, after applying the retention caps.
     async fn cursor(&self, player: &str) -> Result<Cursor>;
 
+    /// Makes `player`'s appends reach this node's [`LiveSink`] from now on
+    /// (a session calls it before reading the log). Answers once that is in
+    /// effect. Every call, failed or not, is paired with [`EventLog::unwatch`].
+    /// The memory engine hands every append to its sink anyway.
+    async fn watch(&self, player: &str) -> Result<()> {
+        let _ = player;
+        Ok(())
+    }
+
+    /// One watcher of `player` on this node fewer; after the last, the
+    /// node stops receiving the player's appends.
+    fn unwatch(&self, player: &str) {
+        let _ = player;
+    }
+}
+
+/// Room membership.
+#[async_trait]
+pub trait Rooms: Send + Sync {
     /// Adds `player` to `room`; returns the other members if the player was not
     /// a member yet, `None` if they already were.
     async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>>;
@@ -274,7 +291,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The rooms a player is in, sorted.
     async fn rooms_of(&self, player: &str) -> Result<Vec<String>>;
+}
 
+/// The upstream command stream (`mythos:commands`), split into partitions:
+/// appends from players, consumer groups for game servers.
+#[async_trait]
+pub trait CommandStream: Send + Sync {
     /// Appends a command to the upstream stream; returns its entry id. Every
     /// call appends: the contract has every accepted message appended, and a
     /// client's `id` need not be unique beyond its connection, so a game
@@ -311,15 +333,6 @@ pub trait Engine: Send + Sync + 'static {
         count: usize,
     ) -> Result<Vec<CommandEntry>>;
 
-    /// The publish dedupe keys `player`'s log holds now (unexpired), with
-    /// up to `limit` of them listed.
-    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys>;
-
-    /// Every stream of the store an operator watches: each command
-    /// partition, each publish partition and its dead letters (the memory
-    /// engine has the one command stream), with groups and pending entries.
-    async fn streams(&self) -> Result<Vec<StreamInfo>>;
-
     /// Marks commands of `partition` as processed by `group`.
     async fn ack_commands(&self, group: &str, partition: usize, entry_ids: &[String])
         -> Result<()>;
@@ -337,42 +350,63 @@ pub trait Engine: Send + Sync + 'static {
         min_idle: Duration,
         count: usize,
     ) -> Result<Vec<CommandEntry>>;
+}
 
+/// Stored accounts.
+#[async_trait]
+pub trait Accounts: Send + Sync {
     /// Stores an account; `false` if the name exists.
     async fn create_user(&self, username: &str, account: &Account) -> Result<bool>;
 
     /// A stored account.
     async fn user(&self, username: &str) -> Result<Option<Account>>;
+}
+
+/// What an operator reads about the store (`inspect`, the admin reads):
+/// each answer is what the engine knows, never a placeholder.
+#[async_trait]
+pub trait Inspect: Send + Sync {
+    /// The publish dedupe keys `player`'s log holds now (unexpired), with
+    /// up to `limit` of them listed.
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys>;
+
+    /// Every stream of the store an operator watches: each command
+    /// partition, each publish partition and its dead letters (the memory
+    /// engine has the one command stream), with groups and pending entries.
+    async fn streams(&self) -> Result<Vec<StreamInfo>>;
+}
+
+/// The operations the broker needs from storage: the sum of the
+/// capabilities above, so `Arc<dyn Engine>` offers them all; its own are
+/// those that span them (a publish to a room reads its members) and the
+/// node's (readiness, Redis-native publishing).
+///
+/// Every append is atomic per player; a fan-out appends to each member exactly
+/// once. A publish with a dedupe key that a player's log has seen inside the
+/// dedupe window returns that player's earlier delivery and appends nothing.
+#[async_trait]
+pub trait Engine: EventLog + Rooms + CommandStream + Accounts + Inspect + 'static {
+    /// Appends `body` to every player of `target` (a room: its members now).
+    async fn publish(
+        &self,
+        target: &Target,
+        body: Arc<EventBody>,
+        dedupe_key: Option<&str>,
+    ) -> Result<Vec<Delivery>>;
 
     /// Fails if the engine cannot serve requests.
     async fn ping(&self) -> Result<()>;
 
-    /// Makes `player`'s appends reach this node's [`LiveSink`] from now on
-    /// (a session calls it before reading the log). Answers once that is in
-    /// effect. Every call, failed or not, is paired with [`Engine::unwatch`].
-    /// The memory engine hands every append to its sink anyway.
-    async fn watch(&self, player: &str) -> Result<()> {
-        let _ = player;
-        Ok(())
-    }
-
-    /// One watcher of `player` on this node fewer; after the last, the
-    /// node stops receiving the player's appends.
-    fn unwatch(&self, player: &str) {
-        let _ = player;
-    }
-
     /// Starts consuming the publishes game servers hand to the storage itself
-    /// (Redis-native publishing), each validated as an HTTP publish and
-    /// appended through `publisher` (the node's engine), until `shutdown`.
-    /// `None`: this engine has no such inbox (the memory engine).
+    /// (Redis-native publishing), each entry given to `handler` (the node's),
+    /// until `shutdown`. `None`: this engine has no such inbox (the memory engine).
     fn start_ingest(
         &self,
-        publisher: Arc<dyn Engine>,
+        handler: Arc<dyn IngestHandler>,
         opts: IngestOptions,
         shutdown: CancellationToken,
     ) -> Option<JoinHandle<IngestExit>> {
-        let _ = (publisher, opts, shutdown);
+        let _ = (handler, opts, shutdown);
         None
     }
 }

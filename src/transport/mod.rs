@@ -6,13 +6,12 @@
 //! acknowledges, `resync_required`) are the session's: both transports call
 //! [`crate::session::open`]. Must not touch: storage directly.
 
-pub mod gate;
 pub mod sse;
 pub mod ws;
 
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
-use crate::protocol::Event;
+use crate::protocol::{ErrorCode, Event};
 use crate::session::Feed;
 
 /// Parses a resume point: a non-negative integer, else `400 invalid_resume_point`.
@@ -20,7 +19,7 @@ pub fn parse_resume(raw: &str) -> Result<u64, ApiError> {
     let digits = raw.trim();
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::bad_request(
-            "invalid_resume_point",
+            ErrorCode::InvalidResumePoint,
             "the resume point must be a non-negative integer sequence number",
         ));
     }
@@ -145,7 +144,7 @@ mod props {
         #[test]
         fn resume_points_never_panic(raw in "\\PC{0,40}") {
             if let Err(e) = parse_resume(&raw) {
-                prop_assert_eq!(e.code, "invalid_resume_point");
+                prop_assert_eq!(e.code.as_str(), "invalid_resume_point");
             }
         }
 

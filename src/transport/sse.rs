@@ -66,8 +66,6 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
             first,
             "event: resync_required\ndata: {{\"oldest_available\":{oldest}}}\n\n"
         );
-        let reason = session::resync_reason(opened.cursor);
-        metrics::counter!("mythos_resyncs_total", "reason" => reason).increment(1);
     }
     let (tx, rx) = mpsc::channel(BODY_QUEUE);
     let expires_in = p.time_left();

@@ -27,7 +27,9 @@ use super::{check_reader, parse_resume, ready_batch, session_id, End};
 use crate::auth::Principal;
 use crate::engine::Command;
 use crate::error::ApiError;
-use crate::protocol::{envelope_json, parse_client_message, ClientMessage, ProtocolError};
+use crate::protocol::{
+    envelope_json, parse_client_message, ClientMessage, ErrorCode, ProtocolError,
+};
 use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
 use crate::telemetry::{ConnectionGauge, Transport};
@@ -80,7 +82,7 @@ pub async fn open(
     if !origin_allowed(&app, &headers) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden_origin",
+            ErrorCode::ForbiddenOrigin,
             "this Origin may not open a WebSocket here (MYTHOS_ALLOWED_ORIGINS)",
         ));
     }
@@ -89,7 +91,7 @@ pub async fn open(
     let upgrade = upgrade.and_then(|u| u.take()).ok_or_else(|| {
         ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            ErrorCode::UpgradeRequired,
             "this connection cannot be upgraded",
         )
     })?;
@@ -104,8 +106,6 @@ pub async fn open(
     .to_string()];
     if let Some(oldest) = opened.resync {
         first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
-        let reason = session::resync_reason(opened.cursor);
-        metrics::counter!("mythos_resyncs_total", "reason" => reason).increment(1);
     }
     let session = WsSession {
         app: app.clone(),
@@ -144,19 +144,19 @@ pub fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
     if !(has("connection", "upgrade") && has("upgrade", "websocket")) {
         return Err(ApiError::new(
             StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
+            ErrorCode::UpgradeRequired,
             "this endpoint speaks WebSocket only",
         ));
     }
     if !has("sec-websocket-version", "13") {
         return Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "Sec-WebSocket-Version must be 13",
         ));
     }
-    let key = headers
-        .get("sec-websocket-key")
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "Sec-WebSocket-Key is missing"))?;
+    let key = headers.get("sec-websocket-key").ok_or_else(|| {
+        ApiError::bad_request(ErrorCode::InvalidRequest, "Sec-WebSocket-Key is missing")
+    })?;
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
@@ -483,8 +483,8 @@ async fn handle(
     if let Err(not_until) = app.limiter.check_key(&player.to_string()) {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         crate::telemetry::rate_limited("message");
-        crate::telemetry::rejected("rate_limited");
-        let mut v = json!({"type": "error", "code": "rate_limited",
+        crate::telemetry::rejected(ErrorCode::RateLimited);
+        let mut v = json!({"type": "error", "code": ErrorCode::RateLimited,
             "message": "too many messages; slow down",
             "retry_after_ms": wait.as_millis().max(1) as u64});
         if let Some(id) = msg.to_text().ok().and_then(peek_id) {
@@ -494,7 +494,7 @@ async fn handle(
     }
     if msg.len() > max_frame {
         let e = ProtocolError::new(
-            "too_large",
+            ErrorCode::TooLarge,
             format!("a message may be at most {max_frame} bytes"),
         );
         // The id too, so a client can tell which command was refused (the
@@ -515,7 +515,7 @@ async fn handle(
         ClientMessage::Ping => Some((json!({"type": "pong"}).to_string(), false)),
         ClientMessage::Ack(n) => match app.engine.ack(player, *n).await {
             Ok(_) => None,
-            Err(e) => Some((engine_error(&e, None), false)),
+            Err(e) => Some((engine_error(e, None), false)),
         },
         ClientMessage::Command { .. } | ClientMessage::Chat { .. } => {
             let (kind, id, payload) = parsed.upstream()?;
@@ -530,28 +530,23 @@ async fn handle(
             match app.engine.push_command(&cmd).await {
                 Ok(_) => {
                     crate::telemetry::observe_append("command", started);
-                    metrics::counter!("mythos_commands_total").increment(1);
+                    metrics::counter!(crate::telemetry::COMMANDS).increment(1);
                     Some((
                         json!({"type": "command_accepted", "id": id}).to_string(),
                         false,
                     ))
                 }
-                Err(e) => Some((engine_error(&e, Some(id)), false)),
+                Err(e) => Some((engine_error(e, Some(id)), false)),
             }
         }
     }
 }
 
-fn engine_error(e: &crate::engine::EngineError, id: Option<&str>) -> String {
-    tracing::warn!(error = %e, "engine error on a client message");
-    let e = match e {
-        crate::engine::EngineError::NotReplicated { .. } => ProtocolError::new(
-            "not_replicated",
-            format!("{e}; it may be appended: resend with the same id"),
-        ),
-        _ => ProtocolError::new("unavailable", "the event store is unavailable; retry"),
-    };
-    error_frame(&e, id)
+/// An engine failure as an error frame: the same code and message as over
+/// HTTP (`engine_unavailable`, `not_replicated`).
+fn engine_error(e: crate::engine::EngineError, id: Option<&str>) -> String {
+    let e = ApiError::from(e);
+    error_frame(&ProtocolError::new(e.code, e.message), id)
 }
 
 /// The `id` of a message, if it has one, to label its error.

@@ -3,17 +3,20 @@
 //! `XINFO CONSUMERS`, `XPENDING`, and a bounded `SCAN` of one player's
 //! dedupe keys on the server of the player's slot.
 //!
-//! Owns: these read-only queries and the decoding of their replies. Must not
-//! touch: anything that writes (every function here only reads).
+//! Owns: these read-only queries and the decoding of their replies, the
+//! [`Inspect`] capability of the Redis engine. Must not touch: anything that
+//! writes (every function here only reads).
 
 use std::collections::HashMap;
 
 use redis::Value;
 
+use async_trait::async_trait;
+
 use super::conn::Conns;
-use super::keys;
+use super::{keys, RedisEngine};
 use crate::engine::{
-    ConsumerInfo, DedupeKeys, EngineError, GroupInfo, PendingEntry, Result, StreamInfo,
+    ConsumerInfo, DedupeKeys, EngineError, GroupInfo, Inspect, PendingEntry, Result, StreamInfo,
     MAX_PENDING_SHOWN,
 };
 
@@ -214,4 +217,20 @@ pub async fn dedupe_keys(conns: &Conns, player: &str, limit: usize) -> Result<De
         sample: found,
         complete: false,
     })
+}
+
+#[async_trait]
+impl Inspect for RedisEngine {
+    async fn dedupe_keys(&self, player: &str, limit: usize) -> Result<DedupeKeys> {
+        dedupe_keys(&self.conns, player, limit).await
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamInfo>> {
+        streams(
+            &self.conns,
+            self.options.command_partitions,
+            self.options.publish_partitions,
+        )
+        .await
+    }
 }

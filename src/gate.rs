@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use warp::http::StatusCode;
 
 use crate::error::ApiError;
+use crate::protocol::ErrorCode;
 
 /// The node's connection counts and caps.
 #[derive(Debug)]
@@ -61,7 +62,8 @@ impl Gate {
     ) -> Result<Pass, ApiError> {
         let mut c = self.counts();
         if c.total >= self.max_total {
-            metrics::counter!("mythos_connections_refused_total", "reason" => "node").increment(1);
+            metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "reason" => "node")
+                .increment(1);
             return Err(refused(format!(
                 "this node holds its maximum of {} connections (MYTHOS_MAX_CONNECTIONS); try again later or another node",
                 self.max_total
@@ -69,7 +71,7 @@ impl Gate {
         }
         let mine = c.per_player.get(player).copied().unwrap_or(0);
         if mine >= self.max_player {
-            metrics::counter!("mythos_connections_refused_total", "reason" => "player")
+            metrics::counter!(crate::telemetry::CONNECTIONS_REFUSED, "reason" => "player")
                 .increment(1);
             return Err(refused(format!(
                 "this player already has {} connections on this node (MYTHOS_MAX_PLAYER_CONNECTIONS); close one first",
@@ -127,7 +129,7 @@ impl Drop for Pass {
 fn refused(message: String) -> ApiError {
     ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        "too_many_connections",
+        ErrorCode::TooManyConnections,
         message,
     )
 }
@@ -142,7 +144,10 @@ mod tests {
         let a1 = g.admit("a", "sse").expect("a1");
         let a2 = g.admit("a", "sse").expect("a2");
         let e = g.admit("a", "sse").expect_err("a3 over the player cap");
-        assert_eq!((e.status.as_u16(), e.code), (429, "too_many_connections"));
+        assert_eq!(
+            (e.status.as_u16(), e.code.as_str()),
+            (429, "too_many_connections")
+        );
         let _b1 = g.admit("b", "sse").expect("b1");
         assert_eq!(
             g.admit("c", "sse")

@@ -1,0 +1,153 @@
+//! The subscriber connection: a RESP3 connection (one Redis) or a cluster
+//! connection whose pushes go to the supervisor, and the channel commands
+//! (`SUBSCRIBE`, or `SSUBSCRIBE` per slot on a cluster, in chunks).
+//!
+//! Owns: connecting, subscribing and unsubscribing, and telling whether the
+//! connection still answers. Must not touch: which players are followed
+//! (the supervisor's), decoding.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, Value};
+use tokio::sync::mpsc;
+
+use super::super::conn::Topology;
+use super::super::{keys, OP_TIMEOUT};
+use crate::engine::{EngineError, Result as EngineResult};
+
+/// How long a ping may take before the connection counts as lost.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// Channels per subscribe command.
+const CHUNK: usize = 512;
+
+/// The subscriber connection.
+pub(super) struct Subscriber {
+    pub(super) topology: Topology,
+    pub(super) push_tx: mpsc::UnboundedSender<PushInfo>,
+    pub(super) conn: Option<SubConn>,
+}
+
+#[derive(Clone)]
+pub(super) enum SubConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    /// Connects unless connected: on one Redis a connection is replaced
+    /// (set to `None`) when lost; a cluster connection repairs itself
+    /// (reconnects, follows the slot map) and is kept.
+    pub(super) async fn connect(&mut self) -> EngineResult<()> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let conn = match &self.topology {
+            Topology::Single(url) => {
+                let info = url.as_str().into_connection_info()?;
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let client = redis::Client::open(info.set_redis_settings(settings))?;
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(OP_TIMEOUT))
+                    .set_response_timeout(Some(OP_TIMEOUT))
+                    .set_push_sender(self.push_tx.clone());
+                SubConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
+            }
+            Topology::Cluster(seeds) => SubConn::Cluster(
+                ClusterClientBuilder::new(seeds.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .push_sender(self.push_tx.clone())
+                    .connection_timeout(OP_TIMEOUT)
+                    .response_timeout(OP_TIMEOUT)
+                    .build()?
+                    .get_async_connection()
+                    .await?,
+            ),
+        };
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Subscribes to the live channels of `players`; on one Redis a failure
+    /// drops the connection (the next attempt makes a fresh one).
+    pub(super) async fn subscribe(&mut self, players: &[String], on: bool) -> EngineResult<()> {
+        if players.is_empty() {
+            return Ok(());
+        }
+        self.connect().await?;
+        let Some(conn) = self.conn.clone() else {
+            return Err(EngineError::Pool("no subscriber connection".into()));
+        };
+        let channels: Vec<String> = players.iter().map(|p| keys::live(p)).collect();
+        let r = match conn {
+            SubConn::Single(mut c) => {
+                let mut r = Ok(());
+                for chunk in channels.chunks(CHUNK) {
+                    r = if on {
+                        c.subscribe(chunk).await
+                    } else {
+                        c.unsubscribe(chunk).await
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+            SubConn::Cluster(c) => {
+                // A shard-channel command names channels of one slot only.
+                let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
+                for (p, ch) in players.iter().zip(channels) {
+                    by_slot
+                        .entry(keys::slot(p.as_bytes()))
+                        .or_default()
+                        .push(ch);
+                }
+                let calls = by_slot.into_values().map(|chs| {
+                    let mut c = c.clone();
+                    async move {
+                        if on {
+                            c.ssubscribe(chs).await
+                        } else {
+                            c.sunsubscribe(chs).await
+                        }
+                    }
+                });
+                join_all(calls).await.into_iter().collect()
+            }
+        };
+        if let Err(e) = r {
+            if matches!(self.conn, Some(SubConn::Single(_))) {
+                self.conn = None;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// False if the connection stopped answering (one Redis; a cluster
+    /// connection reports its losses as pushes).
+    pub(super) async fn alive(&mut self) -> bool {
+        let Some(SubConn::Single(c)) = &mut self.conn else {
+            return true;
+        };
+        let cmd = redis::cmd("PING");
+        let ping = tokio::time::timeout(PING_TIMEOUT, cmd.query_async::<Value>(c));
+        if matches!(ping.await, Ok(Ok(_))) {
+            return true;
+        }
+        self.conn = None;
+        false
+    }
+}
