@@ -83,8 +83,8 @@ pub async fn player(app: Arc<App>, p: Principal, player: String, q: Query) -> An
     check_id("player id", &player)?;
     only(&q, &[])?;
     let mut nodes = BTreeMap::new();
-    nodes.insert(app.config.node_name(), app.gate.of_player(&player));
-    match inspect::player(app.engine.as_ref(), &player, Some(nodes)).await {
+    nodes.insert(app.config().node_name(), app.gate().of_player(&player));
+    match inspect::player(app.engine().as_ref(), &player, Some(nodes)).await {
         Ok(r) => ok(&r),
         Err(InspectError::UnknownPlayer(_)) => Err(unknown_player(&player)),
         Err(InspectError::Engine(e)) => Err(e.into()),
@@ -107,8 +107,8 @@ pub async fn events(app: Arc<App>, p: Principal, player: String, q: Query) -> An
     only(&q, &["after", "limit"])?;
     let after = number(&q, "after", 0)?;
     let limit = limit(&q)?;
-    let c = app.engine.cursor(&player).await?;
-    let evs = app.engine.read(&player, after, limit).await?;
+    let c = app.engine().cursor(&player).await?;
+    let evs = app.engine().read(&player, after, limit).await?;
     let mut lines = Vec::with_capacity(evs.len());
     for e in &evs {
         let line = RawValue::from_string(line_of(&player, e))
@@ -143,7 +143,7 @@ pub async fn events(app: Arc<App>, p: Principal, player: String, q: Query) -> An
 pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
     p.require(&[Role::Admin])?;
     only(&q, &["partition", "after", "limit"])?;
-    let partitions = app.engine.command_partitions();
+    let partitions = app.engine().command_partitions();
     let partition = number(&q, "partition", 0)?;
     if partition >= partitions as u64 {
         return Err(ApiError::bad_request(
@@ -160,7 +160,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
         ));
     }
     let limit = limit(&q)?;
-    let entries = app.engine.commands_after(partition, after, limit).await?;
+    let entries = app.engine().commands_after(partition, after, limit).await?;
     let next_after = (entries.len() == limit)
         .then(|| entries.last().map(|e| e.entry_id.clone()))
         .flatten();
@@ -180,7 +180,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
 pub async fn streams(app: Arc<App>, p: Principal, q: Query) -> Answer {
     p.require(&[Role::Admin])?;
     only(&q, &[])?;
-    ok(&inspect::streams(app.engine.as_ref()).await?)
+    ok(&inspect::streams(app.engine().as_ref()).await?)
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ struct Credentials {
 }
 
 fn token_body(app: &App, sub: &str, role: Role) -> Answer {
-    let (token, expires_in) = app.auth.issue(sub, role)?;
+    let (token, expires_in) = app.auth().issue(sub, role)?;
     ok(&json!({"access_token": token, "token_type": "Bearer",
                 "expires_in": expires_in, "player_id": sub}))
 }
@@ -81,7 +81,7 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
     } else {
         ""
     };
-    if app.login_limiter.check_key(&key.to_string()).is_err() {
+    if app.login_limiter().check_key(&key.to_string()).is_err() {
         crate::telemetry::rate_limited("login");
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -90,7 +90,7 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
         ));
     }
     let account = if valid_id(&c.username) {
-        app.engine.user(&c.username).await?
+        app.engine().user(&c.username).await?
     } else {
         None
     };
@@ -98,7 +98,7 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
     let app2 = app.clone();
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let ok = tokio::task::spawn_blocking(move || {
-        app2.auth.check_password(&c.password, stored.as_deref())
+        app2.auth().check_password(&c.password, stored.as_deref())
     })
     .await
     .unwrap_or(false);
@@ -162,7 +162,7 @@ pub async fn create_account(
         password_hash: hash,
         role: role.to_string(),
     };
-    Ok(app.engine.create_user(username, &account).await?)
+    Ok(app.engine().create_user(username, &account).await?)
 }
 
 /// `POST /v1/admin/users`
@@ -189,15 +189,15 @@ pub async fn publish(app: Arc<App>, p: Principal, body: Body) -> Answer {
     let started = std::time::Instant::now();
     p.require(&[Role::Service, Role::Admin])?;
     let b: PublishBody = parse_body(&body?)?;
-    let max = app.config.max_event_bytes;
+    let max = app.config().max_event_bytes;
     let publish = Publish::new(&b.to, &b.event_type, b.data, b.room_id, b.id, max)?;
     #[cfg(feature = "defects")]
     if crate::defects::on(crate::defects::Defect::AckBeforeAppend) {
-        let engine = app.engine.clone();
+        let engine = app.engine().clone();
         tokio::spawn(async move { publish.run(engine.as_ref()).await });
         return ok(&serde_json::json!({ "deliveries": [] }));
     }
-    let deliveries = publish.run(app.engine.as_ref()).await?;
+    let deliveries = publish.run(app.engine().as_ref()).await?;
     crate::telemetry::observe_since(crate::telemetry::PUBLISH_DURATION, started);
     /// The answer, serialised straight from the deliveries (a fan-out answers
     /// one object per member; `json!` would build a `Value` tree of them first).
@@ -222,9 +222,9 @@ pub async fn membership(
     check_id("room id", &room)?;
     check_id("player id", &player)?;
     let change = if join {
-        rooms::join(app.engine.as_ref(), &room, &player).await?
+        rooms::join(app.engine().as_ref(), &room, &player).await?
     } else {
-        rooms::leave(app.engine.as_ref(), &room, &player).await?
+        rooms::leave(app.engine().as_ref(), &room, &player).await?
     };
     ok(
         &json!({"room_id": room, "player_id": player, "member": join,
@@ -236,7 +236,7 @@ pub async fn membership(
 pub async fn members(app: Arc<App>, p: Principal, room: String) -> Answer {
     p.require(&[Role::Service, Role::Admin])?;
     check_id("room id", &room)?;
-    let members = app.engine.members(&room).await?;
+    let members = app.engine().members(&room).await?;
     ok(&json!({"room_id": room, "members": members}))
 }
 
@@ -255,14 +255,14 @@ pub async fn ack(app: Arc<App>, p: Principal, body: Body) -> Answer {
             "`sequence_number` must be a non-negative integer",
         )
     })?;
-    let c = app.engine.ack(&p.player_id, n).await?;
+    let c = crate::session::ack(app.engine().as_ref(), &p.player_id, n).await?;
     ok(&json!({"player_id": p.player_id, "acked": c.acked, "last_sequence_number": c.last}))
 }
 
 /// `GET /v1/cursor`: where the caller's log stands.
 pub async fn cursor(app: Arc<App>, p: Principal) -> Answer {
     p.require(&[Role::Player])?;
-    let c = app.engine.cursor(&p.player_id).await?;
+    let c = app.engine().cursor(&p.player_id).await?;
     ok(
         &json!({"player_id": p.player_id, "last_sequence_number": c.last,
                 "acked": c.acked, "oldest_available": c.oldest}),
@@ -271,7 +271,7 @@ pub async fn cursor(app: Arc<App>, p: Principal) -> Answer {
 
 /// `GET /readyz`
 pub async fn ready(app: Arc<App>) -> Answer {
-    match app.engine.ping().await {
+    match app.engine().ping().await {
         Ok(()) => ok(&json!({"status": "ready"})),
         Err(e) => {
             tracing::warn!(error = %e, "not ready");

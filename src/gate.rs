@@ -91,7 +91,8 @@ impl Gate {
     }
 
     /// Open connections on this node.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.counts().total
     }
 

@@ -22,42 +22,44 @@ const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 /// Starts the node's background tasks.
 pub fn start_background(app: &Arc<App>) {
     let a = app.clone();
-    app.tasks.spawn(async move {
+    app.tasks().spawn(async move {
         // Histogram observations pile up in the recorder until drained: by a
         // scrape, or by this upkeep when nobody scrapes.
         let mut tick = tokio::time::interval(METRICS_UPKEEP);
         loop {
             tokio::select! {
                 _ = tick.tick() => crate::telemetry::upkeep(),
-                _ = a.shutdown.cancelled() => break,
+                _ = a.shutdown().cancelled() => break,
             }
         }
     });
     let a = app.clone();
-    app.tasks.spawn(async move {
+    app.tasks().spawn(async move {
         let mut tick = tokio::time::interval(LIMITER_PRUNE);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     // Keys whose bucket is full again are forgotten, so the maps
                     // hold only players and usernames active in the last minute.
-                    a.limiter.retain_recent();
-                    a.limiter.shrink_to_fit();
-                    a.login_limiter.retain_recent();
-                    a.login_limiter.shrink_to_fit();
+                    a.limiter().retain_recent();
+                    a.limiter().shrink_to_fit();
+                    a.login_limiter().retain_recent();
+                    a.login_limiter().shrink_to_fit();
                 }
-                _ = a.shutdown.cancelled() => break,
+                _ = a.shutdown().cancelled() => break,
             }
         }
     });
     let opts = IngestOptions {
-        claim_idle: app.config.ingest_claim_idle,
-        ..IngestOptions::new(app.config.node_name())
+        claim_idle: app.config().ingest_claim_idle,
+        ..IngestOptions::new(app.config().node_name())
     };
-    let handler = EntryPublisher::new(app.engine.clone(), app.config.max_event_bytes);
-    let ingest = app.engine.start_ingest(handler, opts, app.shutdown.clone());
+    let handler = EntryPublisher::new(app.engine().clone(), app.config().max_event_bytes);
+    let ingest = app
+        .engine()
+        .start_ingest(handler, opts, app.shutdown().clone());
     if let Some(consumer) = ingest {
-        app.tasks.spawn(async move {
+        app.tasks().spawn(async move {
             if let Ok(exit) = consumer.await {
                 tracing::info!(?exit, "Redis-native publishing stopped");
             }

@@ -61,12 +61,12 @@ fn authenticate(
 ) -> Result<Principal, ApiError> {
     let token = token_from(authz, q.get("token").map(String::as_str), ws_protocols)
         .ok_or_else(|| TokenError::Missing.into_api())?;
-    app.auth.verify(&token)
+    app.auth().verify(&token)
 }
 
 /// Largest request body accepted: an event of the maximum size plus its envelope.
 fn body_limit(app: &App) -> u64 {
-    app.config.max_event_bytes.saturating_mul(2) + 16 * 1024
+    app.config().max_event_bytes.saturating_mul(2) + 16 * 1024
 }
 
 /// Reads a request body of at most `limit` bytes, with or without a
@@ -180,7 +180,7 @@ pub(crate) fn routes(app: Arc<App>) -> Routes {
     let p = Parts {
         app: with_app,
         authed,
-        body: read_body(body_limit(&app), app.config.request_timeout).boxed(),
+        body: read_body(body_limit(&app), app.config().request_timeout).boxed(),
     };
     any_of(vec![
         health(&p),
@@ -366,7 +366,7 @@ fn cors(app: &App) -> warp::cors::Builder {
         .allow_methods(vec!["GET", "POST", "PUT", "DELETE", "OPTIONS"])
         .allow_headers(vec!["authorization", "content-type", "last-event-id"])
         .max_age(Duration::from_secs(600));
-    let origins = app.config.allowed_origins.trim();
+    let origins = app.config().allowed_origins.trim();
     if origins == "*" {
         base.allow_any_origin()
     } else {
@@ -431,30 +431,30 @@ impl Running {
     /// Stops accepting, closes every session (WebSocket 1012, SSE end), lets
     /// in-flight requests finish, and returns when the node is down.
     pub async fn shutdown(self) {
-        self.app.shutdown.cancel();
+        self.app.shutdown().cancel();
         let _ = self.task.await;
     }
 }
 
-/// Binds `app.config.bind` and serves until [`Running::shutdown`].
+/// Binds `app.config().bind` and serves until [`Running::shutdown`].
 pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
-    let listener = tokio::net::TcpListener::bind(app.config.bind).await?;
+    let listener = tokio::net::TcpListener::bind(app.config().bind).await?;
     let addr = listener.local_addr()?;
     let filter = routes(app.clone());
     crate::node::start_background(&app);
     let app2 = app.clone();
     let task = tokio::spawn(async move {
-        let shutdown = app2.shutdown.clone();
+        let shutdown = app2.shutdown().clone();
         crate::listener::serve(
             listener,
             filter,
             shutdown,
             Duration::from_secs(10),
-            app2.config.request_timeout,
+            app2.config().request_timeout,
         )
         .await;
-        app2.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(5), app2.tasks.wait())
+        app2.tasks().close();
+        if tokio::time::timeout(Duration::from_secs(5), app2.tasks().wait())
             .await
             .is_err()
         {

@@ -20,24 +20,26 @@ use crate::engine::Engine;
 use crate::gate::Gate;
 use crate::hub::Hub;
 
-/// Everything a request or session may need.
+/// Everything a request or session may need. Its parts are reached through
+/// methods: the public ones are what an embedder (a binary, a test, the
+/// testkit) may use; the rest are the crate's own.
 pub struct App {
-    pub config: Config,
-    pub engine: Arc<dyn Engine>,
-    pub hub: Arc<Hub>,
-    pub auth: Auth,
+    config: Config,
+    engine: Arc<dyn Engine>,
+    hub: Arc<Hub>,
+    auth: Auth,
     /// Client messages per player (WebSocket).
-    pub limiter: DefaultKeyedRateLimiter<String>,
+    limiter: DefaultKeyedRateLimiter<String>,
     /// Login attempts per username.
-    pub login_limiter: DefaultKeyedRateLimiter<String>,
+    login_limiter: DefaultKeyedRateLimiter<String>,
     /// Cancelled when the node shuts down; sessions close their connections.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Every session and background task, so shutdown can wait for them.
-    pub tasks: TaskTracker,
+    tasks: TaskTracker,
     /// Connection caps per node and per player.
-    pub gate: Arc<Gate>,
+    gate: Arc<Gate>,
     /// This node's name (`MYTHOS_NODE_ID`, else host-pid), for logs.
-    pub node: String,
+    node: String,
 }
 
 impl App {
@@ -88,6 +90,45 @@ impl App {
             tasks: TaskTracker::new(),
             gate,
         }))
+    }
+}
+
+impl App {
+    /// The node's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// The store (an embedder's tests and game servers use it directly).
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+    /// Token verification and issuing.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+    /// Cancel it to stop the node (connections close with `1012`).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+    /// The node's live routing (tests read its slow-consumer count).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+    pub(crate) fn limiter(&self) -> &DefaultKeyedRateLimiter<String> {
+        &self.limiter
+    }
+    pub(crate) fn login_limiter(&self) -> &DefaultKeyedRateLimiter<String> {
+        &self.login_limiter
+    }
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 }
 

@@ -142,7 +142,7 @@ impl TestBroker {
     pub fn token(&self, sub: &str, role: Role) -> Result<String, TestkitError> {
         self.running
             .app
-            .auth
+            .auth()
             .issue(sub, role)
             .map(|(t, _)| t)
             .map_err(|e| TestkitError::Start(e.message))
@@ -179,8 +179,8 @@ impl TestBroker {
     ) -> Result<Outcome, TestkitError> {
         let app = &self.running.app;
         let publisher = EnginePublisher {
-            engine: app.engine.as_ref(),
-            max_event_bytes: app.config.max_event_bytes,
+            engine: app.engine().as_ref(),
+            max_event_bytes: app.config().max_event_bytes,
         };
         Ok(replay::run(&publisher, &rec.events, to_player, speed).await?)
     }

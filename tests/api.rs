@@ -716,7 +716,7 @@ async fn ws_rate_limit_and_sustained_abuse(kind: Kind) {
 
 async fn ws_commands_reach_the_command_stream(kind: Kind) {
     let n = Node::start(kind, |_| {}).await;
-    let engine = n.app().engine.clone();
+    let engine = n.app().engine().clone();
     // A game server's group, created before any command arrives.
     assert!(engine
         .read_commands("game", "g1", 0, 10, Duration::from_millis(1))

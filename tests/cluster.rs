@@ -525,7 +525,7 @@ async fn wait_1_commands_are_accepted_only_once_a_replica_has_them() {
     }
     let entries = node
         .app()
-        .engine
+        .engine()
         .commands_after(0, "0-0", 100)
         .await
         .expect("the command stream");

@@ -417,7 +417,7 @@ async fn slow_consumer_is_cut_off_and_recovers(kind: Kind) {
     // Connect, read the welcome, then stop reading.
     let (mut ws, _) = n.ws_player("alice", None).await;
     let big = "x".repeat(32 * 1024);
-    let hub = n.app().hub.clone();
+    let hub = n.app().hub().clone();
     let mut published = 0u64;
     while hub.slow_consumers() == 0 {
         assert!(

@@ -196,7 +196,7 @@ async fn metrics_count_exactly_what_happened() {
     // A WebSocket that stops reading is cut as a slow consumer, once.
     let (mut slow, _) = n.ws_player("slow", None).await;
     let big = "x".repeat(32 * 1024);
-    let hub = n.app().hub.clone();
+    let hub = n.app().hub().clone();
     let cut_before = hub.slow_consumers();
     let mut blobs = 0.0;
     while hub.slow_consumers() == cut_before {

@@ -42,7 +42,7 @@ async fn overflow_during_replay_is_lagged_not_slow(kind: Kind) {
     // A witness of the overflow: a subscription of the same hub, with the
     // same queue of 4, that takes nothing from it, as a replaying connection
     // takes nothing from its own (its feed reads the log).
-    let hub = n.app().hub.clone();
+    let hub = n.app().hub().clone();
     let mut witness = hub.subscribe("alice");
     assert_eq!(hub.subscribers(), 2, "the connection and the witness");
     assert_eq!(n.publish_n("alice", 50).await, range(3001, 3050));
@@ -63,11 +63,11 @@ async fn overflow_during_replay_is_lagged_not_slow(kind: Kind) {
     }
     assert_eq!(queued, range(3001, 3004), "a queue of 4 kept the first 4");
     drop(witness);
-    assert_eq!(n.app().hub.slow_consumers(), 0);
+    assert_eq!(n.app().hub().slow_consumers(), 0);
     assert_eq!(ws.seqs(3040).await, range(11, 3050), "exactly 11..3050");
     fence(&n, &mut ws, "alice", 3051).await;
     assert_eq!(
-        n.app().hub.slow_consumers(),
+        n.app().hub().slow_consumers(),
         0,
         "an overflow while replaying must not count as a slow consumer"
     );

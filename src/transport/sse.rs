@@ -55,8 +55,8 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
         (None, None) => ResumePoint::Acked,
     };
     let player = p.player_id.clone();
-    let pass = app.gate.admit(&player, "sse")?;
-    let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
+    let pass = app.gate().admit(&player, "sse")?;
+    let opened = session::open(app.engine().clone(), app.hub(), &player, point).await?;
     let feed = opened.feed;
     let mut first = String::from("retry: 1000\n\n");
     if let Some(oldest) = opened.resync {
@@ -71,8 +71,8 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     let expires_in = p.time_left();
     let app2 = app.clone();
     let span = tracing::info_span!(parent: None, "connection", player = %player,
-        transport = "sse", session = %session_id(), node = %app.node);
-    app.tasks.spawn(
+        transport = "sse", session = %session_id(), node = %app.node());
+    app.tasks().spawn(
         async move {
             run(app2, feed, first, tx, expires_in).await;
             drop(pass);
@@ -114,7 +114,7 @@ async fn run(
     let state = feed.state();
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
-    let mut keepalive = tokio::time::interval(app.config.keepalive);
+    let mut keepalive = tokio::time::interval(app.config().keepalive);
     keepalive.tick().await;
     let mut chunk = Some(Bytes::from(first));
     let why = loop {
@@ -122,13 +122,13 @@ async fn run(
             tokio::select! {
                 r = tx.send(c) => if r.is_err() { break None } else { feed.written() },
                 _ = state.killed() => break Some(End::Slow),
-                _ = app.shutdown.cancelled() => break Some(End::Shutdown),
+                _ = app.shutdown().cancelled() => break Some(End::Shutdown),
                 _ = &mut expiry => break Some(End::Expired),
             }
         }
         tokio::select! {
             biased;
-            _ = app.shutdown.cancelled() => break Some(End::Shutdown),
+            _ = app.shutdown().cancelled() => break Some(End::Shutdown),
             _ = &mut expiry => break Some(End::Expired),
             _ = state.killed() => break Some(End::Slow),
             // The client went away: free its place now, not at the next write.

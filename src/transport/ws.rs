@@ -2,11 +2,12 @@
 //!
 //! Owns: the handshake and opening the session ([`open`], mirroring
 //! `sse::open`), the frame protocol (welcome, resync_required, events, pong,
-//! command_accepted, error), per-message validation and the per-player rate
-//! limit, the abuse policy, server pings and the idle timeout, and closing
-//! with the code of each [`End`]. Two tasks per connection: a reader (client
-//! → engine) and a writer (feed and replies → socket). Must not touch: the
-//! engine beyond acks and commands, delivery semantics (the session's).
+//! command_accepted, error as the session's [`Inbox`] words them), server
+//! pings and the idle timeout, the frame size limits of the socket itself, and
+//! closing with the code of each [`End`]. Two tasks per connection: a reader
+//! (frames → the session's inbox) and a writer (feed and replies → socket).
+//! Must not touch: the engine, what a client message means, delivery
+//! semantics (all the session's).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use governor::clock::{Clock, DefaultClock};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,12 +25,9 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::{check_reader, parse_resume, ready_batch, session_id, End};
 use crate::auth::Principal;
-use crate::engine::Command;
 use crate::error::ApiError;
-use crate::protocol::{
-    envelope_json, parse_client_message, ClientMessage, ErrorCode, ProtocolError,
-};
-use crate::session::{self, Feed, FeedEnd, ResumePoint};
+use crate::protocol::{envelope_json, ErrorCode};
+use crate::session::{self, Feed, FeedEnd, Inbox, Incoming, Outcome, ResumePoint};
 use crate::state::App;
 use crate::telemetry::{ConnectionGauge, Transport};
 use tracing::Instrument;
@@ -39,11 +36,6 @@ use tracing::Instrument;
 /// connection with 1009; between the configured limit and this they get a
 /// `too_large` error.
 pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
-/// Violations within [`STRIKE_WINDOW`] that are sustained abuse: ten
-/// a second for ten seconds, or a flood. A burst (say 45 messages at once:
-/// 20 allowed, 25 `rate_limited`) keeps the connection.
-const MAX_STRIKES: u32 = 100;
-const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -56,7 +48,7 @@ const WRITE_BUFFER: usize = 16 * 1024;
 type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 fn origin_allowed(app: &App, headers: &HeaderMap) -> bool {
-    let allowed = app.config.allowed_origins.trim();
+    let allowed = app.config().allowed_origins.trim();
     if allowed == "*" {
         return true;
     }
@@ -96,9 +88,9 @@ pub async fn open(
         )
     })?;
     let player = principal.player_id.clone();
-    let pass = app.gate.admit(&player, "websocket")?;
+    let pass = app.gate().admit(&player, "websocket")?;
     let point = since.map_or(ResumePoint::Acked, ResumePoint::After);
-    let opened = session::open(app.engine.clone(), &app.hub, &player, point).await?;
+    let opened = session::open(app.engine().clone(), app.hub(), &player, point).await?;
     let session_id = session_id();
     let mut first = vec![json!({"type": "welcome", "player_id": player,
         "session_id": session_id, "last_sequence_number": opened.cursor.last,
@@ -120,10 +112,10 @@ pub async fn open(
             .get("sec-websocket-protocol")
             .and_then(|v| v.to_str().ok()),
     );
-    let hard_limit = HARD_FRAME_LIMIT.max(app.config.ws_max_frame as usize);
+    let hard_limit = HARD_FRAME_LIMIT.max(app.config().ws_max_frame as usize);
     let span = tracing::info_span!(parent: None, "connection", player = %session.player,
-        transport = "ws", session = %session.session_id, node = %app.node);
-    app.tasks.spawn(
+        transport = "ws", session = %session.session_id, node = %app.node());
+    app.tasks().spawn(
         async move {
             accept(upgrade, hard_limit, session).await;
             drop(pass);
@@ -246,15 +238,6 @@ struct WsSession {
     expires_in: Duration,
 }
 
-fn error_frame(e: &ProtocolError, id: Option<&str>) -> String {
-    crate::telemetry::rejected(e.code);
-    let mut v = json!({"type": "error", "code": e.code, "message": e.message});
-    if let Some(id) = id {
-        v["id"] = json!(id);
-    }
-    v.to_string()
-}
-
 /// Runs a connection to its end.
 async fn run(ws: WebSocket, s: WsSession) {
     let WsSession {
@@ -348,7 +331,7 @@ impl Writer<'_> {
     async fn run(&self, feed: &mut Feed, sink: &mut Sink, mut ctrl_rx: CtrlRx) -> Option<End> {
         let app = self.app;
         let state = feed.state();
-        let idle = app.config.idle_timeout;
+        let idle = app.config().idle_timeout;
         let mut ping = tokio::time::interval(idle / 3);
         ping.tick().await;
         let expiry = tokio::time::sleep(self.expires_in);
@@ -356,7 +339,7 @@ impl Writer<'_> {
         loop {
             let outgoing: Vec<Message> = tokio::select! {
                 biased;
-                _ = app.shutdown.cancelled() => return Some(End::Shutdown),
+                _ = app.shutdown().cancelled() => return Some(End::Shutdown),
                 _ = &mut expiry => return Some(End::Expired),
                 _ = state.killed() => return Some(End::Slow),
                 c = ctrl_rx.next() => match c {
@@ -390,26 +373,9 @@ impl Writer<'_> {
             tokio::select! {
                 r = send => if r.is_err() { return None } else { feed.written() },
                 _ = state.killed() => return Some(End::Slow),
-                _ = app.shutdown.cancelled() => return Some(End::Shutdown),
+                _ = app.shutdown().cancelled() => return Some(End::Shutdown),
             }
         }
-    }
-}
-
-/// Counts protocol violations; too many in a window is sustained abuse.
-struct Strikes {
-    count: u32,
-    since: Instant,
-}
-
-impl Strikes {
-    fn hit(&mut self) -> bool {
-        if self.since.elapsed() > STRIKE_WINDOW {
-            self.count = 0;
-            self.since = Instant::now();
-        }
-        self.count += 1;
-        self.count >= MAX_STRIKES
     }
 }
 
@@ -422,11 +388,14 @@ async fn read_loop(
     mut ctrl: CtrlTx,
     clock: Liveness,
 ) {
-    let max_frame = app.config.ws_max_frame as usize;
-    let mut strikes = Strikes {
-        count: 0,
-        since: Instant::now(),
-    };
+    let mut inbox = Inbox::new(
+        app.engine().as_ref(),
+        app.limiter(),
+        app.config().message_limits(),
+        app.config().ws_max_frame as usize,
+        &player,
+        &session_id,
+    );
     // After our 1008 the reader only drains: frames the peer still sends are
     // read and dropped until its close frame (or the grace period), so that
     // unread data does not turn our close into a TCP reset the peer sees
@@ -447,110 +416,28 @@ async fn read_loop(
             }
             Err(_) => break,
         };
-        match msg {
+        let incoming = match &msg {
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
-            Message::Text(_) | Message::Binary(_) => {}
-        }
+            Message::Text(t) => Incoming::Text(t.as_str()),
+            Message::Binary(b) => Incoming::Binary(b),
+        };
         if closing {
             continue;
         }
         // Boxed: its state lives only while a message is handled, instead of
         // enlarging every idle connection's reader task by its size.
-        let reply = Box::pin(handle(&app, &player, &session_id, &msg, max_frame)).await;
-        let Some((text, violation)) = reply else {
-            continue;
+        let text = match Box::pin(inbox.handle(incoming)).await {
+            Outcome::Nothing => continue,
+            Outcome::Reply(text) => text,
+            Outcome::Abuse => {
+                let _ = ctrl.send(Ctrl::Close(End::Abuse)).await;
+                closing = true;
+                continue;
+            }
         };
-        if violation && strikes.hit() {
-            let _ = ctrl.send(Ctrl::Close(End::Abuse)).await;
-            closing = true;
-            continue;
-        }
         if ctrl.send(Ctrl::Send(text)).await.is_err() {
             break;
         }
     }
-}
-
-/// Handles one frame; returns the reply frame and whether it was a violation.
-async fn handle(
-    app: &Arc<App>,
-    player: &str,
-    session_id: &str,
-    msg: &Message,
-    max_frame: usize,
-) -> Option<(String, bool)> {
-    if let Err(not_until) = app.limiter.check_key(&player.to_string()) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        crate::telemetry::rate_limited("message");
-        crate::telemetry::rejected(ErrorCode::RateLimited);
-        let mut v = json!({"type": "error", "code": ErrorCode::RateLimited,
-            "message": "too many messages; slow down",
-            "retry_after_ms": wait.as_millis().max(1) as u64});
-        if let Some(id) = msg.to_text().ok().and_then(peek_id) {
-            v["id"] = json!(id);
-        }
-        return Some((v.to_string(), true));
-    }
-    if msg.len() > max_frame {
-        let e = ProtocolError::new(
-            ErrorCode::TooLarge,
-            format!("a message may be at most {max_frame} bytes"),
-        );
-        // The id too, so a client can tell which command was refused (the
-        // frame is at most the hard limit, 64 KiB, and rate-limited).
-        let id = msg.to_text().ok().and_then(peek_id);
-        return Some((error_frame(&e, id.as_deref()), true));
-    }
-    let Message::Text(text) = msg else {
-        let e = ProtocolError::invalid("binary frames are not supported; send JSON text");
-        return Some((error_frame(&e, None), true));
-    };
-    let text = text.as_str();
-    let parsed = match parse_client_message(text, &app.config.message_limits()) {
-        Ok(m) => m,
-        Err(e) => return Some((error_frame(&e, peek_id(text).as_deref()), true)),
-    };
-    match &parsed {
-        ClientMessage::Ping => Some((json!({"type": "pong"}).to_string(), false)),
-        ClientMessage::Ack(n) => match app.engine.ack(player, *n).await {
-            Ok(_) => None,
-            Err(e) => Some((engine_error(e, None), false)),
-        },
-        ClientMessage::Command { .. } | ClientMessage::Chat { .. } => {
-            let (kind, id, payload) = parsed.upstream()?;
-            let cmd = Command {
-                player_id: player.to_string(),
-                session_id: session_id.to_string(),
-                kind: kind.to_string(),
-                id: id.to_string(),
-                payload,
-            };
-            let started = Instant::now();
-            match app.engine.push_command(&cmd).await {
-                Ok(_) => {
-                    crate::telemetry::observe_append("command", started);
-                    metrics::counter!(crate::telemetry::COMMANDS).increment(1);
-                    Some((
-                        json!({"type": "command_accepted", "id": id}).to_string(),
-                        false,
-                    ))
-                }
-                Err(e) => Some((engine_error(e, Some(id)), false)),
-            }
-        }
-    }
-}
-
-/// An engine failure as an error frame: the same code and message as over
-/// HTTP (`engine_unavailable`, `not_replicated`).
-fn engine_error(e: crate::engine::EngineError, id: Option<&str>) -> String {
-    let e = ApiError::from(e);
-    error_frame(&ProtocolError::new(e.code, e.message), id)
-}
-
-/// The `id` of a message, if it has one, to label its error.
-fn peek_id(text: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v.get("id")?.as_str().map(|s| s.chars().take(128).collect())
 }

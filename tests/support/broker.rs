@@ -515,7 +515,7 @@ pub async fn append(node: &Broker, player: &str, n: usize, pad: usize) {
     let data = serde_json::value::to_raw_value(&json!({ "pad": "x".repeat(pad) })).expect("raw");
     for _ in 0..n {
         node.app()
-            .engine
+            .engine()
             .publish(
                 &Target::Player(player.into()),
                 Arc::new(EventBody::now("blob", data.clone(), None, None)),

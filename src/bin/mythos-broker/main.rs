@@ -133,7 +133,7 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "mythos-broker: cannot listen on {} (MYTHOS_BIND): {e}",
-                app.config.bind
+                app.config().bind
             );
             return ExitCode::from(1);
         }
@@ -144,7 +144,7 @@ async fn serve(mut config: Config, demo: bool) -> ExitCode {
         "mythos-broker listening on http://{} (engine: {engine_name})",
         running.addr
     );
-    if app.config.dev {
+    if app.config().dev {
         print_dev_exports(&app, running.addr, generated.as_deref());
     }
     if demo {
@@ -168,7 +168,7 @@ fn print_dev_exports(app: &App, addr: std::net::SocketAddr, generated: Option<&s
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    let ttl = humantime::format_duration(app.config.token_ttl);
+    let ttl = humantime::format_duration(app.config().token_ttl);
     println!(
         "# dev mode: paste these lines into a shell to try the HTTP API; the tokens are valid for {ttl} (MYTHOS_TOKEN_TTL)"
     );
@@ -183,7 +183,7 @@ fn print_dev_exports(app: &App, addr: std::net::SocketAddr, generated: Option<&s
         std::net::SocketAddr::new(ip, addr.port())
     );
     for (var, role) in [("SERVICE", Role::Service), ("ADMIN", Role::Admin)] {
-        match app.auth.issue(&format!("dev-{}", role.as_str()), role) {
+        match app.auth().issue(&format!("dev-{}", role.as_str()), role) {
             Ok((token, _)) => println!("export {var}={token}"),
             Err(e) => eprintln!(
                 "mythos-broker: cannot issue the dev {} token: {}",

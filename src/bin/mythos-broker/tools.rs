@@ -188,7 +188,7 @@ async fn export_events(
     loop {
         let (lines, oldest, more) = match src {
             Source::Engine(app) => {
-                let e = app.engine.as_ref();
+                let e = app.engine().as_ref();
                 let c = e.cursor(player).await?;
                 if first && c.last == 0 && e.rooms_of(player).await?.is_empty() {
                     return Err(unknown_player(player));
@@ -296,7 +296,7 @@ async fn export_commands(src: &Source, player: Option<&str>, start: &str) -> Res
         loop {
             let (lines, next): (Vec<(String, Value)>, Option<String>) = match src {
                 Source::Engine(app) => {
-                    let e = app.engine.as_ref();
+                    let e = app.engine().as_ref();
                     partitions = e.command_partitions();
                     let entries = e.commands_after(partition, &after, PAGE).await?;
                     let next = (entries.len() == PAGE)
@@ -361,7 +361,7 @@ pub async fn replay(config: Config, args: ReplayArgs) -> Result<(), ToolError> {
     let outcome = match &src {
         Source::Engine(app) => {
             let p = EnginePublisher {
-                engine: app.engine.as_ref(),
+                engine: app.engine().as_ref(),
                 max_event_bytes,
             };
             replay::run(&p, &events, &args.to_player, speed).await
@@ -400,7 +400,7 @@ pub async fn inspect(config: Config, cmd: InspectCmd) -> Result<(), ToolError> {
             check_player("player", &player)?;
             let report: PlayerReport = match source(config, &remote).await? {
                 Source::Engine(app) => {
-                    match inspect::player(app.engine.as_ref(), &player, None).await {
+                    match inspect::player(app.engine().as_ref(), &player, None).await {
                         Ok(r) => r,
                         Err(InspectError::UnknownPlayer(_)) => return Err(unknown_player(&player)),
                         Err(InspectError::Engine(e)) => return Err(e.into()),
@@ -427,7 +427,7 @@ pub async fn inspect(config: Config, cmd: InspectCmd) -> Result<(), ToolError> {
         InspectCmd::Streams { json, remote } => {
             let v = match source(config, &remote).await? {
                 Source::Engine(app) => {
-                    serde_json::to_value(inspect::streams(app.engine.as_ref()).await?)
+                    serde_json::to_value(inspect::streams(app.engine().as_ref()).await?)
                         .unwrap_or(Value::Null)
                 }
                 Source::Api(api) => api.get("/v1/admin/streams").await?,

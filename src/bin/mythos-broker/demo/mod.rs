@@ -83,7 +83,7 @@ pub async fn start(app: &Arc<App>, addr: SocketAddr) {
     // A real game server is given its tokens (or the key to mint them); the
     // demo mints them from the broker's key because it runs in-process.
     let issue = |subject, role| {
-        app.auth.issue(subject, role).map_err(|e| {
+        app.auth().issue(subject, role).map_err(|e| {
             eprintln!(
                 "demo: cannot issue a {} token: {}",
                 role.as_str(),
@@ -103,21 +103,21 @@ pub async fn start(app: &Arc<App>, addr: SocketAddr) {
         Duration::from_secs(expires_in),
     ));
     create_accounts(&api, &admin).await;
-    let consumer = app.config.node_name();
+    let consumer = app.config().node_name();
     // One loop (and one game state) per partition of the command stream: a
     // player's commands all land in one partition, in order.
-    for partition in 0..app.engine.command_partitions() {
+    for partition in 0..app.engine().command_partitions() {
         tokio::spawn(command_loop(
-            app.engine.clone(),
+            app.engine().clone(),
             Game::new(api.clone()),
             Reader {
                 consumer: consumer.clone(),
                 partition,
             },
-            app.shutdown.clone(),
+            app.shutdown().clone(),
         ));
     }
-    tokio::spawn(ticker(api, app.shutdown.clone()));
+    tokio::spawn(ticker(api, app.shutdown().clone()));
     println!(
         "demo world ready: open {base}/ and log in as {} (password: {PASSWORD})",
         ACCOUNTS.join(", ")

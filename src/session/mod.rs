@@ -12,8 +12,15 @@
 //! event once the socket took the last), and treats live notifications as
 //! hints: the sequence number decides. An event at `last_sent + 1` is sent,
 //! anything at or below is dropped, anything above means "something is
-//! missing" and sends the feed back to the log.
-//! Must not touch: sockets, HTTP, JSON framing, timers (transports do that).
+//! missing" and sends the feed back to the log. What the connection sends
+//! up (acks, commands, chat, pings, with the rate limit and strikes) is the
+//! session's too ([`Inbox`]); every acknowledgement, from any transport or
+//! `POST /v1/ack`, goes through [`ack`].
+//! Must not touch: sockets, HTTP, transport framing, timers (transports do that).
+
+mod inbox;
+
+pub use inbox::{Inbox, Incoming, Outcome};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -72,7 +79,7 @@ pub async fn open(
     };
     engine.watch(player).await?;
     if let ResumePoint::Seen(n) = point {
-        engine.ack(player, n).await?;
+        ack(engine.as_ref(), player, n).await?;
     }
     // The cursor read applies the retention caps, so `oldest` is current.
     let cursor = engine.cursor(player).await?;
@@ -98,6 +105,13 @@ pub async fn open(
         cursor,
         resync,
     })
+}
+
+/// Acknowledges `1..=n` of `player`'s log (cumulative, clamped, never
+/// backwards: the engine's rule): the one way an acknowledgement enters,
+/// whether from a WebSocket `ack`, an SSE `Last-Event-ID` or `POST /v1/ack`.
+pub async fn ack(engine: &dyn Engine, player: &str, n: u64) -> Result<Cursor, EngineError> {
+    engine.ack(player, n).await
 }
 
 /// Where to read from (exclusive), and the `oldest_available` of a resync.
