@@ -47,11 +47,11 @@ use redis::{Cmd, Script, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::conn::Topology;
 use self::conn::{Conns, Own, Shared};
-pub use self::conn::{Topology, LANES};
 use self::consumer::Group;
 use self::decode::{command_of, cursor_of, event_of};
-pub use self::scripts::Scripts;
+use self::scripts::Scripts;
 use super::{
     parse_entry_id, Account, Command, CommandEntry, Cursor, DedupeKeys, Engine, EngineError,
     IngestExit, IngestOptions, Limits, LiveSink, Result, StreamInfo,
@@ -150,11 +150,6 @@ impl RedisEngine {
             scripts,
             options: options.clone(),
         }))
-    }
-
-    /// The scripts, for benchmarks that call them directly.
-    pub fn scripts(&self) -> &Scripts {
-        &self.scripts
     }
 
     async fn shared(&self) -> Result<Shared<'_>> {
