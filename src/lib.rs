@@ -18,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod protocol;
+pub mod run;
 pub mod server;
 pub mod session;
 pub mod state;

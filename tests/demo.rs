@@ -2,8 +2,8 @@
 //! player's commands go up the command stream over WebSocket, the demo game
 //! server answers each through the HTTP API with one `command_response`
 //! carrying the command's id, and moves the player between rooms. The demo
-//! is a user of the broker living in the binary, so this runs
-//! `mythos-broker demo` as a user would, with the accounts it announces.
+//! is a user of the broker, an example program of its own, so this runs it
+//! (`cargo run --example demo`) as a user would, with the accounts it announces.
 
 mod support;
 
@@ -111,8 +111,8 @@ async fn each_command_gets_one_answer_with_its_id() {
 /// and no ANSI colour codes when the output is not a terminal.
 #[tokio::test]
 async fn demo_output_is_pasteable_and_says_listening_once() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mythos-broker"))
-        .args(["demo", "--bind", "127.0.0.1:0"])
+    let mut child = Command::new(support::demo::bin())
+        .args(["--bind", "127.0.0.1:0"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("MYTHOS_LOG", "debug")
