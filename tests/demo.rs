@@ -12,9 +12,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use mythos_broker::client::Player;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn each_command_gets_one_answer_with_its_id() {
@@ -30,7 +29,7 @@ async fn each_command_gets_one_answer_with_its_id() {
         .await
         .expect("login body");
     let token = login["access_token"].as_str().expect("a token");
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={token}"))
+    let mut ws = Player::connect(&format!("http://{addr}"), token, None)
         .await
         .expect("websocket");
 
@@ -43,23 +42,19 @@ async fn each_command_gets_one_answer_with_its_id() {
         // stream, so any second answer to c1..c4 would come before this one's.
         json!({"type": "command", "id": "fence", "command": "look"}),
     ] {
-        ws.send(Message::text(frame.to_string()))
-            .await
-            .expect("send");
+        ws.send_json(&frame).await.expect("send");
     }
 
     let mut answers: HashMap<String, Vec<Value>> = HashMap::new();
     let mut order = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !answers.contains_key("fence") {
-        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(msg))) => msg,
+        let frame = match tokio::time::timeout_at(deadline, ws.next_json()).await {
+            Ok(Ok(frame)) => frame,
             other => {
                 panic!("no answer to the fence within 10 s (got {other:?}); answers: {answers:?}")
             }
         };
-        let Ok(text) = msg.to_text() else { continue };
-        let frame: Value = serde_json::from_str(text).expect("JSON frame");
         if frame["type"] == "event" && frame["event_type"] == "command_response" {
             let id = frame["data"]["command_id"].as_str().unwrap_or_default();
             order.push(id.to_string());

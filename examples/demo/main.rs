@@ -66,6 +66,7 @@ use tokio_util::sync::CancellationToken;
 use broker::BrokerApi;
 use game::Game;
 use mythos_broker::auth::Role;
+use mythos_broker::client::{self, Backoff};
 use mythos_broker::config::Config;
 use mythos_broker::engine::{CommandEntry, Engine};
 use mythos_broker::run::{self, reachable};
@@ -120,26 +121,19 @@ pub async fn start(app: &Arc<App>, addr: SocketAddr) {
     let base = format!("http://{}", reachable(addr));
     // A real game server is given its tokens (or the key to mint them); the
     // demo mints them from the broker's key because it runs in-process.
-    let issue = |subject, role| {
-        app.auth.issue(subject, role).map_err(|e| {
-            eprintln!(
-                "demo: cannot issue a {} token: {}",
-                role.as_str(),
-                e.message
-            )
-        })
+    let ttl = app.config.token_ttl.max(Duration::from_secs(1));
+    let issue = |subject, role: Role| {
+        let secret = app.config.jwt_secret.as_deref().unwrap_or_default();
+        client::token(secret, subject, role, ttl.as_secs() as i64)
+            .map_err(|e| eprintln!("demo: cannot issue a {} token: {e}", role.as_str()))
     };
-    let (Ok((admin, _)), Ok((token, expires_in))) = (
+    let (Ok(admin), Ok(token)) = (
         issue("demo-world-admin", Role::Admin),
         issue("demo-world", Role::Service),
     ) else {
         return;
     };
-    let api = Arc::new(BrokerApi::new(
-        base.clone(),
-        token,
-        Duration::from_secs(expires_in),
-    ));
+    let api = Arc::new(BrokerApi::new(&base, token, ttl));
     create_accounts(&api, &admin).await;
     let consumer = app.config.node_name();
     // One loop (and one game state) per partition of the command stream: a
@@ -190,6 +184,7 @@ async fn command_loop(
     } = reader;
     let mut last_claim: Option<tokio::time::Instant> = None;
     let mut handled = Handled::default();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
     loop {
         // Look for abandoned commands at start and then every CLAIM_IDLE / 2.
         let claim = last_claim.is_none_or(|t| t.elapsed() >= CLAIM_IDLE / 2);
@@ -212,12 +207,16 @@ async fn command_loop(
             } => r,
         };
         let entries = match read {
-            Ok(entries) => entries,
+            Ok(entries) => {
+                backoff.reset();
+                entries
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "demo: cannot read the command stream; retrying in 1 s");
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, "demo: cannot read the command stream; retrying in {wait:?}");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
         };
