@@ -32,8 +32,6 @@ pub struct Cli {
 pub enum Cmd {
     /// Run the broker (the default).
     Serve,
-    /// Run the broker with the demo world (web terminal at /, demo accounts).
-    Demo,
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCmd),

@@ -7,17 +7,20 @@
 //! the engine announces appends to the node's `hub` (a [`engine::LiveSink`]),
 //! which feeds the sessions.
 //!
-//! The public surface is what a binary or a test embedding a node needs:
+//! The public surface is what a binary or a test embedding a node needs, and
+//! a client of a running broker ([`client`]):
 //! configuration, the engines and their trait, the hub, the session (the
 //! delivery semantics any transport uses), the wire types, the
 //! node's state and starting it, issuing tokens, and creating an account.
 //! Everything else is crate-private.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod hub;
 pub mod protocol;
+pub mod run;
 pub mod server;
 pub mod session;
 pub mod state;

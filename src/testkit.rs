@@ -23,10 +23,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
-
 use crate::auth::Role;
+use crate::client::{self, Player, WsEnd};
 use crate::config::Config;
 use crate::server::{self, Running};
 use crate::state::App;
@@ -103,6 +101,7 @@ impl Recording {
 pub struct TestBroker {
     running: Running,
     base: String,
+    secret: String,
 }
 
 impl TestBroker {
@@ -116,6 +115,7 @@ impl TestBroker {
         let secret = format!("{:032x}", rand::random::<u128>());
         let mut config = Config::for_tests(&secret);
         tweak(&mut config);
+        let secret = config.jwt_secret.clone().unwrap_or(secret);
         let app = App::new(config)
             .await
             .map_err(|e| TestkitError::Start(e.to_string()))?;
@@ -125,6 +125,7 @@ impl TestBroker {
         Ok(Self {
             base: format!("http://{}", running.addr),
             running,
+            secret,
         })
     }
 
@@ -140,26 +141,19 @@ impl TestBroker {
 
     /// A token for `sub` with `role`, signed with this broker's key.
     pub fn token(&self, sub: &str, role: Role) -> Result<String, TestkitError> {
-        self.running
-            .app
-            .auth()
-            .issue(sub, role)
-            .map(|(t, _)| t)
-            .map_err(|e| TestkitError::Start(e.message))
+        let ttl = self.running.app.config().token_ttl.as_secs().max(1);
+        client::token(&self.secret, sub, role, ttl as i64)
+            .map_err(|e| TestkitError::Start(e.to_string()))
     }
 
     /// Connects a WebSocket client as `player` (from its oldest unacknowledged event).
     pub async fn connect(&self, player: &str) -> Result<ViewClient, TestkitError> {
         let token = self.token(player, Role::Player)?;
-        let url = format!(
-            "ws://{}/v1/ws?token={token}",
-            self.base.trim_start_matches("http://")
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let player = Player::connect(&self.base, &token, None)
             .await
             .map_err(|e| TestkitError::Connect(e.to_string()))?;
         Ok(ViewClient {
-            ws,
+            player,
             next_seq: None,
             patience: PATIENCE,
         })
@@ -204,9 +198,7 @@ pub struct Received {
 
 /// A player's WebSocket, reading events and checking their sequence numbers.
 pub struct ViewClient {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    player: Player,
     /// The sequence number the next event must have (set by the first one).
     next_seq: Option<u64>,
     patience: Duration,
@@ -224,25 +216,22 @@ impl ViewClient {
     pub async fn events(&mut self, n: usize) -> Result<Vec<Received>, TestkitError> {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
-            let msg = match tokio::time::timeout(self.patience, self.ws.next()).await {
+            let v = match tokio::time::timeout(self.patience, self.player.next_event()).await {
                 Err(_) => return Err(TestkitError::Timeout(self.patience, out.len(), n)),
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                Ok(Err(WsEnd::NotJson(text))) => return Err(TestkitError::Frame(text)),
+                Ok(Err(_)) => {
                     return Err(TestkitError::Ended {
                         got: out.len(),
                         wanted: n,
                     })
                 }
-                Ok(Some(Ok(Message::Text(t)))) => t,
-                Ok(Some(Ok(_))) => continue,
+                Ok(Ok(v)) => v,
             };
-            let v: serde_json::Value = serde_json::from_str(&msg)
-                .map_err(|_| TestkitError::Frame(msg.chars().take(200).collect()))?;
-            if v["type"] != "event" {
-                continue;
-            }
             let (Some(seq), Some(et)) = (v["sequence_number"].as_u64(), v["event_type"].as_str())
             else {
-                return Err(TestkitError::Frame(msg.chars().take(200).collect()));
+                return Err(TestkitError::Frame(
+                    v.to_string().chars().take(200).collect(),
+                ));
             };
             let expected = self.next_seq.unwrap_or(seq);
             if seq != expected {

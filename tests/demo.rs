@@ -2,8 +2,8 @@
 //! player's commands go up the command stream over WebSocket, the demo game
 //! server answers each through the HTTP API with one `command_response`
 //! carrying the command's id, and moves the player between rooms. The demo
-//! is a user of the broker living in the binary, so this runs
-//! `mythos-broker demo` as a user would, with the accounts it announces.
+//! is a user of the broker, an example program of its own, so this runs it
+//! (`cargo run --example demo`) as a user would, with the accounts it announces.
 
 mod support;
 
@@ -12,9 +12,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use mythos_broker::client::Player;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn each_command_gets_one_answer_with_its_id() {
@@ -30,7 +29,7 @@ async fn each_command_gets_one_answer_with_its_id() {
         .await
         .expect("login body");
     let token = login["access_token"].as_str().expect("a token");
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={token}"))
+    let mut ws = Player::connect(&format!("http://{addr}"), token, None)
         .await
         .expect("websocket");
 
@@ -43,23 +42,19 @@ async fn each_command_gets_one_answer_with_its_id() {
         // stream, so any second answer to c1..c4 would come before this one's.
         json!({"type": "command", "id": "fence", "command": "look"}),
     ] {
-        ws.send(Message::text(frame.to_string()))
-            .await
-            .expect("send");
+        ws.send_json(&frame).await.expect("send");
     }
 
     let mut answers: HashMap<String, Vec<Value>> = HashMap::new();
     let mut order = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !answers.contains_key("fence") {
-        let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
-            Ok(Some(Ok(msg))) => msg,
+        let frame = match tokio::time::timeout_at(deadline, ws.next_json()).await {
+            Ok(Ok(frame)) => frame,
             other => {
                 panic!("no answer to the fence within 10 s (got {other:?}); answers: {answers:?}")
             }
         };
-        let Ok(text) = msg.to_text() else { continue };
-        let frame: Value = serde_json::from_str(text).expect("JSON frame");
         if frame["type"] == "event" && frame["event_type"] == "command_response" {
             let id = frame["data"]["command_id"].as_str().unwrap_or_default();
             order.push(id.to_string());
@@ -111,8 +106,8 @@ async fn each_command_gets_one_answer_with_its_id() {
 /// and no ANSI colour codes when the output is not a terminal.
 #[tokio::test]
 async fn demo_output_is_pasteable_and_says_listening_once() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mythos-broker"))
-        .args(["demo", "--bind", "127.0.0.1:0"])
+    let mut child = Command::new(support::demo::bin())
+        .args(["--bind", "127.0.0.1:0"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("MYTHOS_LOG", "debug")

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use mythos_broker::auth::Role;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -24,15 +25,8 @@ const SECRET: &str = "log-scan-secret-7f3a9c2e5b1d";
 const PASSWORD: &str = "pw-never-logged-4k9q";
 const WRONG_PASSWORD: &str = "pw-wrong-never-logged-8x2m";
 
-fn mint(sub: &str, role: &str) -> String {
-    let now = mythos_broker::auth::now_secs();
-    let claims = json!({"sub": sub, "role": role, "exp": now + 600, "iat": now});
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
+fn mint(sub: &str, role: Role) -> String {
+    mythos_broker::client::token(SECRET, sub, role, 600).expect("token")
 }
 
 /// What a session leaves behind: the broker's stderr and every secret used.
@@ -79,8 +73,8 @@ async fn session(env: &[(&str, &str)]) -> Run {
         .build()
         .expect("client");
 
-    let admin = mint("root", "admin");
-    let service = mint("game", "service");
+    let admin = mint("root", Role::Admin);
+    let service = mint("game", Role::Service);
     let r = http
         .post(format!("{base}/v1/admin/users"))
         .bearer_auth(&admin)

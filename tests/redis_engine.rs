@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
-use mythos_broker::engine::{Command, CommandStream, Engine, EventLog, Limits};
+use mythos_broker::engine::{Command, CommandStream, Engine, EventLog, Limits, Rooms};
 use mythos_broker::hub::{Hub, Live};
 use mythos_broker::protocol::{EventBody, Target};
 use redis::AsyncCommands;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use mythos_broker::auth::Role;
+use mythos_broker::client::Player;
 use mythos_broker::testkit::{self, Recording, TestBroker, TestkitError};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -66,10 +67,10 @@ async fn play(
         .await
         .expect("login body");
     let token = login["access_token"].as_str().expect("token").to_string();
-    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={token}"))
+    let player = Player::connect(&format!("http://{addr}"), &token, None)
         .await
         .expect("websocket");
-    let (mut tx, mut rx) = ws.split();
+    let (mut tx, mut rx) = player.ws.split();
     let reader_seen = seen.clone();
     let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = rx.next().await {

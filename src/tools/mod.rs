@@ -3,14 +3,14 @@
 //! a player or at the streams (inspect).
 //!
 //! Owns: the recording format ([`recording`]), the replay plan and its pacing
-//! ([`replay`]), the inspect reports ([`inspect`]), and a client of a running
-//! broker's admin HTTP API ([`client`]) for the `--url` path. Must not touch:
+//! ([`replay`]), the inspect reports ([`inspect`]), and publishing a replay
+//! through a running broker (`--url`, with [`crate::client::Http`]). Must not touch:
 //! delivery or storage semantics — every read goes through the [`Engine`]
 //! trait (or the HTTP API) and every replayed event is an ordinary publish.
 //!
 //! [`Engine`]: crate::engine::Engine
 
-pub mod client;
+mod client;
 pub mod inspect;
 pub mod recording;
 pub mod replay;

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The browser tests: real headless Chromium (Debian's /usr/bin/chromium, never a
-# downloaded build) driven by playwright-core against the mythos-broker binary.
+# downloaded build) driven by playwright-core against the demo example (a broker
+# embedded through the library, with the demo world: examples/demo).
 #
-#   tests/browser/run.sh                    build target/debug/mythos-broker, run every test
+#   tests/browser/run.sh                    build target/debug/examples/demo, run every test
 #   tests/browser/run.sh offline.test.mjs   run one file (paths relative to tests/browser)
-#   MYTHOS_BIN=target/release/mythos-broker tests/browser/run.sh   test that binary, no build
+#   MYTHOS_DEMO_BIN=target/release/examples/demo tests/browser/run.sh   test that binary, no build
 #   CHROMIUM=/path/to/chromium              another Chromium executable
 #
 # The Redis restart test also needs redis-server (it fails, saying so, without it).
@@ -25,12 +26,12 @@ if ! command -v node >/dev/null; then
   exit 1
 fi
 
-if [ -z "${MYTHOS_BIN:-}" ]; then
-  (cd "$root" && cargo build --quiet --bin mythos-broker)
-  export MYTHOS_BIN="$root/target/debug/mythos-broker"
+if [ -z "${MYTHOS_DEMO_BIN:-}" ]; then
+  (cd "$root" && cargo build --quiet --example demo)
+  export MYTHOS_DEMO_BIN="$root/target/debug/examples/demo"
 else
-  MYTHOS_BIN="$(cd "$(dirname "$MYTHOS_BIN")" && pwd)/$(basename "$MYTHOS_BIN")"
-  export MYTHOS_BIN
+  MYTHOS_DEMO_BIN="$(cd "$(dirname "$MYTHOS_DEMO_BIN")" && pwd)/$(basename "$MYTHOS_DEMO_BIN")"
+  export MYTHOS_DEMO_BIN
 fi
 
 cd "$here"

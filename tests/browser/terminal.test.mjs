@@ -1,4 +1,4 @@
-// The web terminal against `mythos-broker demo` (embedded engine): the page
+// The web terminal against the demo example (embedded engine): the page
 // and its assets, logging in, playing (look, go, say, who, unknown commands,
 // history), two players seeing each other, and a screenshot per viewport.
 import assert from "node:assert/strict";

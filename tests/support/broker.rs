@@ -1,14 +1,17 @@
 //! A broker node started inside the test process on a free port, plus real
-//! clients for it: HTTP (reqwest), SSE (a streaming reader), WebSocket
-//! (tokio-tungstenite). Nothing here is a mock: every call crosses a socket.
+//! clients for it: HTTP (reqwest, statuses and headers exactly), SSE and
+//! WebSocket (the library's client, `mythos_broker::client`, with the tests'
+//! patience and assertions). Nothing here is a mock: every call crosses a socket.
 
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use mythos_broker::auth::{Claims, Role};
+use futures_util::StreamExt;
+use mythos_broker::auth::Role;
+pub use mythos_broker::client::WsEnd;
+use mythos_broker::client::{Player, SseReader};
 use mythos_broker::config::Config;
 use mythos_broker::server::{self, Running};
 use mythos_broker::state::App;
@@ -155,10 +158,9 @@ impl Broker {
                 .and_then(|v| v.to_str().ok()),
             Some("text/event-stream")
         );
-        Ok(SseClient {
-            stream: Box::pin(resp.bytes_stream().map(|r| r.map_err(BoxError::from))),
-            buf: String::new(),
-        })
+        Ok(SseClient::new(Box::pin(
+            resp.bytes_stream().map(|r| r.map_err(BoxError::from)),
+        )))
     }
 
     /// Opens `/v1/events` (from `Last-Event-ID: last_event_id`, if any) over
@@ -187,10 +189,7 @@ impl Broker {
             .into_body()
             .into_data_stream()
             .map(|r| r.map_err(BoxError::from));
-        SseClient {
-            stream: Box::pin(data),
-            buf: String::new(),
-        }
+        SseClient::new(Box::pin(data))
     }
 
     /// [`Broker::ws_player`] over a socket whose receive buffer is
@@ -213,11 +212,7 @@ impl Broker {
             .connect(addr.parse().expect("node address"))
             .await
             .expect("connect");
-        let (ws, _) =
-            tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
-                .await
-                .expect("ws opens");
-        let mut c = WsClient { ws, protocol: None };
+        let mut c = WsClient(Player::open_on(tcp, &url, None).await.expect("ws opens"));
         let welcome = c.next_json().await.expect("welcome");
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         (c, welcome)
@@ -242,15 +237,8 @@ impl Broker {
                 v.parse().expect("value"),
             );
         }
-        match tokio_tungstenite::connect_async(req).await {
-            Ok((ws, resp)) => Ok(WsClient {
-                ws,
-                protocol: resp
-                    .headers()
-                    .get("sec-websocket-protocol")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-            }),
+        match Player::open(req).await {
+            Ok(p) => Ok(WsClient(p)),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
             Err(e) => panic!("ws connect: {e}"),
         }
@@ -291,19 +279,7 @@ pub fn deliveries(body: &Value) -> Vec<(String, u64)> {
 }
 
 pub fn token_with(sub: &str, role: Role, exp_in_secs: i64) -> String {
-    let now = mythos_broker::auth::now_secs() as i64;
-    let claims = Claims {
-        sub: sub.to_string(),
-        exp: (now + exp_in_secs).max(0) as u64,
-        iat: Some(now as u64),
-        role,
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("token")
+    mythos_broker::client::token(SECRET, sub, role, exp_in_secs).expect("token")
 }
 
 pub fn player_token(p: &str) -> String {
@@ -316,19 +292,17 @@ pub fn admin_token() -> String {
     token_with("root", Role::Admin, 3600)
 }
 
-/// One parsed SSE event.
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub id: Option<String>,
-    pub event: Option<String>,
-    pub data: Value,
+/// One parsed SSE event (the library client's).
+pub use mythos_broker::client::SseEvent;
+
+/// An SSE event's sequence number, which it must have.
+pub trait Seq {
+    fn seq(&self) -> u64;
 }
 
-impl SseEvent {
-    pub fn seq(&self) -> u64 {
-        self.data["sequence_number"]
-            .as_u64()
-            .expect("sequence_number")
+impl Seq for SseEvent {
+    fn seq(&self) -> u64 {
+        self.sequence_number().expect("sequence_number")
     }
 }
 
@@ -348,62 +322,43 @@ pub fn tcp_wmem_max() -> usize {
         .expect("tcp_wmem max")
 }
 
+type SseStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, BoxError>> + Send>>;
+
+/// The library's SSE reader, with the tests' patience: nothing within
+/// [`PATIENCE`], a broken stream or one ending inside an event panics.
 pub struct SseClient {
-    stream:
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, BoxError>> + Send>>,
-    pub buf: String,
+    reader: SseReader<SseStream>,
 }
 
 impl SseClient {
+    fn new(stream: SseStream) -> Self {
+        Self {
+            reader: SseReader::new(stream),
+        }
+    }
+
     /// The next raw block (text up to a blank line), or None when the stream
     /// ends cleanly (the broker ended the response). A broken stream (a
     /// connection reset, a truncated chunked body) is not an end: it panics.
     pub async fn next_block(&mut self) -> Option<String> {
-        loop {
-            if let Some(i) = self.buf.find("\n\n") {
-                let block = self.buf[..i].to_string();
-                self.buf.drain(..i + 2);
-                return Some(block);
-            }
-            match tokio::time::timeout(PATIENCE, self.stream.next()).await {
-                Ok(Some(Ok(b))) => self.buf.push_str(&String::from_utf8_lossy(&b)),
-                Ok(Some(Err(e))) => panic!("SSE: the stream broke instead of ending: {e}"),
-                Ok(None) => {
-                    assert!(
-                        self.buf.trim().is_empty(),
-                        "SSE: the stream ended inside an event: {:?}",
-                        self.buf
-                    );
-                    return None;
-                }
-                Err(_) => panic!("SSE: nothing within {PATIENCE:?}; buffered: {:?}", self.buf),
-            }
+        match tokio::time::timeout(PATIENCE, self.reader.next_block()).await {
+            Ok(r) => r.unwrap_or_else(|e| panic!("{e}")),
+            Err(_) => panic!(
+                "SSE: nothing within {PATIENCE:?}; buffered: {:?}",
+                self.reader.buf
+            ),
         }
     }
 
     /// The next event (skipping `retry:` and comments), or None at the end of the stream.
     pub async fn next_event(&mut self) -> Option<SseEvent> {
-        loop {
-            let block = self.next_block().await?;
-            let mut ev = SseEvent {
-                id: None,
-                event: None,
-                data: Value::Null,
-            };
-            let mut has_data = false;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    ev.id = Some(v.to_string());
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    ev.event = Some(v.to_string());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    ev.data = serde_json::from_str(v).expect("data is JSON");
-                    has_data = true;
-                }
-            }
-            if has_data {
-                return Some(ev);
-            }
+        match tokio::time::timeout(PATIENCE, self.reader.next_event()).await {
+            Ok(r) => r.unwrap_or_else(|e| panic!("{e}")),
+            Err(_) => panic!(
+                "SSE: nothing within {PATIENCE:?}; buffered: {:?}",
+                self.reader.buf
+            ),
         }
     }
 
@@ -423,48 +378,39 @@ impl SseClient {
     }
 }
 
-pub struct WsClient {
-    pub ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    pub protocol: Option<String>,
+/// The library's player WebSocket ([`Player`]: its `ws` and `protocol`),
+/// with the tests' patience: nothing within [`PATIENCE`], a failed send or a
+/// frame that is not JSON panics.
+pub struct WsClient(Player);
+
+impl std::ops::Deref for WsClient {
+    type Target = Player;
+    fn deref(&self) -> &Player {
+        &self.0
+    }
 }
 
-/// How a WebSocket ended.
-#[derive(Debug, PartialEq)]
-pub enum WsEnd {
-    Close(u16, String),
-    Dropped,
+impl std::ops::DerefMut for WsClient {
+    fn deref_mut(&mut self) -> &mut Player {
+        &mut self.0
+    }
 }
 
 impl WsClient {
     pub async fn send_json(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("ws send");
+        self.0.send_json(&v).await.expect("ws send");
     }
 
     pub async fn send(&mut self, m: Message) {
-        self.ws.send(m).await.expect("ws send");
+        self.0.send(m).await.expect("ws send");
     }
 
     /// The next JSON text frame; Err with how the connection ended.
     pub async fn next_json(&mut self) -> Result<Value, WsEnd> {
-        loop {
-            match tokio::time::timeout(PATIENCE, self.ws.next()).await {
-                Err(_) => panic!("WebSocket: nothing within {PATIENCE:?}"),
-                Ok(None) | Ok(Some(Err(_))) => return Err(WsEnd::Dropped),
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    return Ok(serde_json::from_str(&t).expect("JSON frame"))
-                }
-                Ok(Some(Ok(Message::Close(c)))) => {
-                    return Err(c.map_or(WsEnd::Dropped, |f| {
-                        WsEnd::Close(f.code.into(), f.reason.to_string())
-                    }))
-                }
-                Ok(Some(Ok(_))) => continue,
-            }
+        match tokio::time::timeout(PATIENCE, self.0.next_json()).await {
+            Err(_) => panic!("WebSocket: nothing within {PATIENCE:?}"),
+            Ok(Err(WsEnd::NotJson(t))) => panic!("JSON frame: {t}"),
+            Ok(r) => r,
         }
     }
 

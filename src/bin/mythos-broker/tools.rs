@@ -11,12 +11,12 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use mythos_broker::auth::{Auth, Role};
+use mythos_broker::auth::Role;
+use mythos_broker::client::{self, query_value, ClientError, Http};
 use mythos_broker::config::{Config, ExportArgs, InspectCmd, Remote, ReplayArgs};
 use mythos_broker::engine::parse_entry_id;
 use mythos_broker::protocol::valid_id;
 use mythos_broker::state::App;
-use mythos_broker::tools::client::{query_value, ApiClient, ClientError};
 use mythos_broker::tools::inspect::{self, InspectError, PlayerReport};
 use mythos_broker::tools::recording::{self, line_of};
 use mythos_broker::tools::replay::{self, EnginePublisher, ReplayError, Speed};
@@ -68,7 +68,7 @@ fn write_failed(e: std::io::Error) -> ToolError {
 /// Where a tool reads and publishes.
 enum Source {
     Engine(Arc<App>),
-    Api(Box<ApiClient>),
+    Api(Box<Http>),
 }
 
 async fn source(config: Config, remote: &Remote) -> Result<Source, ToolError> {
@@ -80,20 +80,15 @@ async fn source(config: Config, remote: &Remote) -> Result<Source, ToolError> {
         }
         let token = match (&remote.token, &config.jwt_secret) {
             (Some(t), _) => t.clone(),
-            (None, Some(secret)) => {
-                let auth = Auth::new(Some(secret), None, None, std::time::Duration::from_secs(3600))
-                    .map_err(ToolError::Usage)?;
-                auth.issue("mythos-cli", Role::Admin)
-                    .map_err(|e| ToolError::Usage(e.message))?
-                    .0
-            }
+            (None, Some(secret)) => client::token(secret, "mythos-cli", Role::Admin, 3600)
+                .map_err(|e| ToolError::Usage(e.to_string()))?,
             (None, None) => {
                 return Err(ToolError::Usage(
                     "--url needs an admin token: --token (or MYTHOS_TOKEN), or MYTHOS_JWT_SECRET to mint one".into(),
                 ))
             }
         };
-        return Ok(Source::Api(Box::new(ApiClient::new(url, token))));
+        return Ok(Source::Api(Box::new(Http::new(url).with_token(token))));
     }
     if config.redis_options().is_none() {
         return Err(ToolError::Usage(

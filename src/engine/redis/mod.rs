@@ -41,9 +41,9 @@ use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::conn::Topology;
 use self::conn::{Conns, Shared};
-pub use self::conn::{Topology, LANES};
-pub use self::scripts::Scripts;
+use self::scripts::Scripts;
 use super::{
     Engine, EngineError, IngestExit, IngestHandler, IngestOptions, Limits, LiveSink, Result,
 };
@@ -141,11 +141,6 @@ impl RedisEngine {
             scripts,
             options: options.clone(),
         }))
-    }
-
-    /// The scripts, for benchmarks that call them directly.
-    pub fn scripts(&self) -> &Scripts {
-        &self.scripts
     }
 
     async fn shared(&self) -> Result<Shared<'_>> {

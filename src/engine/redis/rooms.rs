@@ -120,11 +120,3 @@ impl Rooms for RedisEngine {
         self.sorted_set(&keys::rooms(player)).await
     }
 }
-
-impl RedisEngine {
-    /// [`Rooms::join`] without the trait in scope: `src/bin/bench-engine.rs`
-    /// calls it so; delete once it imports `Rooms`.
-    pub async fn join(&self, room: &str, player: &str) -> Result<Option<Vec<String>>> {
-        Rooms::join(self, room, player).await
-    }
-}

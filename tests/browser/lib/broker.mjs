@@ -1,4 +1,4 @@
-// Starting and stopping the mythos-broker binary (`demo` subcommand), Redis,
+// Starting and stopping the demo example (a broker with the demo world), Redis,
 // and publishing through the broker's HTTP API, for the browser tests.
 import { spawn } from "node:child_process";
 import { once } from "node:events";
@@ -7,7 +7,7 @@ import net from "node:net";
 import path from "node:path";
 
 export const ROOT = path.resolve(import.meta.dirname, "../../..");
-export const BIN = process.env.MYTHOS_BIN ?? path.join(ROOT, "target/debug/mythos-broker");
+export const BIN = process.env.MYTHOS_DEMO_BIN ?? path.join(ROOT, "target/debug/examples/demo");
 const READY = /demo world ready/;
 const SERVICE_TOKEN = /^export SERVICE=(\S+)$/m;
 
@@ -97,14 +97,14 @@ async function stopChild(child, ms = 10000) {
 }
 
 /**
- * Runs `mythos-broker --bind 127.0.0.1:<port> demo` and waits for the demo
+ * Runs `examples/demo --bind 127.0.0.1:<port>` and waits for the demo
  * world. Returns {url, port, serviceToken, output(), stop()}. The readiness
  * line comes from our own child (which exits if it cannot bind), so a port
  * someone else holds is never mistaken for ours: without an explicit `port`
  * the start is retried on a new one; with one (a restart) it fails.
  */
 export async function startBroker({ port, env = {} } = {}) {
-  if (!existsSync(BIN)) throw new Error(`no broker binary at ${BIN}: run \`cargo build\` or set MYTHOS_BIN`);
+  if (!existsSync(BIN)) throw new Error(`no demo binary at ${BIN}: run \`cargo build --example demo\` or set MYTHOS_DEMO_BIN`);
   const fixed = port !== undefined;
   for (let attempt = 1; ; attempt++) {
     try {
@@ -116,7 +116,7 @@ export async function startBroker({ port, env = {} } = {}) {
 }
 
 async function startBrokerOn(port, env) {
-  const child = spawnChild(BIN, ["--bind", `127.0.0.1:${port}`, "demo"], {
+  const child = spawnChild(BIN, ["--bind", `127.0.0.1:${port}`], {
     env: cleanEnv({ MYTHOS_LOG: "warn", ...env }),
     stdio: ["ignore", "pipe", "pipe"],
   });

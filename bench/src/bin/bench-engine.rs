@@ -7,13 +7,9 @@
 //! `EVALSHA` of the same `append.lua` with the same number of keys and
 //! arguments. Must not touch: any Redis it did not start.
 //!
-//! `cargo run --release --bin bench-engine -- [--seconds N]`
+//! `cargo run --release -p mythos-bench --bin bench-engine -- [--seconds N]`
 
-#[allow(dead_code)] // the load generator's other helpers
-#[path = "bench_support/procs.rs"]
-mod procs;
-
-use procs::Redis;
+use mythos_bench::procs::{self, Redis};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
-use mythos_broker::engine::{Engine, Limits};
+use mythos_broker::engine::{Engine, Limits, Rooms};
 use mythos_broker::hub::Hub;
 use mythos_broker::protocol::{now_rfc3339, EventBody, Target};
 use serde_json::value::RawValue;
@@ -186,7 +182,7 @@ async fn bench(a: Args) -> Result<(), String> {
     let engine = RedisEngine::connect(&options, Limits::default(), Hub::new(1024))
         .await
         .map_err(|e| e.to_string())?;
-    let sha = engine.scripts().append.get_hash().to_string();
+    let sha = mythos_bench::redis_side::load_append(&url)?;
     for r in 0..a.rooms {
         for m in 0..a.room_size {
             let (room, member) = (format!("room{r}"), format!("r{r}m{m}"));
@@ -211,7 +207,7 @@ async fn bench(a: Args) -> Result<(), String> {
     // for information, as many in flight pipelined over as many connections
     // as the engine has lanes, which is how the engine sends them.
     let plain = (a.publishers, 1);
-    let lanes = mythos_broker::engine::redis::LANES;
+    let lanes = mythos_bench::redis_side::ENGINE_LANES;
     let piped = (lanes, a.publishers.div_ceil(lanes));
     let room = a.room_size as f64;
     // [engine, ceiling, pipelined] for (a) and (b), one figure per round.

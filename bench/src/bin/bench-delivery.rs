@@ -22,14 +22,11 @@
 //! node received against its own share), `--cluster` on a 3-master Redis
 //! Cluster instead of one Redis (issue 10).
 //!
-//! `cargo run --release --bin bench-delivery -- <workload> [options]`
+//! `cargo run --release -p mythos-bench --bin bench-delivery -- <workload> [options]`
 //! (`scripts/bench` builds, raises `ulimit -n`, and runs `all`).
 //! The generator is a multi-thread tokio runtime; it scans frames instead of
 //! parsing them, so that it is not the bottleneck. Must not touch: any Redis
 //! or broker it did not start (never the Redis on 6379).
-
-#[path = "bench_support/mod.rs"]
-mod bench_support;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -39,11 +36,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::net::{event_body, mint, scan_event, ws_connect, Http, Ws};
-use bench_support::procs::{self, Broker, Cpu, CpuUse, Quiet, Redis, RedisCluster};
-use bench_support::stats::{verdict, Lat, Recorder, SeqCheck, Table};
 use clap::{Parser, ValueEnum};
 use futures_util::{stream, StreamExt};
+use mythos_bench::net::{event_body, mint, scan_event, ws_connect, Http, Ws};
+use mythos_bench::procs::{self, Broker, Cpu, CpuUse, Quiet, Redis, RedisCluster};
+use mythos_bench::stats::{verdict, Lat, Recorder, SeqCheck, Table};
 use mythos_broker::auth::Role;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;

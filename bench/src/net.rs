@@ -1,70 +1,43 @@
-//! The generator's clients: HS256 tokens, a keep-alive HTTP/1.1 connection
-//! (hyper) for publishing and room changes, and WebSocket players
-//! (tokio-tungstenite) with a cheap scan of event frames.
+//! The generator's clients: HS256 tokens, a keep-alive HTTP/1.1 client for
+//! publishing and room changes, and WebSocket players with a cheap scan of
+//! event frames. Tokens, requests and sockets are the broker library's
+//! client ([`mythos_broker::client`]); this adds what the workloads share.
 //!
 //! Owns: the wire details the workloads share. Must not touch: measurement
 //! policy (the workloads decide what to record).
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use mythos_broker::auth::{Claims, Role};
+use hyper::Method;
+use mythos_broker::auth::Role;
+use mythos_broker::client::{self, Player};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// A client WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = client::Socket;
 
 /// Any error of a benchmark client, as text.
 pub type Error = String;
 
 /// A token for `sub` with `role`, valid for six hours.
 pub fn mint(secret: &str, sub: &str, role: Role) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let claims = Claims {
-        sub: sub.to_string(),
-        exp: now + 6 * 3600,
-        iat: Some(now),
-        role,
-    };
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 signing cannot fail with a byte secret")
+    client::token(secret, sub, role, 6 * 3600)
+        .expect("HS256 signing cannot fail with a byte secret")
 }
 
-/// One keep-alive HTTP/1.1 connection to the broker, authenticated as a service.
+/// A keep-alive HTTP/1.1 client of the broker (one request in flight at a
+/// time, so one connection), authenticated as a service.
 pub struct Http {
-    send: SendRequest<Full<Bytes>>,
-    auth: String,
+    client: client::Http,
 }
 
 impl Http {
     pub async fn connect(addr: SocketAddr, token: &str) -> Result<Self, Error> {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         Ok(Self {
-            send,
-            auth: format!("Bearer {token}"),
+            client: client::Http::new(&format!("http://{addr}")).with_token(token),
         })
     }
 
@@ -75,28 +48,13 @@ impl Http {
         path: &str,
         body: Bytes,
     ) -> Result<(u16, Bytes), Error> {
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "bench")
-            .header("authorization", &self.auth)
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .map_err(|e| e.to_string())?;
-        self.send.ready().await.map_err(|e| e.to_string())?;
-        let resp = self
-            .send
-            .send_request(req)
+        let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let (status, body) = self
+            .client
+            .exchange(method.clone(), path, body)
             .await
             .map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
+        Ok((status.as_u16(), body))
     }
 
     /// `POST /v1/publish`; on 200 the answer's deliveries (`(player, seq)`).
@@ -154,10 +112,7 @@ pub async fn ws_connect(
     token: &str,
     since: Option<u64>,
 ) -> Result<(Ws, u64), Error> {
-    let url = match since {
-        Some(s) => format!("ws://{addr}/v1/ws?token={token}&since={s}"),
-        None => format!("ws://{addr}/v1/ws?token={token}"),
-    };
+    let url = Player::url(&format!("http://{addr}"), token, since);
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -165,25 +120,21 @@ pub async fn ws_connect(
     // A small read buffer: the default (128 KiB, zero-filled on the first
     // read) would cost 10,000 idle clients over a GiB.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config))
+    let mut player = Player::open_on(tcp, &url, Some(config))
         .await
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
-    let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+    let first = tokio::time::timeout(Duration::from_secs(30), player.next_json())
         .await
         .map_err(|_| "no welcome within 30 s".to_string())?;
     match first {
-        Some(Ok(Message::Text(t))) => {
-            let v: serde_json::Value =
-                serde_json::from_str(&t).map_err(|e| format!("welcome: {e}"))?;
-            if v["type"] != "welcome" {
-                return Err(format!("first frame is not a welcome: {t}"));
-            }
+        Ok(v) if v["type"] == "welcome" => {
             let last = v["last_sequence_number"]
                 .as_u64()
-                .ok_or_else(|| format!("welcome without last_sequence_number: {t}"))?;
-            Ok((ws, last))
+                .ok_or_else(|| format!("welcome without last_sequence_number: {v}"))?;
+            Ok((player.ws, last))
         }
-        other => Err(format!("expected a welcome, got {other:?}")),
+        Ok(v) => Err(format!("first frame is not a welcome: {v}")),
+        Err(end) => Err(format!("expected a welcome, got {end:?}")),
     }
 }
 

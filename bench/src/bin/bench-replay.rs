@@ -17,13 +17,9 @@
 //! command's own "events/s" line, process start excluded). Must not touch:
 //! any Redis or process it did not start.
 //!
-//! `cargo run --release --bin bench-replay -- [--events N]`
+//! `cargo run --release -p mythos-bench --bin bench-replay -- [--events N]`
 
-#[allow(dead_code)] // the load generator's other helpers
-#[path = "bench_support/procs.rs"]
-mod procs;
-
-use procs::Redis;
+use mythos_bench::procs::{self, Redis};
 use std::io::Write;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -249,7 +245,7 @@ async fn bench(a: Args) -> Result<(), String> {
     let redis = RedisEngine::connect(&RedisOptions::single(&url), Limits::default(), hub.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let sha = redis.scripts().append.get_hash().to_string();
+    let sha = mythos_bench::redis_side::load_append(&url)?;
     let max = 65536;
     let run = |engine: Arc<dyn Engine>, to: &'static str| {
         let events = &events;

@@ -1,5 +1,11 @@
-//! The demo world: a small MUD that `mythos-broker demo` runs beside the
-//! broker, written as an example of how a real game server uses the broker.
+//! The demo world: a small MUD run beside an embedded broker, written as an
+//! example of how a real game server uses the broker.
+//!
+//! `cargo run --release --example demo` starts one broker node through the
+//! library ([`mythos_broker::run::serve`], the same code as `mythos-broker`,
+//! always in dev mode: it prints the same `listening` and `export` lines) and
+//! this world against the node's HTTP API. Every `MYTHOS_*` setting and its
+//! flag (`--bind`, `--redis-url`, ...) works as for `mythos-broker`.
 //!
 //! The split of work it shows:
 //!
@@ -36,30 +42,63 @@
 //!    connections.
 //!
 //! Owns: the demo accounts, the command loop and the ticker. Must not touch:
-//! the broker's insides. It lives in the binary, not the library, so it can
-//! only use the library's public API: apart from reading the command stream
+//! the broker's insides. It is an example, not part of the library, so it
+//! can only use the library's public API: apart from reading the command stream
 //! through the engine (a separate game server would talk to Redis) and
 //! minting its tokens from the broker's key (a separate one would be given
 //! them), it does only what any client of the HTTP API can — the accounts
 //! too are created with `POST /v1/admin/users`.
 
-pub mod broker;
-pub mod game;
-pub mod world;
+mod broker;
+mod game;
+mod world;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use broker::BrokerApi;
 use game::Game;
 use mythos_broker::auth::Role;
+use mythos_broker::client::{self, Backoff};
+use mythos_broker::config::Config;
 use mythos_broker::engine::{CommandEntry, Engine};
+use mythos_broker::run::{self, reachable};
 use mythos_broker::state::App;
+
+/// jemalloc, as the `mythos-broker` binary (see docs/decisions.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The broker's settings (every `MYTHOS_*` variable and its flag).
+#[derive(Debug, Parser)]
+#[command(
+    name = "demo",
+    about = "A broker on the embedded engine (or MYTHOS_REDIS_URL) with the demo world: web terminal at /, demo accounts"
+)]
+struct Args {
+    #[command(flatten)]
+    config: Config,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mut config = Args::parse().config;
+    // Dev mode: a generated secret unless one is set, and the printed tokens.
+    config.dev = true;
+    if let Err(msg) = config.validate() {
+        return run::usage_error(&msg);
+    }
+    run::init_logging(&config);
+    run::serve(config, |app, addr| async move { start(&app, addr).await }).await
+}
 
 /// The consumer group the game server reads the command stream with.
 pub const GROUP: &str = "demo-world";
@@ -82,26 +121,19 @@ pub async fn start(app: &Arc<App>, addr: SocketAddr) {
     let base = format!("http://{}", reachable(addr));
     // A real game server is given its tokens (or the key to mint them); the
     // demo mints them from the broker's key because it runs in-process.
-    let issue = |subject, role| {
-        app.auth().issue(subject, role).map_err(|e| {
-            eprintln!(
-                "demo: cannot issue a {} token: {}",
-                role.as_str(),
-                e.message
-            )
-        })
+    let ttl = app.config().token_ttl.max(Duration::from_secs(1));
+    let issue = |subject, role: Role| {
+        let secret = app.config().jwt_secret.as_deref().unwrap_or_default();
+        client::token(secret, subject, role, ttl.as_secs() as i64)
+            .map_err(|e| eprintln!("demo: cannot issue a {} token: {e}", role.as_str()))
     };
-    let (Ok((admin, _)), Ok((token, expires_in))) = (
+    let (Ok(admin), Ok(token)) = (
         issue("demo-world-admin", Role::Admin),
         issue("demo-world", Role::Service),
     ) else {
         return;
     };
-    let api = Arc::new(BrokerApi::new(
-        base.clone(),
-        token,
-        Duration::from_secs(expires_in),
-    ));
+    let api = Arc::new(BrokerApi::new(&base, token, ttl));
     create_accounts(&api, &admin).await;
     let consumer = app.config().node_name();
     // One loop (and one game state) per partition of the command stream: a
@@ -122,15 +154,6 @@ pub async fn start(app: &Arc<App>, addr: SocketAddr) {
         "demo world ready: open {base}/ and log in as {} (password: {PASSWORD})",
         ACCOUNTS.join(", ")
     );
-}
-
-/// The address to reach a listener bound to `addr` from this host.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
-        _ => addr,
-    }
 }
 
 /// Creates each demo account unless it exists (it does after a restart on Redis).
@@ -161,6 +184,7 @@ async fn command_loop(
     } = reader;
     let mut last_claim: Option<tokio::time::Instant> = None;
     let mut handled = Handled::default();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
     loop {
         // Look for abandoned commands at start and then every CLAIM_IDLE / 2.
         let claim = last_claim.is_none_or(|t| t.elapsed() >= CLAIM_IDLE / 2);
@@ -183,12 +207,16 @@ async fn command_loop(
             } => r,
         };
         let entries = match read {
-            Ok(entries) => entries,
+            Ok(entries) => {
+                backoff.reset();
+                entries
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "demo: cannot read the command stream; retrying in 1 s");
+                let wait = backoff.next_wait();
+                tracing::warn!(error = %e, "demo: cannot read the command stream; retrying in {wait:?}");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(wait) => continue,
                 }
             }
         };

@@ -2,29 +2,21 @@
 //! put a player in a room or take them out, list a room, create an account,
 //! and keep the service token fresh.
 //!
-//! Owns: building those requests and reading their answers. Must not touch:
-//! game rules, or the broker's insides — a game server written in any
-//! language makes exactly these requests (protocol sections 2 and 4).
+//! Owns: which calls the game makes and the service token's refresh. The
+//! requests themselves are the library's client ([`mythos_broker::client`]):
+//! a game server written in any language makes exactly these requests
+//! (protocol sections 2 and 4). Must not touch: game rules, or the broker's
+//! insides.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
+use mythos_broker::client::Http;
 use serde_json::{json, Value};
 
 /// Why a call to the broker failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("cannot reach the broker: {0}")]
-    Unreachable(String),
-    #[error("the broker answered {status}: {body}")]
-    Refused { status: StatusCode, body: String },
-}
+pub use mythos_broker::client::ClientError as BrokerError;
 
 /// A service token and when to refresh it.
 struct Token {
@@ -34,19 +26,16 @@ struct Token {
 
 /// A client of one broker's HTTP API, acting with the `service` role.
 pub struct BrokerApi {
-    /// `http://host:port`, without a trailing slash.
-    base: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Http,
     token: Mutex<Token>,
 }
 
 impl BrokerApi {
     /// A client for the broker at `base`, holding a service token that is
     /// valid for `expires_in` from now.
-    pub fn new(base: String, token: String, expires_in: Duration) -> Self {
+    pub fn new(base: &str, token: String, expires_in: Duration) -> Self {
         Self {
-            base,
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Http::new(base),
             token: Mutex::new(Token {
                 value: token,
                 refresh_at: Instant::now() + expires_in / 2,
@@ -79,8 +68,10 @@ impl BrokerApi {
         password: &str,
     ) -> Result<bool, BrokerError> {
         let body = json!({"username": username, "password": password});
+        let path = "/v1/admin/users";
         match self
-            .send(Method::POST, "/v1/admin/users", Some(body), admin_token)
+            .http
+            .send_as(Some(admin_token), Method::POST, path, Some(&body))
             .await
         {
             Ok(_) => Ok(true),
@@ -125,7 +116,9 @@ impl BrokerApi {
         body: Option<Value>,
     ) -> Result<Value, BrokerError> {
         let token = self.token().await?;
-        self.send(method, path, body, &token).await
+        self.http
+            .send_as(Some(&token), method, path, body.as_ref())
+            .await
     }
 
     /// The service token, refreshed with `POST /v1/auth/refresh` once half of
@@ -139,7 +132,8 @@ impl BrokerApi {
             return Ok(current);
         }
         let answer = self
-            .send(Method::POST, "/v1/auth/refresh", None, &current)
+            .http
+            .send_as(Some(&current), Method::POST, "/v1/auth/refresh", None)
             .await?;
         let (Some(value), Some(secs)) = (
             answer["access_token"].as_str(),
@@ -147,49 +141,13 @@ impl BrokerApi {
         ) else {
             return Err(BrokerError::Refused {
                 status: StatusCode::OK,
-                body: "a refresh answer without access_token/expires_in".into(),
+                code: String::new(),
+                message: "a refresh answer without access_token/expires_in".into(),
             });
         };
         let mut t = self.token.lock().unwrap_or_else(|e| e.into_inner());
         t.value = value.to_string();
         t.refresh_at = Instant::now() + Duration::from_secs(secs) / 2;
         Ok(t.value.clone())
-    }
-
-    /// One request; a 2xx answer's JSON body (`null` if it has none).
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        token: &str,
-    ) -> Result<Value, BrokerError> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| BrokerError::Unreachable(e.to_string()))?;
-        let response = self
-            .http
-            .request(request)
-            .await
-            .map_err(|e| BrokerError::Unreachable(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| BrokerError::Unreachable(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(BrokerError::Refused {
-                status,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
-            });
-        }
-        Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 }

@@ -1,0 +1,38 @@
+//! The broker's Redis side as the ceilings measure it: the append script
+//! exactly as the engine loads it, and the engine's number of lanes.
+//!
+//! Owns: nothing of the product; it reads `lua/` as the engine does
+//! (`lua/lib.lua` prepended to the scripts that use its helpers, see
+//! `src/engine/redis/scripts.rs` and `docs/redis-layout.md`). Must not touch:
+//! any Redis it was not given.
+
+use redis::Script;
+
+/// `lua/append.lua` with `lua/lib.lua` prepended: the engine's append script
+/// (same text, so the same SHA1 for `EVALSHA`).
+pub fn append_script() -> Script {
+    Script::new(
+        &[
+            include_str!("../../lua/lib.lua"),
+            include_str!("../../lua/append.lua"),
+        ]
+        .concat(),
+    )
+}
+
+/// Loads the append script into the Redis at `url` (`SCRIPT LOAD`) and
+/// returns its SHA1, for `redis-benchmark ... EVALSHA <sha>`.
+pub fn load_append(url: &str) -> Result<String, String> {
+    let script = append_script();
+    let mut con = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| format!("redis at {url}: {e}"))?;
+    script
+        .prepare_invoke()
+        .load(&mut con)
+        .map_err(|e| format!("SCRIPT LOAD append.lua: {e}"))
+}
+
+/// The multiplexed connections the Redis engine keeps for its non-blocking
+/// commands ("lanes", docs/benchmarks.md): the pipelined ceiling uses as many.
+pub const ENGINE_LANES: usize = 4;
