@@ -510,13 +510,18 @@ async fn wait_1_commands_are_accepted_only_once_a_replica_has_them() {
     cluster.nodes[master].wait_for_link();
     // The client resends what was not accepted (the reply may be a 503-like
     // error while the cluster settles: resend until accepted).
+    // A resend answered with an error while the cluster settles may still
+    // have been appended (the contract appends every accepted message and a
+    // resend too; consumers recognise resends): count those.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut refused = Vec::new();
     loop {
         ws.send_json(command("k1")).await;
         let r = ws.next_json().await.expect("a reply");
         if r["type"] == "command_accepted" && r["id"] == "k1" {
             break;
         }
+        refused.push(r["code"].as_str().unwrap_or("?").to_string());
         assert!(
             std::time::Instant::now() < deadline,
             "the resend was never accepted: {r}"
@@ -530,9 +535,14 @@ async fn wait_1_commands_are_accepted_only_once_a_replica_has_them() {
         .await
         .expect("the command stream");
     let ids: Vec<String> = entries.iter().map(|e| e.command.id.clone()).collect();
-    assert_eq!(
-        ids,
-        vec!["k0", "k1"],
-        "each accepted command once, in order"
+    // k0 first; then k1: the accepted resend for certain, plus at most one
+    // copy per resend refused after the failover. The unconfirmed first k1
+    // died with the old master, as `not_replicated` warned it might.
+    let copies = ids.iter().filter(|i| *i == "k1").count();
+    assert!(
+        ids.first().map(String::as_str) == Some("k0")
+            && ids.len() == 1 + copies
+            && (1..=1 + refused.len()).contains(&copies),
+        "k0, then k1 once plus at most one per refused resend ({refused:?}): {ids:?}"
     );
 }
