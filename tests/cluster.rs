@@ -46,6 +46,75 @@ async fn retry(node: &Broker, body: Value) -> Value {
     .await
 }
 
+/// `n` players `{prefix}0..` joined to `room`, spanning all three masters,
+/// and where each one's log stands before the test's room events.
+async fn room_on_every_master(
+    cluster: &RedisCluster,
+    node: &Broker,
+    room: &str,
+    prefix: &str,
+    n: usize,
+) -> (Vec<String>, HashMap<String, u64>) {
+    let svc = service_token();
+    let players: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let masters: HashSet<usize> = players
+        .iter()
+        .map(|p| cluster.master_of(cluster.slot(&format!("{{{p}}}"))))
+        .collect();
+    assert_eq!(masters.len(), 3, "the members span every master");
+    for p in &players {
+        let path = format!("/v1/rooms/{room}/members/{p}");
+        let (status, _) = node.request(Method::PUT, &path, Some(&svc)).await;
+        assert_eq!(status, 200, "join {p}");
+    }
+    // Read after every join: a join may announce itself to the members.
+    let mut before = HashMap::new();
+    for p in &players {
+        let (status, c) = node
+            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
+            .await;
+        assert_eq!(status, 200);
+        before.insert(p.clone(), c["last_sequence_number"].as_u64().expect("last"));
+    }
+    (players, before)
+}
+
+/// Publishes a fence to each player, then replays each log from `before`:
+/// it must hold exactly the events with `ids`, at the next sequence numbers
+/// in that order, and then the fence (nothing missing, repeated or extra).
+async fn logs_end_with_a_fence(
+    node: &Broker,
+    players: &[String],
+    before: &HashMap<String, u64>,
+    ids: &[&str],
+) {
+    let svc = service_token();
+    for p in players {
+        let fence = json!({"to": {"player": p}, "event_type": "fence", "data": {}});
+        let (status, _) = node
+            .post("/v1/publish", Some(&svc), Body::Json(fence))
+            .await;
+        assert_eq!(status, 200);
+        let b = before[p];
+        let (mut ws, _) = node.ws_player(p, Some(b)).await;
+        let mut got = Vec::new();
+        for _ in 0..=ids.len() {
+            let e = ws.next_event().await.expect("an event");
+            got.push((
+                e["sequence_number"].as_u64().unwrap_or(0),
+                e["id"].as_str().unwrap_or("fence").to_string(),
+            ));
+        }
+        let want: Vec<(u64, String)> = ids
+            .iter()
+            .chain(std::iter::once(&"fence"))
+            .enumerate()
+            .map(|(k, id)| (b + 1 + k as u64, id.to_string()))
+            .collect();
+        assert_eq!(got, want, "{p}");
+    }
+}
+
 /// Issue 10: a room of 50 whose members live on all three masters. One
 /// publish reaches each member once (one script call per slot, run
 /// concurrently). Then a master is killed just before the next publish:
@@ -65,27 +134,7 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
     ));
     let node = Broker::start(config).await;
     let svc = service_token();
-    let players: Vec<String> = (0..50).map(|i| format!("member{i}")).collect();
-    let masters: HashSet<usize> = players
-        .iter()
-        .map(|p| cluster.master_of(cluster.slot(&format!("{{{p}}}"))))
-        .collect();
-    assert_eq!(masters.len(), 3, "the members span every master");
-    for p in &players {
-        let path = format!("/v1/rooms/hall/members/{p}");
-        let (status, _) = node.request(Method::PUT, &path, Some(&svc)).await;
-        assert_eq!(status, 200, "join {p}");
-    }
-    // Where each member's log stands before the room events.
-    let mut before = HashMap::new();
-    for p in &players {
-        let (status, c) = node
-            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
-            .await;
-        assert_eq!(status, 200);
-        let last = c["last_sequence_number"].as_u64().expect("last");
-        before.insert(p.clone(), last);
-    }
+    let (players, before) = room_on_every_master(&cluster, &node, "hall", "member", 50).await;
     let expect_once = |answer: &Value, n: u64| {
         let mut got = deliveries(answer);
         got.sort();
@@ -156,37 +205,7 @@ async fn a_room_spanning_every_master_gets_each_event_once_even_across_a_failove
     expect_once(&retry(&node, room("r3")).await, 3);
 
     // Each member's log: r1, r2, r3, then a fence, and nothing else.
-    for p in &players {
-        let (status, _) = node
-            .post(
-                "/v1/publish",
-                Some(&svc),
-                Body::Json(json!({"to": {"player": p}, "event_type": "fence", "data": {}})),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let b = before[p];
-        let (mut ws, _) = node.ws_player(p, Some(b)).await;
-        let mut got = Vec::new();
-        for _ in 0..4 {
-            let e = ws.next_event().await.expect("an event");
-            got.push((
-                e["sequence_number"].as_u64().unwrap_or(0),
-                e["event_type"].as_str().unwrap_or("").to_string(),
-                e["id"].as_str().map(String::from),
-            ));
-        }
-        assert_eq!(
-            got,
-            vec![
-                (b + 1, "chat_message".to_string(), Some("r1".to_string())),
-                (b + 2, "chat_message".to_string(), Some("r2".to_string())),
-                (b + 3, "chat_message".to_string(), Some("r3".to_string())),
-                (b + 4, "fence".to_string(), None),
-            ],
-            "{p}"
-        );
-    }
+    logs_end_with_a_fence(&node, &players, &before, &["r1", "r2", "r3"]).await;
 }
 
 /// Contract §10 on a cluster, deterministically: while the replica of
@@ -343,22 +362,8 @@ async fn wait_1_room_fan_out_shows_members_only_what_their_replica_confirmed() {
     c.redis_wait_timeout = Duration::from_millis(500);
     let node = Broker::start(c).await;
     let svc = service_token();
-    let players: Vec<String> = (0..30).map(|i| format!("waiter{i}")).collect();
+    let (players, before) = room_on_every_master(&cluster, &node, "lobby", "waiter", 30).await;
     let master_of = |p: &str| cluster.master_of(cluster.slot(&format!("{{{p}}}")));
-    let masters: HashSet<usize> = players.iter().map(|p| master_of(p)).collect();
-    assert_eq!(masters.len(), 3, "the members span every master");
-    for p in &players {
-        let path = format!("/v1/rooms/lobby/members/{p}");
-        let (status, _) = node.request(Method::PUT, &path, Some(&svc)).await;
-        assert_eq!(status, 200, "join {p}");
-    }
-    let mut before = HashMap::new();
-    for p in &players {
-        let (_, c) = node
-            .request(Method::GET, "/v1/cursor", Some(&player_token(p)))
-            .await;
-        before.insert(p.clone(), c["last_sequence_number"].as_u64().expect("last"));
-    }
     let room = |id: &str| json!({"to": {"room": "lobby"}, "event_type": "t", "data": id, "id": id});
     let (status, answer) = node
         .post("/v1/publish", Some(&svc), Body::Json(room("q1")))
@@ -436,35 +441,7 @@ async fn wait_1_room_fan_out_shows_members_only_what_their_replica_confirmed() {
     assert_eq!(fresh.seqs(1).await, vec![before[blocked[0]] + 2]);
 
     // Every member's log: q1, q2, a fence, and nothing else.
-    for p in &players {
-        let (status, _) = node
-            .post(
-                "/v1/publish",
-                Some(&svc),
-                Body::Json(json!({"to": {"player": p}, "event_type": "fence", "data": {}})),
-            )
-            .await;
-        assert_eq!(status, 200);
-        let (mut ws, _) = node.ws_player(p, Some(before[p])).await;
-        let mut got = Vec::new();
-        for _ in 0..3 {
-            let e = ws.next_event().await.expect("an event");
-            got.push((
-                e["sequence_number"].as_u64().unwrap_or(0),
-                e["id"].as_str().unwrap_or("fence").to_string(),
-            ));
-        }
-        let b = before[p];
-        assert_eq!(
-            got,
-            vec![
-                (b + 1, "q1".into()),
-                (b + 2, "q2".into()),
-                (b + 3, "fence".into())
-            ],
-            "{p}"
-        );
-    }
+    logs_end_with_a_fence(&node, &players, &before, &["q1", "q2"]).await;
 }
 
 /// WAIT 1 on WebSocket commands on a cluster: `command_accepted` only once a
