@@ -62,19 +62,22 @@ pub enum Outcome {
 
 /// A connection's inbound half.
 pub struct Inbox<'a> {
-    pub engine: &'a dyn Engine,
-    pub limiter: &'a DefaultKeyedRateLimiter<String>,
-    pub limits: MessageLimits,
+    engine: &'a dyn Engine,
+    limiter: &'a DefaultKeyedRateLimiter<String>,
+    limits: MessageLimits,
     /// Messages above this get `too_large` (the transport closes on larger
     /// ones before they reach here).
-    pub max_frame: usize,
-    pub player: &'a str,
-    pub session_id: &'a str,
+    max_frame: usize,
+    player: &'a str,
+    session_id: &'a str,
     strikes: u32,
     since: Instant,
 }
 
 impl<'a> Inbox<'a> {
+    /// The inbox of `player`'s connection `session_id`: messages checked
+    /// against `limiter` (per player, shared by the player's connections),
+    /// `limits` and `max_frame`, acted on through `engine`.
     pub fn new(
         engine: &'a dyn Engine,
         limiter: &'a DefaultKeyedRateLimiter<String>,
