@@ -36,3 +36,27 @@ pub fn load_append(url: &str) -> Result<String, String> {
 /// The multiplexed connections the Redis engine keeps for its non-blocking
 /// commands ("lanes", docs/benchmarks.md): the pipelined ceiling uses as many.
 pub const ENGINE_LANES: usize = 4;
+
+/// Runs `redis-benchmark -q -c clients -P pipeline -n n -r keyspace <cmd…>`
+/// against the Redis on `port` and answers its requests per second.
+pub fn redis_benchmark(
+    port: u16,
+    (clients, pipeline): (usize, usize),
+    n: u64,
+    keyspace: u64,
+    cmd: &[String],
+) -> Result<f64, String> {
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+        .args(["-P", &pipeline.to_string(), "-c", &clients.to_string()])
+        .args(["-n", &n.to_string(), "-r", &keyspace.to_string()])
+        .args(cmd)
+        .output()
+        .map_err(|e| format!("redis-benchmark: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    text.lines()
+        .filter_map(|l| l.split(" requests per second").next()?.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .next_back()
+        .ok_or_else(|| format!("unreadable redis-benchmark output: {text}"))
+}

@@ -138,27 +138,8 @@ fn ceiling(
         cmd.push(a.to_string());
     }
     cmd.extend((0..members).map(|i| format!("p{i}")));
-    let run = |n: u64| -> Result<f64, String> {
-        let out = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-            .args(["-P", &pipeline.to_string()])
-            .args([
-                "-c",
-                &clients.to_string(),
-                "-n",
-                &n.to_string(),
-                "-r",
-                "10000",
-            ])
-            .args(&cmd)
-            .output()
-            .map_err(|e| format!("redis-benchmark: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-        text.lines()
-            .filter_map(|l| l.split(" requests per second").next()?.rsplit(' ').next())
-            .filter_map(|v| v.parse::<f64>().ok())
-            .next_back()
-            .ok_or_else(|| format!("unreadable redis-benchmark output: {text}"))
+    let run = |n: u64| {
+        mythos_bench::redis_side::redis_benchmark(port, (clients, pipeline), n, 10_000, &cmd)
     };
     let rough = run(2_000)?;
     run(((rough * secs as f64) as u64).max(2_000))

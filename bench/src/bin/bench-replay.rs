@@ -120,27 +120,7 @@ fn ceiling(port: u16, sha: &str, n: u64) -> Result<f64, String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-        .args([
-            "-P",
-            "1",
-            "-c",
-            "1",
-            "-n",
-            &n.to_string(),
-            "-r",
-            "1000000000",
-        ])
-        .args(&cmd)
-        .output()
-        .map_err(|e| format!("redis-benchmark: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
-    text.lines()
-        .filter_map(|l| l.split(" requests per second").next()?.rsplit(' ').next())
-        .filter_map(|v| v.parse::<f64>().ok())
-        .next_back()
-        .ok_or_else(|| format!("unreadable redis-benchmark output: {text}"))
+    mythos_bench::redis_side::redis_benchmark(port, (1, 1), n, 1_000_000_000, &cmd)
 }
 
 /// The rate a `replay` run printed ("... (N events/s)").
