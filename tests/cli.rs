@@ -240,6 +240,21 @@ fn user_add_on_the_embedded_engine_explains_instead_of_pretending() {
     );
 }
 
+/// The first line the broker prints on stdout (its address), read on a
+/// thread so that a broker that never prints fails the test after a
+/// deadline instead of hanging it.
+fn first_line(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the broker prints its address within 10 s")
+}
+
 #[test]
 fn sigterm_stops_the_broker_with_exit_0() {
     let mut child = support::redis::KillOnDrop(
@@ -251,18 +266,7 @@ fn sigterm_stops_the_broker_with_exit_0() {
             .spawn()
             .expect("spawn"),
     );
-    let stdout = child.stdout.take().expect("stdout");
-    // Read on a thread so that a broker that never prints fails the test
-    // after a deadline instead of hanging it.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the broker prints its address within 10 s");
+    let line = first_line(&mut child);
     assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
     let pid = child.id().to_string();
     assert!(Command::new("kill")
@@ -411,16 +415,7 @@ async fn sigterm_lets_an_in_flight_publish_finish() {
             .spawn()
             .expect("spawn"),
     );
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the broker prints its address within 10 s");
+    let line = first_line(&mut child);
     let addr = line
         .split("http://")
         .nth(1)

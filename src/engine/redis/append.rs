@@ -61,8 +61,8 @@ impl RedisEngine {
             vec![players.iter().collect()]
         };
         // With WAIT, every group is written through one connection of its
-        // own, so that one `WAIT` per master covers them all (a `WAIT` for
-        // the second slot of a master returns at once).
+        // own, so that the `WAIT` of each group, on that same connection,
+        // covers the group's writes to its master.
         let mut own = if self.waits() {
             Some(self.conns.own().await?)
         } else {
