@@ -81,6 +81,8 @@ enum Peer {
 
 #[derive(Debug, Parser)]
 #[command(about = "End-to-end delivery benchmarks (issue 4) against its own broker and Redis")]
+// A later option overrides an earlier one (scripts pass defaults first).
+#[command(args_override_self = true)]
 struct Args {
     /// Which workloads to run, in turn (e.g. `w1 w1max w3`).
     #[arg(value_enum, required = true, num_args = 1..)]
