@@ -139,7 +139,7 @@ pub async fn ws_connect(
 }
 
 /// The number right after `key` in `text` (e.g. `"sequence_number":`).
-fn number_after(text: &str, key: &str) -> Option<u64> {
+pub fn number_after(text: &str, key: &str) -> Option<u64> {
     let start = text.find(key)? + key.len();
     let digits = text[start..]
         .bytes()

@@ -210,7 +210,9 @@ fn free_port_below(limit: u16) -> u16 {
     }
 }
 
-/// A broker process (`mythos-broker --bind 127.0.0.1:<free>`), killed on drop.
+/// The server process under test, killed on drop: our broker
+/// (`mythos-broker --bind 127.0.0.1:<free>`), or the Socket.IO peer's node
+/// process ([`Broker::start_peer`]).
 pub struct Broker {
     child: Child,
     pub addr: SocketAddr,
@@ -259,28 +261,61 @@ impl Broker {
                 bin.display()
             )
         });
+        Self::wait_healthy(child, addr, log, dir, "/healthz")
+    }
+
+    /// Starts the Socket.IO peer (`node server.js` in `dir`, which must hold
+    /// `node_modules`: `npm ci` there) against the Redis at `redis_url`; it
+    /// then stands where the broker does (pid, address, log).
+    pub fn start_peer(peer_dir: &Path, redis_url: &str) -> Self {
+        let dir = temp_dir("peer");
+        let log = dir.join("peer.log");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        assert!(
+            peer_dir.join("node_modules").is_dir(),
+            "{}/node_modules is missing: run `npm ci` there first (scripts/bench-peer does)",
+            peer_dir.display()
+        );
+        let child = Command::new("node")
+            .arg("server.js")
+            .current_dir(peer_dir)
+            .env("PORT", addr.port().to_string())
+            .env("REDIS_URL", redis_url)
+            .env("NODE_ENV", "production")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the peer log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start node ({e}); Node 20 or later is needed"));
+        Self::wait_healthy(child, addr, log, dir, "/stats")
+    }
+
+    /// Waits (up to 60 s) until `GET <path>` answers 200; panics with the
+    /// log's end if the process exits or never answers.
+    fn wait_healthy(
+        child: Child,
+        addr: SocketAddr,
+        log: PathBuf,
+        dir: PathBuf,
+        path: &str,
+    ) -> Self {
         let mut b = Self {
             child,
             addr,
             log,
             dir,
         };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if probe(
-                addr,
-                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            )
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-            {
+            if probe(addr, request.as_bytes()).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
                 break;
             }
             if let Ok(Some(status)) = b.child.try_wait() {
-                panic!("the broker exited ({status}): {}", b.log_tail());
+                panic!("the server exited ({status}): {}", b.log_tail());
             }
             assert!(
                 Instant::now() < deadline,
-                "the broker did not answer /healthz: {}",
+                "the server did not answer {path}: {}",
                 b.log_tail()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -292,14 +327,14 @@ impl Broker {
         self.child.id()
     }
 
-    /// The end of the broker's stderr (warnings and errors only).
+    /// The end of the server's stderr (warnings and errors only).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// Warnings the broker logged (MYTHOS_LOG=warn), counted.
+    /// Lines the server logged to stderr (the broker: warnings, MYTHOS_LOG=warn).
     pub fn warnings(&self) -> usize {
         std::fs::read_to_string(&self.log)
             .map(|t| t.lines().count())

@@ -17,6 +17,12 @@
 //! - `w3`: 10,000 idle WebSockets; broker RSS per connection, and where it goes.
 //! - `all`: each in turn, then a summary against the peer and the targets.
 //!
+//! `--transport sse` runs W1, W1max and W3 over `GET /v1/events` instead of
+//! WebSockets; `--peer socketio` runs them against the Socket.IO peer of
+//! `bench/socketio-peer/` (its node process and its own Redis, started here)
+//! with the same generator (issue 19). W2 is WebSocket-only. `--json FILE`
+//! writes the figures `bench-compare` puts side by side.
+//!
 //! `--nodes N` runs W1/W1max through N broker nodes on the one store
 //! (players and publishers spread evenly; W1 then reports what pub/sub each
 //! node received against its own share), `--cluster` on a 3-master Redis
@@ -38,10 +44,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use futures_util::{stream, StreamExt};
+use mythos_bench::feed::{self, Feed, Item, Target};
 use mythos_bench::net::{event_body, mint, scan_event, ws_connect, Http, Ws};
 use mythos_bench::procs::{self, Broker, Cpu, CpuUse, Quiet, Redis, RedisCluster};
+use mythos_bench::socketio;
 use mythos_bench::stats::{verdict, Lat, Recorder, SeqCheck, Table};
 use mythos_broker::auth::Role;
+use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -55,12 +64,41 @@ enum Workload {
     All,
 }
 
+/// How our players connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Ws,
+    Sse,
+}
+
+/// The peers the same generator can measure instead of our broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    /// `bench/socketio-peer/`: Socket.IO with connection-state recovery and
+    /// the Redis streams adapter.
+    Socketio,
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "End-to-end delivery benchmarks (issue 4) against its own broker and Redis")]
+// A later option overrides an earlier one (scripts pass defaults first).
+#[command(args_override_self = true)]
 struct Args {
-    /// Which workload to run.
-    #[arg(value_enum)]
-    workload: Workload,
+    /// Which workloads to run, in turn (e.g. `w1 w1max w3`).
+    #[arg(value_enum, required = true, num_args = 1..)]
+    workloads: Vec<Workload>,
+    /// How players connect to our broker (W1, W1max, W3): WebSocket or SSE.
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
+    /// Measure a peer instead of our broker (W1, W1max, W3), same generator.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// Where the Socket.IO peer is (with `node_modules`: `npm ci` there).
+    #[arg(long)]
+    peer_dir: Option<PathBuf>,
+    /// Also write the figures `bench-compare` reads (JSON) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
     /// The broker binary (default: `mythos-broker` next to this one).
     #[arg(long)]
     broker_bin: Option<PathBuf>,
@@ -157,8 +195,11 @@ impl Store {
 }
 
 /// One workload's environment: its own Redis (AOF) and broker processes
-/// (`--nodes` of them, all on the same store).
+/// (`--nodes` of them, all on the same store) — or, with `--peer`, the
+/// peer's server process in the broker's place, on its own Redis.
 struct Env {
+    /// What the players connect to, and how.
+    target: Target,
     store: Store,
     brokers: Vec<Broker>,
     /// The first broker (single-node workloads use only it).
@@ -169,6 +210,9 @@ struct Env {
 
 impl Env {
     fn start(a: &Args, bin: &std::path::Path) -> Self {
+        if a.peer.is_some() {
+            return Self::start_peer(a);
+        }
         let store = if a.cluster {
             Store::Cluster(RedisCluster::start())
         } else {
@@ -187,12 +231,32 @@ impl Env {
         let brokers = (1..a.nodes.max(1)).map(|_| start()).collect();
         let service = mint(&secret, "bench-service", Role::Service);
         Self {
+            target: target(a),
             store,
             brokers,
             broker,
             secret,
             service,
         }
+    }
+
+    /// The Socket.IO peer on its own Redis (same AOF settings as ours).
+    fn start_peer(a: &Args) -> Self {
+        let redis = Redis::start();
+        let broker = Broker::start_peer(&peer_dir(a), &redis.url());
+        Self {
+            target: Target::SocketIo,
+            store: Store::Single(redis),
+            brokers: Vec::new(),
+            broker,
+            // The peer checks no tokens.
+            secret: String::new(),
+            service: String::new(),
+        }
+    }
+
+    fn is_peer(&self) -> bool {
+        self.target == Target::SocketIo
     }
 
     fn addr(&self) -> SocketAddr {
@@ -264,7 +328,30 @@ impl Env {
     }
 
     fn token(&self, player: &str) -> String {
+        if self.is_peer() {
+            return String::new();
+        }
         mint(&self.secret, player, Role::Player)
+    }
+
+    fn subject(&self) -> &'static str {
+        subject(self.target)
+    }
+
+    /// A workload table's columns: what this sitting measured, the peer's
+    /// figures the product owner gave (issue 4), the target, the verdict.
+    fn columns(&self) -> [&'static str; 5] {
+        let measured = if self.is_peer() { "measured" } else { "ours" };
+        ["measure", measured, "peer", "target", "result"]
+    }
+
+    /// The server process's name in CPU columns.
+    fn server(&self) -> &'static str {
+        if self.is_peer() {
+            "node"
+        } else {
+            "broker"
+        }
     }
 }
 
@@ -380,12 +467,17 @@ impl Fanout {
     /// Joins the players to their rooms, connects them all, then starts the
     /// publishers; the first event is due 200 ms after this returns.
     async fn start(env: &Env, spec: FanoutSpec) -> Self {
-        let players: Vec<(String, usize)> = (0..spec.rooms * spec.size)
-            .map(|i| (format!("{}-p{i}", spec.prefix), i / spec.size))
+        let players: Vec<(String, String)> = (0..spec.rooms * spec.size)
+            .map(|i| {
+                let room = format!("{}-r{}", spec.prefix, i / spec.size);
+                (format!("{}-p{i}", spec.prefix), room)
+            })
             .collect();
-        join_rooms(env, &spec.prefix, &players).await;
+        if !env.is_peer() {
+            join_rooms(env, &players).await;
+        }
         // `since` beyond the end: nothing to replay (the join announcements);
-        // the welcome names where this client's checks start.
+        // the welcome (or the cursor) names where this client's checks start.
         let sockets = connect_all(env, &players, Some(1_000_000_000), 128).await;
 
         let base = Instant::now();
@@ -415,18 +507,27 @@ impl Fanout {
             live: Arc::new(Live::default()),
             spec,
         };
-        for (id, ((ws, last), (_, room))) in sockets.into_iter().zip(players).enumerate() {
+        for (id, (ws, last)) in sockets.into_iter().enumerate() {
             f.clients.push(tokio::spawn(fanout_client(
                 id,
                 ws,
                 last,
-                room,
+                id / f.spec.size,
                 f.rec.clone(),
                 f.expected.clone(),
                 f.live.clone(),
                 f.finishing.clone(),
             )));
         }
+        // The peer's events are numbered per room by the generator: one
+        // publish per room at a time, so that they reach the peer in order.
+        let peer_rooms: Option<Arc<Vec<tokio::sync::Mutex<u64>>>> = env.is_peer().then(|| {
+            Arc::new(
+                (0..f.spec.rooms)
+                    .map(|_| tokio::sync::Mutex::new(0))
+                    .collect(),
+            )
+        });
         for i in 0..f.spec.publishers {
             let http = Http::connect(env.addr_of(i), &env.service)
                 .await
@@ -447,6 +548,7 @@ impl Fanout {
                     lag: f.lag.clone(),
                     live: f.live.clone(),
                     stop: f.stop_publishing.clone(),
+                    peer_rooms: peer_rooms.clone(),
                 },
             )));
         }
@@ -510,6 +612,8 @@ struct FanoutShared {
     lag: Arc<Vec<AtomicU64>>,
     live: Arc<Live>,
     stop: CancellationToken,
+    /// The peer only: each room's counter, locked over its publish.
+    peer_rooms: Option<Arc<Vec<tokio::sync::Mutex<u64>>>>,
 }
 
 /// Publishes events `i, i + n, i + 2n, ...` each at its due time (or at once
@@ -532,6 +636,10 @@ async fn fanout_publisher(
             return;
         }
         let room = (k % s.rooms as u64) as usize;
+        let mut counter = match &s.peer_rooms {
+            Some(rooms) => Some(rooms[room].lock().await),
+            None => None,
+        };
         let t = s.rec.now_ns();
         let step = step_of(&s.bounds, t);
         if let Some(st) = step_of(&s.bounds, due) {
@@ -540,12 +648,25 @@ async fn fanout_publisher(
         if let Some(st) = step {
             s.sent[st].fetch_add(1, Ordering::Relaxed);
         }
-        let to = format!(r#"{{"room":"{}-r{room}"}}"#, s.prefix);
-        match http.publish(event_body(&to, t, k)).await {
+        let room_name = format!("{}-r{room}", s.prefix);
+        let result = match counter.as_deref_mut() {
+            Some(n) => {
+                *n += 1;
+                socketio::publish(&mut http, &room_name, t, *n, k).await
+            }
+            None => {
+                let to = format!(r#"{{"room":"{room_name}"}}"#);
+                http.publish(event_body(&to, t, k))
+                    .await
+                    .map(|d| d.len() as u64)
+            }
+        };
+        drop(counter);
+        match result {
             Ok(d) => {
                 s.room_ok[room].fetch_add(1, Ordering::SeqCst);
                 if let Some(st) = step {
-                    s.confirmed[st].fetch_add(d.len() as u64, Ordering::Relaxed);
+                    s.confirmed[st].fetch_add(d, Ordering::Relaxed);
                 }
             }
             Err(e) => {
@@ -558,13 +679,14 @@ async fn fanout_publisher(
     }
 }
 
-/// One fan-out player: checks every event's sequence number and records the
-/// latency of benchmark events; ends once it has all of its room's events
-/// (known when `finishing` fires), or 15 s after that.
+/// One fan-out player: checks every event's number (our sequence number, or
+/// the peer room's counter) and records the latency of benchmark events;
+/// ends once it has all of its room's events (known when `finishing` fires),
+/// or 15 s after that.
 #[allow(clippy::too_many_arguments)]
 async fn fanout_client(
     id: usize,
-    mut ws: Ws,
+    mut feed: Feed,
     last: u64,
     room: usize,
     rec: Arc<Recorder>,
@@ -579,50 +701,38 @@ async fn fanout_client(
         if check.received >= expected[room].load(Ordering::SeqCst) {
             break;
         }
-        let msg = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, ws.next()).await {
+        let item = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, feed.next_item()).await {
                 Ok(m) => m,
                 Err(_) => break,
             },
             None => tokio::select! {
-                m = ws.next() => m,
+                m = feed.next_item() => m,
                 _ = finishing.cancelled() => {
                     deadline = Some(tokio::time::Instant::now() + Duration::from_secs(15));
                     continue;
                 }
             },
         };
-        match msg {
-            Some(Ok(Message::Text(t))) => {
+        match item {
+            Ok(Item::Event { seq, t }) => {
                 let now = rec.now_ns();
-                if let Some((seq, sent)) = scan_event(&t) {
-                    let (g, d) = (check.gaps, check.dups);
-                    check.see(seq);
-                    if check.gaps > g {
-                        live.gaps.fetch_add(check.gaps - g, Ordering::Relaxed);
-                    }
-                    if check.dups > d {
-                        live.dups.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(sent) = sent {
-                        rec.record(id, sent, now);
-                    }
+                let (g, d) = (check.gaps, check.dups);
+                check.see(seq);
+                if check.gaps > g {
+                    live.gaps.fetch_add(check.gaps - g, Ordering::Relaxed);
+                }
+                if check.dups > d {
+                    live.dups.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(sent) = t {
+                    rec.record(id, sent, now);
                 }
             }
-            Some(Ok(Message::Close(f))) => {
+            Ok(Item::Other) => {}
+            Err(e) => {
                 live.ended.fetch_add(1, Ordering::Relaxed);
-                end = Some(format!("closed by the broker: {f:?}"));
-                break;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                live.ended.fetch_add(1, Ordering::Relaxed);
-                end = Some(format!("socket error: {e}"));
-                break;
-            }
-            None => {
-                live.ended.fetch_add(1, Ordering::Relaxed);
-                end = Some("socket ended".into());
+                end = Some(e);
                 break;
             }
         }
@@ -635,22 +745,20 @@ async fn fanout_client(
     }
 }
 
-/// Puts each `(player, room)` in room `<prefix>-r<room>`, 8 requests at a time.
-async fn join_rooms(env: &Env, prefix: &str, players: &[(String, usize)]) {
-    let chunks: Vec<Vec<(String, usize)>> = players
+/// Puts each `(player, room)` in its room, over 8 connections.
+async fn join_rooms(env: &Env, players: &[(String, String)]) {
+    let chunks: Vec<Vec<(String, String)>> = players
         .chunks(players.len().div_ceil(8).max(1))
         .map(<[_]>::to_vec)
         .collect();
     let tasks: Vec<_> = chunks
         .into_iter()
         .map(|chunk| {
-            let (addr, token, prefix) = (env.addr(), env.service.clone(), prefix.to_string());
+            let (addr, token) = (env.addr(), env.service.clone());
             tokio::spawn(async move {
                 let mut http = Http::connect(addr, &token).await.expect("HTTP connection");
                 for (p, r) in chunk {
-                    http.join(&format!("{prefix}-r{r}"), &p)
-                        .await
-                        .expect("room join");
+                    http.join(&r, &p).await.expect("room join");
                 }
             })
         })
@@ -660,23 +768,26 @@ async fn join_rooms(env: &Env, prefix: &str, players: &[(String, usize)]) {
     }
 }
 
-/// Opens a WebSocket for each player (`concurrency` handshakes at a time),
-/// in order, player `i` on node `i % nodes`; each has read its welcome.
+/// Opens a feed for each `(player, room)` (`concurrency` handshakes at a
+/// time), in order, player `i` on node `i % nodes`; each is open (read its
+/// welcome, its `retry:`, or its Socket.IO connect) when this returns, with
+/// the number its first event must follow ([`feed::open`]).
 async fn connect_all(
     env: &Env,
-    players: &[(String, usize)],
+    players: &[(String, String)],
     since: Option<u64>,
     concurrency: usize,
-) -> Vec<(Ws, u64)> {
-    let targets: Vec<(SocketAddr, String)> = players
+) -> Vec<(Feed, u64)> {
+    let targets: Vec<(SocketAddr, String, String)> = players
         .iter()
         .enumerate()
-        .map(|(i, (p, _))| (env.addr_of(i), env.token(p)))
+        .map(|(i, (p, room))| (env.addr_of(i), env.token(p), room.clone()))
         .collect();
+    let target = env.target;
     stream::iter(targets)
-        .map(|(addr, t)| async move { ws_connect(addr, &t, since).await })
+        .map(|(addr, t, room)| async move { feed::open(target, addr, &t, &room, since).await })
         .buffered(concurrency)
-        .map(|r| r.expect("WebSocket connection"))
+        .map(|r| r.unwrap_or_else(|e| panic!("{target:?} connection: {e}")))
         .collect()
         .await
 }
@@ -695,12 +806,23 @@ struct StepResult {
 }
 
 impl StepResult {
+    /// Deliveries per CPU-second of the server (our broker, or the peer's
+    /// node process).
     fn per_broker_cpu(&self) -> f64 {
-        if self.cpu.broker > 0.0 {
-            self.received as f64 / self.cpu.broker
-        } else {
-            0.0
-        }
+        per(self.received, self.cpu.broker)
+    }
+
+    /// Deliveries per CPU-second of the server and Redis together.
+    fn per_total_cpu(&self) -> f64 {
+        per(self.received, self.cpu.broker + self.cpu.redis)
+    }
+}
+
+fn per(n: u64, cpu_seconds: f64) -> f64 {
+    if cpu_seconds > 0.0 {
+        n as f64 / cpu_seconds
+    } else {
+        0.0
     }
 }
 
@@ -804,10 +926,12 @@ fn ms(v: f64) -> String {
     format!("{v:.2} ms")
 }
 
-/// What the summary needs from each workload.
+/// What the summary needs from each workload, and the figures `--json`
+/// writes for `bench-compare` (by workload: `w1`, `w1max`, `w3`).
 #[derive(Default)]
 struct Summary {
     rows: Vec<(String, String, String, String, String)>,
+    json: serde_json::Map<String, Value>,
 }
 
 impl Summary {
@@ -846,12 +970,13 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
     };
     let mut tab = Table::new(
         &format!(
-            "W1 fan-out: {} players in {rooms} rooms of {size}, {} room events/s for {} s",
+            "W1 fan-out ({}): {} players in {rooms} rooms of {size}, {} room events/s for {} s",
+            env.subject(),
             rooms * size,
             a.rate,
             a.seconds
         ),
-        &["measure", "ours", "peer", "target", "result"],
+        &env.columns(),
     );
     let lost = t.lost();
     tab.row(vec![
@@ -894,7 +1019,7 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         verdict(lost == 0 && t.check.dups == 0 && t.ended == 0 && t.publish_errors == 0),
     ]);
     tab.row(vec![
-        "CPU broker / Redis / generator".into(),
+        format!("CPU {} / Redis / generator", env.server()),
         s.cpu.percent(),
         "—".into(),
         "—".into(),
@@ -908,8 +1033,15 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         String::new(),
     ]);
     tab.row(vec![
-        "deliveries per broker CPU-second".into(),
+        format!("deliveries per {} CPU-second", env.server()),
         fmt_int(s.per_broker_cpu()),
+        "—".into(),
+        "—".into(),
+        String::new(),
+    ]);
+    tab.row(vec![
+        format!("deliveries per ({} + Redis) CPU-second", env.server()),
+        fmt_int(s.per_total_cpu()),
         "—".into(),
         "—".into(),
         String::new(),
@@ -922,7 +1054,9 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         String::new(),
     ]);
     report.push_str(&tab.render());
-    per_node_live(env, &t, &live_before, &live_after, report);
+    if !env.is_peer() {
+        per_node_live(env, &t, &live_before, &live_after, report);
+    }
     let _ = writeln!(
         report,
         "\nRedis time by command (INFO commandstats): {}.",
@@ -935,6 +1069,24 @@ async fn w1(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
             t.ended, t.publish_errors, t.end_reasons
         );
     }
+    sum.json.insert(
+        "w1".into(),
+        json!({
+            "deliveries_per_s": s.achieved,
+            "p50_ms": s.lat.p50,
+            "p99_ms": s.lat.p99,
+            "max_ms": s.lat.max,
+            "server_cpu_pct": 100.0 * s.cpu.broker / s.cpu.wall.max(1e-9),
+            "redis_cpu_pct": 100.0 * s.cpu.redis / s.cpu.wall.max(1e-9),
+            "per_server_cpu_s": s.per_broker_cpu(),
+            "per_server_redis_cpu_s": s.per_total_cpu(),
+            "lost": lost,
+            "duplicated": t.check.dups,
+            "ended": t.ended,
+            "publish_errors": t.publish_errors,
+            "others_cores": s.cpu.others_cores(),
+        }),
+    );
     sum.add("W1 p50", ms(s.lat.p50), "2.3 ms", "—", String::new());
     sum.add(
         "W1 p99",
@@ -1046,9 +1198,9 @@ fn per_node_live(
 // W1max
 // ---------------------------------------------------------------------------
 
-/// The highest sustained step of one W1max run: deliveries/s and per broker
-/// CPU-second (None: no step passed).
-type W1maxRun = Option<(f64, f64)>;
+/// The highest sustained step of one W1max run: deliveries/s, per server
+/// CPU-second and per (server + Redis) CPU-second (None: no step passed).
+type W1maxRun = Option<(f64, f64, f64)>;
 
 async fn w1max(env: &Env, a: &Args, report: &mut String) -> W1maxRun {
     let steps: Vec<(f64, Duration)> = (0..a.max_steps)
@@ -1074,7 +1226,8 @@ async fn w1max(env: &Env, a: &Args, report: &mut String) -> W1maxRun {
     let (t, _, _, _, _) = f.finish(env.nodes().count()).await;
     let mut tab = Table::new(
         &format!(
-            "W1max: rate ×{} every {} s from {} deliveries/s (stop: p99 > 100 ms, loss, or rate not reached)",
+            "W1max ({}): rate ×{} every {} s from {} deliveries/s (stop: p99 > 100 ms, loss, or rate not reached)",
+            env.subject(),
             a.factor,
             a.step_secs,
             fmt_int(a.rate * a.room_size as f64)
@@ -1086,9 +1239,10 @@ async fn w1max(env: &Env, a: &Args, report: &mut String) -> W1maxRun {
             "p50",
             "p99",
             "max",
-            "CPU broker / Redis / gen",
+            &format!("CPU {} / Redis / gen", env.server()),
             "others",
-            "per broker CPU-s",
+            &format!("per {} CPU-s", env.server()),
+            &format!("per {}+Redis CPU-s", env.server()),
             "publisher late",
             "result",
         ],
@@ -1104,6 +1258,7 @@ async fn w1max(env: &Env, a: &Args, report: &mut String) -> W1maxRun {
             s.cpu.percent(),
             format!("{:.2}", s.cpu.others_cores()),
             fmt_int(s.per_broker_cpu()),
+            fmt_int(s.per_total_cpu()),
             ms(s.lag_ms),
             s.failure.clone().unwrap_or_else(|| "ok".into()),
         ]);
@@ -1146,24 +1301,25 @@ async fn w1max(env: &Env, a: &Args, report: &mut String) -> W1maxRun {
     {
         let _ = writeln!(
             report,
-            "Most delivered by any step at p99 ≤ 100 ms without loss (rate reached or not): {} deliveries/s, {} per broker CPU-second.",
+            "Most delivered by any step at p99 ≤ 100 ms without loss (rate reached or not): {} deliveries/s, {} per {} CPU-second.",
             fmt_int(m.achieved),
-            fmt_int(m.per_broker_cpu())
+            fmt_int(m.per_broker_cpu()),
+            env.server()
         );
     }
     match best {
         Some(b) => {
-            let per_cpu = b.per_broker_cpu();
-            let total_cpu = b.cpu.broker + b.cpu.redis;
+            let (per_cpu, per_total) = (b.per_broker_cpu(), b.per_total_cpu());
+            let srv = env.server();
             let _ = writeln!(
                 report,
-                "Highest sustained step: {} deliveries/s, {} per broker CPU-second ({} per broker+Redis CPU-second); CPU broker / Redis / generator {}.",
+                "Highest sustained step: {} deliveries/s, {} per {srv} CPU-second ({} per {srv}+Redis CPU-second); CPU {srv} / Redis / generator {}.",
                 fmt_int(b.achieved),
                 fmt_int(per_cpu),
-                fmt_int(if total_cpu > 0.0 { b.received as f64 / total_cpu } else { 0.0 }),
+                fmt_int(per_total),
                 b.cpu.percent()
             );
-            Some((b.achieved, per_cpu))
+            Some((b.achieved, per_cpu, per_total))
         }
         None => {
             report.push_str("No step passed.\n");
@@ -1178,7 +1334,7 @@ fn w1max_summary(runs: &[W1maxRun], report: &mut String, sum: &mut Summary) {
     if runs.is_empty() {
         return;
     }
-    let median = |pick: fn(&(f64, f64)) -> f64| {
+    let median = |pick: fn(&(f64, f64, f64)) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(|r| r.as_ref().map_or(0.0, pick)).collect();
         v.sort_by(f64::total_cmp);
         let all = v.iter().map(|x| fmt_int(*x)).collect::<Vec<_>>().join(", ");
@@ -1186,12 +1342,23 @@ fn w1max_summary(runs: &[W1maxRun], report: &mut String, sum: &mut Summary) {
     };
     let (rate, rates) = median(|r| r.0);
     let (per_cpu, per_cpus) = median(|r| r.1);
+    let (per_total, per_totals) = median(|r| r.2);
     let _ = writeln!(
         report,
-        "\nW1max over {} runs (sorted): deliveries/s {rates}; per broker CPU-second {per_cpus}. Median: {} and {}.",
+        "\nW1max over {} runs (sorted): deliveries/s {rates}; per server CPU-second {per_cpus}; per server+Redis CPU-second {per_totals}. Median: {}, {} and {}.",
         runs.len(),
         fmt_int(rate),
-        fmt_int(per_cpu)
+        fmt_int(per_cpu),
+        fmt_int(per_total)
+    );
+    sum.json.insert(
+        "w1max".into(),
+        json!({
+            "runs": runs.iter().map(|r| r.map_or(0.0, |r| r.0)).collect::<Vec<f64>>(),
+            "median_deliveries_per_s": rate,
+            "median_per_server_cpu_s": per_cpu,
+            "median_per_server_redis_cpu_s": per_total,
+        }),
     );
     let label = if runs.len() > 1 {
         format!(" (median of {})", runs.len())
@@ -1503,12 +1670,16 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
     // Warm up a little: the engine's connections, the allocator's arenas,
     // lazy statics. Few, so that memory they free is not reused by the
     // measured connections (which would hide part of their cost).
-    let warm: Vec<(String, usize)> = (0..20).map(|i| (format!("w3warm-{i}"), 0)).collect();
+    // No room: an idle connection of ours is in none either.
+    let warm: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("w3warm-{i}"), String::new()))
+        .collect();
     drop(connect_all(env, &warm, None, 16).await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss0 = procs::rss_kib(pid);
     let gen0 = procs::rss_kib(std::process::id());
-    let players: Vec<(String, usize)> = (0..n).map(|i| (format!("w3-{i}"), 0)).collect();
+    let players: Vec<(String, String)> =
+        (0..n).map(|i| (format!("w3-{i}"), String::new())).collect();
     let t0 = Instant::now();
     let sockets = connect_all(env, &players, None, 128).await;
     let took = t0.elapsed();
@@ -1522,20 +1693,21 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
 
     let mut tab = Table::new(
         &format!(
-            "W3 idle: {} WebSocket connections (distinct players, each read its welcome)",
+            "W3 idle ({}): {} connections (distinct players, each open: welcome, `retry:` or Socket.IO connect read)",
+            env.subject(),
             fmt_int(n as f64)
         ),
-        &["measure", "ours", "peer", "target", "result"],
+        &env.columns(),
     );
     tab.row(vec![
-        "broker RSS delta per connection".into(),
+        format!("{} RSS delta per connection", env.server()),
         format!("{per:.1} KiB"),
         "15.5 KiB".into(),
         "≤ 8 KiB".into(),
         verdict(per <= goal::W3_TARGET_KIB),
     ]);
     tab.row(vec![
-        "broker RSS before / with / after closing".into(),
+        format!("{} RSS before / with / after closing", env.server()),
         format!(
             "{:.1} / {:.1} / {:.1} MiB",
             rss0 as f64 / 1024.0,
@@ -1565,6 +1737,15 @@ async fn w3(env: &Env, a: &Args, report: &mut String, sum: &mut Summary) {
         report,
         "\nWhere it goes: a heap profile per connection is in docs/benchmarks.md (`--connections 1000 --broker-prefix \"valgrind --tool=massif --vgdb=yes\"`, then `vgdb --pid <pid> detailed_snapshot <file>` while the connections are open)."
     );
+    sum.json.insert(
+        "w3".into(),
+        json!({
+            "connections": n,
+            "kib_per_connection": per,
+            "rss_before_kib": rss0,
+            "rss_with_kib": rss1,
+        }),
+    );
     sum.add(
         "W3 RSS per connection",
         format!("{per:.1} KiB"),
@@ -1591,6 +1772,110 @@ fn broker_bin(a: &Args) -> PathBuf {
     })
 }
 
+/// What is measured, for titles and the comparison.
+fn subject(t: Target) -> &'static str {
+    match t {
+        Target::Ws => "mythos over WebSocket",
+        Target::Sse => "mythos over SSE",
+        Target::SocketIo => "Socket.IO peer",
+    }
+}
+
+/// What the players connect to under these options.
+fn target(a: &Args) -> Target {
+    match (a.peer, a.transport) {
+        (Some(Peer::Socketio), _) => Target::SocketIo,
+        (None, Transport::Ws) => Target::Ws,
+        (None, Transport::Sse) => Target::Sse,
+    }
+}
+
+/// The Socket.IO peer's directory: `--peer-dir`, else `bench/socketio-peer`
+/// of this source tree.
+fn peer_dir(a: &Args) -> PathBuf {
+    a.peer_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("socketio-peer"))
+}
+
+/// The installed versions the peer runs on: Node and its three packages.
+fn peer_versions(a: &Args) -> String {
+    let dir = peer_dir(a);
+    let version = |pkg: &str| -> String {
+        std::fs::read_to_string(dir.join("node_modules").join(pkg).join("package.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "not installed".into())
+    };
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "no node".into());
+    format!(
+        "Node {node}, socket.io {}, @socket.io/redis-streams-adapter {}, redis (npm) {}",
+        version("socket.io"),
+        version("@socket.io/redis-streams-adapter"),
+        version("redis")
+    )
+}
+
+/// The workloads to run, in order (`all` expanded; W1max `--runs` times),
+/// or why not.
+fn workload_list(a: &Args) -> Result<Vec<Workload>, String> {
+    let ws_ours = target(a) == Target::Ws;
+    let mut list = Vec::new();
+    for &w in &a.workloads {
+        match w {
+            Workload::All if ws_ours => {
+                list.extend([Workload::W1, Workload::W1max, Workload::W2, Workload::W3])
+            }
+            Workload::All => list.extend([Workload::W1, Workload::W1max, Workload::W3]),
+            Workload::W2 if !ws_ours => {
+                return Err("W2 (resume) is measured over our WebSocket only".into())
+            }
+            w => list.push(w),
+        }
+    }
+    // W1max runs `--runs` times, each on a fresh Redis and broker.
+    Ok(list
+        .into_iter()
+        .flat_map(|w| {
+            let n = if w == Workload::W1max {
+                a.runs.max(1)
+            } else {
+                1
+            };
+            std::iter::repeat_n(w, n)
+        })
+        .collect())
+}
+
+/// Writes the figures of this sitting for `bench-compare`.
+fn write_json(
+    a: &Args,
+    bin: &std::path::Path,
+    figures: serde_json::Map<String, Value>,
+    path: &std::path::Path,
+) {
+    let t = target(a);
+    let mut doc = json!({
+        "subject": subject(t),
+        "peer": t == Target::SocketIo,
+        "server": if t == Target::SocketIo { peer_versions(a) } else { bin.display().to_string() },
+        "machine": machine_note(),
+    });
+    if let Value::Object(m) = &mut doc {
+        m.extend(figures);
+    }
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("bench-delivery: cannot write {}: {e}", path.display());
+    }
+}
+
 fn machine_note() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1614,7 +1899,7 @@ fn machine_note() -> String {
 fn main() -> ExitCode {
     let a = Args::parse();
     let bin = broker_bin(&a);
-    if !bin.exists() {
+    if a.peer.is_none() && !bin.exists() {
         eprintln!(
             "bench-delivery: {} not found; build it: cargo build --release",
             bin.display()
@@ -1630,22 +1915,13 @@ fn main() -> ExitCode {
         machine_note()
     );
     let mut sum = Summary::default();
-    let list: Vec<Workload> = match a.workload {
-        Workload::All => vec![Workload::W1, Workload::W1max, Workload::W2, Workload::W3],
-        w => vec![w],
+    let list = match workload_list(&a) {
+        Ok(list) => list,
+        Err(e) => {
+            eprintln!("bench-delivery: {e}");
+            return ExitCode::from(2);
+        }
     };
-    // W1max runs `--runs` times, each on a fresh Redis and broker.
-    let list: Vec<Workload> = list
-        .into_iter()
-        .flat_map(|w| {
-            let n = if w == Workload::W1max {
-                a.runs.max(1)
-            } else {
-                1
-            };
-            std::iter::repeat_n(w, n)
-        })
-        .collect();
     let mut w1max_runs: Vec<W1maxRun> = Vec::new();
     let started = Instant::now();
     for w in list {
@@ -1666,21 +1942,30 @@ fn main() -> ExitCode {
         eprintln!("== {w:?}{run} ({quiet})");
         let env = Env::start(&a, &bin);
         let mut part = String::new();
-        let _ = writeln!(
-            part,
-            "\n_Topology: {} broker node(s) on {}{}._",
-            a.nodes,
-            if a.cluster {
-                "a Redis Cluster (3 masters + 3 replicas, AOF everysec)"
-            } else {
-                "one Redis (AOF everysec)"
-            },
-            if a.broker_env.is_empty() {
-                String::new()
-            } else {
-                format!("; broker settings {:?}", a.broker_env)
-            }
-        );
+        if env.is_peer() {
+            let _ = writeln!(
+                part,
+                "\n_Topology: the Socket.IO peer ({}; one node process) on one Redis (AOF everysec)._",
+                peer_versions(&a)
+            );
+        } else {
+            let _ = writeln!(
+                part,
+                "\n_Topology: {} broker node(s) ({}) on {}{}._",
+                a.nodes,
+                env.subject(),
+                if a.cluster {
+                    "a Redis Cluster (3 masters + 3 replicas, AOF everysec)"
+                } else {
+                    "one Redis (AOF everysec)"
+                },
+                if a.broker_env.is_empty() {
+                    String::new()
+                } else {
+                    format!("; broker settings {:?}", a.broker_env)
+                }
+            );
+        }
         let t = Instant::now();
         rt.block_on(async {
             match w {
@@ -1734,6 +2019,9 @@ fn main() -> ExitCode {
         report.push_str(&s);
     }
     let _ = writeln!(report, "\nTotal: {:.0} s", started.elapsed().as_secs_f64());
+    if let Some(path) = &a.json {
+        write_json(&a, &bin, sum.json, path);
+    }
     if let Some(path) = &a.out {
         if let Err(e) = std::fs::write(path, &report) {
             eprintln!("bench-delivery: cannot write {}: {e}", path.display());
