@@ -2,9 +2,12 @@
 -- replicas confirmed (WAIT) visible to readers, and announces them live.
 --
 -- KEYS, per member i: mythos:player:{p}:meta
--- ARGV: 1 n (members)   2 PUBLISH or SPUBLISH (cluster)
+-- ARGV: 1 n (members)   2 PUBLISH, SPUBLISH (cluster), or '' (the engine
+--   announces: a room on a cluster, whose channel lives on another slot)
 --   3 flags   4 event_type   5 timestamp   6 room_id   7 id   8 data
---   8 + 2i - 1: member i's player id   8 + 2i: its sequence number
+--   9 the room's live channel for a room publish ('' otherwise: each
+--   member's own channel; see lib.lua `announce`)
+--   9 + 2i - 1: member i's player id   9 + 2i: its sequence number
 -- Returns the number of members.
 --
 -- Readers never see an event before this runs (lib.lua cursor with
@@ -20,7 +23,7 @@
 local n = tonumber(ARGV[1])
 local targets = {}
 for i = 1, n do
-  local player, seq = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
+  local player, seq = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   local confirmed = tonumber(redis.call('HGET', KEYS[i], 'confirmed')) or 0
   if tonumber(seq) > confirmed then
     redis.call('HSET', KEYS[i], 'confirmed', seq)
@@ -28,5 +31,5 @@ for i = 1, n do
   targets[#targets + 1] = player
   targets[#targets + 1] = seq
 end
-announce(ARGV[2], targets, ARGV[3], ARGV[4], ARGV[5], ARGV[8], ARGV[6], ARGV[7])
+announce(ARGV[2], ARGV[9], targets, ARGV[3], ARGV[4], ARGV[5], ARGV[8], ARGV[6], ARGV[7])
 return n

@@ -146,19 +146,32 @@ local function event_fields(flags, event_type, timestamp, data, room_id, id)
   return f
 end
 
--- Announces each fresh append on its player's live channel
+-- Announces appends live: `frame(n)`, then `frame(player) frame(seq)` per
+-- target, then `frame(flags) frame(event_type) frame(timestamp)
+-- frame(room_id) frame(id) frame(data)`, so that the nodes holding a
+-- connection of a target (and only they) can hand the event on without
+-- reading it back. With `channel` set (a room publish: the room's channel
+-- `mythos:live:room:{<room>}`) that is ONE message carrying every target;
+-- else one message per target on the player's own channel
 -- `mythos:live:{<player>}` (same hash tag as the player's keys, so on a
--- cluster it is a shard channel of the slot this script runs on):
--- `frame(1) frame(player) frame(seq) frame(flags) frame(event_type)
--- frame(timestamp) frame(room_id) frame(id) frame(data)`, so that the nodes
--- holding a connection of that player (and only they) can hand the event on
--- without reading it back. `publish` is PUBLISH on one Redis, SPUBLISH on a
--- cluster; '' announces nothing (with WAIT, `confirm.lua` announces once
--- replicas have the event). `targets` alternates player, sequence number.
-local function announce(publish, targets, flags, event_type, timestamp, data, room_id, id)
+-- cluster a shard channel of the slot this script runs on). `publish` is
+-- PUBLISH on one Redis, SPUBLISH on a cluster; '' announces nothing (the
+-- engine announces: after WAIT, or on a cluster, where the room's channel
+-- lives on another slot). `targets` alternates player, sequence number.
+local function announce(publish, channel, targets, flags, event_type, timestamp, data, room_id, id)
   if #targets == 0 or publish == '' then return end
   local body = frame(flags) .. frame(event_type) .. frame(timestamp) .. frame(room_id)
     .. frame(id) .. frame(data)
+  if channel ~= '' then
+    local parts = { frame(int(#targets / 2)) }
+    for i = 1, #targets - 1, 2 do
+      parts[#parts + 1] = frame(targets[i])
+      parts[#parts + 1] = frame(targets[i + 1])
+    end
+    parts[#parts + 1] = body
+    redis.call(publish, channel, table.concat(parts))
+    return
+  end
   for i = 1, #targets - 1, 2 do
     local p = targets[i]
     redis.call(publish, 'mythos:live:{' .. p .. '}',

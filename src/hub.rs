@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
 use crate::engine::LiveSink;
-use crate::protocol::Event;
+use crate::protocol::{Event, EventBody};
 use crate::telemetry::{QUEUED_EVENTS, SUBSCRIBED_PLAYERS};
 
 /// What a subscriber's queue carries.
@@ -172,22 +172,10 @@ impl Hub {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Sub>>> {
-        // A panic while holding the lock leaves the map consistent (every
-        // mutation is a single call), so recover from poisoning.
-        self.players.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl LiveSink for Hub {
-    /// True if some connection on this node wants `player`'s events.
-    fn wants(&self, player: &str) -> bool {
-        self.lock().contains_key(player)
-    }
-
-    /// Hands `event` to every local connection of `player`, never waiting.
-    fn deliver(&self, player: &str, event: &Event) {
-        let mut map = self.lock();
+    /// Queues `event` for `player`'s local connections (the map locked):
+    /// a full queue cuts a live connection off (slow consumer) and marks a
+    /// replaying one lagged.
+    fn deliver_locked(&self, map: &mut HashMap<String, Vec<Sub>>, player: &str, event: &Event) {
         let Some(subs) = map.get_mut(player) else {
             return;
         };
@@ -214,6 +202,39 @@ impl LiveSink for Hub {
         if subs.is_empty() {
             map.remove(player);
             metrics::gauge!(SUBSCRIBED_PLAYERS).decrement(1.0);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Sub>>> {
+        // A panic while holding the lock leaves the map consistent (every
+        // mutation is a single call), so recover from poisoning.
+        self.players.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LiveSink for Hub {
+    /// True if some connection on this node wants `player`'s events.
+    fn wants(&self, player: &str) -> bool {
+        self.lock().contains_key(player)
+    }
+
+    /// Hands `event` to every local connection of `player`, never waiting.
+    fn deliver(&self, player: &str, event: &Event) {
+        let mut map = self.lock();
+        self.deliver_locked(&mut map, player, event);
+    }
+
+    /// The same for every target of a fan-out, under one lock.
+    fn deliver_all(&self, targets: &[(&str, u64)], body: &Arc<EventBody>) {
+        let mut map = self.lock();
+        for (player, seq) in targets {
+            if map.contains_key(*player) {
+                let event = Event {
+                    sequence_number: *seq,
+                    body: body.clone(),
+                };
+                self.deliver_locked(&mut map, player, &event);
+            }
         }
     }
 

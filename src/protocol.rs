@@ -5,7 +5,8 @@
 //! frames) and serialising what leaves (envelopes). Must not touch: I/O, the
 //! engine, or HTTP status codes (callers map [`ProtocolError`] to answers).
 
-use std::sync::Arc;
+use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -103,7 +104,8 @@ pub(crate) fn check_id(what: &str, s: &str) -> Result<(), ProtocolError> {
 }
 
 /// What an event carries apart from its recipient and sequence number; shared
-/// (behind an `Arc`) by every delivery of one publish.
+/// (behind an `Arc`) by every delivery of one publish, which is why its
+/// envelope is encoded once, for all of them ([`EventBody::envelope`]).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EventBody {
     pub event_type: String,
@@ -113,9 +115,29 @@ pub struct EventBody {
     pub data: Box<RawValue>,
     #[serde(default)]
     pub id: Option<String>,
+    /// The envelope's shared text, made on first use.
+    #[serde(skip)]
+    encoded: OnceLock<Encoded>,
 }
 
 impl EventBody {
+    pub fn new(
+        event_type: impl Into<String>,
+        timestamp: impl Into<String>,
+        data: Box<RawValue>,
+        room_id: Option<String>,
+        id: Option<String>,
+    ) -> Self {
+        Self {
+            event_type: event_type.into(),
+            timestamp: timestamp.into(),
+            room_id,
+            data,
+            id,
+            encoded: OnceLock::new(),
+        }
+    }
+
     /// A body stamped with the current time (RFC 3339, milliseconds, UTC).
     pub fn now(
         event_type: impl Into<String>,
@@ -123,13 +145,76 @@ impl EventBody {
         room_id: Option<String>,
         id: Option<String>,
     ) -> Self {
-        Self {
-            event_type: event_type.into(),
-            timestamp: now_rfc3339(),
-            room_id,
-            data,
-            id,
-        }
+        Self::new(event_type, now_rfc3339(), data, room_id, id)
+    }
+
+    /// Appends the envelope of this body for `player` at `seq` to `out`
+    /// (`ws`: with `"type":"event"` first, the WebSocket frame; else the SSE
+    /// `data:`). The text around the two per-recipient fields is built once
+    /// per body, on first use, and shared by every recipient of a fan-out;
+    /// the result is byte for byte what serialising the envelope gives.
+    pub fn envelope(&self, player: &str, seq: u64, ws: bool, out: &mut String) {
+        let e = self.encoded.get_or_init(|| Encoded::of(self));
+        out.reserve(e.head.len() + e.mid.len() + e.tail.len() + player.len() + 40);
+        out.push_str(if ws { "{\"type\":\"event\"," } else { "{" });
+        out.push_str(&e.head);
+        let _ = write!(out, "{seq}");
+        out.push_str(&e.mid);
+        push_json_str(out, player);
+        out.push_str(&e.tail);
+    }
+}
+
+/// An envelope split around `sequence_number` and `player_id` (field order:
+/// `[type,] event_type, sequence_number, timestamp, player_id, room_id,
+/// data, id`, as [`EnvelopeRef`] serialises it).
+#[derive(Debug, Clone)]
+struct Encoded {
+    /// `"event_type":"…","sequence_number":`
+    head: String,
+    /// `,"timestamp":"…","player_id":`
+    mid: String,
+    /// `,"room_id":…,"data":…,"id":…}`
+    tail: String,
+}
+
+impl Encoded {
+    fn of(b: &EventBody) -> Self {
+        let mut head = String::from("\"event_type\":");
+        push_json_str(&mut head, &b.event_type);
+        head.push_str(",\"sequence_number\":");
+        let mut mid = String::from(",\"timestamp\":");
+        push_json_str(&mut mid, &b.timestamp);
+        mid.push_str(",\"player_id\":");
+        let mut tail = String::from(",\"room_id\":");
+        push_json_opt(&mut tail, b.room_id.as_deref());
+        tail.push_str(",\"data\":");
+        tail.push_str(b.data.get());
+        tail.push_str(",\"id\":");
+        push_json_opt(&mut tail, b.id.as_deref());
+        tail.push('}');
+        Self { head, mid, tail }
+    }
+}
+
+/// `s` as a JSON string; ids (`[A-Za-z0-9_-]`) need no escaping and skip serde.
+fn push_json_str(out: &mut String, s: &str) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serialising a string cannot fail.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
+fn push_json_opt(out: &mut String, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.push_str("null"),
     }
 }
 
@@ -150,6 +235,7 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_string())
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 struct EnvelopeRef<'a> {
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -165,6 +251,16 @@ struct EnvelopeRef<'a> {
 
 /// Serialises the envelope of `event` for `player`; `ws` adds `"type":"event"`.
 pub(crate) fn envelope_json(player: &str, event: &Event, ws: bool) -> String {
+    let mut out = String::new();
+    event
+        .body
+        .envelope(player, event.sequence_number, ws, &mut out);
+    out
+}
+
+/// The envelope as serde writes it: what [`EventBody::envelope`] must equal.
+#[cfg(test)]
+fn envelope_serde(player: &str, event: &Event, ws: bool) -> String {
     let b = &event.body;
     let env = EnvelopeRef {
         kind: ws.then_some("event"),
@@ -176,7 +272,6 @@ pub(crate) fn envelope_json(player: &str, event: &Event, ws: bool) -> String {
         data: &b.data,
         id: b.id.as_deref(),
     };
-    // Serialising borrowed strings and a RawValue cannot fail.
     serde_json::to_string(&env).unwrap_or_default()
 }
 
@@ -553,6 +648,30 @@ mod props {
     }
 
     proptest! {
+        /// The envelope spliced from the shared text equals serde's, for
+        /// any strings (escapes included), data, ids and both transports,
+        /// and stays right for a second recipient of the same body.
+        #[test]
+        fn spliced_envelopes_equal_serde(
+            event_type in "\\PC{1,20}",
+            data in json(),
+            room in proptest::option::of("\\PC{0,12}"),
+            id in proptest::option::of("\\PC{0,12}"),
+            players in proptest::collection::vec("\\PC{1,12}", 1..4),
+            seq in any::<u64>(),
+            ws in any::<bool>(),
+        ) {
+            let data = RawValue::from_string(data.to_string()).expect("json");
+            let body = Arc::new(EventBody::new(event_type, "2026-11-23T10:30:00.123Z", data, room, id));
+            for (i, p) in players.iter().enumerate() {
+                let ev = Event { sequence_number: seq.wrapping_add(i as u64), body: body.clone() };
+                let spliced = envelope_json(p, &ev, ws);
+                prop_assert_eq!(&spliced, &envelope_serde(p, &ev, ws));
+                let v: serde_json::Value = serde_json::from_str(&spliced).expect("valid JSON");
+                prop_assert_eq!(v["player_id"].as_str(), Some(p.as_str()));
+            }
+        }
+
         #[test]
         fn client_messages_never_panic(text in ".{0,300}") {
             let _ = parse_client_message(&text, &MessageLimits::default());

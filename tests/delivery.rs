@@ -34,6 +34,7 @@ on_every_topology!(
     shutdown_closes_with_1012,
     resync_required_when_backlog_was_trimmed,
     rooms_announce_entry_and_exit,
+    room_membership_changes_in_flight_miss_nothing_live,
     ws_auth_is_checked_before_upgrade,
     sse_sends_keep_alive_comments,
     silent_ws_peer_is_dropped,
@@ -692,6 +693,62 @@ async fn rooms_announce_entry_and_exit(kind: Kind) {
         )
         .await;
     assert_eq!(s, 403, "players cannot change membership");
+}
+
+/// Issue 19: a room publish is announced once, on the room's channel, and
+/// a node follows the rooms of its players by the join/leave notices on
+/// their own channels. Here alice (alone in `hall`, so nothing else is
+/// announced to her) joins and leaves the room over and over, each change
+/// racing a publish to the room. Whenever a publish's answer says alice got
+/// an event, it must reach her socket live, next, and without any later
+/// event to reveal a gap: a join whose room subscription was not confirmed
+/// before the re-read (no nudge), or a leave that dropped the room's
+/// channel under an announcement still in flight (no linger), would leave
+/// it stuck until her next event, and the 3 s wait fails.
+async fn room_membership_changes_in_flight_miss_nothing_live(kind: Kind) {
+    let n = Node::start(kind, |_| {}).await;
+    let svc = service_token();
+    let (mut alice, _) = n.ws_player("alice", None).await;
+    let path = "/v1/rooms/hall/members/alice";
+    let mut got = Vec::new();
+    let mut member = false;
+    for i in 0..120u64 {
+        let method = if member {
+            reqwest::Method::DELETE
+        } else {
+            reqwest::Method::PUT
+        };
+        member = !member;
+        // The change and the publish start together; the publish's member
+        // read lands before, between or after the change's writes.
+        let delay = Duration::from_micros(i % 7 * 150);
+        let change = async {
+            tokio::time::sleep(delay).await;
+            n.request(method, path, Some(&svc)).await.0
+        };
+        let publish = n.publish(json!({"room": "hall"}), "tick", json!({ "i": i }));
+        let (status, d) = tokio::join!(change, publish);
+        assert_eq!(status, 200, "membership change {i}");
+        for (p, seq) in d {
+            assert_eq!(p, "alice", "the only member");
+            let ev = tokio::time::timeout(Duration::from_secs(3), alice.next_event())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("tick {i} (alice's event {seq}) did not arrive live within 3 s")
+                })
+                .expect("event");
+            assert_eq!(ev["sequence_number"], seq, "tick {i}");
+            assert_eq!(ev["data"]["i"], i);
+            got.push(seq);
+        }
+    }
+    assert!(
+        got.len() >= 20,
+        "alice got too few ticks to test anything: {got:?}"
+    );
+    assert_eq!(got, range(1, got.len() as u64), "dense, in order");
+    let f = fence(&n, "alice").await;
+    assert_eq!(alice.seqs(1).await, vec![f]);
 }
 
 async fn ws_auth_is_checked_before_upgrade(kind: Kind) {

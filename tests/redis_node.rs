@@ -158,3 +158,133 @@ async fn junk_on_the_live_channel_does_not_stop_live_delivery() {
         "every junk message is counted:\n{metrics}"
     );
 }
+
+/// Sends `cmd` on a plain connection to the node's Redis.
+async fn raw<T: redis::FromRedisValue>(n: &Node, cmd: &mut redis::Cmd) -> T {
+    let client = n.redis.as_ref().expect("redis").client();
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    cmd.query_async(&mut con).await.expect("redis command")
+}
+
+/// Subscribers of `channel` on the node's Redis.
+async fn subscribers(n: &Node, channel: &str) -> i64 {
+    let v: (String, i64) = raw(n, redis::cmd("PUBSUB").arg("NUMSUB").arg(channel)).await;
+    v.1
+}
+
+/// Issue 19, room channels, the join half: a room publish whose member list
+/// has alice is announced on the room's channel before the node learned of
+/// her join (here the `+hall` notice comes late, by hand: the widest such
+/// window). Nobody on the node listened, so only the nudge that follows the
+/// node's confirmed subscription brings the event, live, with no later
+/// event to reveal a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_learned_late_still_delivers_the_room_event_announced_before() {
+    let n = node_on(RedisServer::start()).await;
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let room_channel = "mythos:live:room:{hall}";
+    let _: i64 = raw(
+        &n,
+        redis::cmd("SADD")
+            .arg("mythos:room:{hall}:members")
+            .arg("alice"),
+    )
+    .await;
+    let _: i64 = raw(
+        &n,
+        redis::cmd("SADD")
+            .arg("mythos:player:{alice}:rooms")
+            .arg("hall"),
+    )
+    .await;
+    let d = n
+        .publish(json!({"room": "hall"}), "tick", json!({"k": 1}))
+        .await;
+    assert_eq!(d, vec![("alice".to_string(), 1)]);
+    assert_eq!(
+        subscribers(&n, room_channel).await,
+        0,
+        "announced to nobody"
+    );
+    let _: i64 = raw(
+        &n,
+        redis::cmd("PUBLISH")
+            .arg("mythos:live:{alice}")
+            .arg("+hall"),
+    )
+    .await;
+    let e = tokio::time::timeout(std::time::Duration::from_secs(3), ws.next_event())
+        .await
+        .expect("the room event arrives once the node follows the room")
+        .expect("event");
+    assert_eq!(
+        (e["sequence_number"].as_u64(), e["data"]["k"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(subscribers(&n, room_channel).await, 1);
+    // The room's channel now delivers live.
+    let d = n
+        .publish(json!({"room": "hall"}), "tick", json!({"k": 2}))
+        .await;
+    assert_eq!(d, vec![("alice".to_string(), 2)]);
+    assert_eq!(ws.seqs(1).await, vec![2]);
+    fence(&n, &mut ws, "alice", 3).await;
+}
+
+/// Issue 19, room channels, the leave half: a publish read the members
+/// while alice was still in the room, and its announcement reaches the node
+/// after her leave did (the `-hall` notice by hand, ahead of the publish).
+/// The node keeps the room's channel for `ROOM_LINGER` (10 s, swept every
+/// 5 s), so the event she was given still arrives live. The test waits past
+/// one sweep (6 s): a node that dropped the channel at the leave, or at the
+/// next sweep, would miss it, and nothing later would reveal the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_ahead_of_an_announcement_in_flight_keeps_the_room_channel() {
+    let n = node_on(RedisServer::start()).await;
+    let svc = service_token();
+    let (mut ws, _) = n.ws_player("alice", None).await;
+    let room_channel = "mythos:live:room:{hall}";
+    let (s, _) = n
+        .request(
+            reqwest::Method::PUT,
+            "/v1/rooms/hall/members/alice",
+            Some(&svc),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let d = n
+        .publish(json!({"room": "hall"}), "tick", json!({"k": 1}))
+        .await;
+    assert_eq!(d, vec![("alice".to_string(), 1)]);
+    assert_eq!(ws.seqs(1).await, vec![1]);
+    // The node learns of the leave; an event to alice's own channel after
+    // it, received, shows the notice was handled (one channel, in order).
+    let _: i64 = raw(
+        &n,
+        redis::cmd("PUBLISH")
+            .arg("mythos:live:{alice}")
+            .arg("-hall"),
+    )
+    .await;
+    assert_eq!(n.publish_n("alice", 1).await, vec![2]);
+    assert_eq!(ws.seqs(1).await, vec![2]);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(subscribers(&n, room_channel).await, 1, "still lingering");
+    // The publish in flight: its member list still has alice.
+    let d = n
+        .publish(json!({"room": "hall"}), "tick", json!({"k": 3}))
+        .await;
+    assert_eq!(d, vec![("alice".to_string(), 3)]);
+    let e = tokio::time::timeout(std::time::Duration::from_secs(3), ws.next_event())
+        .await
+        .expect("the event of the publish in flight arrives live")
+        .expect("event");
+    assert_eq!(
+        (e["sequence_number"].as_u64(), e["data"]["k"].as_u64()),
+        (Some(3), Some(3))
+    );
+    fence(&n, &mut ws, "alice", 4).await;
+}

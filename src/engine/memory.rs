@@ -559,7 +559,7 @@ impl Engine for MemoryEngine {
                         if let Some(k) = dedupe_key {
                             log.remember(k, ev.sequence_number, until, now);
                         }
-                        fresh.push((p.clone(), ev.clone()));
+                        fresh.push((p.clone(), ev.sequence_number));
                         ev.sequence_number
                     }
                 };
@@ -576,9 +576,10 @@ impl Engine for MemoryEngine {
             }
             out
         };
-        for (p, ev) in &fresh {
-            self.hub.deliver(p, ev);
-        }
+        // Every fresh append shares `body`: handed on at once, under one
+        // lock of the hub, and encoded once for all (protocol::Encoded).
+        let targets: Vec<(&str, u64)> = fresh.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        self.hub.deliver_all(&targets, &body);
         Ok(deliveries)
     }
 

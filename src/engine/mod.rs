@@ -34,6 +34,17 @@ pub trait LiveSink: Send + Sync {
     fn wants(&self, player: &str) -> bool;
     /// `event` was just appended to `player`'s log.
     fn deliver(&self, player: &str, event: &Event);
+    /// One event (one `body`) was just appended to several players' logs,
+    /// each under its own sequence number: a fan-out handed on at once.
+    fn deliver_all(&self, targets: &[(&str, u64)], body: &Arc<EventBody>) {
+        for (player, seq) in targets {
+            let event = Event {
+                sequence_number: *seq,
+                body: body.clone(),
+            };
+            self.deliver(player, &event);
+        }
+    }
     /// Announcements may have been lost: every reader should re-read its log.
     fn nudge_all(&self);
     /// Announcements of `player` may have been lost: its readers re-read.

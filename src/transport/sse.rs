@@ -19,7 +19,7 @@ use super::{check_reader, parse_resume, ready_batch, session_id, End};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::listener::StreamBody;
-use crate::protocol::{envelope_json, Event};
+use crate::protocol::Event;
 use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
 use crate::telemetry::{ConnectionGauge, Transport};
@@ -91,14 +91,16 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     Ok(resp)
 }
 
+/// One event's `id:` / `event:` / `data:` lines, the envelope spliced
+/// straight into `out` (its shared part is encoded once per publish).
 fn frame(out: &mut String, player: &str, ev: &Event) {
     let _ = write!(
         out,
-        "id: {}\nevent: {}\ndata: {}\n\n",
-        ev.sequence_number,
-        ev.body.event_type,
-        envelope_json(player, ev, false)
+        "id: {}\nevent: {}\ndata: ",
+        ev.sequence_number, ev.body.event_type
     );
+    ev.body.envelope(player, ev.sequence_number, false, out);
+    out.push_str("\n\n");
 }
 
 async fn run(

@@ -122,18 +122,26 @@ fn ceiling(
         cmd.push("mythos:player:{bench-meta}:meta".into());
     }
     let ts = now_rfc3339();
+    let n = members.to_string();
     for a in [
-        &members.to_string(),
+        n.as_str(),
         "0",
         "10000",
         "604800000",
         "",
         "bench",
-        &ts,
+        ts.as_str(),
         DATA,
         "",
         "",
         "PUBLISH",
+        // A room of several members is announced once, on the room's channel.
+        if members > 1 {
+            "mythos:live:room:{bench}"
+        } else {
+            ""
+        },
+        "",
     ] {
         cmd.push(a.to_string());
     }
@@ -194,6 +202,8 @@ async fn bench(a: Args) -> Result<(), String> {
     // [engine, ceiling, pipelined] for (a) and (b), one figure per round.
     let mut single: [Vec<f64>; 3] = Default::default();
     let mut rooms_out: [Vec<f64>; 3] = Default::default();
+    // (append.lua per member, raw XADD per entry), one pair per round.
+    let mut member_cost: Vec<(Cost, Cost)> = Vec::new();
     for round in 1..=a.rounds {
         eprintln!("round {round}/{}: (a) single players", a.rounds);
         let (e, ps, np) = (engine.clone(), players.clone(), a.publishers);
@@ -214,6 +224,7 @@ async fn bench(a: Args) -> Result<(), String> {
         single[2].push(ceiling(server.port(), &sha, 1, piped, a.seconds)?);
         eprintln!("round {round}/{}: (b) rooms", a.rounds);
         let (e, rs) = (engine.clone(), rooms.clone());
+        let before = Cost::sample(&server);
         rooms_out[0].push(
             measure(a.publishers, a.seconds, move |w, i| {
                 let (e, rs) = (e.clone(), rs.clone());
@@ -227,8 +238,13 @@ async fn bench(a: Args) -> Result<(), String> {
             })
             .await,
         );
+        let cost = Cost::sample(&server).since(&before, "evalsha", a.room_size);
         rooms_out[1].push(ceiling(server.port(), &sha, a.room_size, plain, a.seconds)? * room);
         rooms_out[2].push(ceiling(server.port(), &sha, a.room_size, piped, a.seconds)? * room);
+        let before = Cost::sample(&server);
+        xadd_ceiling(server.port(), a.room_size, a.seconds)?;
+        let raw = Cost::sample(&server).since(&before, "xadd", 1);
+        member_cost.push((cost, raw));
     }
 
     let redis_version = Command::new("redis-server")
@@ -268,9 +284,128 @@ async fn bench(a: Args) -> Result<(), String> {
         format!("(b) deliveries/s, {} rooms of {}", a.rooms, a.room_size),
         &rooms_out,
     );
+    println!();
+    println!(
+        "Redis CPU per member of a room publish ({} members), against the raw XADD \
+         ceiling in the same rounds (redis-benchmark -P {} of the same entry); \
+         median (min-max) of {} rounds, µs:",
+        a.room_size, a.room_size, a.rounds
+    );
+    println!();
+    println!("| measure | append.lua, per member | raw XADD, per entry | ratio |");
+    println!("|---|---:|---:|---:|");
+    let pick = |f: fn(&Cost) -> f64| -> ([Vec<f64>; 2], f64) {
+        let ours: Vec<f64> = member_cost.iter().map(|(c, _)| f(c)).collect();
+        let raw: Vec<f64> = member_cost.iter().map(|(_, r)| f(r)).collect();
+        let ratio = median(&ours) / median(&raw);
+        ([ours, raw], ratio)
+    };
+    for (name, f) in [
+        (
+            "commandstats usec (the command alone)",
+            Cost::stat_us as fn(&Cost) -> f64,
+        ),
+        ("redis-server CPU (with networking)", Cost::cpu_us),
+    ] {
+        let ([ours, raw], ratio) = pick(f);
+        println!(
+            "| {name} | {} | {} | {ratio:.2} |",
+            spread_us(&ours),
+            spread_us(&raw)
+        );
+    }
     drop(engine);
     drop(server);
     Ok(())
+}
+
+/// Redis's own account of a command's cost: `INFO commandstats` (µs inside
+/// the command, calls) and the server process's CPU.
+#[derive(Debug, Clone, Default)]
+struct Cost {
+    stats: String,
+    cpu_s: f64,
+    /// Per unit, once [`Cost::since`] made it a difference.
+    stat_us: f64,
+    cpu_us: f64,
+}
+
+impl Cost {
+    fn sample(server: &Redis) -> Self {
+        Self {
+            stats: server.info("INFO commandstats"),
+            cpu_s: procs::cpu_seconds(server.pid()),
+            ..Self::default()
+        }
+    }
+
+    /// µs per unit of `command` since `before`; a call counts `per_call` units.
+    fn since(&self, before: &Cost, command: &str, per_call: usize) -> Cost {
+        let (u1, c1) = cmdstat(&self.stats, command);
+        let (u0, c0) = cmdstat(&before.stats, command);
+        let units = (c1 - c0) * per_call as f64;
+        Cost {
+            stat_us: (u1 - u0) / units,
+            cpu_us: (self.cpu_s - before.cpu_s) * 1e6 / units,
+            ..Cost::default()
+        }
+    }
+
+    fn stat_us(&self) -> f64 {
+        self.stat_us
+    }
+
+    fn cpu_us(&self) -> f64 {
+        self.cpu_us
+    }
+}
+
+/// (usec, calls) of `cmdstat_<command>` in `INFO commandstats`.
+fn cmdstat(info: &str, command: &str) -> (f64, f64) {
+    let prefix = format!("cmdstat_{command}:");
+    let Some(line) = info.lines().find_map(|l| l.strip_prefix(&prefix)) else {
+        return (0.0, 0.0);
+    };
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field("usec"), field("calls"))
+}
+
+/// The raw ceiling of one member's entry: `XADD` of the same fields with the
+/// same exact MAXLEN, `members` pipelined per connection, random keys.
+fn xadd_ceiling(port: u16, members: usize, secs: u64) -> Result<f64, String> {
+    let ts = now_rfc3339();
+    let cmd: Vec<String> = [
+        "XADD",
+        "mythos:player:{x__rand_int__}:events",
+        "MAXLEN",
+        "=",
+        "10000",
+        "*",
+        "event_type",
+        "bench",
+        "timestamp",
+        &ts,
+        "data",
+        DATA,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let run =
+        |n: u64| mythos_bench::redis_side::redis_benchmark(port, (4, members), n, 10_000, &cmd);
+    let rough = run(20_000)?;
+    run(((rough * secs as f64) as u64).max(20_000))
+}
+
+fn spread_us(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.2} ({lo:.2}-{hi:.2})", median(v))
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -75,15 +75,18 @@ fn write_recording(path: &std::path::Path, n: u64) -> Result<(), String> {
     let base = EventBody::now("chat_message", data, Some("tavern".into()), None);
     for seq in 1..=n {
         let ms = seq * 10;
-        let body = EventBody {
-            timestamp: format!(
+        let body = EventBody::new(
+            base.event_type.clone(),
+            format!(
                 "2026-11-23T10:{:02}:{:02}.{:03}Z",
                 (ms / 60_000) % 60,
                 (ms / 1000) % 60,
                 ms % 1000
             ),
-            ..base.clone()
-        };
+            base.data.clone(),
+            base.room_id.clone(),
+            base.id.clone(),
+        );
         let ev = Event {
             sequence_number: seq,
             body: Arc::new(body),
@@ -115,6 +118,8 @@ fn ceiling(port: u16, sha: &str, n: u64) -> Result<f64, String> {
         "tavern",
         "replay:alice:1",
         "PUBLISH",
+        "",
+        "",
         "ceiling",
     ]
     .iter()

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use futures_util::future::join_all;
 
 use super::conn::{Own, Shared};
-use super::{deliver_unconfirmed, keys, ms, pool_err, RedisEngine};
+use super::{deliver_unconfirmed, keys, live, ms, pool_err, RedisEngine};
 use crate::engine::{EngineError, Result};
 use crate::protocol::{Delivery, EventBody};
 
@@ -45,12 +45,25 @@ impl RedisEngine {
     /// concurrently. Every call that succeeded stays appended even if
     /// another failed: the error is answered (503) and a retry with the same
     /// dedupe key appends nothing twice and fills in the rest.
+    ///
+    /// The appends are announced live: a `room` publish once, on the room's
+    /// channel, with every member's sequence number (by the script on one
+    /// Redis; by the engine after the calls on a cluster, where the room's
+    /// channel lives on another slot), anything else on each player's own
+    /// channel (by the script). With WAIT, only once replicas confirmed.
     pub(super) async fn append_all(
         &self,
         players: &[String],
         body: &EventBody,
         dedupe_key: Option<&str>,
+        room: Option<&str>,
     ) -> Result<Vec<Delivery>> {
+        let channel = room.map(keys::live_room);
+        let how = Announce {
+            early: !self.waits() || deliver_unconfirmed(),
+            by_engine: room.is_some() && self.conns.is_cluster(),
+            channel: channel.as_deref().unwrap_or(""),
+        };
         let groups: Vec<Vec<&String>> = if self.conns.is_cluster() {
             let mut by_slot: HashMap<u16, Vec<&String>> = HashMap::new();
             for p in players {
@@ -76,7 +89,8 @@ impl RedisEngine {
                     Some(None) => return Err(pool_err("connection discarded")),
                     None => self.shared().await?,
                 };
-                self.append_group(&mut conn, g, body, dedupe_key).await
+                self.append_group(&mut conn, g, body, dedupe_key, &how)
+                    .await
             }
         });
         let mut done = Vec::with_capacity(groups.len());
@@ -86,6 +100,10 @@ impl RedisEngine {
                 Ok(ds) => done.push(ds),
                 Err(e) => failed = Some(e),
             }
+        }
+        if how.early && how.by_engine {
+            // What was appended is announced, even if another group failed.
+            self.announce(&how, done.iter(), body).await?;
         }
         if let Some(e) = failed {
             return Err(e);
@@ -111,14 +129,20 @@ impl RedisEngine {
             }
             // The connection may be discarded by now: the confirmations go
             // out on a shared one (`confirm.lua` is an ordinary write).
-            let calls = visible.into_iter().map(|group| async move {
-                let mut conn = self.shared().await?;
-                self.make_visible(&mut conn, group, body, flags).await
+            let calls = visible.iter().map(|group| {
+                let how = &how;
+                async move {
+                    let mut conn = self.shared().await?;
+                    self.make_visible(&mut conn, group, body, flags, how).await
+                }
             });
             join_all(calls)
                 .await
                 .into_iter()
                 .collect::<Result<Vec<()>>>()?;
+            if how.by_engine {
+                self.announce(&how, visible.into_iter(), body).await?;
+            }
             if let Some(e) = failed {
                 return Err(e);
             }
@@ -138,6 +162,28 @@ impl RedisEngine {
             .collect()
     }
 
+    /// Announces a room publish's appends itself (see [`Announce`]): one
+    /// `SPUBLISH` on the room's channel with every member of `groups` (dedupe
+    /// hits included: a first attempt may have failed before announcing;
+    /// readers drop what they have).
+    async fn announce<'g>(
+        &self,
+        how: &Announce<'_>,
+        groups: impl Iterator<Item = &'g Vec<(&'g str, u64)>>,
+        body: &EventBody,
+    ) -> Result<()> {
+        let targets: Vec<(&str, u64)> = groups.flatten().copied().collect();
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let _: u64 = redis::cmd(self.publish)
+            .arg(how.channel)
+            .arg(live::encode(&targets, body))
+            .query_async(&mut self.shared().await?)
+            .await?;
+        Ok(())
+    }
+
     /// One `append.lua` call for `players` (all of one slot on a cluster).
     async fn append_group<'p>(
         &self,
@@ -145,6 +191,7 @@ impl RedisEngine {
         players: &[&'p String],
         body: &EventBody,
         dedupe_key: Option<&str>,
+        how: &Announce<'_>,
     ) -> Result<Vec<(&'p str, u64)>> {
         if players.is_empty() {
             return Ok(Vec::new());
@@ -167,11 +214,13 @@ impl RedisEngine {
             .arg(body.data.get())
             .arg(body.room_id.as_deref().unwrap_or(""))
             .arg(body.id.as_deref().unwrap_or(""))
-            .arg(if self.waits() && !deliver_unconfirmed() {
-                ""
-            } else {
+            .arg(if how.early && !how.by_engine {
                 self.publish
-            });
+            } else {
+                ""
+            })
+            .arg(if how.by_engine { "" } else { how.channel })
+            .arg(self.visibility());
         for p in players {
             inv.arg(p.as_str());
         }
@@ -195,25 +244,39 @@ impl RedisEngine {
         seqs: &[(&str, u64)],
         body: &EventBody,
         flags: &str,
+        how: &Announce<'_>,
     ) -> Result<()> {
         let mut inv = self.scripts.confirm.prepare_invoke();
         for (p, _) in seqs {
             inv.key(keys::meta(p));
         }
         inv.arg(seqs.len())
-            .arg(self.publish)
+            .arg(if how.by_engine { "" } else { self.publish })
             .arg(flags)
             .arg(&body.event_type)
             .arg(&body.timestamp)
             .arg(body.room_id.as_deref().unwrap_or(""))
             .arg(body.id.as_deref().unwrap_or(""))
-            .arg(body.data.get());
+            .arg(body.data.get())
+            .arg(how.channel);
         for (p, seq) in seqs {
             inv.arg(*p).arg(*seq);
         }
         let _: u64 = inv.invoke_async(conn).await?;
         Ok(())
     }
+}
+
+/// How one append is announced live.
+#[derive(Clone, Copy)]
+struct Announce<'a> {
+    /// At append time (no WAIT, or the `deliver_unconfirmed` defect); else
+    /// once replicas confirmed (`confirm.lua`).
+    early: bool,
+    /// By the engine, after the scripts: a room publish on a cluster.
+    by_engine: bool,
+    /// The room's live channel ('' when not a room publish).
+    channel: &'a str,
 }
 
 /// The `append.lua` / `confirm.lua` flags: `r` with a room id, `i` with an id.

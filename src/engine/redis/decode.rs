@@ -47,14 +47,14 @@ pub fn event_of(e: stream::Entry) -> Result<Event> {
     let data = data.ok_or_else(|| missing("data"))?;
     Ok(Event {
         sequence_number: seq,
-        body: Arc::new(EventBody {
-            event_type: event_type.ok_or_else(|| missing("event_type"))?,
-            timestamp: timestamp.ok_or_else(|| missing("timestamp"))?,
-            room_id,
-            data: RawValue::from_string(data)
+        body: Arc::new(EventBody::new(
+            event_type.ok_or_else(|| missing("event_type"))?,
+            timestamp.ok_or_else(|| missing("timestamp"))?,
+            RawValue::from_string(data)
                 .map_err(|_| EngineError::Corrupt(format!("event {seq} data is not JSON")))?,
+            room_id,
             id,
-        }),
+        )),
     })
 }
 

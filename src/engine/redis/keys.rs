@@ -21,6 +21,22 @@ pub fn live_player(channel: &str) -> Option<&str> {
     channel.strip_prefix("mythos:live:{")?.strip_suffix('}')
 }
 
+/// A room's live channel: a room publish is announced there once, with
+/// every member's sequence number (`lua/lib.lua` `announce`), and a node
+/// subscribes to it while one of its followed players is in the room. It
+/// carries the room's hash tag: on a cluster a shard channel of the room's
+/// slot. Player ids cannot contain `:`, so it never names a player's channel.
+pub fn live_room(room: &str) -> String {
+    format!("mythos:live:room:{{{room}}}")
+}
+
+/// The room a room's live channel name belongs to.
+pub fn live_room_of(channel: &str) -> Option<&str> {
+    channel
+        .strip_prefix("mythos:live:room:{")?
+        .strip_suffix('}')
+}
+
 /// Partition `i` of `n` of a Redis-native stream named `base`: `base`
 /// itself when `n` is 1 (today's names), else `base:{<i>.<k>}`, with `k` the
 /// smallest number that puts partition `i` in the `i`-th of `n` equal slot
@@ -120,6 +136,9 @@ mod tests {
         // Redis's own CLUSTER KEYSLOT for "alice" (and for "{alice}...").
         assert_eq!(super::slot(b"alice"), 749);
         assert_eq!(super::live_player("mythos:live:{alice}"), Some("alice"));
+        assert_eq!(super::live_room_of(&super::live_room("hall")), Some("hall"));
+        assert_eq!(super::live_player(&super::live_room("hall")), None);
+        assert_eq!(super::live_room_of(&super::live("alice")), None);
     }
 
     #[test]

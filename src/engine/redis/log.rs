@@ -86,8 +86,14 @@ impl EventLog for RedisEngine {
         Ok(cursor_of(&v))
     }
 
+    /// The player's channel first, so that its `+room` / `-room` notices
+    /// reach this node from then on; then the rooms it is in, read after
+    /// (a join before the read is in the set, one after it comes as a
+    /// notice; both at once are one room).
     async fn watch(&self, player: &str) -> Result<()> {
-        self.live.watch(player).await
+        self.live.watch(player).await?;
+        let rooms = crate::engine::Rooms::rooms_of(self, player).await?;
+        self.live.watch_rooms(player, rooms).await
     }
 
     fn unwatch(&self, player: &str) {

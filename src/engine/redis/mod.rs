@@ -196,10 +196,10 @@ impl Engine for RedisEngine {
         self.within(async {
             match target {
                 Target::Player(p) => {
-                    self.append_all(std::slice::from_ref(p), &body, dedupe_key)
+                    self.append_all(std::slice::from_ref(p), &body, dedupe_key, None)
                         .await
                 }
-                Target::Players(ps) => self.append_all(ps, &body, dedupe_key).await,
+                Target::Players(ps) => self.append_all(ps, &body, dedupe_key, None).await,
                 Target::Room(r) => self.publish_room(r, &body, dedupe_key).await,
             }
         })

@@ -1,6 +1,8 @@
 //! Rooms on Redis: membership (the room's set and the player's, in one
 //! transaction on a single Redis; room first on a cluster, where the two
-//! live on different slots) and publishing to a room, whose repeat with the
+//! live on different slots; each change announced on the player's live
+//! channel) and publishing to a room (announced once, on the room's live
+//! channel, with every member's sequence number), whose repeat with the
 //! same id reaches exactly the players its first publish reached (its record
 //! `mythos:room:{r}:dedupe:<id>`).
 //!
@@ -9,7 +11,7 @@
 
 use async_trait::async_trait;
 
-use super::{decode, keys, ms, RedisEngine};
+use super::{decode, keys, live, ms, RedisEngine};
 use crate::engine::{Result, Rooms};
 use crate::protocol::{Delivery, EventBody};
 
@@ -42,7 +44,9 @@ impl RedisEngine {
                 .collect(),
             None => self.sorted_set(&keys::members(room)).await?,
         };
-        let out = self.append_all(&players, body, dedupe_key).await?;
+        let out = self
+            .append_all(&players, body, dedupe_key, Some(room))
+            .await?;
         if let (Some(k), None) = (dedupe_key, record) {
             // NX: of two racing first publishes, the record of the one that
             // stored first stands (both reached each member once, by the
@@ -69,17 +73,27 @@ impl RedisEngine {
         Ok(m)
     }
 
-    /// Adds or removes `player` in `room` (both sets); answers whether it
-    /// changed and the room's members after. On one Redis a transaction;
-    /// on a cluster the two sets live on different slots, so the room's set
-    /// (the one publishes read) is written first, then the player's.
+    /// Adds or removes `player` in `room` (both sets) and announces it on
+    /// the player's live channel (`+room` / `-room`: the nodes following
+    /// the player follow the room's channel accordingly); answers whether
+    /// it changed and the room's members after. On one Redis a transaction,
+    /// the notice included, so it is published after the sets changed and
+    /// in order with every room announcement; on a cluster the two sets live
+    /// on different slots, so the room's set (the one publishes read) is
+    /// written first, then the player's, then the notice (on the player's
+    /// slot): a node that reads the player's rooms after the notice sees it.
     async fn membership(&self, room: &str, player: &str, add: bool) -> Result<(bool, Vec<String>)> {
         let (members, rooms) = (keys::members(room), keys::rooms(player));
         let cmd = if add { "SADD" } else { "SREM" };
+        let notice = live::notice(add, room);
         let mut pipe = redis::pipe();
         pipe.atomic().cmd(cmd).arg(&members).arg(player);
         if !self.conns.is_cluster() {
             pipe.cmd(cmd).arg(&rooms).arg(room).ignore();
+            pipe.cmd(self.publish)
+                .arg(keys::live(player))
+                .arg(&notice)
+                .ignore();
         }
         pipe.cmd("SMEMBERS").arg(&members);
         let mut conn = self.shared().await?;
@@ -88,6 +102,11 @@ impl RedisEngine {
             let _: u64 = redis::cmd(cmd)
                 .arg(&rooms)
                 .arg(room)
+                .query_async(&mut conn)
+                .await?;
+            let _: u64 = redis::cmd(self.publish)
+                .arg(keys::live(player))
+                .arg(&notice)
                 .query_async(&mut conn)
                 .await?;
         }

@@ -1,41 +1,101 @@
-//! Decoding live announcements (`lua/lib.lua` writes them): anyone who may
-//! publish on the broker's Redis can send anything on a live channel, so a
-//! message that does not decode is an error, never a panic; the body is
-//! decoded only if a player of it has a connection on this node.
+//! Live messages (`lua/lib.lua` writes them; [`encode`] writes the same
+//! where the engine announces itself): an event announcement names its
+//! targets (player, sequence number) and carries the event once, whether it
+//! came on a player's channel (one target) or a room's (every member); a
+//! membership notice (`+<room>` joined, `-<room>` left) comes on the
+//! player's own channel. Anyone who may publish on the broker's Redis can
+//! send anything on a live channel, so a message that does not decode is an
+//! error, never a panic; the event's body is decoded only if a target has a
+//! connection on this node.
 //!
-//! Owns: the announcement framing and handing events to the [`LiveSink`].
-//! Must not touch: connections, subscriptions.
+//! Owns: the framing of live messages and handing events to the
+//! [`LiveSink`]. Must not touch: connections, subscriptions (a notice is
+//! handed back to the supervisor).
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
 use crate::engine::LiveSink;
-use crate::protocol::{Event, EventBody};
+use crate::protocol::{check_id, EventBody};
 
-/// Hands an announcement's event to the local connections of its players.
-/// The body is decoded only if some player has a connection on this node.
-pub fn route(hub: &dyn LiveSink, payload: &[u8]) -> Result<(), &'static str> {
+/// A membership change announced on a player's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Joined(String),
+    Left(String),
+}
+
+/// The notice text for `room` (`+room` / `-room`).
+pub fn notice(joined: bool, room: &str) -> String {
+    format!("{}{room}", if joined { '+' } else { '-' })
+}
+
+/// Decodes a live message: an event announcement is handed to the local
+/// connections of its targets (`Ok(None)`); a membership notice is returned.
+pub fn route(hub: &dyn LiveSink, payload: &[u8]) -> Result<Option<Notice>, &'static str> {
+    if let Some((&sign, room)) = payload.split_first() {
+        if sign == b'+' || sign == b'-' {
+            let room = text(room)?;
+            check_id("room", room).map_err(|_| "not a room id")?;
+            let room = room.to_string();
+            return Ok(Some(if sign == b'+' {
+                Notice::Joined(room)
+            } else {
+                Notice::Left(room)
+            }));
+        }
+    }
     let mut rest = payload;
     let n: usize = number(frame(&mut rest)?)?;
-    let mut targets = Vec::with_capacity(n.min(1024));
+    // Each target takes at least 4 bytes (`1:a1:1`): a count beyond what is
+    // there is refused before anything is allocated for it.
+    if n > rest.len() / 4 {
+        return Err("more targets than bytes");
+    }
+    let mut targets = Vec::with_capacity(n);
     for _ in 0..n {
         let player = text(frame(&mut rest)?)?;
         let seq: u64 = number(frame(&mut rest)?)?;
         targets.push((player, seq));
     }
     if !targets.iter().any(|(p, _)| hub.wants(p)) {
-        return Ok(());
+        return Ok(None);
     }
     let body = Arc::new(body(&mut rest)?);
-    for (player, seq) in targets {
-        let ev = Event {
-            sequence_number: seq,
-            body: body.clone(),
-        };
-        hub.deliver(player, &ev);
+    hub.deliver_all(&targets, &body);
+    Ok(None)
+}
+
+/// The announcement of `body` for `targets`, as `lua/lib.lua` `announce`
+/// writes it for a room channel (the engine announces a room publish
+/// itself where the script cannot: on a cluster the room's channel lives
+/// on another slot than the members' keys).
+pub fn encode(targets: &[(&str, u64)], body: &EventBody) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + 24 * targets.len() + body.data.get().len());
+    let mut put = |b: &[u8]| {
+        out.extend_from_slice(b.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(b);
+    };
+    put(targets.len().to_string().as_bytes());
+    for (p, seq) in targets {
+        put(p.as_bytes());
+        put(seq.to_string().as_bytes());
     }
-    Ok(())
+    let flags = match (&body.room_id, &body.id) {
+        (Some(_), Some(_)) => "ri",
+        (Some(_), None) => "r",
+        (None, Some(_)) => "i",
+        (None, None) => "",
+    };
+    put(flags.as_bytes());
+    put(body.event_type.as_bytes());
+    put(body.timestamp.as_bytes());
+    put(body.room_id.as_deref().unwrap_or("").as_bytes());
+    put(body.id.as_deref().unwrap_or("").as_bytes());
+    put(body.data.get().as_bytes());
+    out
 }
 
 /// `frame(flags) frame(event_type) frame(timestamp) frame(room_id) frame(id) frame(data)`.
@@ -46,13 +106,13 @@ fn body(rest: &mut &[u8]) -> Result<EventBody, &'static str> {
     let room_id = text(frame(rest)?)?;
     let id = text(frame(rest)?)?;
     let data = text(frame(rest)?)?;
-    Ok(EventBody {
-        event_type: event_type.to_string(),
-        timestamp: timestamp.to_string(),
-        room_id: flags.contains(&b'r').then(|| room_id.to_string()),
-        data: RawValue::from_string(data.to_string()).map_err(|_| "data is not JSON")?,
-        id: flags.contains(&b'i').then(|| id.to_string()),
-    })
+    Ok(EventBody::new(
+        event_type,
+        timestamp,
+        RawValue::from_string(data.to_string()).map_err(|_| "data is not JSON")?,
+        flags.contains(&b'r').then(|| room_id.to_string()),
+        flags.contains(&b'i').then(|| id.to_string()),
+    ))
 }
 
 /// Takes one `<len>:<bytes>` frame off the front of `rest`. The length is
@@ -87,6 +147,7 @@ mod tests {
     use std::sync::Mutex;
 
     use crate::hub::{Hub, Live};
+    use crate::protocol::Event;
 
     use super::*;
 
@@ -117,6 +178,60 @@ mod tests {
         assert_eq!(ev.body.data.get(), r#"{"x":1}"#);
         assert_eq!(ev.body.room_id, None);
         assert_eq!(got[1].0, "b");
+    }
+
+    #[test]
+    fn membership_notices() {
+        let sink = Sink(Mutex::new(Vec::new()));
+        assert_eq!(
+            route(&sink, notice(true, "hall").as_bytes()),
+            Ok(Some(Notice::Joined("hall".into())))
+        );
+        assert_eq!(
+            route(&sink, notice(false, "hall").as_bytes()),
+            Ok(Some(Notice::Left("hall".into())))
+        );
+        // Not a room id: refused, nothing followed.
+        assert!(route(&sink, b"+").is_err());
+        assert!(route(&sink, b"-a b").is_err());
+        assert!(route(&sink, "+caf\u{e9}".as_bytes()).is_err());
+    }
+
+    /// A room announcement the engine encodes (cluster) decodes like the
+    /// script's: one message, every member at its own sequence number.
+    #[test]
+    fn engine_encoded_room_announcements_route() {
+        let sink = Sink(Mutex::new(Vec::new()));
+        let data = RawValue::from_string(r#"{"x":"y"}"#.into()).expect("json");
+        let body = EventBody::new(
+            "say",
+            "2026-11-23T10:30:00.123Z",
+            data,
+            Some("hall".into()),
+            Some("k1".into()),
+        );
+        let payload = encode(&[("b", 4), ("a", 9), ("c", 1)], &body);
+        assert_eq!(route(&sink, &payload), Ok(None));
+        let got = sink.0.into_inner().unwrap_or_default();
+        let seqs: Vec<(&str, u64)> = got
+            .iter()
+            .map(|(p, ev)| (p.as_str(), ev.sequence_number))
+            .collect();
+        assert_eq!(seqs, [("b", 4), ("a", 9), ("c", 1)]);
+        let ev = &got[1].1;
+        assert!(Arc::ptr_eq(&ev.body, &got[0].1.body), "one body for all");
+        assert_eq!(ev.body.room_id.as_deref(), Some("hall"));
+        assert_eq!(ev.body.id.as_deref(), Some("k1"));
+        assert_eq!(ev.body.data.get(), r#"{"x":"y"}"#);
+    }
+
+    /// A count of targets beyond what the message holds is refused before
+    /// anything is allocated for it.
+    #[test]
+    fn absurd_target_counts_are_errors() {
+        let sink = Sink(Mutex::new(Vec::new()));
+        assert!(route(&sink, b"20:18446744073709551615").is_err());
+        assert!(route(&sink, b"7:1000000").is_err());
     }
 
     #[test]

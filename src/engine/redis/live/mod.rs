@@ -2,24 +2,29 @@
 //! node's connections, and decoding what arrives on them.
 //!
 //! Owns: the handle the engine holds ([`Live`]): following a player
-//! ([`Live::watch`] / [`Live::unwatch`], called by sessions: subscribe
-//! before replay, drop after the player's last local connection left) and
-//! whether every followed channel is subscribed ([`LiveHealth`], for
-//! `/readyz`). The work is split by concern: [`subscriber`] (this node's one
-//! subscriber connection and the channel commands: `SUBSCRIBE
-//! mythos:live:{p}` on one Redis, `SSUBSCRIBE` per slot on a cluster, so a
-//! node receives only the announcements of players it holds a connection
-//! of), [`supervisor`] (the followed players with their local watcher
-//! counts, and recovery: after a lost connection, a failover or a moved
-//! slot the channels are subscribed again with backoff, and each confirmed
-//! resubscription, not the first, nudges that player's sessions to re-read
-//! their log), [`announce`] (decoding what arrives: a message that does not
-//! decode is counted and dropped, never a panic). Must not touch: keys other
-//! than the live channel names, the command connections.
+//! ([`Live::watch`], then [`Live::watch_rooms`] with the rooms it is in, /
+//! [`Live::unwatch`], called by sessions: subscribe before replay, drop
+//! after the player's last local connection left) and whether every
+//! followed channel is subscribed ([`LiveHealth`], for `/readyz`). The work
+//! is split by concern: [`subscriber`] (this node's one subscriber
+//! connection and the channel commands: `SUBSCRIBE` on one Redis,
+//! `SSUBSCRIBE` per slot on a cluster, to the channel of each followed
+//! player, `mythos:live:{p}`, and of each room one of them is in,
+//! `mythos:live:room:{r}`, so a node receives only the announcements of its
+//! own players and their rooms), [`supervisor`] (the followed players with
+//! their local watcher counts and rooms, membership notices, and recovery:
+//! after a lost connection, a failover or a moved slot the channels are
+//! subscribed again with backoff, and each confirmed resubscription, not
+//! the first, nudges the sessions concerned to re-read their log),
+//! [`announce`] (decoding what arrives: a message that does not decode is
+//! counted and dropped, never a panic). Must not touch: keys other than the
+//! live channel names, the command connections.
 
 mod announce;
 mod subscriber;
 mod supervisor;
+
+pub(super) use announce::{encode, notice};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,8 +51,12 @@ impl LiveHealth {
     }
 }
 
+type Reply = oneshot::Sender<std::result::Result<(), String>>;
+
 enum Request {
-    Watch(String, oneshot::Sender<std::result::Result<(), String>>),
+    Watch(String, Reply),
+    /// The rooms of a watched player, read after its channel was subscribed.
+    Rooms(String, Vec<String>, Reply),
     Unwatch(String),
 }
 
@@ -88,6 +97,24 @@ impl Live {
         self.requests
             .send(Request::Watch(player.to_string(), tx))
             .map_err(|_| EngineError::Pool("live subscriber stopped".into()))?;
+        Self::answer(rx).await
+    }
+
+    /// Follows the channels of `rooms`, which `player` (watched) is in:
+    /// answers once every subscription not made before is confirmed. From
+    /// then on the player's `+room` / `-room` notices keep them current.
+    pub async fn watch_rooms(&self, player: &str, rooms: Vec<String>) -> EngineResult<()> {
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Rooms(player.to_string(), rooms, tx))
+            .map_err(|_| EngineError::Pool("live subscriber stopped".into()))?;
+        Self::answer(rx).await
+    }
+
+    async fn answer(rx: oneshot::Receiver<std::result::Result<(), String>>) -> EngineResult<()> {
         match tokio::time::timeout(2 * OP_TIMEOUT, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(EngineError::Pool(format!("live subscribe: {e}"))),

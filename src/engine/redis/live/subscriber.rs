@@ -1,6 +1,7 @@
 //! The subscriber connection: a RESP3 connection (one Redis) or a cluster
 //! connection whose pushes go to the supervisor, and the channel commands
-//! (`SUBSCRIBE`, or `SSUBSCRIBE` per slot on a cluster, in chunks).
+//! (`SUBSCRIBE`, or `SSUBSCRIBE` per slot on a cluster, in chunks) for the
+//! two kinds of live channel ([`Chan`]: a player's, a room's).
 //!
 //! Owns: connecting, subscribing and unsubscribing, and telling whether the
 //! connection still answers. Must not touch: which players are followed
@@ -24,6 +25,37 @@ use crate::engine::{EngineError, Result as EngineResult};
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 /// Channels per subscribe command.
 const CHUNK: usize = 512;
+
+/// A live channel: a player's own, or a room's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Chan {
+    Player(String),
+    Room(String),
+}
+
+impl Chan {
+    /// The channel's name ([`keys::live`], [`keys::live_room`]).
+    pub(super) fn name(&self) -> String {
+        match self {
+            Chan::Player(p) => keys::live(p),
+            Chan::Room(r) => keys::live_room(r),
+        }
+    }
+
+    /// The hash tag's text, whose slot the channel lives on.
+    fn tag(&self) -> &str {
+        match self {
+            Chan::Player(s) | Chan::Room(s) => s,
+        }
+    }
+
+    /// The channel a name belongs to, if it is one of ours.
+    pub(super) fn parse(name: &str) -> Option<Self> {
+        keys::live_player(name)
+            .map(|p| Chan::Player(p.to_string()))
+            .or_else(|| keys::live_room_of(name).map(|r| Chan::Room(r.to_string())))
+    }
+}
 
 /// The subscriber connection.
 pub(super) struct Subscriber {
@@ -79,17 +111,17 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Subscribes to the live channels of `players`; on one Redis a failure
-    /// drops the connection (the next attempt makes a fresh one).
-    pub(super) async fn subscribe(&mut self, players: &[String], on: bool) -> EngineResult<()> {
-        if players.is_empty() {
+    /// Subscribes to (`on`) or unsubscribes from `chans`; on one Redis a
+    /// failure drops the connection (the next attempt makes a fresh one).
+    pub(super) async fn subscribe(&mut self, chans: &[Chan], on: bool) -> EngineResult<()> {
+        if chans.is_empty() {
             return Ok(());
         }
         self.connect().await?;
         let Some(conn) = self.conn.clone() else {
             return Err(EngineError::Pool("no subscriber connection".into()));
         };
-        let channels: Vec<String> = players.iter().map(|p| keys::live(p)).collect();
+        let channels: Vec<String> = chans.iter().map(Chan::name).collect();
         let r = match conn {
             SubConn::Single(mut c) => {
                 let mut r = Ok(());
@@ -108,9 +140,9 @@ impl Subscriber {
             SubConn::Cluster(c) => {
                 // A shard-channel command names channels of one slot only.
                 let mut by_slot: HashMap<u16, Vec<String>> = HashMap::new();
-                for (p, ch) in players.iter().zip(channels) {
+                for (c, ch) in chans.iter().zip(channels) {
                     by_slot
-                        .entry(keys::slot(p.as_bytes()))
+                        .entry(keys::slot(c.tag().as_bytes()))
                         .or_default()
                         .push(ch);
                 }

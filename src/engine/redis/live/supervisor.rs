@@ -1,12 +1,24 @@
-//! Following players and recovering: the supervised task that applies
-//! watch/unwatch requests (one subscribe command per batch), routes pushes,
-//! pings the connection, and after a loss, a failover or a moved slot
-//! subscribes again with backoff and nudges the players' sessions; it is
-//! restarted, with every session nudged, should it panic.
+//! Following players and their rooms, and recovering: the supervised task
+//! that applies watch/unwatch requests (one subscribe command per batch),
+//! routes pushes, follows membership notices, pings the connection, and
+//! after a loss, a failover or a moved slot subscribes again with backoff
+//! and nudges the sessions concerned; it is restarted, with every session
+//! nudged, should it panic.
 //!
-//! Owns: the followed players and their local watcher counts, recovery and
-//! [`LiveHealth`]. Must not touch: the connection's commands (the
-//! subscriber's), decoding (the announce module's).
+//! Room channels: a node subscribes to the channel of every room one of its
+//! followed players is in (read when the player is first watched, then kept
+//! current by the `+room` / `-room` notices on the player's channel). A room
+//! joined by notice is subscribed, and once Redis confirmed the
+//! subscription the player's sessions are nudged to re-read their log: an
+//! event announced on the room before the subscription took effect is in
+//! the log by then. A room no followed player is in any more stays
+//! subscribed for [`ROOM_LINGER`], longer than any publish can be in flight,
+//! so an event whose member list was read before a leave still reaches the
+//! player live (see docs/decisions.md, "Room channels").
+//!
+//! Owns: the followed players and their local watcher counts, the followed
+//! rooms, recovery and [`LiveHealth`]. Must not touch: the connection's
+//! commands (the subscriber's), decoding (the announce module's).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,20 +26,25 @@ use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::super::keys;
-use super::announce::route;
-use super::subscriber::Subscriber;
+use super::announce::{route, Notice};
+use super::subscriber::{Chan, Subscriber};
 use super::{LiveHealth, Request};
 use crate::engine::LiveSink;
 
-/// How often the subscriber connection is pinged to detect a silently dead one.
+/// How often the subscriber connection is pinged to detect a silently dead
+/// one (and lingering rooms are swept).
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// Backoff between resubscribe attempts: 50 ms doubling to 1 s. One
 /// connection per node, and every open connection of the node waits for it
 /// after an outage, so attempts stay frequent.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a room's channel stays subscribed after the last followed
+/// player left it: longer than a publish may be in flight (the engine's
+/// deadline is 4 s plus the WAIT timeout, itself at most 5 s).
+pub(super) const ROOM_LINGER: Duration = Duration::from_secs(10);
 
 /// Runs the subscriber; should it ever end (a bug that panics), counts it,
 /// marks live delivery down, nudges every session and starts it again with
@@ -42,11 +59,14 @@ pub(super) async fn supervise(
     let mut state = State {
         sub,
         wanted: HashMap::new(),
+        rooms_of: HashMap::new(),
+        rooms: HashMap::new(),
+        joined: Vec::new(),
         stale: HashSet::new(),
         confirming: HashSet::new(),
         all_stale: false,
         backoff: BACKOFF_MIN,
-        next_repair: tokio::time::Instant::now(),
+        next_repair: Instant::now(),
     };
     loop {
         let r = std::panic::AssertUnwindSafe(state.run(&mut requests, &mut pushes, &*hub, &health));
@@ -62,24 +82,43 @@ pub(super) async fn supervise(
     }
 }
 
+/// A room channel this node subscribes to.
+#[derive(Default)]
+struct Room {
+    /// The followed players in the room.
+    players: HashSet<String>,
+    /// Since when no followed player is in it (it is unsubscribed after
+    /// [`ROOM_LINGER`]).
+    idle_since: Option<Instant>,
+    /// A subscription was made (or, failed, is left to the repair).
+    subscribed: bool,
+}
+
 struct State {
     sub: Subscriber,
     /// Followed players and their local watcher counts.
     wanted: HashMap<String, usize>,
-    /// Followed players whose subscription must be made again.
-    stale: HashSet<String>,
-    /// Players whose first subscription's confirmation is still to come:
+    /// The rooms of each followed player (as far as this node knows).
+    rooms_of: HashMap<String, HashSet<String>>,
+    /// Subscribed (or lingering, or to be repaired) room channels.
+    rooms: HashMap<String, Room>,
+    /// (player, room) joins announced since the last loop: the room is
+    /// subscribed if it is not, then the player's sessions re-read.
+    joined: Vec<(String, String)>,
+    /// Channels whose subscription must be made again.
+    stale: HashSet<Chan>,
+    /// Channels whose first subscription's confirmation is still to come:
     /// their sessions read the log after `watch` returned, so that
     /// confirmation nudges nobody (every later one does).
-    confirming: HashSet<String>,
-    /// Every followed player's subscription must be made again.
+    confirming: HashSet<Chan>,
+    /// Every followed channel's subscription must be made again.
     all_stale: bool,
     backoff: Duration,
     /// When the next repair may run: a deadline of its own, so pushes,
     /// requests and pings in between do not push it back (a sleep made
     /// afresh on every loop would be restarted by each of them, and one as
     /// long as the ping interval would never fire).
-    next_repair: tokio::time::Instant,
+    next_repair: Instant,
 }
 
 impl State {
@@ -93,6 +132,9 @@ impl State {
         let mut ticker = tokio::time::interval(PING_EVERY);
         ticker.tick().await;
         loop {
+            if !self.joined.is_empty() {
+                self.follow_joins(hub).await;
+            }
             let repair = self.all_stale || !self.stale.is_empty();
             tokio::select! {
                 biased;
@@ -115,6 +157,7 @@ impl State {
                     if !self.sub.alive().await {
                         self.lost(health);
                     }
+                    self.sweep_rooms().await;
                 }
             }
         }
@@ -131,13 +174,17 @@ impl State {
         health.set(false);
         self.all_stale = true;
         self.confirming.clear();
+        self.schedule_repair();
+    }
+
+    fn schedule_repair(&mut self) {
         self.backoff = BACKOFF_MIN;
-        self.next_repair = tokio::time::Instant::now() + BACKOFF_MIN;
+        self.next_repair = Instant::now() + BACKOFF_MIN;
     }
 
     fn on_push(&mut self, p: PushInfo, hub: &dyn LiveSink, health: &LiveHealth) {
-        let channel = |p: &PushInfo| match p.data.first() {
-            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+        let chan = |p: &PushInfo| match p.data.first() {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(Chan::parse),
             _ => None,
         };
         match p.kind {
@@ -147,34 +194,45 @@ impl State {
                 };
                 metrics::counter!(crate::telemetry::LIVE_MESSAGES).increment(1);
                 metrics::counter!(crate::telemetry::LIVE_BYTES).increment(payload.len() as u64);
-                if let Err(e) = route(hub, payload) {
-                    metrics::counter!(crate::telemetry::LIVE_UNDECODABLE).increment(1);
-                    tracing::error!("undecodable live announcement: {e}");
+                match route(hub, payload) {
+                    Ok(None) => {}
+                    Ok(Some(notice)) => match chan(&p) {
+                        Some(Chan::Player(player)) => self.on_notice(player, notice),
+                        _ => tracing::warn!("a membership notice on a room channel; dropped"),
+                    },
+                    Err(e) => {
+                        metrics::counter!(crate::telemetry::LIVE_UNDECODABLE).increment(1);
+                        tracing::error!("undecodable live announcement: {e}");
+                    }
                 }
             }
             // A (re)subscription is in effect: what was announced before it
-            // may have been missed, so the player's sessions re-read.
+            // may have been missed, so the sessions concerned re-read.
             PushKind::Subscribe | PushKind::SSubscribe => {
-                if let Some(ch) = channel(&p) {
-                    if let Some(player) = keys::live_player(&ch) {
-                        if !self.confirming.remove(player) {
-                            hub.nudge(player);
+                if let Some(c) = chan(&p) {
+                    if !self.confirming.remove(&c) {
+                        match &c {
+                            Chan::Player(player) => hub.nudge(player),
+                            Chan::Room(room) => {
+                                for player in
+                                    self.rooms.get(room).into_iter().flat_map(|r| &r.players)
+                                {
+                                    hub.nudge(player);
+                                }
+                            }
                         }
                     }
                 }
             }
             // Redis dropped a channel we still follow (its slot moved away).
             PushKind::Unsubscribe | PushKind::SUnsubscribe => {
-                if let Some(ch) = channel(&p) {
-                    if let Some(player) = keys::live_player(&ch) {
-                        if self.wanted.contains_key(player) {
-                            metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "channel_dropped")
-                                .increment(1);
-                            self.confirming.remove(player);
-                            self.stale.insert(player.to_string());
-                            self.backoff = BACKOFF_MIN;
-                            self.next_repair = tokio::time::Instant::now() + BACKOFF_MIN;
-                        }
+                if let Some(c) = chan(&p) {
+                    if self.follows(&c) {
+                        metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "channel_dropped")
+                            .increment(1);
+                        self.confirming.remove(&c);
+                        self.stale.insert(c);
+                        self.schedule_repair();
                     }
                 }
             }
@@ -183,20 +241,146 @@ impl State {
         }
     }
 
-    /// Applies a batch of watch/unwatch requests: one subscribe and one
-    /// unsubscribe command (per slot on a cluster) for the whole batch.
+    /// True if `c` is a channel this node must stay subscribed to.
+    fn follows(&self, c: &Chan) -> bool {
+        match c {
+            Chan::Player(p) => self.wanted.contains_key(p),
+            Chan::Room(r) => self.rooms.contains_key(r),
+        }
+    }
+
+    /// A followed player joined or left a room.
+    fn on_notice(&mut self, player: String, notice: Notice) {
+        let Some(rooms) = self.rooms_of.get_mut(&player) else {
+            return; // not followed here (any more)
+        };
+        match notice {
+            Notice::Joined(room) => {
+                if rooms.insert(room.clone()) {
+                    let r = self.rooms.entry(room.clone()).or_default();
+                    r.players.insert(player.clone());
+                    r.idle_since = None;
+                }
+                // Subscribed (if it is not) and nudged in the next loop, even
+                // if the room was known: one re-read per join is cheap.
+                self.joined.push((player, room));
+            }
+            Notice::Left(room) => {
+                if rooms.remove(&room) {
+                    self.drop_member(&room, &player);
+                }
+            }
+        }
+    }
+
+    /// `player` is no longer a followed member of `room`.
+    fn drop_member(&mut self, room: &str, player: &str) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.players.remove(player);
+            if r.players.is_empty() {
+                r.idle_since = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Subscribes the rooms joined by notice that are not subscribed yet,
+    /// then nudges the joiners: once the subscription is in effect, every
+    /// event announced on the room before it is in the log.
+    async fn follow_joins(&mut self, hub: &dyn LiveSink) {
+        let joined = std::mem::take(&mut self.joined);
+        let mut fresh = Vec::new();
+        for (_, room) in &joined {
+            if let Some(r) = self.rooms.get_mut(room) {
+                if !r.subscribed {
+                    r.subscribed = true;
+                    fresh.push(Chan::Room(room.clone()));
+                }
+            }
+        }
+        if !fresh.is_empty() {
+            // Their confirmations nudge the room's players (not "confirming").
+            if self.sub.subscribe(&fresh, true).await.is_err() {
+                self.stale.extend(fresh);
+                self.schedule_repair();
+            }
+        }
+        for (player, _) in &joined {
+            hub.nudge(player);
+        }
+    }
+
+    /// Unsubscribes the rooms that lingered long enough without a followed player.
+    async fn sweep_rooms(&mut self) {
+        let now = Instant::now();
+        let done: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.idle_since.is_some_and(|t| now - t >= ROOM_LINGER))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        let chans: Vec<Chan> = done.into_iter().map(Chan::Room).collect();
+        for c in &chans {
+            if let Chan::Room(r) = c {
+                self.rooms.remove(r);
+            }
+            self.stale.remove(c);
+            self.confirming.remove(c);
+        }
+        // Best effort: a channel left subscribed only costs messages that
+        // `wants` then ignores.
+        let _ = self.sub.subscribe(&chans, false).await;
+    }
+
+    /// Applies a batch of requests: one subscribe and one unsubscribe
+    /// command (per slot on a cluster) for the whole batch.
     async fn apply(&mut self, batch: Vec<Request>) {
-        let mut waiting: HashMap<String, Vec<oneshot::Sender<_>>> = HashMap::new();
+        let mut waiting: HashMap<Chan, Vec<oneshot::Sender<_>>> = HashMap::new();
         let mut gone = Vec::new();
         for r in batch {
             match r {
                 Request::Watch(p, reply) => {
                     let n = self.wanted.entry(p.clone()).or_insert(0);
                     *n += 1;
-                    if *n == 1 || waiting.contains_key(&p) {
-                        waiting.entry(p).or_default().push(reply);
+                    self.rooms_of.entry(p.clone()).or_default();
+                    let c = Chan::Player(p);
+                    if *n == 1 || waiting.contains_key(&c) {
+                        waiting.entry(c).or_default().push(reply);
                     } else {
                         let _ = reply.send(Ok(()));
+                    }
+                }
+                Request::Rooms(p, rooms, reply) => {
+                    let mut fresh = Vec::new();
+                    if let Some(mine) = self.rooms_of.get_mut(&p) {
+                        for room in rooms {
+                            let r = self.rooms.entry(room.clone()).or_default();
+                            if mine.insert(room.clone()) {
+                                r.players.insert(p.clone());
+                                r.idle_since = None;
+                            }
+                            let c = Chan::Room(room);
+                            if !r.subscribed {
+                                r.subscribed = true;
+                                fresh.push(c);
+                            } else if waiting.contains_key(&c) {
+                                fresh.push(c);
+                            }
+                        }
+                    }
+                    if fresh.is_empty() {
+                        let _ = reply.send(Ok(()));
+                    } else {
+                        // The reply waits for every fresh room (sent once, on the first).
+                        let mut reply = Some(reply);
+                        for c in fresh {
+                            let slot = waiting.entry(c).or_default();
+                            if let Some(r) = reply.take() {
+                                slot.push(r);
+                            }
+                        }
                     }
                 }
                 Request::Unwatch(p) => {
@@ -204,10 +388,14 @@ impl State {
                         *n -= 1;
                         if *n == 0 {
                             self.wanted.remove(&p);
-                            self.stale.remove(&p);
-                            self.confirming.remove(&p);
-                            if !waiting.contains_key(&p) {
-                                gone.push(p);
+                            for room in self.rooms_of.remove(&p).unwrap_or_default() {
+                                self.drop_member(&room, &p);
+                            }
+                            let c = Chan::Player(p);
+                            self.stale.remove(&c);
+                            self.confirming.remove(&c);
+                            if !waiting.contains_key(&c) {
+                                gone.push(c);
                             }
                         }
                     }
@@ -219,16 +407,16 @@ impl State {
             // that `wants` then ignores.
             let _ = self.sub.subscribe(&gone, false).await;
         }
-        let fresh: Vec<String> = waiting
+        let fresh: Vec<Chan> = waiting
             .keys()
-            .filter(|p| self.wanted.contains_key(*p))
+            .filter(|c| self.follows(c))
             .cloned()
             .collect();
         self.confirming.extend(fresh.iter().cloned());
         let r = self.sub.subscribe(&fresh, true).await;
         if r.is_err() {
-            for p in &fresh {
-                self.confirming.remove(p);
+            for c in &fresh {
+                self.confirming.remove(c);
             }
             self.stale.extend(fresh);
         }
@@ -239,23 +427,24 @@ impl State {
 
     /// Subscribes again what must be; on success live delivery is up.
     async fn repair(&mut self, health: &LiveHealth) {
-        let players: Vec<String> = if self.all_stale {
+        let chans: Vec<Chan> = if self.all_stale {
             // A connection that still answers is kept (the loss reported may
             // have been an older connection's); one that doesn't is replaced.
             self.sub.alive().await;
-            self.wanted.keys().cloned().collect()
+            let players = self.wanted.keys().cloned().map(Chan::Player);
+            let rooms = self.rooms.keys().cloned().map(Chan::Room);
+            players.chain(rooms).collect()
         } else {
             self.stale.iter().cloned().collect()
         };
         let r = match self.sub.connect().await {
-            Ok(()) => self.sub.subscribe(&players, true).await,
+            Ok(()) => self.sub.subscribe(&chans, true).await,
             Err(e) => Err(e),
         };
         match r {
             Ok(()) => {
                 if self.all_stale {
-                    tracing::info!(players = players.len(), "live subscriptions re-established");
-                    // Players of no channel (none followed) still re-read.
+                    tracing::info!(channels = chans.len(), "live subscriptions re-established");
                     self.all_stale = false;
                 }
                 self.stale.clear();
@@ -264,7 +453,7 @@ impl State {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "live resubscribe failed; retrying in {:?}", self.backoff);
-                self.next_repair = tokio::time::Instant::now() + self.backoff;
+                self.next_repair = Instant::now() + self.backoff;
                 self.backoff = crate::backoff::next(self.backoff, BACKOFF_MAX);
             }
         }
