@@ -473,8 +473,15 @@ class CommandConsumer:
     def run(self, handler: Handler) -> None:
         """Polls until :meth:`stop` (creates the groups first)."""
         self.setup()
+        pause = 0.05
         while not self._stop.is_set():
-            self.poll(handler)
+            try:
+                self.poll(handler)
+                pause = 0.05
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("command stream unreachable, retrying in %.2fs: %r", pause, e)
+                self._stop.wait(pause)
+                pause = min(pause * 2, 2.0)
 
     def stop(self) -> None:
         self._stop.set()
@@ -557,8 +564,15 @@ class AsyncCommandConsumer:
 
     async def run(self, handler: AsyncHandler) -> None:
         await self.setup()
+        pause = 0.05
         while not self._stop.is_set():
-            await self.poll(handler)
+            try:
+                await self.poll(handler)
+                pause = 0.05
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("command stream unreachable, retrying in %.2fs: %r", pause, e)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def stop(self) -> None:
         self._stop.set()
