@@ -9,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+pytest_plugins = ["pytester"]
 from websockets.sync.client import ClientConnection, connect
 
 PATIENCE = 10.0

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import dataclasses
 import json
 import logging
 import threading
@@ -314,8 +315,6 @@ class _ConsumerCore:
             yield self._dead(stream, eid, fields, reason, deliveries)
             batch.dead.append(DeadLetter(stream, eid, reason))
             return
-        if self.resends.is_resend(cmd):
-            cmd = Command(**{**cmd.__dict__, "resend": True})
         batch.commands.append(cmd)
 
     def claim(self) -> Generator[Op, Any, _Batch]:
@@ -368,6 +367,13 @@ class _ConsumerCore:
             for entry in entries or []:
                 yield from self._take(batch, _s(stream), entry[0], entry[1], 1)
         return batch
+
+    def mark(self, cmd: Command) -> Command:
+        """``cmd`` marked as a resend when it is one (decided just before it is
+        handled, so a resend in the same batch as its original is recognised)."""
+        if self.resends.is_resend(cmd):
+            return dataclasses.replace(cmd, resend=True)
+        return cmd
 
     def ack(self, cmd: Command) -> OpFlow:
         yield Call("xack", (cmd.stream, self.group, cmd.entry_id))
@@ -452,7 +458,7 @@ class CommandConsumer:
     def _handle(self, batch: _Batch, handler: Handler) -> int:
         self.dead_letters.extend(batch.dead)
         done = 0
-        for cmd in batch.commands:
+        for cmd in map(self.core.mark, batch.commands):
             if not (cmd.resend and self.core.skip_resends):
                 try:
                     handler(cmd)
@@ -547,7 +553,7 @@ class AsyncCommandConsumer:
     async def _handle(self, batch: _Batch, handler: AsyncHandler) -> int:
         self.dead_letters.extend(batch.dead)
         done = 0
-        for cmd in batch.commands:
+        for cmd in map(self.core.mark, batch.commands):
             if not (cmd.resend and self.core.skip_resends):
                 try:
                     await handler(cmd)
