@@ -65,7 +65,6 @@ class World:
             room,
             "chat_message",
             {"channel": "say", "from": cmd.player_id, "message": message},
-            room_id=room,
             id=cmd.publish_id("say"),
         )
 

@@ -106,17 +106,23 @@ class BrokerClient:
         )
 
     def publish_to_player(
-        self, player_id: str, event_type: str, data: Any, **kw: Any
+        self, player: str, event_type: str, data: Any,
+        *, id: str | None = None, room_id: str | None = None, retry: RetryPolicy | None = None,
     ) -> PublishResult:
-        return self.publish(Player(player_id), event_type, data, **kw)
+        return self.publish(Player(player), event_type, data, id=id, room_id=room_id, retry=retry)
 
     def publish_to_players(
-        self, player_ids: Sequence[str], event_type: str, data: Any, **kw: Any
+        self, players: Sequence[str], event_type: str, data: Any,
+        *, id: str | None = None, room_id: str | None = None, retry: RetryPolicy | None = None,
     ) -> PublishResult:
-        return self.publish(Players(player_ids), event_type, data, **kw)
+        return self.publish(Players(players), event_type, data, id=id, room_id=room_id, retry=retry)
 
-    def publish_to_room(self, room_id: str, event_type: str, data: Any, **kw: Any) -> PublishResult:
-        return self.publish(Room(room_id), event_type, data, **kw)
+    def publish_to_room(
+        self, room: str, event_type: str, data: Any,
+        *, id: str | None = None, room_id: str | None = None, retry: RetryPolicy | None = None,
+    ) -> PublishResult:
+        """A room publish; the broker sets the envelope's ``room_id`` to ``room``."""
+        return self.publish(Room(room), event_type, data, id=id, room_id=room_id, retry=retry)
 
     # -- rooms
 
@@ -211,19 +217,23 @@ class AsyncBrokerClient:
         )
 
     async def publish_to_player(
-        self, player_id: str, event_type: str, data: Any, **kw: Any
+        self, player: str, event_type: str, data: Any,
+        *, id: str | None = None, room_id: str | None = None, retry: RetryPolicy | None = None,
     ) -> PublishResult:
-        return await self.publish(Player(player_id), event_type, data, **kw)
+        return await self.publish(Player(player), event_type, data, id=id, room_id=room_id, retry=retry)
 
     async def publish_to_players(
-        self, player_ids: Sequence[str], event_type: str, data: Any, **kw: Any
+        self, players: Sequence[str], event_type: str, data: Any,
+        *, id: str | None = None, room_id: str | None = None, retry: RetryPolicy | None = None,
     ) -> PublishResult:
-        return await self.publish(Players(player_ids), event_type, data, **kw)
+        return await self.publish(Players(players), event_type, data, id=id, room_id=room_id, retry=retry)
 
     async def publish_to_room(
-        self, room_id: str, event_type: str, data: Any, **kw: Any
+        self, room: str, event_type: str, data: Any,
+        *, id: str | None = None, room_id: str | None = None, retry: RetryPolicy | None = None,
     ) -> PublishResult:
-        return await self.publish(Room(room_id), event_type, data, **kw)
+        """A room publish; the broker sets the envelope's ``room_id`` to ``room``."""
+        return await self.publish(Room(room), event_type, data, id=id, room_id=room_id, retry=retry)
 
     async def join(self, room_id: str, player_id: str) -> RoomChange:
         return await self._drive(_core.room_flow(self.token, "PUT", room_id, player_id, self.retry))
