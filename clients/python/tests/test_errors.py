@@ -24,7 +24,7 @@ from mythos_broker import (
 from mythos_broker._core import Request
 from mythos_broker.errors import error_from_response
 from mythos_broker.pytest_plugin import BrokerFactory
-from mythos_broker.testing import BrokerProcess, RedisServer, free_port
+from mythos_broker.testing import BrokerProcess, free_port
 
 ONCE = RetryPolicy(attempts=1)
 
