@@ -21,7 +21,8 @@ class WsPlayer:
 
     def __init__(self, ws_url: str, token: str, since: int | None = None) -> None:
         q = f"?token={token}" + (f"&since={since}" if since is not None else "")
-        self.ws: ClientConnection = connect(ws_url + "/v1/ws" + q, open_timeout=PATIENCE)
+        # entered as a context manager (websockets >= 15 deprecates a bare connect())
+        self.ws: ClientConnection = connect(ws_url + "/v1/ws" + q, open_timeout=PATIENCE).__enter__()
         self.welcome = self.recv()
         assert self.welcome["type"] == "welcome", self.welcome
         self._n = 0
