@@ -8,11 +8,12 @@
 //! sockets. Engines see it as their [`LiveSink`] (they do not know the hub);
 //! sessions call [`Hub::subscribe`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::Notify;
 
 use crate::engine::LiveSink;
 use crate::protocol::{Event, EventBody};
@@ -28,13 +29,27 @@ pub enum Live {
     Nudge,
 }
 
-/// Per-subscription flags shared between the hub and the session.
+/// Per-subscription flags shared between the hub and the session, and the
+/// subscription's bounded queue.
 #[derive(Debug, Default)]
 pub struct SubState {
     live: AtomicBool,
     lagged: AtomicBool,
     slow: AtomicBool,
     kill: Notify,
+    queue: Mutex<Queue>,
+    /// Wakes the receiver when something is queued or the queue closes.
+    ready: Notify,
+}
+
+/// A subscription's queue: a `VecDeque` that allocates on the first event
+/// (a tokio `mpsc` allocated ~1 KiB per connection up front: a cache-padded
+/// header and a block of 32 slots), shared in the `SubState` allocation.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Live>,
+    /// The hub dropped its sender (slow consumer) or the receiver is gone.
+    closed: bool,
 }
 
 impl SubState {
@@ -59,24 +74,95 @@ impl SubState {
     }
 }
 
+impl SubState {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why [`Sub::try_send`] did not queue.
+enum SendError {
+    Full,
+    Closed,
+}
+
+/// The hub's end of a subscription: the only sender; dropping it closes the
+/// queue (what is queued can still be received, then `recv` gives `None`).
 struct Sub {
     id: u64,
-    tx: mpsc::Sender<Live>,
     state: Arc<SubState>,
+    cap: usize,
 }
 
 impl Sub {
+    fn try_send(&self, live: Live) -> Result<(), SendError> {
+        let mut q = self.state.queue();
+        if q.closed {
+            return Err(SendError::Closed);
+        }
+        if q.items.len() >= self.cap {
+            return Err(SendError::Full);
+        }
+        q.items.push_back(live);
+        drop(q);
+        self.state.ready.notify_one();
+        Ok(())
+    }
+
     /// Queues a nudge; a full queue means the reader will re-read anyway.
     fn nudge(&self) {
-        if self.tx.try_send(Live::Nudge).is_err() {
+        if self.try_send(Live::Nudge).is_err() {
             self.state.lagged.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.state.queue().closed = true;
+        self.state.ready.notify_one();
+    }
+}
+
+/// The receiving end of a subscription's queue (the `recv` / `try_recv` of
+/// a tokio `mpsc::Receiver`).
+pub struct LiveRx {
+    state: Arc<SubState>,
+}
+
+impl LiveRx {
+    /// The next queued notification; `None` once the hub dropped this
+    /// subscription (slow consumer) and the queue is empty. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Live> {
+        loop {
+            match self.try_recv() {
+                Ok(live) => return Some(live),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => self.state.ready.notified().await,
+            }
+        }
+    }
+
+    /// A queued notification, without waiting.
+    pub fn try_recv(&mut self) -> Result<Live, TryRecvError> {
+        let mut q = self.state.queue();
+        match q.items.pop_front() {
+            Some(live) => {
+                if q.items.is_empty() && q.items.capacity() > 64 {
+                    // A burst is over: give back what it grew.
+                    q.items = VecDeque::new();
+                }
+                Ok(live)
+            }
+            None if q.closed => Err(TryRecvError::Disconnected),
+            None => Err(TryRecvError::Empty),
         }
     }
 }
 
 /// A live subscription; unsubscribes when dropped.
 pub struct Subscription {
-    pub rx: mpsc::Receiver<Live>,
+    pub rx: LiveRx,
     pub state: Arc<SubState>,
     hub: Arc<Hub>,
     player: String,
@@ -88,12 +174,16 @@ impl Drop for Subscription {
         self.hub.remove(&self.player, self.id);
         // No sender is left (the hub held the only one): what is still
         // queued will never be taken.
-        let mut left = 0u32;
-        while let Ok(live) = self.rx.try_recv() {
-            left += u32::from(matches!(live, Live::Event(_)));
-        }
+        let mut q = self.state.queue();
+        q.closed = true;
+        let left = q
+            .items
+            .drain(..)
+            .filter(|live| matches!(live, Live::Event(_)))
+            .count();
+        drop(q);
         if left > 0 {
-            metrics::gauge!(QUEUED_EVENTS).decrement(f64::from(left));
+            metrics::gauge!(QUEUED_EVENTS).decrement(left as f64);
         }
     }
 }
@@ -127,13 +217,12 @@ impl Hub {
     /// Starts receiving `player`'s new events. Subscribe *before* reading the
     /// log, so nothing appended in between is missed.
     pub fn subscribe(self: &Arc<Self>, player: &str) -> Subscription {
-        let (tx, rx) = mpsc::channel(self.queue_len);
         let state = Arc::new(SubState::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sub = Sub {
             id,
-            tx,
             state: state.clone(),
+            cap: self.queue_len,
         };
         let mut map = self.lock();
         let subs = map.entry(player.to_string()).or_default();
@@ -143,7 +232,9 @@ impl Hub {
         subs.push(sub);
         drop(map);
         Subscription {
-            rx,
+            rx: LiveRx {
+                state: state.clone(),
+            },
             state,
             hub: self.clone(),
             player: player.to_string(),
@@ -180,13 +271,13 @@ impl Hub {
             return;
         };
         let queued = metrics::gauge!(QUEUED_EVENTS);
-        subs.retain(|s| match s.tx.try_send(Live::Event(event.clone())) {
+        subs.retain(|s| match s.try_send(Live::Event(event.clone())) {
             Ok(()) => {
                 queued.increment(1.0);
                 true
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(SendError::Closed) => false,
+            Err(SendError::Full) => {
                 if s.state.live.load(Ordering::SeqCst) {
                     s.state.slow.store(true, Ordering::SeqCst);
                     s.state.kill.notify_one();

@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use tracing::Instrument;
@@ -40,16 +39,144 @@ impl Upgrade {
     }
 }
 
-/// A response body produced chunk by chunk by a session task.
+/// A response body produced chunk by chunk by a session task: the route
+/// answers with it as an extension, and this layer swaps it in.
 #[derive(Clone)]
-pub struct StreamBody(Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>);
+pub struct StreamBody(Arc<Mutex<Option<BodyRx>>>);
 
 impl StreamBody {
-    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        Self(Arc::new(Mutex::new(Some(rx))))
-    }
-    fn take(&self) -> Option<mpsc::Receiver<Bytes>> {
+    fn take(&self) -> Option<BodyRx> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A bounded queue of `depth` body chunks from a session task to the
+/// connection: its sending half and the [`StreamBody`] to answer with. Not a
+/// tokio `mpsc`, which allocates ~1.5 KiB per stream up front (a
+/// cache-padded header and a block of 32 slots); this one is one small
+/// allocation plus the chunks queued.
+pub fn body_channel(depth: usize) -> (BodyTx, StreamBody) {
+    let shared = Arc::new(BodyShared {
+        depth: depth.max(1),
+        state: Mutex::new(BodyState::default()),
+    });
+    let rx = BodyRx(shared.clone());
+    (BodyTx(shared), StreamBody(Arc::new(Mutex::new(Some(rx)))))
+}
+
+struct BodyShared {
+    depth: usize,
+    state: Mutex<BodyState>,
+}
+
+#[derive(Default)]
+struct BodyState {
+    chunks: std::collections::VecDeque<Bytes>,
+    /// The connection, waiting for a chunk.
+    rx_waker: Option<std::task::Waker>,
+    /// The session, waiting for room or for the connection to go.
+    tx_waker: Option<std::task::Waker>,
+    rx_gone: bool,
+    tx_gone: bool,
+}
+
+impl BodyShared {
+    fn state(&self) -> std::sync::MutexGuard<'_, BodyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn park(slot: &mut Option<std::task::Waker>, cx: &std::task::Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// The session's end of a [`body_channel`]; the body ends when it is dropped.
+pub struct BodyTx(Arc<BodyShared>);
+
+impl BodyTx {
+    /// Queues `chunk`, waiting while `depth` chunks are queued; gives it back
+    /// if the connection is gone.
+    pub async fn send(&self, chunk: Bytes) -> Result<(), Bytes> {
+        let mut chunk = Some(chunk);
+        std::future::poll_fn(|cx| {
+            let mut st = self.0.state();
+            if st.rx_gone {
+                return std::task::Poll::Ready(Err(chunk.take().unwrap_or_default()));
+            }
+            if st.chunks.len() < self.0.depth {
+                st.chunks.push_back(chunk.take().unwrap_or_default());
+                if let Some(w) = st.rx_waker.take() {
+                    w.wake();
+                }
+                return std::task::Poll::Ready(Ok(()));
+            }
+            park(&mut st.tx_waker, cx);
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// Resolves once the connection has dropped the body (the client left).
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.0.state();
+            if st.rx_gone {
+                return std::task::Poll::Ready(());
+            }
+            park(&mut st.tx_waker, cx);
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for BodyTx {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.tx_gone = true;
+        if let Some(w) = st.rx_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// The connection's end of a [`body_channel`]: the chunks, then the end
+/// once the session dropped its [`BodyTx`].
+struct BodyRx(Arc<BodyShared>);
+
+impl futures_util::Stream for BodyRx {
+    type Item = Bytes;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Bytes>> {
+        let mut st = self.0.state();
+        if let Some(chunk) = st.chunks.pop_front() {
+            if let Some(w) = st.tx_waker.take() {
+                w.wake();
+            }
+            return std::task::Poll::Ready(Some(chunk));
+        }
+        if st.tx_gone {
+            return std::task::Poll::Ready(None);
+        }
+        park(&mut st.rx_waker, cx);
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for BodyRx {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.rx_gone = true;
+        st.chunks.clear();
+        if let Some(w) = st.tx_waker.take() {
+            w.wake();
+        }
     }
 }
 
@@ -79,8 +206,7 @@ fn into_box_body(resp: warp::reply::Response) -> (hyper::Response<BoxBody>, bool
         .get::<StreamBody>()
         .and_then(StreamBody::take)
     {
-        let frames = tokio_stream::wrappers::ReceiverStream::new(rx)
-            .map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
+        let frames = rx.map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
         let body = BodyExt::boxed(HttpStreamBody::new(frames));
         return (hyper::Response::from_parts(parts, body), true);
     }
@@ -197,22 +323,26 @@ pub async fn serve<F>(
                 // The path only: a query string may carry `?token=`.
                 let span = tracing::info_span!("request", method = %req.method(),
                     path = %req.uri().path());
-                async move {
-                    let started = std::time::Instant::now();
-                    let resp = svc
-                        .call(req)
-                        .await
-                        .unwrap_or_else(|e: Infallible| match e {});
-                    tracing::debug!(
-                        status = resp.status().as_u16(),
-                        elapsed_us = started.elapsed().as_micros() as u64,
-                        "answered"
-                    );
-                    let (resp, streaming) = into_box_body(resp);
-                    act.finished(streaming);
-                    Ok::<_, Infallible>(resp)
-                }
-                .instrument(span)
+                // Boxed: hyper keeps a slot of this future's size for every
+                // connection (an SSE stream's too) from its first request on.
+                Box::pin(
+                    async move {
+                        let started = std::time::Instant::now();
+                        let resp = svc
+                            .call(req)
+                            .await
+                            .unwrap_or_else(|e: Infallible| match e {});
+                        tracing::debug!(
+                            status = resp.status().as_u16(),
+                            elapsed_us = started.elapsed().as_micros() as u64,
+                            "answered"
+                        );
+                        let (resp, streaming) = into_box_body(resp);
+                        act.finished(streaming);
+                        Ok::<_, Infallible>(resp)
+                    }
+                    .instrument(span),
+                )
             });
         let conn = Builder::new(TokioExecutor::new())
             .serve_connection_with_upgrades(TokioIo::new(io), svc)

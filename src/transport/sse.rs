@@ -12,13 +12,12 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use warp::http::HeaderValue;
 
 use super::{check_reader, parse_resume, ready_batch, session_id, End};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::listener::StreamBody;
+use crate::listener::{body_channel, BodyTx};
 use crate::protocol::Event;
 use crate::session::{self, Feed, FeedEnd, ResumePoint};
 use crate::state::App;
@@ -67,7 +66,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
             "event: resync_required\ndata: {{\"oldest_available\":{oldest}}}\n\n"
         );
     }
-    let (tx, rx) = mpsc::channel(BODY_QUEUE);
+    let (tx, body) = body_channel(BODY_QUEUE);
     let expires_in = p.time_left();
     let app2 = app.clone();
     let span = tracing::info_span!(parent: None, "connection", player = %player,
@@ -87,7 +86,7 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp.extensions_mut().insert(StreamBody::new(rx));
+    resp.extensions_mut().insert(body);
     Ok(resp)
 }
 
@@ -107,7 +106,7 @@ async fn run(
     app: Arc<App>,
     mut feed: Feed,
     first: String,
-    tx: mpsc::Sender<Bytes>,
+    tx: BodyTx,
     expires_in: std::time::Duration,
 ) {
     let _gauge = ConnectionGauge::open(Transport::Sse);
