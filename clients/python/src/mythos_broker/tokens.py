@@ -8,19 +8,13 @@ from ``POST /v1/auth/login``; a game server may mint its own ``service`` token.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import time
 from typing import Literal
 
+import jwt
+
 Role = Literal["player", "service", "admin"]
 ROLES: tuple[Role, ...] = ("player", "service", "admin")
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
 def mint_token(
@@ -31,17 +25,9 @@ def mint_token(
     ttl: float = 3600.0,
     now: float | None = None,
 ) -> str:
-    """An HS256 token for ``sub`` with ``role``, valid for ``ttl`` seconds."""
+    """An HS256 token for ``sub`` with ``role``, valid for ``ttl`` seconds (PyJWT)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-    key = secret.encode("utf-8") if isinstance(secret, str) else secret
     iat = int(time.time() if now is None else now)
-    header = {"alg": "HS256", "typ": "JWT"}
     claims = {"sub": sub, "iat": iat, "exp": iat + max(1, int(ttl)), "role": role}
-    signing_input = (
-        _b64(json.dumps(header, separators=(",", ":")).encode())
-        + "."
-        + _b64(json.dumps(claims, separators=(",", ":")).encode())
-    )
-    sig = hmac.new(key, signing_input.encode("ascii"), hashlib.sha256).digest()
-    return signing_input + "." + _b64(sig)
+    return jwt.encode(claims, secret, algorithm="HS256")
