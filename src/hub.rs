@@ -317,6 +317,10 @@ impl LiveSink for Hub {
 
     /// The same for every target of a fan-out, under one lock.
     fn deliver_all(&self, targets: &[(&str, u64)], body: &Arc<EventBody>) {
+        if targets.len() > 1 {
+            // Several recipients: their envelopes share one encoding.
+            body.share_envelope();
+        }
         let mut map = self.lock();
         for (player, seq) in targets {
             if map.contains_key(*player) {

@@ -150,11 +150,29 @@ impl EventBody {
 
     /// Appends the envelope of this body for `player` at `seq` to `out`
     /// (`ws`: with `"type":"event"` first, the WebSocket frame; else the SSE
-    /// `data:`). The text around the two per-recipient fields is built once
-    /// per body, on first use, and shared by every recipient of a fan-out;
-    /// the result is byte for byte what serialising the envelope gives.
+    /// `data:`): the text around the two per-recipient fields, spliced. For
+    /// a fan-out ([`EventBody::share_envelope`]) that text is built once and
+    /// shared by every recipient; otherwise it is built for this call only,
+    /// so a body kept in a log (the memory engine's) does not keep a second
+    /// copy of itself. Either way the result is byte for byte what
+    /// serialising the envelope gives.
     pub fn envelope(&self, player: &str, seq: u64, ws: bool, out: &mut String) {
-        let e = self.encoded.get_or_init(|| Encoded::of(self));
+        match self.encoded.get() {
+            Some(e) => e.splice(player, seq, ws, out),
+            None => Encoded::of(self).splice(player, seq, ws, out),
+        }
+    }
+
+    /// Builds the envelope's shared text now, for the recipients of a
+    /// fan-out to use (the hub calls it when it hands one body to several).
+    pub fn share_envelope(&self) {
+        self.encoded.get_or_init(|| Encoded::of(self));
+    }
+}
+
+impl Encoded {
+    fn splice(&self, player: &str, seq: u64, ws: bool, out: &mut String) {
+        let e = self;
         out.reserve(e.head.len() + e.mid.len() + e.tail.len() + player.len() + 40);
         out.push_str(if ws { "{\"type\":\"event\"," } else { "{" });
         out.push_str(&e.head);
@@ -648,9 +666,9 @@ mod props {
     }
 
     proptest! {
-        /// The envelope spliced from the shared text equals serde's, for
-        /// any strings (escapes included), data, ids and both transports,
-        /// and stays right for a second recipient of the same body.
+        /// The envelope spliced from its parts equals serde's, for any
+        /// strings (escapes included), data, ids and both transports, built
+        /// for one recipient or shared by several.
         #[test]
         fn spliced_envelopes_equal_serde(
             event_type in "\\PC{1,20}",
@@ -664,6 +682,10 @@ mod props {
             let data = RawValue::from_string(data.to_string()).expect("json");
             let body = Arc::new(EventBody::new(event_type, "2026-11-23T10:30:00.123Z", data, room, id));
             for (i, p) in players.iter().enumerate() {
+                if i == 1 {
+                    // The rest from the shared text (the first was built for itself).
+                    body.share_envelope();
+                }
                 let ev = Event { sequence_number: seq.wrapping_add(i as u64), body: body.clone() };
                 let spliced = envelope_json(p, &ev, ws);
                 prop_assert_eq!(&spliced, &envelope_serde(p, &ev, ws));
