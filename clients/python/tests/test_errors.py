@@ -30,7 +30,7 @@ ONCE = RetryPolicy(attempts=1)
 
 
 def test_bad_tokens_are_unauthorized_and_wrong_roles_forbidden(mythos_broker: BrokerProcess) -> None:
-    for token in ["not-a-jwt", mint_token("another-secret-0123456789", "game", "service"),
+    for token in ["not-a-jwt", mint_token("another-secret-0123456789abcdef0123", "game", "service"),
                   mint_token(mythos_broker.secret, "game", "service", ttl=1, now=time.time() - 60)]:
         with BrokerClient(mythos_broker.base_url, token, retry=ONCE) as c:
             with pytest.raises(Unauthorized) as e:

@@ -35,11 +35,11 @@ def _unb64(s: str) -> bytes:
 
 
 def test_token_is_hs256_with_the_brokers_claims() -> None:
-    t = mint_token("secret-0123456789abcdef", "alice", "service", ttl=60, now=1000)
+    t = mint_token("secret-0123456789abcdef0123456789ab", "alice", "service", ttl=60, now=1000)
     h, c, s = t.split(".")
     assert json.loads(_unb64(h)) == {"alg": "HS256", "typ": "JWT"}
     assert json.loads(_unb64(c)) == {"sub": "alice", "iat": 1000, "exp": 1060, "role": "service"}
-    want = hmac.new(b"secret-0123456789abcdef", f"{h}.{c}".encode(), hashlib.sha256).digest()
+    want = hmac.new(b"secret-0123456789abcdef0123456789ab", f"{h}.{c}".encode(), hashlib.sha256).digest()
     assert _unb64(s) == want
     with pytest.raises(ValueError):
         mint_token("x" * 16, "alice", "root")  # type: ignore[arg-type]
