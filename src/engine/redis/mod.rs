@@ -105,6 +105,12 @@ fn pool_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Pool(e.to_string())
 }
 
+/// The longest a publish may run ([`RedisEngine::within`]): 2 × `OP_TIMEOUT`,
+/// plus the WAIT timeout with WAIT.
+fn publish_deadline(limits: &Limits) -> Duration {
+    2 * OP_TIMEOUT + limits.wait_timeout * u32::from(limits.wait_replicas > 0)
+}
+
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -128,7 +134,9 @@ impl RedisEngine {
                 s.prepare_invoke().load_async(&mut conn).await?;
             }
         }
-        let live = live::Live::start(&options.topology, hub).await?;
+        // A left room's channel outlives any publish still in flight.
+        let linger = publish_deadline(&limits) + OP_TIMEOUT;
+        let live = live::Live::start(&options.topology, hub, linger).await?;
         Ok(Arc::new(Self {
             publish: if conns.is_cluster() {
                 "SPUBLISH"
@@ -152,8 +160,7 @@ impl RedisEngine {
     /// up while Redis is unreachable; a publisher is answered (503, retry-safe
     /// with the same id) within 2 × `OP_TIMEOUT` (+ the WAIT timeout).
     async fn within<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let deadline =
-            2 * OP_TIMEOUT + self.limits.wait_timeout * u32::from(self.limits.wait_replicas > 0);
+        let deadline = publish_deadline(&self.limits);
         tokio::time::timeout(deadline, f)
             .await
             .unwrap_or_else(|_| Err(EngineError::Pool(format!("no answer within {deadline:?}"))))

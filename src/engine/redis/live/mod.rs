@@ -69,8 +69,14 @@ pub struct Live {
 
 impl Live {
     /// Connects the subscriber connection (fails if Redis is unreachable)
-    /// and starts routing what arrives to `hub`.
-    pub async fn start(topology: &Topology, hub: Arc<dyn LiveSink>) -> EngineResult<Self> {
+    /// and starts routing what arrives to `hub`. A room's channel stays
+    /// subscribed for `linger` (at least [`supervisor::ROOM_LINGER`]) after
+    /// the last followed player left the room.
+    pub async fn start(
+        topology: &Topology,
+        hub: Arc<dyn LiveSink>,
+        linger: std::time::Duration,
+    ) -> EngineResult<Self> {
         let (push_tx, pushes) = mpsc::unbounded_channel();
         let mut sub = Subscriber {
             topology: topology.clone(),
@@ -81,7 +87,7 @@ impl Live {
         let health = Arc::new(LiveHealth::default());
         health.set(true);
         let (requests, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(supervise(sub, rx, pushes, hub, health.clone()));
+        let task = tokio::spawn(supervise(sub, rx, pushes, hub, health.clone(), linger));
         Ok(Self {
             requests,
             health,

@@ -12,7 +12,9 @@
 //! subscription the player's sessions are nudged to re-read their log: an
 //! event announced on the room before the subscription took effect is in
 //! the log by then. A room no followed player is in any more stays
-//! subscribed for [`ROOM_LINGER`], longer than any publish can be in flight,
+//! subscribed for a linger (at least [`ROOM_LINGER`]; the engine passes
+//! its publish deadline plus a margin when that is longer), longer than any
+//! publish can be in flight,
 //! so an event whose member list was read before a leave still reaches the
 //! player live (see docs/decisions.md, "Room channels").
 //!
@@ -41,10 +43,10 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 /// after an outage, so attempts stay frequent.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How long a room's channel stays subscribed after the last followed
-/// player left it: longer than a publish may be in flight (the engine's
-/// deadline is 4 s plus the WAIT timeout, itself at most 5 s).
-pub(super) const ROOM_LINGER: Duration = Duration::from_secs(10);
+/// The least time a room's channel stays subscribed after the last followed
+/// player left it; the engine asks for longer when a publish may be in
+/// flight longer (its deadline is 4 s, plus the WAIT timeout with WAIT).
+pub const ROOM_LINGER: Duration = Duration::from_secs(10);
 
 /// Runs the subscriber; should it ever end (a bug that panics), counts it,
 /// marks live delivery down, nudges every session and starts it again with
@@ -55,9 +57,11 @@ pub(super) async fn supervise(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     hub: Arc<dyn LiveSink>,
     health: Arc<LiveHealth>,
+    linger: Duration,
 ) {
     let mut state = State {
         sub,
+        linger: linger.max(ROOM_LINGER),
         wanted: HashMap::new(),
         rooms_of: HashMap::new(),
         rooms: HashMap::new(),
@@ -87,8 +91,8 @@ pub(super) async fn supervise(
 struct Room {
     /// The followed players in the room.
     players: HashSet<String>,
-    /// Since when no followed player is in it (it is unsubscribed after
-    /// [`ROOM_LINGER`]).
+    /// Since when no followed player is in it (it is unsubscribed after the
+    /// linger).
     idle_since: Option<Instant>,
     /// A subscription was made (or, failed, is left to the repair).
     subscribed: bool,
@@ -96,6 +100,8 @@ struct Room {
 
 struct State {
     sub: Subscriber,
+    /// How long a room nobody here is in any more stays subscribed.
+    linger: Duration,
     /// Followed players and their local watcher counts.
     wanted: HashMap<String, usize>,
     /// The rooms of each followed player (as far as this node knows).
@@ -315,7 +321,7 @@ impl State {
         let done: Vec<String> = self
             .rooms
             .iter()
-            .filter(|(_, r)| r.idle_since.is_some_and(|t| now - t >= ROOM_LINGER))
+            .filter(|(_, r)| r.idle_since.is_some_and(|t| now - t >= self.linger))
             .map(|(name, _)| name.clone())
             .collect();
         if done.is_empty() {
