@@ -266,11 +266,16 @@ impl Hub {
     /// Queues `event` for `player`'s local connections (the map locked):
     /// a full queue cuts a live connection off (slow consumer) and marks a
     /// replaying one lagged.
-    fn deliver_locked(&self, map: &mut HashMap<String, Vec<Sub>>, player: &str, event: &Event) {
+    fn deliver_locked(
+        &self,
+        map: &mut HashMap<String, Vec<Sub>>,
+        queued: &metrics::Gauge,
+        player: &str,
+        event: &Event,
+    ) {
         let Some(subs) = map.get_mut(player) else {
             return;
         };
-        let queued = metrics::gauge!(QUEUED_EVENTS);
         subs.retain(|s| match s.try_send(Live::Event(event.clone())) {
             Ok(()) => {
                 queued.increment(1.0);
@@ -304,15 +309,17 @@ impl Hub {
 }
 
 impl LiveSink for Hub {
-    /// True if some connection on this node wants `player`'s events.
-    fn wants(&self, player: &str) -> bool {
-        self.lock().contains_key(player)
+    /// True if some connection on this node wants one of the targets' events
+    /// (one lock for a whole fan-out).
+    fn wants_any(&self, targets: &[(&str, u64)]) -> bool {
+        let map = self.lock();
+        targets.iter().any(|(p, _)| map.contains_key(*p))
     }
 
     /// Hands `event` to every local connection of `player`, never waiting.
     fn deliver(&self, player: &str, event: &Event) {
         let mut map = self.lock();
-        self.deliver_locked(&mut map, player, event);
+        self.deliver_locked(&mut map, &metrics::gauge!(QUEUED_EVENTS), player, event);
     }
 
     /// The same for every target of a fan-out, under one lock.
@@ -321,6 +328,7 @@ impl LiveSink for Hub {
             // Several recipients: their envelopes share one encoding.
             body.share_envelope();
         }
+        let queued = metrics::gauge!(QUEUED_EVENTS);
         let mut map = self.lock();
         for (player, seq) in targets {
             if map.contains_key(*player) {
@@ -328,7 +336,7 @@ impl LiveSink for Hub {
                     sequence_number: *seq,
                     body: body.clone(),
                 };
-                self.deliver_locked(&mut map, player, &event);
+                self.deliver_locked(&mut map, &queued, player, &event);
             }
         }
     }

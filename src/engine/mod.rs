@@ -29,9 +29,9 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 /// Where an engine announces fresh appends: this node's live routing (the
 /// hub). Every method returns at once; none may wait on a connection.
 pub trait LiveSink: Send + Sync {
-    /// True if some connection on this node follows `player` (the Redis
-    /// engine decodes an announcement only then).
-    fn wants(&self, player: &str) -> bool;
+    /// True if some connection on this node follows one of the `targets`'
+    /// players (the Redis engine decodes an announcement only then).
+    fn wants_any(&self, targets: &[(&str, u64)]) -> bool;
     /// `event` was just appended to `player`'s log.
     fn deliver(&self, player: &str, event: &Event);
     /// One event (one `body`) was just appended to several players' logs,

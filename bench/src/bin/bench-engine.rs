@@ -146,11 +146,22 @@ fn ceiling(
         cmd.push(a.to_string());
     }
     cmd.extend((0..members).map(|i| format!("p{i}")));
-    let run = |n: u64| {
-        mythos_bench::redis_side::redis_benchmark(port, (clients, pipeline), n, 10_000, &cmd)
-    };
-    let rough = run(2_000)?;
-    run(((rough * secs as f64) as u64).max(2_000))
+    for_seconds(port, (clients, pipeline), secs, 2_000, &cmd)
+}
+
+/// `redis-benchmark` of `cmd` for about `secs`: a first run of `floor`
+/// requests measures the rate, the second runs that rate × `secs` (at
+/// least `floor`) and is the answer, in requests/s.
+fn for_seconds(
+    port: u16,
+    conc: (usize, usize),
+    secs: u64,
+    floor: u64,
+    cmd: &[String],
+) -> Result<f64, String> {
+    let run = |n: u64| mythos_bench::redis_side::redis_benchmark(port, conc, n, 10_000, cmd);
+    let rough = run(floor)?;
+    run(((rough * secs as f64) as u64).max(floor))
 }
 
 #[tokio::main]
@@ -224,7 +235,7 @@ async fn bench(a: Args) -> Result<(), String> {
         single[2].push(ceiling(server.port(), &sha, 1, piped, a.seconds)?);
         eprintln!("round {round}/{}: (b) rooms", a.rounds);
         let (e, rs) = (engine.clone(), rooms.clone());
-        let before = Cost::sample(&server);
+        let before = Sample::take(&server);
         rooms_out[0].push(
             measure(a.publishers, a.seconds, move |w, i| {
                 let (e, rs) = (e.clone(), rs.clone());
@@ -238,12 +249,12 @@ async fn bench(a: Args) -> Result<(), String> {
             })
             .await,
         );
-        let cost = Cost::sample(&server).since(&before, "evalsha", a.room_size);
+        let cost = Sample::take(&server).cost_since(&before, "evalsha", a.room_size);
         rooms_out[1].push(ceiling(server.port(), &sha, a.room_size, plain, a.seconds)? * room);
         rooms_out[2].push(ceiling(server.port(), &sha, a.room_size, piped, a.seconds)? * room);
-        let before = Cost::sample(&server);
+        let before = Sample::take(&server);
         xadd_ceiling(server.port(), a.room_size, a.seconds)?;
-        let raw = Cost::sample(&server).since(&before, "xadd", 1);
+        let raw = Sample::take(&server).cost_since(&before, "xadd", 1);
         member_cost.push((cost, raw));
     }
 
@@ -303,9 +314,9 @@ async fn bench(a: Args) -> Result<(), String> {
     for (name, f) in [
         (
             "commandstats usec (the command alone)",
-            Cost::stat_us as fn(&Cost) -> f64,
+            (|c: &Cost| c.stat_us) as fn(&Cost) -> f64,
         ),
-        ("redis-server CPU (with networking)", Cost::cpu_us),
+        ("redis-server CPU (with networking)", |c: &Cost| c.cpu_us),
     ] {
         let ([ours, raw], ratio) = pick(f);
         println!(
@@ -319,44 +330,38 @@ async fn bench(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Redis's own account of a command's cost: `INFO commandstats` (µs inside
-/// the command, calls) and the server process's CPU.
-#[derive(Debug, Clone, Default)]
-struct Cost {
+/// Redis's own account at one moment: `INFO commandstats` (µs inside each
+/// command, calls) and the server process's CPU.
+struct Sample {
     stats: String,
     cpu_s: f64,
-    /// Per unit, once [`Cost::since`] made it a difference.
+}
+
+/// What one unit of work cost Redis between two samples, in µs.
+struct Cost {
+    /// Inside the command (commandstats).
     stat_us: f64,
+    /// The server process's CPU (networking included).
     cpu_us: f64,
 }
 
-impl Cost {
-    fn sample(server: &Redis) -> Self {
+impl Sample {
+    fn take(server: &Redis) -> Self {
         Self {
             stats: server.info("INFO commandstats"),
             cpu_s: procs::cpu_seconds(server.pid()),
-            ..Self::default()
         }
     }
 
-    /// µs per unit of `command` since `before`; a call counts `per_call` units.
-    fn since(&self, before: &Cost, command: &str, per_call: usize) -> Cost {
+    /// The cost per unit of `command` since `before`; a call counts `per_call` units.
+    fn cost_since(&self, before: &Sample, command: &str, per_call: usize) -> Cost {
         let (u1, c1) = cmdstat(&self.stats, command);
         let (u0, c0) = cmdstat(&before.stats, command);
         let units = (c1 - c0) * per_call as f64;
         Cost {
             stat_us: (u1 - u0) / units,
             cpu_us: (self.cpu_s - before.cpu_s) * 1e6 / units,
-            ..Cost::default()
         }
-    }
-
-    fn stat_us(&self) -> f64 {
-        self.stat_us
-    }
-
-    fn cpu_us(&self) -> f64 {
-        self.cpu_us
     }
 }
 
@@ -396,10 +401,7 @@ fn xadd_ceiling(port: u16, members: usize, secs: u64) -> Result<f64, String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let run =
-        |n: u64| mythos_bench::redis_side::redis_benchmark(port, (4, members), n, 10_000, &cmd);
-    let rough = run(20_000)?;
-    run(((rough * secs as f64) as u64).max(20_000))
+    for_seconds(port, (4, members), secs, 20_000, &cmd)
 }
 
 fn spread_us(v: &[f64]) -> String {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use futures_util::future::join_all;
 
 use super::conn::{Own, Shared};
-use super::{deliver_unconfirmed, keys, live, ms, pool_err, RedisEngine};
+use super::{deliver_unconfirmed, flags_of, keys, live, ms, pool_err, RedisEngine};
 use crate::engine::{EngineError, Result};
 use crate::protocol::{Delivery, EventBody};
 
@@ -277,14 +277,4 @@ struct Announce<'a> {
     by_engine: bool,
     /// The room's live channel ('' when not a room publish).
     channel: &'a str,
-}
-
-/// The `append.lua` / `confirm.lua` flags: `r` with a room id, `i` with an id.
-fn flags_of(body: &EventBody) -> &'static str {
-    match (&body.room_id, &body.id) {
-        (Some(_), Some(_)) => "ri",
-        (Some(_), None) => "r",
-        (None, Some(_)) => "i",
-        (None, None) => "",
-    }
 }

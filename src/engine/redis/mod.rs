@@ -105,6 +105,18 @@ fn pool_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Pool(e.to_string())
 }
 
+/// An event's flags as the scripts and live announcements carry them
+/// (`append.lua`, `confirm.lua`, [`live::encode`]): `r` with a room id, `i`
+/// with an id.
+fn flags_of(body: &EventBody) -> &'static str {
+    match (&body.room_id, &body.id) {
+        (Some(_), Some(_)) => "ri",
+        (Some(_), None) => "r",
+        (None, Some(_)) => "i",
+        (None, None) => "",
+    }
+}
+
 /// The longest a publish may run ([`RedisEngine::within`]): 2 × `OP_TIMEOUT`,
 /// plus the WAIT timeout with WAIT.
 fn publish_deadline(limits: &Limits) -> Duration {

@@ -99,14 +99,17 @@ impl RedisEngine {
         let mut conn = self.shared().await?;
         let (changed, mut list): (u64, Vec<String>) = pipe.query_async(&mut conn).await?;
         if self.conns.is_cluster() {
-            let _: u64 = redis::cmd(cmd)
+            // The player's set and channel share the player's slot: one
+            // round trip, the notice after the set.
+            let _: () = redis::pipe()
+                .cmd(cmd)
                 .arg(&rooms)
                 .arg(room)
-                .query_async(&mut conn)
-                .await?;
-            let _: u64 = redis::cmd(self.publish)
+                .ignore()
+                .cmd(self.publish)
                 .arg(keys::live(player))
                 .arg(&notice)
+                .ignore()
                 .query_async(&mut conn)
                 .await?;
         }

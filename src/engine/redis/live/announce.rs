@@ -59,7 +59,7 @@ pub fn route(hub: &dyn LiveSink, payload: &[u8]) -> Result<Option<Notice>, &'sta
         let seq: u64 = number(frame(&mut rest)?)?;
         targets.push((player, seq));
     }
-    if !targets.iter().any(|(p, _)| hub.wants(p)) {
+    if !hub.wants_any(&targets) {
         return Ok(None);
     }
     let body = Arc::new(body(&mut rest)?);
@@ -83,13 +83,7 @@ pub fn encode(targets: &[(&str, u64)], body: &EventBody) -> Vec<u8> {
         put(p.as_bytes());
         put(seq.to_string().as_bytes());
     }
-    let flags = match (&body.room_id, &body.id) {
-        (Some(_), Some(_)) => "ri",
-        (Some(_), None) => "r",
-        (None, Some(_)) => "i",
-        (None, None) => "",
-    };
-    put(flags.as_bytes());
+    put(super::super::flags_of(body).as_bytes());
     put(body.event_type.as_bytes());
     put(body.timestamp.as_bytes());
     put(body.room_id.as_deref().unwrap_or("").as_bytes());
@@ -155,8 +149,8 @@ mod tests {
     struct Sink(Mutex<Vec<(String, Event)>>);
 
     impl LiveSink for Sink {
-        fn wants(&self, player: &str) -> bool {
-            player == "a"
+        fn wants_any(&self, targets: &[(&str, u64)]) -> bool {
+            targets.iter().any(|(p, _)| *p == "a")
         }
         fn deliver(&self, player: &str, event: &Event) {
             let mut got = self.0.lock().unwrap_or_else(|e| e.into_inner());
