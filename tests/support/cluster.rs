@@ -204,21 +204,35 @@ impl RedisCluster {
     }
 
     /// The index of the replica of the master `master` (by index).
+    ///
+    /// Asks each running node its `ROLE`, which a replica answers with its
+    /// primary's port as soon as it replicates: `CLUSTER REPLICAS` answers
+    /// from a node's gossip table, which may not list a replica yet right
+    /// after `--cluster create` (CI saw `[]` there).
     pub fn replica_of(&self, master: usize) -> usize {
-        let id = self.id(master);
-        let lines: Vec<String> = redis::cmd("CLUSTER")
-            .arg("REPLICAS")
-            .arg(&id)
-            .query(&mut self.any())
-            .expect("CLUSTER REPLICAS");
-        let port = lines
-            .first()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|addr| addr.split('@').next())
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no replica of node {master}: {lines:?}"));
-        self.index_of(port)
+        let primary = self.nodes[master].port();
+        let mut found = None;
+        wait_for(READY, &format!("a replica of node {master}"), || {
+            found = self.nodes.iter().position(|n| {
+                n.pid().is_some() && Self::primary_port_of(n.port()) == Some(primary)
+            });
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no replica of node {master}"))
+    }
+
+    /// The primary's port `port`'s `ROLE` names, if it is a replica.
+    fn primary_port_of(port: u16) -> Option<u16> {
+        let mut c = sync_conn(port).ok()?;
+        let v: redis::Value = redis::cmd("ROLE").query(&mut c).ok()?;
+        let redis::Value::Array(parts) = v else {
+            return None;
+        };
+        let role: String = redis::from_redis_value_ref(parts.first()?).ok()?;
+        if role != "slave" {
+            return None;
+        }
+        redis::from_redis_value_ref(parts.get(2)?).ok()
     }
 
     fn index_of(&self, port: u16) -> usize {
