@@ -254,6 +254,16 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_REDIS_POOL", default_value = "32", value_parser = parse_count("MYTHOS_REDIS_POOL"))]
     pub redis_pool: u64,
 
+    /// How long a player who lost their last connection stays `linkdead`
+    /// before going offline (a reconnect inside it emits nothing; 0: offline at once).
+    #[arg(long, global = true, env = "MYTHOS_PRESENCE_GRACE", default_value = "15s", value_parser = parse_duration("MYTHOS_PRESENCE_GRACE"))]
+    pub presence_grace: Duration,
+
+    /// How long a node's presence lease lasts unrefreshed (refreshed every
+    /// fifth of it); a node silent this long is reaped by the others.
+    #[arg(long, global = true, env = "MYTHOS_PRESENCE_LEASE", default_value = "5s", value_parser = parse_duration("MYTHOS_PRESENCE_LEASE"))]
+    pub presence_lease: Duration,
+
     /// This node's name in Redis consumer groups (default: host-pid).
     #[arg(long, global = true, env = "MYTHOS_NODE_ID")]
     pub node_id: Option<String>,
@@ -332,7 +342,7 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Allowed range of each duration setting: (name, least, most). A timer of
 /// zero panics, and a window past a few hundred years overflows a clock.
-const DURATION_BOUNDS: [(&str, Duration, Duration); 9] = [
+const DURATION_BOUNDS: [(&str, Duration, Duration); 11] = [
     (
         "MYTHOS_TOKEN_TTL",
         SECOND,
@@ -351,6 +361,12 @@ const DURATION_BOUNDS: [(&str, Duration, Duration); 9] = [
         Duration::from_secs(10 * 366 * 24 * 3600),
     ),
     ("MYTHOS_INGEST_CLAIM_IDLE", Duration::from_millis(1), DAY),
+    ("MYTHOS_PRESENCE_GRACE", Duration::ZERO, DAY),
+    (
+        "MYTHOS_PRESENCE_LEASE",
+        Duration::from_millis(250),
+        Duration::from_secs(300),
+    ),
     (
         "MYTHOS_REQUEST_TIMEOUT",
         Duration::from_millis(10),
@@ -441,6 +457,8 @@ impl Config {
             self.dedupe_window,
             self.max_backlog_age,
             self.ingest_claim_idle,
+            self.presence_grace,
+            self.presence_lease,
             self.request_timeout,
             self.redis_connect_timeout,
             self.redis_wait_timeout,

@@ -19,6 +19,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod hub;
+pub mod presence;
 pub mod protocol;
 pub mod run;
 pub mod server;

@@ -1,7 +1,8 @@
 //! Background work of a node besides serving requests: Redis-native
 //! publishing (when the engine is Redis; the node owns its handler,
-//! [`EntryPublisher`], so the engine never knows `publish`), pruning the rate
-//! limiters and the metrics upkeep.
+//! [`EntryPublisher`], so the engine never knows `publish`), presence's lease
+//! and sweep ([`crate::presence::Tracker::run`]), pruning the rate limiters
+//! and the metrics upkeep.
 //!
 //! Owns: starting those tasks and tying them to the node's shutdown (they are
 //! tracked with the sessions, so shutdown waits for their in-flight appends).
@@ -50,6 +51,8 @@ pub fn start_background(app: &Arc<App>) {
             }
         }
     });
+    // Presence: the lease, and the sweep every node shares.
+    app.tasks().spawn(app.presence().clone().run());
     let opts = IngestOptions {
         claim_idle: app.config().ingest_claim_idle,
         ..IngestOptions::new(app.config().node_name())

@@ -410,6 +410,8 @@ pub(crate) enum ClientMessage {
         message: String,
     },
     Ping,
+    /// A clean logout: the player goes offline at once (presence).
+    Bye,
 }
 
 impl ClientMessage {
@@ -513,6 +515,7 @@ pub(crate) fn parse_client_message(
         .ok_or_else(|| ProtocolError::invalid("a message needs a string `type`"))?;
     match kind {
         "ping" => Ok(ClientMessage::Ping),
+        "bye" => Ok(ClientMessage::Bye),
         "ack" => obj
             .get("sequence_number")
             .and_then(ack_number)

@@ -460,6 +460,9 @@ pub async fn start(app: Arc<App>) -> std::io::Result<Running> {
         {
             tracing::warn!("some sessions did not close within 5 s");
         }
+        // The players this node held go linkdead (another node may take
+        // them back within the grace), and the lease is given up.
+        let _ = tokio::time::timeout(Duration::from_secs(3), app2.presence().leave()).await;
     });
     Ok(Running { addr, app, task })
 }

@@ -19,6 +19,7 @@ use crate::engine::redis::{RedisEngine, RedisOptions, Topology};
 use crate::engine::Engine;
 use crate::gate::Gate;
 use crate::hub::Hub;
+use crate::presence::{self, Tracker};
 
 /// Everything a request or session may need. Its parts are reached through
 /// methods: the public ones are what an embedder (a binary, a test, the
@@ -40,6 +41,8 @@ pub struct App {
     gate: Arc<Gate>,
     /// This node's name (`MYTHOS_NODE_ID`, else host-pid), for logs.
     node: String,
+    /// Who this node holds connections of (presence).
+    presence: Arc<Tracker>,
 }
 
 impl App {
@@ -78,15 +81,26 @@ impl App {
             .allow_burst(NonZeroU32::new(10).unwrap_or(NonZeroU32::MIN));
         let gate = Gate::new(config.max_connections, config.max_player_connections);
         let node = config.node_name();
+        let shutdown = CancellationToken::new();
+        let presence = Tracker::new(
+            engine.clone(),
+            presence::Settings {
+                node: format!("{node}.{}", crate::engine::presence::now_ms()),
+                grace: config.presence_grace,
+                lease: config.presence_lease,
+            },
+            shutdown.clone(),
+        );
         Ok(Arc::new(Self {
             node,
+            presence,
             limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
             login_limiter: RateLimiter::keyed(login_quota),
             config,
             engine,
             hub,
             auth,
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: TaskTracker::new(),
             gate,
         }))
@@ -113,6 +127,10 @@ impl App {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+    /// This node's presence: who it holds connections of.
+    pub fn presence(&self) -> &Arc<Tracker> {
+        &self.presence
     }
     /// The node's live routing (tests read its slow-consumer count).
     pub fn hub(&self) -> &Arc<Hub> {

@@ -39,6 +39,17 @@ pub const REJECTIONS: &str = "mythos_rejections_total";
 /// Rate-limited client actions, label `reason`.
 pub const RATE_LIMITED: &str = "mythos_rate_limited_total";
 
+/// Players with at least one connection on this node (presence).
+pub const PRESENCE_PLAYERS: &str = "mythos_presence_local_players";
+/// Presence facts this node recorded, labels `state` and `reason`.
+pub const PRESENCE_FACTS: &str = "mythos_presence_facts_total";
+/// Dead nodes' leases this node reaped.
+pub const PRESENCE_REAPS: &str = "mythos_presence_reaps_total";
+/// Times this node found its lease missing and re-asserted its players.
+pub const PRESENCE_REASSERTS: &str = "mythos_presence_reasserts_total";
+/// Presence writes that failed and are retried, label `op`.
+pub const PRESENCE_RETRIES: &str = "mythos_presence_retries_total";
+
 /// A feed's log read failed transiently and is retried.
 pub const FEED_READ_RETRIES: &str = "mythos_feed_read_retries_total";
 /// Redis-native publishing: a consumer round failed and is retried.
@@ -250,6 +261,20 @@ fn describe() {
         "live events queued for connections on this node, not yet taken"
     );
     describe_counter!(AUTH_FAILURES, "refused tokens and logins by reason");
+    describe_gauge!(
+        PRESENCE_PLAYERS,
+        "players with at least one connection on this node"
+    );
+    describe_counter!(
+        PRESENCE_FACTS,
+        "presence facts this node recorded, by state and reason"
+    );
+    describe_counter!(PRESENCE_REAPS, "dead nodes whose players this node reaped");
+    describe_counter!(
+        PRESENCE_REASSERTS,
+        "times this node found its lease missing and re-asserted its players"
+    );
+    describe_counter!(PRESENCE_RETRIES, "presence writes retried, by op");
     describe_counter!(
         REJECTIONS,
         "client errors answered (HTTP 4xx, WebSocket error frames) by error code"

@@ -14,6 +14,7 @@ use mythos_broker::engine::memory::MemoryEngine;
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{Account, Command, Cursor, Engine, Limits};
 use mythos_broker::hub::{Hub, Live, Subscription};
+use mythos_broker::presence::{Settings, Tracker};
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
 use mythos_broker::session::{self, Feed, ResumePoint};
 use serde_json::value::RawValue;
@@ -148,7 +149,12 @@ async fn publish_n(e: &dyn Engine, p: &str, n: u64) {
 
 /// Opens a session as a transport does.
 async fn open(f: &Fixture, p: &str, point: ResumePoint) -> session::Opened {
-    session::open(f.engine.clone(), &f.hub, p, point)
+    let presence = Tracker::new(
+        f.engine.clone(),
+        Settings::new("conformance"),
+        Default::default(),
+    );
+    session::open(f.engine.clone(), &f.hub, &presence, p, point)
         .await
         .expect("open a session")
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use mythos_broker::engine::memory::MemoryEngine;
 use mythos_broker::engine::{Engine, Limits, LiveSink};
 use mythos_broker::hub::Hub;
+use mythos_broker::presence::{Settings, Tracker};
 use mythos_broker::protocol::{Event, EventBody, Target};
 use mythos_broker::session::{self, Feed, FeedEnd, ResumePoint};
 
@@ -19,10 +20,17 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// The one call of `session::open`: a feed resuming after `after`.
 async fn open(engine: &Arc<dyn Engine>, hub: &Arc<Hub>, player: &str, after: u64) -> Feed {
-    session::open(engine.clone(), hub, player, ResumePoint::After(after))
-        .await
-        .expect("feed opens")
-        .feed
+    let presence = Tracker::new(engine.clone(), Settings::new("feed"), Default::default());
+    session::open(
+        engine.clone(),
+        hub,
+        &presence,
+        player,
+        ResumePoint::After(after),
+    )
+    .await
+    .expect("feed opens")
+    .feed
 }
 
 /// An engine whose appends notify `hub`.

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use mythos_broker::engine::presence::{Fact, FactEntry, Lease, Reason, Record};
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{
     Account, Accounts, Command, CommandEntry, CommandStream, Cursor, Engine, EngineError, EventLog,
-    IngestExit as Exit, IngestOptions, Inspect, Limits, Result, Rooms,
+    IngestExit as Exit, IngestOptions, Inspect, Limits, Presence, Result, Rooms,
 };
 use mythos_broker::hub::Hub;
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
@@ -492,6 +493,70 @@ impl Inspect for Flaky {
 
     async fn streams(&self) -> Result<Vec<mythos_broker::engine::StreamInfo>> {
         self.inner.streams().await
+    }
+}
+
+#[async_trait]
+impl Presence for Flaky {
+    async fn presence_connect(&self, node: &str, player: &str) -> Result<Option<Fact>> {
+        self.inner.presence_connect(node, player).await
+    }
+
+    async fn presence_disconnect(
+        &self,
+        node: &str,
+        player: &str,
+        grace: Duration,
+        why: Reason,
+    ) -> Result<Option<Fact>> {
+        self.inner
+            .presence_disconnect(node, player, grace, why)
+            .await
+    }
+
+    async fn presence_logout(&self, node: &str, player: &str) -> Result<Option<Fact>> {
+        self.inner.presence_logout(node, player).await
+    }
+
+    async fn presence_heartbeat(&self, node: &str, lease: Duration) -> Result<bool> {
+        self.inner.presence_heartbeat(node, lease).await
+    }
+
+    async fn presence_hold(&self, node: &str, player: &str) -> Result<()> {
+        self.inner.presence_hold(node, player).await
+    }
+
+    async fn presence_release(&self, node: &str) -> Result<()> {
+        self.inner.presence_release(node).await
+    }
+
+    async fn presence_sweep(&self, node: &str, grace: Duration) -> Result<Vec<Fact>> {
+        self.inner.presence_sweep(node, grace).await
+    }
+
+    async fn presence_of(&self, players: &[String]) -> Result<Vec<Record>> {
+        self.inner.presence_of(players).await
+    }
+
+    async fn presence_facts(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<FactEntry>> {
+        self.inner.presence_facts(partition, after, count).await
+    }
+
+    async fn presence_leases(&self) -> Result<Vec<Lease>> {
+        self.inner.presence_leases().await
+    }
+
+    async fn set_room_presence_events(&self, room: &str, on: bool) -> Result<()> {
+        self.inner.set_room_presence_events(room, on).await
+    }
+
+    async fn room_presence_events(&self, room: &str) -> Result<bool> {
+        self.inner.room_presence_events(room).await
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use super::presence::{self, now_ms, Fact, FactEntry, Lease, Presence, Reason, Record};
 use super::{
     parse_entry_id, Account, Accounts, Command, CommandEntry, CommandStream, ConsumerInfo, Cursor,
     DedupeKeys, Engine, EngineError, EventLog, GroupInfo, Inspect, Limits, LiveSink, PendingEntry,
@@ -143,6 +144,8 @@ pub struct MemoryEngine {
     /// Where fresh appends are announced (the node's hub).
     hub: Arc<dyn LiveSink>,
     commands_ready: Notify,
+    /// Presence, under a lock of its own (it never spans a log).
+    presence: Mutex<presence::Book>,
 }
 
 impl MemoryEngine {
@@ -152,7 +155,12 @@ impl MemoryEngine {
             limits,
             hub,
             commands_ready: Notify::new(),
+            presence: Mutex::default(),
         }
+    }
+
+    fn book(&self) -> MutexGuard<'_, presence::Book> {
+        self.presence.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -594,5 +602,79 @@ fn only_partition(partition: usize) -> Result<()> {
         Ok(())
     } else {
         Err(EngineError::Rejected("no such command partition"))
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryEngine {
+    async fn presence_connect(&self, node: &str, player: &str) -> Result<Option<Fact>> {
+        Ok(self.book().connect(node, player, now_ms()))
+    }
+
+    async fn presence_disconnect(
+        &self,
+        node: &str,
+        player: &str,
+        grace: Duration,
+        why: Reason,
+    ) -> Result<Option<Fact>> {
+        Ok(self.book().disconnect(node, player, grace, why, now_ms()))
+    }
+
+    async fn presence_logout(&self, node: &str, player: &str) -> Result<Option<Fact>> {
+        Ok(self.book().logout(node, player, now_ms()))
+    }
+
+    async fn presence_heartbeat(&self, node: &str, lease: Duration) -> Result<bool> {
+        Ok(self.book().heartbeat(node, lease, now_ms()))
+    }
+
+    async fn presence_hold(&self, node: &str, player: &str) -> Result<()> {
+        self.book().hold(node, player);
+        Ok(())
+    }
+
+    async fn presence_release(&self, node: &str) -> Result<()> {
+        self.book().release(node);
+        Ok(())
+    }
+
+    async fn presence_sweep(&self, node: &str, grace: Duration) -> Result<Vec<Fact>> {
+        Ok(self.book().sweep(node, grace, now_ms()))
+    }
+
+    async fn presence_of(&self, players: &[String]) -> Result<Vec<Record>> {
+        let book = self.book();
+        Ok(players
+            .iter()
+            .take(presence::MAX_PRESENCE_PAGE)
+            .map(|p| book.record_of(p))
+            .collect())
+    }
+
+    async fn presence_facts(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<FactEntry>> {
+        only_partition(partition)?;
+        let after = parse_entry_id(after).ok_or(EngineError::Rejected(
+            "a presence entry id must look like <ms>-<n>",
+        ))?;
+        Ok(self.book().facts_after(after, count))
+    }
+
+    async fn presence_leases(&self) -> Result<Vec<Lease>> {
+        Ok(self.book().leases())
+    }
+
+    async fn set_room_presence_events(&self, room: &str, on: bool) -> Result<()> {
+        self.book().set_room(room, on);
+        Ok(())
+    }
+
+    async fn room_presence_events(&self, room: &str) -> Result<bool> {
+        Ok(self.book().room(room))
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns: the contract of a player's durable event log (dense sequence numbers,
 //! idempotent appends, cumulative acknowledgements, retention),
-//! room membership, the upstream command stream and accounts. Must not touch:
+//! room membership, the upstream command stream, accounts and presence
+//! ([`presence`]). Must not touch:
 //! HTTP, sockets, JWTs. Engines announce fresh appends to a [`LiveSink`] (the
 //! node's hub, which routes them to the live connections); engines never hold
 //! a connection and do not know the hub.
@@ -12,6 +13,7 @@
 //! conformance suite (`tests/conformance.rs`).
 
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use async_trait::async_trait;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::presence::Presence;
 pub use crate::error::EngineError;
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -396,7 +399,9 @@ pub trait Inspect: Send + Sync {
 /// once. A publish with a dedupe key that a player's log has seen inside the
 /// dedupe window returns that player's earlier delivery and appends nothing.
 #[async_trait]
-pub trait Engine: EventLog + Rooms + CommandStream + Accounts + Inspect + 'static {
+pub trait Engine:
+    EventLog + Rooms + CommandStream + Accounts + Inspect + Presence + 'static
+{
     /// Appends `body` to every player of `target` (a room: its members now).
     async fn publish(
         &self,

@@ -58,6 +58,9 @@ pub enum Outcome {
     Reply(String),
     /// Sustained abuse: close the connection (`1008`).
     Abuse,
+    /// The client said `bye`: a clean logout (presence offline at once);
+    /// close the connection (`1000`).
+    Bye,
 }
 
 /// A connection's inbound half.
@@ -101,6 +104,7 @@ impl<'a> Inbox<'a> {
     /// Handles one message.
     pub async fn handle(&mut self, msg: Incoming<'_>) -> Outcome {
         match self.answer(msg).await {
+            Some((frame, _)) if frame.is_empty() => Outcome::Bye,
             None => Outcome::Nothing,
             Some((_, true)) if self.strike() => Outcome::Abuse,
             Some((frame, _)) => Outcome::Reply(frame),
@@ -151,6 +155,8 @@ impl<'a> Inbox<'a> {
         };
         match &parsed {
             ClientMessage::Ping => Some((json!({"type": "pong"}).to_string(), false)),
+            // No frame: the transport closes (see `handle`).
+            ClientMessage::Bye => Some((String::new(), false)),
             ClientMessage::Ack(n) => match super::ack(self.engine, self.player, *n).await {
                 Ok(_) => None,
                 Err(e) => Some((engine_error(e, None), false)),

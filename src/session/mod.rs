@@ -15,7 +15,8 @@
 //! missing" and sends the feed back to the log. What the connection sends
 //! up (acks, commands, chat, pings, with the rate limit and strikes) is the
 //! session's too ([`Inbox`]); every acknowledgement, from any transport or
-//! `POST /v1/ack`, goes through [`ack`].
+//! `POST /v1/ack`, goes through [`ack`]. An open feed counts its
+//! connection in the node's presence ([`Tracker::connected`]).
 //! Must not touch: sockets, HTTP, transport framing, timers (transports do that).
 
 mod inbox;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use crate::engine::{Cursor, Engine, EngineError};
 use crate::hub::{Hub, Live, SubState, Subscription};
+use crate::presence::{Present, Tracker};
 use crate::protocol::Event;
 
 /// Events read from the log per round trip.
@@ -65,6 +67,7 @@ pub struct Opened {
 pub async fn open(
     engine: Arc<dyn Engine>,
     hub: &Arc<Hub>,
+    presence: &Arc<Tracker>,
     player: &str,
     point: ResumePoint,
 ) -> Result<Opened, EngineError> {
@@ -99,6 +102,8 @@ pub async fn open(
         opened: Some(opened),
         handed_live: Vec::new(),
         _watching: watching,
+        // Counted in presence while the feed (the connection) lives.
+        _present: presence.connected(player),
     };
     Ok(Opened {
         feed,
@@ -173,6 +178,7 @@ pub struct Feed {
     /// [`Feed::written`] (delivery lag).
     handed_live: Vec<Arc<crate::protocol::EventBody>>,
     _watching: Watching,
+    _present: Present,
 }
 
 /// A session's interest in its player's live appends: unwatched on drop.

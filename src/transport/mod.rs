@@ -57,8 +57,12 @@ pub enum End {
     Idle,
     /// The engine failed while the feed read the log.
     EngineLost,
+    /// The client said `bye` (a clean logout; WebSocket only).
+    Bye,
 }
 
+/// WebSocket close code: a normal closure (after the client's `bye`).
+pub const CLOSE_NORMAL: u16 = 1000;
 /// WebSocket close code: the node is restarting.
 pub const CLOSE_RESTART: u16 = 1012;
 /// WebSocket close code: the token expired.
@@ -88,6 +92,7 @@ impl End {
             End::NotUtf8 => "invalid_utf8",
             End::Idle => "idle_timeout",
             End::EngineLost => "engine_unavailable",
+            End::Bye => "bye",
         }
     }
 
@@ -103,6 +108,7 @@ impl End {
             End::NotUtf8 => (CLOSE_INVALID_DATA, "invalid_utf8"),
             End::Idle => (CLOSE_GOING_AWAY, "idle_timeout"),
             End::EngineLost => (CLOSE_INTERNAL, "engine_unavailable"),
+            End::Bye => (CLOSE_NORMAL, "bye"),
         }
     }
 }

@@ -55,7 +55,14 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     };
     let player = p.player_id.clone();
     let pass = app.gate().admit(&player, "sse")?;
-    let opened = session::open(app.engine().clone(), app.hub(), &player, point).await?;
+    let opened = session::open(
+        app.engine().clone(),
+        app.hub(),
+        app.presence(),
+        &player,
+        point,
+    )
+    .await?;
     let feed = opened.feed;
     let mut first = String::from("retry: 1000\n\n");
     if let Some(oldest) = opened.resync {

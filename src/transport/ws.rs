@@ -90,7 +90,14 @@ pub async fn open(
     let player = principal.player_id.clone();
     let pass = app.gate().admit(&player, "websocket")?;
     let point = since.map_or(ResumePoint::Acked, ResumePoint::After);
-    let opened = session::open(app.engine().clone(), app.hub(), &player, point).await?;
+    let opened = session::open(
+        app.engine().clone(),
+        app.hub(),
+        app.presence(),
+        &player,
+        point,
+    )
+    .await?;
     let session_id = session_id();
     let mut first = vec![json!({"type": "welcome", "player_id": player,
         "session_id": session_id, "last_sequence_number": opened.cursor.last,
@@ -432,6 +439,12 @@ async fn read_loop(
             Outcome::Reply(text) => text,
             Outcome::Abuse => {
                 let _ = ctrl.send(Ctrl::Close(End::Abuse)).await;
+                closing = true;
+                continue;
+            }
+            Outcome::Bye => {
+                app.presence().logout(&player);
+                let _ = ctrl.send(Ctrl::Close(End::Bye)).await;
                 closing = true;
                 continue;
             }

@@ -91,6 +91,37 @@ pub fn meta(player: &str) -> String {
     format!("mythos:player:{{{player}}}:meta")
 }
 
+/// A player's presence: hash `state`, `since`, `until`, `why`, `seq`
+/// (`lua/presence.lua`).
+pub fn presence(player: &str) -> String {
+    format!("mythos:player:{{{player}}}:presence")
+}
+
+/// The nodes holding a connection of the player (a set).
+pub fn presence_nodes(player: &str) -> String {
+    format!("mythos:player:{{{player}}}:presence:nodes")
+}
+
+/// The stream of presence facts, partitioned like `mythos:commands`.
+pub const PRESENCE: &str = "mythos:presence";
+
+/// Node leases: a sorted set, node → lease expiry (ms, Redis's clock).
+pub const PRESENCE_LEASES: &str = "mythos:presence:leases";
+
+/// `linkdead` players: a sorted set, player → grace deadline (ms).
+pub const PRESENCE_LINKDEAD: &str = "mythos:presence:linkdead";
+
+/// The players a node holds connections of (a set; for reaping).
+pub fn presence_held(node: &str) -> String {
+    format!("mythos:presence:node:{{{node}}}:players")
+}
+
+/// A room whose members get `player_entered` / `player_left` on presence
+/// changes (a string `1`; absent: off).
+pub fn room_presence(room: &str) -> String {
+    format!("mythos:room:{{{room}}}:presence_events")
+}
+
 /// A player's set of rooms.
 pub fn rooms(player: &str) -> String {
     format!("mythos:player:{{{player}}}:rooms")

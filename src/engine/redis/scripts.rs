@@ -15,6 +15,8 @@ pub struct Scripts {
     pub ack: Script,
     pub cursor: Script,
     pub create_user: Script,
+    pub presence: Script,
+    pub zrem_if: Script,
 }
 
 impl Scripts {
@@ -26,16 +28,20 @@ impl Scripts {
             ack: with_lib(include_str!("../../../lua/ack.lua")),
             cursor: with_lib(include_str!("../../../lua/cursor.lua")),
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
+            presence: with_lib(include_str!("../../../lua/presence.lua")),
+            zrem_if: Script::new(include_str!("../../../lua/zrem_if.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 5] {
+    pub fn all(&self) -> [&Script; 7] {
         [
             &self.append,
             &self.confirm,
             &self.ack,
             &self.cursor,
             &self.create_user,
+            &self.presence,
+            &self.zrem_if,
         ]
     }
 }

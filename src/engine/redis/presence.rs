@@ -1,0 +1,426 @@
+//! Presence on Redis: each player's machine in `lua/presence.lua` (its
+//! hash and node set share the player's hash tag), node leases and
+//! `linkdead` deadlines in two sorted sets, the facts in the partitions of
+//! `mythos:presence`.
+//!
+//! Owns: the [`Presence`] capability of the Redis engine. Lease times are
+//! Redis's clock (`TIME`), never a node's, so nodes with skewed clocks agree
+//! on who is dead. A deadline is filed in `mythos:presence:linkdead` *before*
+//! the step that makes a player `linkdead`, so a node dying between the two
+//! leaves a deadline with nothing to do, never a `linkdead` player nobody
+//! will take offline. On one Redis a fact is appended by the script that
+//! makes it; on a cluster the stream is on another slot and is appended right
+//! after. Must not touch: the logs, connections.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{AsyncCommands, Value};
+
+use super::{keys, stream, RedisEngine};
+use crate::engine::presence::{
+    ms, Fact, FactEntry, Lease, Presence, Reason, Record, State, MAX_FACTS, MAX_PRESENCE_PAGE,
+    REAP_CLAIM,
+};
+use crate::engine::{parse_entry_id, EngineError, Result};
+
+/// Expired leases / due deadlines handled per sweep (the next sweep takes
+/// the rest).
+const SWEEP_BATCH: usize = 100;
+/// Players of a dead node read per `SSCAN` round.
+const SCAN_BATCH: usize = 500;
+
+/// What one step of `presence.lua` answered.
+struct Step {
+    state: State,
+    until: u64,
+    fact: Option<Fact>,
+}
+
+fn corrupt(what: &str) -> EngineError {
+    EngineError::Corrupt(format!("presence: {what}"))
+}
+
+impl RedisEngine {
+    /// The partition of `mythos:presence` holding `player`'s facts.
+    fn presence_stream(&self, player: &str) -> String {
+        let n = self.options.command_partitions;
+        keys::partition(keys::PRESENCE, keys::partition_of(player, n), n)
+    }
+
+    /// One step of `player`'s machine (`lua/presence.lua`).
+    async fn step(
+        &self,
+        op: &str,
+        node: &str,
+        player: &str,
+        grace: Duration,
+        why: Reason,
+    ) -> Result<Step> {
+        let stream = self.presence_stream(player);
+        let cluster = self.conns.is_cluster();
+        let mut inv = self.scripts.presence.prepare_invoke();
+        inv.key(keys::presence(player))
+            .key(keys::presence_nodes(player));
+        if !cluster {
+            inv.key(&stream);
+        }
+        inv.arg(op)
+            .arg(player)
+            .arg(node)
+            .arg(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX))
+            .arg(why.as_str())
+            .arg(MAX_FACTS);
+        let (state, until, seq, fstate, reason, now): (String, u64, u64, String, String, u64) =
+            inv.invoke_async(&mut self.shared().await?).await?;
+        let state = State::parse(&state).ok_or_else(|| corrupt("unknown state"))?;
+        let fact = if seq == 0 {
+            None
+        } else {
+            Some(Fact {
+                player_id: player.to_string(),
+                seq,
+                state: State::parse(&fstate).ok_or_else(|| corrupt("unknown fact state"))?,
+                reason: Reason::parse(&reason).ok_or_else(|| corrupt("unknown reason"))?,
+                at_ms: now,
+                node: node.to_string(),
+            })
+        };
+        if let (true, Some(f)) = (cluster, &fact) {
+            let fields = [
+                ("player_id", f.player_id.clone()),
+                ("seq", f.seq.to_string()),
+                ("state", f.state.as_str().to_string()),
+                ("reason", f.reason.as_str().to_string()),
+                ("at", f.at_ms.to_string()),
+                ("node", f.node.clone()),
+            ];
+            let maxlen = redis::streams::StreamMaxlen::Approx(MAX_FACTS);
+            let _: String = self
+                .shared()
+                .await?
+                .xadd_maxlen(&stream, maxlen, "*", &fields)
+                .await?;
+        }
+        Ok(Step { state, until, fact })
+    }
+
+    /// Redis's clock, ms.
+    async fn redis_now(&self) -> Result<u64> {
+        let (s, us): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.shared().await?)
+            .await?;
+        Ok(s * 1000 + us / 1000)
+    }
+
+    /// Removes `member` from `set` if its score is still `score`.
+    async fn zrem_if(&self, set: &str, member: &str, score: u64) -> Result<()> {
+        let _: i64 = self
+            .scripts
+            .zrem_if
+            .key(set)
+            .arg(member)
+            .arg(score)
+            .invoke_async(&mut self.shared().await?)
+            .await?;
+        Ok(())
+    }
+
+    /// Up to [`SWEEP_BATCH`] members of `set` with a score at or below `now`.
+    async fn due(&self, set: &str, now: u64) -> Result<Vec<(String, u64)>> {
+        Ok(redis::cmd("ZRANGEBYSCORE")
+            .arg(set)
+            .arg("-inf")
+            .arg(now)
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(SWEEP_BATCH)
+            .query_async(&mut self.shared().await?)
+            .await?)
+    }
+
+    /// Moves the players of the dead node `lost` to `linkdead`, as `node`.
+    async fn reap(&self, node: &str, lost: &str, grace: Duration) -> Result<Vec<Fact>> {
+        let held = keys::presence_held(lost);
+        let mut facts = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, players): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(&held)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .query_async(&mut self.shared().await?)
+                .await?;
+            for p in players {
+                facts.extend(self.disconnect(lost, &p, grace, Reason::NodeLost).await?);
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: i64 = self.shared().await?.del(&held).await?;
+        tracing::warn!(
+            lost,
+            reaper = node,
+            "presence: reaped the players of a node whose lease expired"
+        );
+        Ok(facts)
+    }
+
+    /// `presence_disconnect`, filing the deadline first (see the module doc).
+    async fn disconnect(
+        &self,
+        node: &str,
+        player: &str,
+        grace: Duration,
+        why: Reason,
+    ) -> Result<Option<Fact>> {
+        if !grace.is_zero() {
+            let due = self.redis_now().await? + ms(grace);
+            let _: i64 = self
+                .shared()
+                .await?
+                .zadd(keys::PRESENCE_LINKDEAD, player, due)
+                .await?;
+        }
+        let step = self.step("disconnect", node, player, grace, why).await?;
+        if step.state == State::Linkdead {
+            // The script's deadline is the truth; keep the filed one in step.
+            let _: i64 = self
+                .shared()
+                .await?
+                .zadd(keys::PRESENCE_LINKDEAD, player, step.until)
+                .await?;
+        }
+        Ok(step.fact)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisEngine {
+    async fn presence_connect(&self, node: &str, player: &str) -> Result<Option<Fact>> {
+        let step = self
+            .step("connect", node, player, Duration::ZERO, Reason::Connect)
+            .await?;
+        Ok(step.fact)
+    }
+
+    async fn presence_disconnect(
+        &self,
+        node: &str,
+        player: &str,
+        grace: Duration,
+        why: Reason,
+    ) -> Result<Option<Fact>> {
+        let fact = self.disconnect(node, player, grace, why).await?;
+        let _: i64 = self
+            .shared()
+            .await?
+            .srem(keys::presence_held(node), player)
+            .await?;
+        Ok(fact)
+    }
+
+    async fn presence_logout(&self, node: &str, player: &str) -> Result<Option<Fact>> {
+        let step = self
+            .step("logout", node, player, Duration::ZERO, Reason::Logout)
+            .await?;
+        Ok(step.fact)
+    }
+
+    async fn presence_heartbeat(&self, node: &str, lease: Duration) -> Result<bool> {
+        let until = self.redis_now().await? + ms(lease);
+        let added: i64 = self
+            .shared()
+            .await?
+            .zadd(keys::PRESENCE_LEASES, node, until)
+            .await?;
+        Ok(added == 1)
+    }
+
+    async fn presence_hold(&self, node: &str, player: &str) -> Result<()> {
+        let _: i64 = self
+            .shared()
+            .await?
+            .sadd(keys::presence_held(node), player)
+            .await?;
+        Ok(())
+    }
+
+    async fn presence_release(&self, node: &str) -> Result<()> {
+        let mut c = self.shared().await?;
+        let _: i64 = c.zrem(keys::PRESENCE_LEASES, node).await?;
+        let _: i64 = c.del(keys::presence_held(node)).await?;
+        Ok(())
+    }
+
+    async fn presence_sweep(&self, node: &str, grace: Duration) -> Result<Vec<Fact>> {
+        let now = self.redis_now().await?;
+        let mut facts = Vec::new();
+        for (lost, _) in self.due(keys::PRESENCE_LEASES, now).await? {
+            if lost == node {
+                // Our own lease ran out (a stall): the heartbeat re-asserts.
+                continue;
+            }
+            // Claim it (another reaper may do the same: every step is
+            // idempotent), reap, then drop the lease unless it came back.
+            let claim = now + ms(REAP_CLAIM);
+            let _: i64 = self
+                .shared()
+                .await?
+                .zadd(keys::PRESENCE_LEASES, &lost, claim)
+                .await?;
+            facts.extend(self.reap(node, &lost, grace).await?);
+            self.zrem_if(keys::PRESENCE_LEASES, &lost, claim).await?;
+        }
+        for (player, deadline) in self.due(keys::PRESENCE_LINKDEAD, now).await? {
+            let step = self
+                .step("expire", node, &player, Duration::ZERO, Reason::Timeout)
+                .await?;
+            if step.state == State::Linkdead && step.until > deadline {
+                // Went linkdead again meanwhile: file the new deadline.
+                let _: i64 = self
+                    .shared()
+                    .await?
+                    .zadd(keys::PRESENCE_LINKDEAD, &player, step.until)
+                    .await?;
+            } else if step.state != State::Linkdead {
+                self.zrem_if(keys::PRESENCE_LINKDEAD, &player, deadline)
+                    .await?;
+            }
+            facts.extend(step.fact);
+        }
+        Ok(facts)
+    }
+
+    async fn presence_of(&self, players: &[String]) -> Result<Vec<Record>> {
+        let players = &players[..players.len().min(MAX_PRESENCE_PAGE)];
+        let mut pipe = redis::pipe();
+        for p in players {
+            pipe.cmd("HMGET")
+                .arg(keys::presence(p))
+                .arg(&["state", "since", "until", "seq"]);
+            pipe.cmd("SMEMBERS").arg(keys::presence_nodes(p));
+        }
+        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
+        let replies: Vec<Value> = pipe.query_async(&mut self.shared().await?).await?;
+        let mut out = Vec::with_capacity(players.len());
+        for (p, pair) in players.iter().zip(replies.chunks(2)) {
+            let [fields, nodes] = pair else {
+                return Err(corrupt("short pipeline answer"));
+            };
+            let (state, since, until, seq): Fields =
+                redis::from_redis_value_ref(fields).map_err(|e| corrupt(&e.to_string()))?;
+            let mut nodes: Vec<String> =
+                redis::from_redis_value_ref(nodes).map_err(|e| corrupt(&e.to_string()))?;
+            nodes.sort_unstable();
+            let state = match state {
+                Some(s) => State::parse(&s).ok_or_else(|| corrupt("unknown state"))?,
+                None => State::Offline,
+            };
+            out.push(Record {
+                player_id: p.clone(),
+                state,
+                since_ms: since.unwrap_or(0),
+                until_ms: (state == State::Linkdead).then(|| until.unwrap_or(0)),
+                nodes,
+                seq: seq.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn presence_facts(
+        &self,
+        partition: usize,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<FactEntry>> {
+        let n = self.options.command_partitions;
+        if partition >= n {
+            return Err(EngineError::Rejected("no such presence partition"));
+        }
+        let (ms_, seq) = parse_entry_id(after).ok_or(EngineError::Rejected(
+            "a presence entry id must look like <ms>-<n>",
+        ))?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let v: Value = redis::cmd("XRANGE")
+            .arg(keys::partition(keys::PRESENCE, partition, n))
+            .arg(format!("({ms_}-{seq}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.shared().await?)
+            .await?;
+        stream::entries(v)?
+            .into_iter()
+            .filter_map(|e| fact_of(&e).transpose())
+            .collect()
+    }
+
+    async fn presence_leases(&self) -> Result<Vec<Lease>> {
+        let all: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(keys::PRESENCE_LEASES)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.shared().await?)
+            .await?;
+        Ok(all
+            .into_iter()
+            .map(|(node, expires_ms)| Lease { node, expires_ms })
+            .collect())
+    }
+
+    async fn set_room_presence_events(&self, room: &str, on: bool) -> Result<()> {
+        let mut c = self.shared().await?;
+        let key = keys::room_presence(room);
+        if on {
+            let _: () = c.set(key, "1").await?;
+        } else {
+            let _: i64 = c.del(key).await?;
+        }
+        Ok(())
+    }
+
+    async fn room_presence_events(&self, room: &str) -> Result<bool> {
+        Ok(self
+            .shared()
+            .await?
+            .exists(keys::room_presence(room))
+            .await?)
+    }
+}
+
+/// A fact from its stream entry; `None` for an entry deleted while listed.
+fn fact_of(e: &stream::Entry) -> Result<Option<FactEntry>> {
+    if e.fields.is_none() {
+        return Ok(None);
+    }
+    let text = |name: &str| {
+        e.get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .ok_or_else(|| corrupt(&format!("fact without {name}")))
+    };
+    let num = |name: &str| {
+        text(name)?
+            .parse::<u64>()
+            .map_err(|_| corrupt(&format!("fact {name} is not a number")))
+    };
+    Ok(Some(FactEntry {
+        entry_id: e.id.clone(),
+        fact: Fact {
+            player_id: text("player_id")?.to_string(),
+            seq: num("seq")?,
+            state: State::parse(text("state")?).ok_or_else(|| corrupt("unknown state"))?,
+            reason: Reason::parse(text("reason")?).ok_or_else(|| corrupt("unknown reason"))?,
+            at_ms: num("at")?,
+            node: text("node")?.to_string(),
+        },
+    }))
+}
