@@ -188,6 +188,7 @@ pub(crate) fn routes(app: Arc<App>) -> Routes {
         admin(&p),
         publish(&p),
         rooms(&p),
+        presence(&p),
         player(&p),
         events(&p),
         websocket(&p),
@@ -293,6 +294,50 @@ fn rooms(p: &Parts) -> Routes {
         .and(p.authed.clone())
         .then(|room, app, p| authorized(p, move |p| api::members(app, p, room)));
     any_of(vec![membership.boxed(), members.boxed()])
+}
+
+/// Presence reads (`crate::admin::presence`): `GET /v1/presence/players/{P}`,
+/// `GET /v1/presence/facts/{partition}`, `GET /v1/presence/{room}`,
+/// `GET` / `PUT /v1/rooms/{room}/presence_events`, `GET /v1/admin/presence`.
+fn presence(p: &Parts) -> Routes {
+    use crate::admin::presence as pr;
+    let player = warp::path!("v1" / "presence" / "players" / String)
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|player, app, p, q| authorized(p, move |p| pr::player(app, p, player, q)));
+    let facts = warp::path!("v1" / "presence" / "facts" / String)
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|part, app, p, q| authorized(p, move |p| pr::facts(app, p, part, q)));
+    let room = warp::path!("v1" / "presence" / String)
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|room, app, p, q| authorized(p, move |p| pr::room(app, p, room, q)));
+    let get_events = warp::path!("v1" / "rooms" / String / "presence_events")
+        .and(warp::get())
+        .and(p.authed.clone())
+        .then(|room, app, p| authorized(p, move |p| pr::room_events(app, p, room, None)));
+    let put_events = warp::path!("v1" / "rooms" / String / "presence_events")
+        .and(warp::put())
+        .and(p.authed.clone())
+        .and(p.body.clone())
+        .then(|room, app, p, b| authorized(p, move |p| pr::room_events(app, p, room, Some(b))));
+    let leases = warp::path!("v1" / "admin" / "presence")
+        .and(warp::get())
+        .and(p.authed.clone())
+        .and(query())
+        .then(|app, p, q| authorized(p, move |p| pr::leases(app, p, q)));
+    any_of(vec![
+        player.boxed(),
+        facts.boxed(),
+        room.boxed(),
+        get_events.boxed(),
+        put_events.boxed(),
+        leases.boxed(),
+    ])
 }
 
 /// A player's reads of their own log's state: `POST /v1/ack`, `GET /v1/cursor`.

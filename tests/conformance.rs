@@ -227,9 +227,18 @@ conformance!(
     dedupe_keys_are_listed_until_they_expire,
     streams_report_length_groups_and_pending,
     streams_name_who_holds_what,
+    presence_tabs_grace_and_expiry,
+    presence_logout_and_zero_grace_are_at_once,
+    presence_of_a_dead_node_is_reaped,
+    presence_many_nodes_at_once_make_one_join_and_one_leave,
+    presence_room_events_are_opt_in,
 );
 
+#[path = "conformance/presence.rs"]
+mod presence;
+
 mod cases {
+    pub use super::presence::*;
     use super::*;
 
     pub async fn sequence_numbers_are_dense_and_ordered(k: Kind) {

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod cluster;
 pub mod demo;
 pub mod history;
+pub mod process;
 pub mod proxy;
 pub mod redis;
 

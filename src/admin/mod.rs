@@ -1,6 +1,7 @@
-//! The admin read endpoints behind `export` and `inspect --url`:
+//! The read endpoints behind `export` and `inspect --url`:
 //! `GET /v1/admin/players/{P}`, `GET /v1/admin/players/{P}/events`,
-//! `GET /v1/admin/commands`, `GET /v1/admin/streams` (admin role only).
+//! `GET /v1/admin/commands`, `GET /v1/admin/streams` (admin role only),
+//! and presence ([`presence`]: service and admin roles).
 //!
 //! Owns: each endpoint's checks (role, ids, query parameters with bounded
 //! page sizes) and answer. Must not touch: routing (`server`), storage
@@ -24,11 +25,13 @@ use crate::tools::inspect::{self, InspectError};
 use crate::tools::recording::line_of;
 use crate::tools::CommandLine;
 
+pub mod presence;
+
 /// Default and largest page of events or commands.
 pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = crate::tools::PAGE;
 
-type Query = HashMap<String, String>;
+pub(crate) type Query = HashMap<String, String>;
 
 /// Refuses parameters other than `allowed`, naming the first.
 fn only(q: &Query, allowed: &[&str]) -> Result<(), ApiError> {
