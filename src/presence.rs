@@ -324,6 +324,7 @@ impl Tracker {
                 "room_id": room,
                 "presence": fact.state,
                 "reason": fact.reason,
+                "presence_seq": fact.seq,
             });
             let Ok(data) = serde_json::value::to_raw_value(&data) else {
                 continue;

@@ -12,21 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::broker::SECRET;
+use super::redis::free_port;
 
 /// The broker binary cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_mythos-broker");
-
-pub fn free_port() -> u16 {
-    loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        if p != 6379 {
-            return p;
-        }
-    }
-}
 
 pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))

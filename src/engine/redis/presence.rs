@@ -170,6 +170,33 @@ impl RedisEngine {
         Ok(facts)
     }
 
+    /// Where `player` stands (one round trip).
+    async fn record(&self, player: &str) -> Result<Record> {
+        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
+        let (fields, mut nodes): (Fields, Vec<String>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(keys::presence(player))
+            .arg(&["state", "since", "until", "seq"])
+            .cmd("SMEMBERS")
+            .arg(keys::presence_nodes(player))
+            .query_async(&mut self.shared().await?)
+            .await?;
+        let (state, since, until, seq) = fields;
+        nodes.sort_unstable();
+        let state = match state {
+            Some(s) => State::parse(&s).ok_or_else(|| corrupt("unknown state"))?,
+            None => State::Offline,
+        };
+        Ok(Record {
+            player_id: player.to_string(),
+            state,
+            since_ms: since.unwrap_or(0),
+            until_ms: (state == State::Linkdead).then(|| until.unwrap_or(0)),
+            nodes,
+            seq: seq.unwrap_or(0),
+        })
+    }
+
     /// `presence_disconnect`, filing the deadline first (see the module doc).
     async fn disconnect(
         &self,
@@ -298,39 +325,10 @@ impl Presence for RedisEngine {
 
     async fn presence_of(&self, players: &[String]) -> Result<Vec<Record>> {
         let players = &players[..players.len().min(MAX_PRESENCE_PAGE)];
-        let mut pipe = redis::pipe();
-        for p in players {
-            pipe.cmd("HMGET")
-                .arg(keys::presence(p))
-                .arg(&["state", "since", "until", "seq"]);
-            pipe.cmd("SMEMBERS").arg(keys::presence_nodes(p));
-        }
-        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
-        let replies: Vec<Value> = pipe.query_async(&mut self.shared().await?).await?;
-        let mut out = Vec::with_capacity(players.len());
-        for (p, pair) in players.iter().zip(replies.chunks(2)) {
-            let [fields, nodes] = pair else {
-                return Err(corrupt("short pipeline answer"));
-            };
-            let (state, since, until, seq): Fields =
-                redis::from_redis_value_ref(fields).map_err(|e| corrupt(&e.to_string()))?;
-            let mut nodes: Vec<String> =
-                redis::from_redis_value_ref(nodes).map_err(|e| corrupt(&e.to_string()))?;
-            nodes.sort_unstable();
-            let state = match state {
-                Some(s) => State::parse(&s).ok_or_else(|| corrupt("unknown state"))?,
-                None => State::Offline,
-            };
-            out.push(Record {
-                player_id: p.clone(),
-                state,
-                since_ms: since.unwrap_or(0),
-                until_ms: (state == State::Linkdead).then(|| until.unwrap_or(0)),
-                nodes,
-                seq: seq.unwrap_or(0),
-            });
-        }
-        Ok(out)
+        // One pipeline per player (its two keys share a slot), all at once
+        // on the shared connection: a cluster cannot pipeline across slots.
+        let reads = players.iter().map(|p| self.record(p));
+        futures_util::future::try_join_all(reads).await
     }
 
     async fn presence_facts(
