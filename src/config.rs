@@ -119,6 +119,16 @@ pub enum InspectCmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Presence: one player's state (online, linkdead, offline), since when,
+    /// on which nodes; without a player, every node lease in the store.
+    Presence {
+        player: Option<String>,
+        /// Print JSON instead of `name: value` lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// The publish and command streams: lengths per partition, consumer
     /// groups, pending entries and their idle times, dead letters.
     Streams {

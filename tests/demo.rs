@@ -32,12 +32,27 @@ async fn each_command_gets_one_answer_with_its_id() {
     let mut ws = Player::connect(&format!("http://{addr}"), token, None)
         .await
         .expect("websocket");
+    // `who` reads presence: wait until alice's connection counts.
+    support::eventually(Duration::from_secs(10), "alice online", || async {
+        let v: Value = reqwest::Client::new()
+            .get(format!("http://{addr}/v1/presence/players/alice"))
+            .bearer_auth(&service_token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["state"] == "online").then_some(())
+    })
+    .await;
 
     for frame in [
         json!({"type": "command", "id": "c1", "command": "look"}),
         json!({"type": "chat", "id": "c2", "channel": "say", "message": "hello"}),
         json!({"type": "command", "id": "c3", "command": "go", "args": ["north"]}),
         json!({"type": "command", "id": "c4", "command": "dance"}),
+        json!({"type": "command", "id": "c5", "command": "who"}),
         // The fence: the world answers commands in the order of the command
         // stream, so any second answer to c1..c4 would come before this one's.
         json!({"type": "command", "id": "fence", "command": "look"}),
@@ -66,7 +81,7 @@ async fn each_command_gets_one_answer_with_its_id() {
     }
     assert_eq!(
         order,
-        ["c1", "c2", "c3", "c4", "fence"],
+        ["c1", "c2", "c3", "c4", "c5", "fence"],
         "one answer each, in order"
     );
 
@@ -87,6 +102,14 @@ async fn each_command_gets_one_answer_with_its_id() {
     assert!(dance["text"]
         .as_str()
         .is_some_and(|t| t.contains("Unknown command")));
+
+    let who = one("c5")["text"].as_str().unwrap_or_default().to_string();
+    assert!(
+        who.lines().any(|l| l.trim_start().starts_with("alice")
+            && l.contains("Square")
+            && !l.contains("link-dead")),
+        "alice is online in the square: {who}"
+    );
 
     let members: Value = reqwest::Client::new()
         .get(format!("http://{addr}/v1/rooms/square/members"))

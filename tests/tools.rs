@@ -259,6 +259,42 @@ async fn export_replay_inspect(kind: Kind) {
         assert!(text.contains("connections: unknown"), "{text}");
     }
 
+    // Presence: alice's open connection makes her online (told to the
+    // engine in the background: polled), and the node holds a lease.
+    let presence = support::eventually(Duration::from_secs(10), "alice online", || async {
+        let text = ok(&remote, &["inspect", "presence", "alice", "--url", &url]).await;
+        text.lines().any(|l| l == "state: online").then_some(text)
+    })
+    .await;
+    assert!(
+        presence.lines().any(|l| l == "player_id: alice"),
+        "{presence}"
+    );
+    assert!(
+        presence
+            .lines()
+            .any(|l| l.starts_with("nodes: ") && l.len() > 7),
+        "{presence}"
+    );
+    let leases = ok(&remote, &["inspect", "presence", "--url", &url]).await;
+    assert!(leases.lines().any(|l| l == "leases: 1"), "{leases}");
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.starts_with("lease[") && l.contains("(in ")),
+        "{leases}"
+    );
+    if let Some(env) = &direct {
+        let v: Value =
+            serde_json::from_str(&ok(env, &["inspect", "presence", "alice", "--json"]).await)
+                .expect("JSON");
+        assert_eq!(
+            (v["state"].as_str(), v["seq"].as_u64()),
+            (Some("online"), Some(1)),
+            "{v}"
+        );
+    }
+
     // Commands: every partition, filtered by player, the same by both paths.
     let mut sent = 0;
     for p in ["alice", "bob", "carol", "dave", "erin"] {

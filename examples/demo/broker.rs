@@ -109,6 +109,29 @@ impl BrokerApi {
             .collect())
     }
 
+    /// `GET /v1/presence/{room}` (every page): each member with their
+    /// presence state (`online`, `linkdead`, `offline`), sorted.
+    pub async fn presence(&self, room: &str) -> Result<Vec<(String, String)>, BrokerError> {
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let mut path = format!("/v1/presence/{room}?limit=500");
+            if !after.is_empty() {
+                path.push_str(&format!("&after={after}"));
+            }
+            let answer = self.call(Method::GET, &path, None).await?;
+            for p in answer["players"].as_array().cloned().unwrap_or_default() {
+                if let (Some(id), Some(state)) = (p["player_id"].as_str(), p["state"].as_str()) {
+                    out.push((id.to_string(), state.to_string()));
+                }
+            }
+            match answer["next_after"].as_str() {
+                Some(next) => after = next.to_string(),
+                None => return Ok(out),
+            }
+        }
+    }
+
     async fn call(
         &self,
         method: Method,

@@ -254,18 +254,30 @@ impl Game {
         Ok(Reply::text(format!("You say: {message}")))
     }
 
+    /// Who is connected, and where (`GET /v1/presence/{room}`): players
+    /// online, and those whose connection dropped inside the grace
+    /// (`linkdead`); the offline ones are counted, not listed.
     async fn who(&self) -> Result<Reply, BrokerError> {
         let mut lines = Vec::new();
+        let mut away = 0;
         for room in ROOMS {
-            for member in self.api.members(room.id).await? {
-                lines.push(format!("  {member:<12} {}", room.name));
+            for (player, state) in self.api.presence(room.id).await? {
+                match state.as_str() {
+                    "online" => lines.push(format!("  {player:<12} {}", room.name)),
+                    "linkdead" => lines.push(format!("  {player:<12} {} (link-dead)", room.name)),
+                    _ => away += 1,
+                }
             }
         }
-        Ok(Reply::text(if lines.is_empty() {
+        let mut text = if lines.is_empty() {
             "Nobody is in the world.".to_string()
         } else {
             format!("In the world:\n{}", lines.join("\n"))
-        }))
+        };
+        if away > 0 {
+            text.push_str(&format!("\n({away} asleep, not connected)"));
+        }
+        Ok(Reply::text(text))
     }
 
     /// Sends the command's one `command_response` to its player.

@@ -192,6 +192,49 @@ pub async fn streams(engine: &dyn Engine) -> Result<StreamsReport, EngineError> 
 
 /// `name: value` lines of a streams report given as JSON (as the API
 /// answers it, or as [`StreamsReport`] serialises).
+/// `inspect presence` as `name: value` lines: a player's record, or the
+/// node leases (with how long each has left, by the local clock).
+pub fn presence_lines(report: &serde_json::Value) -> String {
+    let mut s = String::new();
+    let empty = Vec::new();
+    if let Some(leases) = report["leases"].as_array() {
+        if let Some(node) = report["node"].as_str() {
+            let _ = writeln!(s, "node: {node}");
+            let _ = writeln!(s, "local_players: {}", report["local_players"]);
+        }
+        let now = crate::engine::presence::now_ms();
+        let _ = writeln!(s, "leases: {}", leases.len());
+        for l in leases {
+            let expires = l["expires_ms"].as_u64().unwrap_or(0);
+            let left = expires as i64 - now as i64;
+            let _ = writeln!(
+                s,
+                "lease[{}]: expires_ms {expires} ({}{} ms)",
+                l["node"].as_str().unwrap_or("?"),
+                if left < 0 { "expired " } else { "in " },
+                left.unsigned_abs()
+            );
+        }
+        return s;
+    }
+    for key in ["player_id", "state", "since_ms", "until_ms", "seq"] {
+        if !report[key].is_null() {
+            let v = report[key]
+                .as_str()
+                .map_or_else(|| report[key].to_string(), str::to_string);
+            let _ = writeln!(s, "{key}: {v}");
+        }
+    }
+    let nodes: Vec<&str> = report["nodes"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    let _ = writeln!(s, "nodes: {}", nodes.join(" "));
+    s
+}
+
 pub fn streams_lines(report: &serde_json::Value) -> String {
     let mut s = String::new();
     let empty = Vec::new();

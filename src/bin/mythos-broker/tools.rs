@@ -419,6 +419,35 @@ pub async fn inspect(config: Config, cmd: InspectCmd) -> Result<(), ToolError> {
             }
             Ok(())
         }
+        InspectCmd::Presence {
+            player,
+            json,
+            remote,
+        } => {
+            if let Some(p) = &player {
+                check_player("player", p)?;
+            }
+            let v = match (source(config, &remote).await?, &player) {
+                (Source::Engine(app), Some(p)) => {
+                    let records = app.engine().presence_of(std::slice::from_ref(p)).await?;
+                    serde_json::to_value(records.first()).unwrap_or(Value::Null)
+                }
+                (Source::Engine(app), None) => {
+                    let leases = app.engine().presence_leases().await?;
+                    serde_json::json!({ "leases": leases })
+                }
+                (Source::Api(api), Some(p)) => {
+                    api.get(&format!("/v1/presence/players/{p}")).await?
+                }
+                (Source::Api(api), None) => api.get("/v1/admin/presence").await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", inspect::presence_lines(&v));
+            }
+            Ok(())
+        }
         InspectCmd::Streams { json, remote } => {
             let v = match source(config, &remote).await? {
                 Source::Engine(app) => {
