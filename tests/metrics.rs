@@ -224,6 +224,7 @@ async fn metrics_count_exactly_what_happened() {
                 SSE,
                 "mythos_subscribed_players",
                 "mythos_live_queued_events",
+                "mythos_presence_local_players",
             ];
             gauges.iter().all(|g| !m.contains_key(*g)).then_some(m)
         }
@@ -277,6 +278,12 @@ async fn metrics_count_exactly_what_happened() {
             // r had acknowledged 1..3 before both resumed from 0.
             ("mythos_resyncs_total{reason=\"acknowledged\"}", 2.0),
             ("mythos_slow_consumers_total", 1.0),
+            // alice, r and slow came online (once each, whatever their
+            // connections); none went offline: the grace is 15 s.
+            (
+                "mythos_presence_facts_total{state=\"online\",reason=\"connect\"}",
+                3.0,
+            ),
         ]),
         "exactly what the session did, and nothing else"
     );

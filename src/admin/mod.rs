@@ -6,7 +6,7 @@
 //! Owns: each endpoint's checks (role, ids, query parameters with bounded
 //! page sizes) and answer. Must not touch: routing (`server`), storage
 //! semantics (every read is an [`Engine`](crate::engine::Engine) call), and
-//! anything that writes.
+//! anything that writes (but a room's presence opt-in, [`presence`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
