@@ -704,7 +704,7 @@ mod props {
 
         #[test]
         fn client_message_shapes_never_panic(v in json(), kind in prop_oneof![
-            Just("ack"), Just("command"), Just("chat"), Just("ping"), Just("x")
+            Just("ack"), Just("command"), Just("chat"), Just("ping"), Just("bye"), Just("x")
         ]) {
             let mut v = v;
             if let Some(o) = v.as_object_mut() {

@@ -422,3 +422,57 @@ fn fact_of(e: &stream::Entry) -> Result<Option<FactEntry>> {
         },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(fields: Vec<(String, Vec<u8>)>) -> stream::Entry {
+        stream::Entry {
+            id: "1-0".into(),
+            fields: Some(fields),
+        }
+    }
+
+    #[test]
+    fn facts_decode() {
+        let f = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
+        let good = entry(vec![
+            f("player_id", "alice"),
+            f("seq", "3"),
+            f("state", "online"),
+            f("reason", "connect"),
+            f("at", "1700000000000"),
+            f("node", "n1.1"),
+        ]);
+        let got = fact_of(&good).expect("decodes").expect("an entry");
+        assert_eq!((got.fact.seq, got.fact.state), (3, State::Online));
+        let mut bad = good.clone();
+        bad.fields = Some(vec![f("player_id", "alice"), f("seq", "x")]);
+        assert!(fact_of(&bad).is_err());
+        let deleted = stream::Entry {
+            id: "1-0".into(),
+            fields: None,
+        };
+        assert_eq!(fact_of(&deleted).ok(), Some(None));
+    }
+
+    proptest! {
+        /// Whatever a stream entry of `mythos:presence` holds (an operator's
+        /// XADD, a corrupted write), decoding answers or refuses, never panics.
+        #[test]
+        fn any_fact_entry_decodes_or_is_refused(
+            fields in proptest::collection::vec(
+                (prop_oneof![
+                    Just("player_id".to_string()), Just("seq".to_string()),
+                    Just("state".to_string()), Just("reason".to_string()),
+                    Just("at".to_string()), Just("node".to_string()), "[a-z]{1,6}",
+                ], proptest::collection::vec(any::<u8>(), 0..24)),
+                0..10,
+            ),
+        ) {
+            let _ = fact_of(&entry(fields));
+        }
+    }
+}
