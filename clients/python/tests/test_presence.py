@@ -370,3 +370,21 @@ def test_async_feed(mythos_broker_factory: BrokerFactory, ws_player: Any) -> Non
         return got
 
     assert asyncio.run(go()) == [(1, "connect"), (2, "timeout")]
+
+
+def test_seq_tracker_flags_gaps_and_repeats() -> None:
+    from mythos_broker import SeqTracker
+    from mythos_broker.presence import fact_from_entry
+
+    raw = {b"player_id": b"alice", b"seq": b"1", b"state": b"online", b"reason": b"connect",
+           b"at": b"5", b"node": b"n"}
+    t = SeqTracker()
+    first = t.check(fact_from_entry("mythos:presence", b"1-0", raw))
+    assert (first.seq, first.gap, first.repeat, first.at_ms) == (1, 0, False, 5)  # the baseline
+    t.handled(first)
+    again = t.check(first)
+    assert again.repeat and again.gap == 0
+    later = t.check(fact_from_entry("mythos:presence", "9-0", {**raw, b"seq": b"4"}))
+    assert (later.gap, later.repeat) == (2, False)
+    t.handled(later)
+    assert t.last("alice") == 4 and t.last("bob") is None
