@@ -9,6 +9,8 @@ group and answers through the broker's HTTP API:
   a ``chat_message`` ``{"from","message"}`` to everyone in the player's room;
 - ``go <room>``: leave the room, join another (the broker tells the rooms);
 - ``look``: a ``command_response`` listing the room's members;
+- ``who``: a ``command_response`` listing them with their presence
+  (``alice (online), bob (linkdead)``), read from the broker (``room_presence``);
 - anything else: a ``command_response`` echoing it.
 
 Every command also gets a ``command_response`` carrying the command's ``id``. Each
@@ -85,6 +87,10 @@ class World:
         elif cmd.command == "look":
             members = await self.broker.members(room)
             await self.reply(cmd, f"{room}: {', '.join(members)}")
+        elif cmd.command == "who":
+            who = await self.broker.room_presence(room)
+            listed = ", ".join(f"{p.player_id} ({p.state})" for p in who.players)
+            await self.reply(cmd, f"{room}: {listed}")
         else:
             await self.reply(cmd, f"echo: {cmd.command} {' '.join(cmd.args)}".rstrip())
         self.handled += 1
@@ -139,3 +145,11 @@ async def healthz() -> dict[str, Any]:
 async def room(room: str) -> dict[str, Any]:
     world: World = app.state.world
     return {"room": room, "members": await world.broker.members(room)}
+
+
+@app.get("/rooms/{room}/who")
+async def who(room: str) -> dict[str, Any]:
+    world: World = app.state.world
+    r = await world.broker.room_presence(room)
+    return {"room": room, "online": r.online,
+            "players": {p.player_id: p.state for p in r.players}}

@@ -59,9 +59,18 @@ def test_echo_world(mythos_broker_redis: BrokerProcess, mythos_redis: RedisServe
                            and f["data"]["command_id"] == "a2")
         assert echo["data"]["text"] == "echo: dance wildly"
         assert httpx.get(base + "/rooms/lobby").json() == {"room": "lobby", "members": ["alice", "bob"]}
+        alice.command("who", id="a3")
+        who = alice.until(lambda f: f["type"] == "event" and f["event_type"] == "command_response"
+                          and f["data"]["command_id"] == "a3")
+        assert who["data"]["text"] == "lobby: alice (online), bob (online)"
+        bob.close()  # the broker's default grace: bob is link-dead, not yet offline
+        eventually(lambda: httpx.get(base + "/rooms/lobby/who").json()["players"]["bob"] == "linkdead",
+                   what="bob linkdead")
+        assert httpx.get(base + "/rooms/lobby/who").json() == {
+            "room": "lobby", "online": 1, "players": {"alice": "online", "bob": "linkdead"}}
         r = mythos_redis.client()
         eventually(lambda: r.xpending("mythos:commands", "echo-world")["pending"] == 0, what="acks")
-        assert httpx.get(base + "/healthz").json()["handled"] == 4
+        assert httpx.get(base + "/healthz").json()["handled"] == 5
     finally:
         server.terminate()
         server.wait(10)

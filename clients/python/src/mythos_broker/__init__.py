@@ -1,15 +1,21 @@
 """mythos-broker for game servers: publish events to players over HTTP (sync and
-async), consume player commands from the Redis command streams, mint tokens, and
-test against the real broker (``mythos_broker.testing`` and the pytest plugin)."""
+async), consume player commands from the Redis command streams, read presence
+(over HTTP, and the ``mythos:presence`` stream), mint tokens, and test against the
+real broker (``mythos_broker.testing`` and the pytest plugin)."""
 
 from ._core import (
     Delivery,
     Player,
     Players,
+    Presence,
+    PresenceFact,
+    PresenceFactsPage,
     PublishResult,
     RetryPolicy,
     Room,
     RoomChange,
+    RoomPresence,
+    RoomPresencePage,
     Target,
     TokenResponse,
     new_publish_id,
@@ -39,11 +45,20 @@ from .errors import (
     Unauthorized,
     Unavailable,
 )
+from .presence import (
+    PRESENCE,
+    AsyncPresenceFeed,
+    PresenceFeed,
+    SeqTracker,
+    presence_partition_names,
+)
 from .tokens import Role, mint_token
 
 __all__ = [
+    "PRESENCE",
     "AsyncBrokerClient",
     "AsyncCommandConsumer",
+    "AsyncPresenceFeed",
     "BadRequest",
     "BrokerClient",
     "BrokerError",
@@ -56,6 +71,10 @@ __all__ = [
     "NotReplicated",
     "Player",
     "Players",
+    "Presence",
+    "PresenceFact",
+    "PresenceFactsPage",
+    "PresenceFeed",
     "PublishResult",
     "RateLimited",
     "ResendFilter",
@@ -63,6 +82,9 @@ __all__ = [
     "Role",
     "Room",
     "RoomChange",
+    "RoomPresence",
+    "RoomPresencePage",
+    "SeqTracker",
     "ServerError",
     "Target",
     "TokenResponse",
@@ -76,4 +98,5 @@ __all__ = [
     "partition_name",
     "partition_names",
     "partition_of",
+    "presence_partition_names",
 ]

@@ -177,6 +177,128 @@ class TokenResponse:
     token_type: str = "Bearer"
 
 
+@dataclass(frozen=True)
+class Presence:
+    """A player's presence (``GET /v1/presence/players/{player}``).
+
+    ``state`` is ``online`` (a connection on some node), ``linkdead`` (lost the
+    last one less than ``MYTHOS_PRESENCE_GRACE`` ago; ``until_ms`` is when they go
+    offline) or ``offline`` (also: never seen, with ``since_ms`` 0 and ``seq`` 0).
+    ``nodes`` are the broker nodes holding a connection; ``seq`` is the player's
+    last fact's number in ``mythos:presence``.
+    """
+
+    player_id: str
+    state: str
+    since_ms: int
+    until_ms: int | None
+    nodes: tuple[str, ...]
+    seq: int
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+
+@dataclass(frozen=True)
+class RoomPresencePage:
+    """One page of ``GET /v1/presence/{room}``: members sorted by id after the
+    page's ``after``; the counts are the page's; ``members`` is the room's size;
+    ``next_after`` is ``None`` on the last page."""
+
+    room_id: str
+    players: tuple[Presence, ...]
+    online: int
+    linkdead: int
+    offline: int
+    members: int
+    next_after: str | None
+
+
+@dataclass(frozen=True)
+class RoomPresence:
+    """Every member of a room with their presence (all pages of
+    ``GET /v1/presence/{room}``), sorted by id; the counts are over ``players``.
+    The pages are read one after another, so a member who joins or leaves
+    meanwhile may be missed or counted."""
+
+    room_id: str
+    players: tuple[Presence, ...]
+    pages: int = 1
+
+    def _count(self, state: str) -> int:
+        return sum(p.state == state for p in self.players)
+
+    @property
+    def online(self) -> int:
+        return self._count("online")
+
+    @property
+    def linkdead(self) -> int:
+        return self._count("linkdead")
+
+    @property
+    def offline(self) -> int:
+        return self._count("offline")
+
+    def of(self, player_id: str) -> Presence | None:
+        for p in self.players:
+            if p.player_id == player_id:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class PresenceFact:
+    """One change between online and offline: an entry of ``mythos:presence`` (from
+    the stream, :class:`~mythos_broker.PresenceFeed`, or over HTTP,
+    ``presence_facts``).
+
+    ``seq`` is per player, 1, 2, 3 … without gaps (odd = online, even = offline);
+    ``reason`` is ``connect``, ``logout``, ``timeout`` or ``node_lost``; ``at_ms``
+    is Redis's clock; ``node`` the broker node (lease name) that recorded it.
+
+    The rest is filled by a feed: ``stream`` (the partition read), ``deliveries``
+    (hand-outs by the group), ``gap`` (how many of this player's facts the feed
+    missed just before this one: ``seq`` minus the last ``seq`` it handled minus 1)
+    and ``repeat`` (``seq`` is not above the last one handled: a re-delivery).
+    """
+
+    entry_id: str
+    player_id: str
+    seq: int
+    state: str
+    reason: str
+    at_ms: int
+    node: str
+    stream: str = ""
+    deliveries: int = 1
+    gap: int = 0
+    repeat: bool = False
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+
+@dataclass(frozen=True)
+class PresenceFactsPage:
+    """``GET /v1/presence/facts/{partition}``: facts after ``after`` in one
+    partition (of ``partitions``). ``next_after`` is the last fact's entry id when
+    the page is full (there may be more), else ``None``; :attr:`resume` is where
+    to read from next either way."""
+
+    partition: int
+    partitions: int
+    facts: tuple[PresenceFact, ...]
+    next_after: str | None
+    after: str = "0-0"
+
+    @property
+    def resume(self) -> str:
+        return self.facts[-1].entry_id if self.facts else self.after
+
+
 # ---- requests ------------------------------------------------------------------
 
 
@@ -308,6 +430,162 @@ def members_flow(token: str, room_id: str, retry: RetryPolicy) -> Generator[Step
     req = Request("GET", f"/v1/rooms/{_seg(room_id)}/members", _headers(token, False))
     resp, _ = yield from _call(req, retry)
     return [str(m) for m in _body(resp)["members"]]
+
+
+# ---- presence -------------------------------------------------------------------
+
+
+def _bad(resp: Response, what: str) -> BrokerError:
+    return BrokerError(resp.status, "invalid_answer", what)
+
+
+def _object(resp: Response, what: str) -> dict[str, Any]:
+    b = _body(resp)
+    if not isinstance(b, dict):
+        raise _bad(resp, f"the {what} answer is not an object")
+    return b
+
+
+def _field(resp: Response, d: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    v = d.get(key)
+    ok = isinstance(v, kind) and not (kind is int and isinstance(v, bool))
+    if not ok:
+        raise _bad(resp, f"{what}: `{key}` is not a {kind.__name__}: {v!r}")
+    return v
+
+
+def _opt_str(resp: Response, d: Mapping[str, Any], key: str, what: str) -> str | None:
+    v = d.get(key)
+    if v is not None and not isinstance(v, str):
+        raise _bad(resp, f"{what}: `{key}` is not a string or null: {v!r}")
+    return v
+
+
+def _presence(resp: Response, d: Any) -> Presence:
+    what = "a presence record"
+    if not isinstance(d, dict):
+        raise _bad(resp, f"{what} is not an object: {d!r}")
+    nodes = _field(resp, d, "nodes", list, what)
+    if not all(isinstance(n, str) for n in nodes):
+        raise _bad(resp, f"{what}: `nodes` is not a list of strings: {nodes!r}")
+    until = d.get("until_ms")
+    if until is not None:
+        until = _field(resp, d, "until_ms", int, what)
+    return Presence(
+        player_id=_field(resp, d, "player_id", str, what),
+        state=_field(resp, d, "state", str, what),
+        since_ms=_field(resp, d, "since_ms", int, what),
+        until_ms=until,
+        nodes=tuple(nodes),
+        seq=_field(resp, d, "seq", int, what),
+    )
+
+
+def _fact(resp: Response, d: Any) -> PresenceFact:
+    what = "a presence fact"
+    if not isinstance(d, dict):
+        raise _bad(resp, f"{what} is not an object: {d!r}")
+    return PresenceFact(
+        entry_id=_field(resp, d, "entry_id", str, what),
+        player_id=_field(resp, d, "player_id", str, what),
+        seq=_field(resp, d, "seq", int, what),
+        state=_field(resp, d, "state", str, what),
+        reason=_field(resp, d, "reason", str, what),
+        at_ms=_field(resp, d, "at_ms", int, what),
+        node=_field(resp, d, "node", str, what),
+    )
+
+
+def _query(**params: str | int | None) -> str:
+    q = [f"{k}={quote(str(v), safe='')}" for k, v in params.items() if v is not None]
+    return "?" + "&".join(q) if q else ""
+
+
+def presence_flow(
+    token: str, player_id: str, retry: RetryPolicy
+) -> Generator[Step, Reply, Presence]:
+    req = Request("GET", f"/v1/presence/players/{_seg(player_id)}", _headers(token, False))
+    resp, _ = yield from _call(req, retry)
+    return _presence(resp, _object(resp, "presence"))
+
+
+def room_presence_page_flow(
+    token: str, room_id: str, after: str | None, limit: int | None, retry: RetryPolicy
+) -> Generator[Step, Reply, RoomPresencePage]:
+    req = Request(
+        "GET",
+        f"/v1/presence/{_seg(room_id)}" + _query(after=after, limit=limit),
+        _headers(token, False),
+    )
+    resp, _ = yield from _call(req, retry)
+    b = _object(resp, "room presence")
+    what = "room presence"
+    players = _field(resp, b, "players", list, what)
+    return RoomPresencePage(
+        room_id=_field(resp, b, "room_id", str, what),
+        players=tuple(_presence(resp, p) for p in players),
+        online=_field(resp, b, "online", int, what),
+        linkdead=_field(resp, b, "linkdead", int, what),
+        offline=_field(resp, b, "offline", int, what),
+        members=_field(resp, b, "members", int, what),
+        next_after=_opt_str(resp, b, "next_after", what),
+    )
+
+
+def room_presence_flow(
+    token: str, room_id: str, limit: int | None, retry: RetryPolicy
+) -> Generator[Step, Reply, RoomPresence]:
+    """Every page of a room's presence, following ``next_after``."""
+    players: list[Presence] = []
+    after: str | None = None
+    pages = 0
+    while True:
+        page = yield from room_presence_page_flow(token, room_id, after, limit, retry)
+        pages += 1
+        players.extend(page.players)
+        if page.next_after is None:
+            return RoomPresence(room_id, tuple(players), pages)
+        if page.next_after == after or not page.players:
+            raise BrokerError(
+                200, "invalid_answer",
+                f"room presence paging does not advance: {after!r} then {page.next_after!r}",
+            )
+        after = page.next_after
+
+
+def presence_facts_flow(
+    token: str, partition: int, after: str, limit: int | None, retry: RetryPolicy
+) -> Generator[Step, Reply, PresenceFactsPage]:
+    req = Request(
+        "GET",
+        f"/v1/presence/facts/{int(partition)}" + _query(after=after, limit=limit),
+        _headers(token, False),
+    )
+    resp, _ = yield from _call(req, retry)
+    b = _object(resp, "presence facts")
+    what = "presence facts"
+    facts = _field(resp, b, "facts", list, what)
+    return PresenceFactsPage(
+        partition=_field(resp, b, "partition", int, what),
+        partitions=_field(resp, b, "partitions", int, what),
+        facts=tuple(_fact(resp, f) for f in facts),
+        next_after=_opt_str(resp, b, "next_after", what),
+        after=after,
+    )
+
+
+def room_presence_events_flow(
+    token: str, room_id: str, events: bool | None, retry: RetryPolicy
+) -> Generator[Step, Reply, bool]:
+    """``GET`` (``events=None``) or ``PUT`` ``/v1/rooms/{room}/presence_events``."""
+    path = f"/v1/rooms/{_seg(room_id)}/presence_events"
+    if events is None:
+        req = Request("GET", path, _headers(token, False))
+    else:
+        req = Request("PUT", path, _headers(token, True), _json({"events": bool(events)}))
+    resp, _ = yield from _call(req, retry)
+    b = _object(resp, "presence_events")
+    return bool(_field(resp, b, "events", bool, "presence_events"))
 
 
 def login_flow(username: str, password: str) -> Generator[Step, Reply, TokenResponse]:

@@ -17,6 +17,8 @@ from . import _core
 from ._core import (
     Player,
     Players,
+    Presence,
+    PresenceFactsPage,
     PublishResult,
     Reply,
     Request,
@@ -24,6 +26,8 @@ from ._core import (
     RetryPolicy,
     Room,
     RoomChange,
+    RoomPresence,
+    RoomPresencePage,
     Send,
     Step,
     Target,
@@ -135,6 +139,46 @@ class BrokerClient:
     def members(self, room_id: str) -> list[str]:
         return self._drive(_core.members_flow(self.token, room_id, self.retry))
 
+    # -- presence
+
+    def presence(self, player_id: str) -> Presence:
+        """``GET /v1/presence/players/{player}``: online, linkdead or offline."""
+        return self._drive(_core.presence_flow(self.token, player_id, self.retry))
+
+    def room_presence(self, room_id: str, *, page_size: int | None = None) -> RoomPresence:
+        """Every member of ``room_id`` with their presence, following ``next_after``
+        across pages of ``page_size`` (1–500; the broker's default is 100)."""
+        return self._drive(_core.room_presence_flow(self.token, room_id, page_size, self.retry))
+
+    def room_presence_page(
+        self, room_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> RoomPresencePage:
+        """One page of ``GET /v1/presence/{room}``: members after ``after``, at most
+        ``limit`` (1–500, default 100)."""
+        return self._drive(
+            _core.room_presence_page_flow(self.token, room_id, after, limit, self.retry)
+        )
+
+    def presence_facts(
+        self, partition: int = 0, after: str = "0-0", limit: int | None = 100
+    ) -> PresenceFactsPage:
+        """``GET /v1/presence/facts/{partition}``: facts after stream entry id
+        ``after``, at most ``limit`` (1–500). Read on from ``page.resume``."""
+        return self._drive(
+            _core.presence_facts_flow(self.token, partition, after, limit, self.retry)
+        )
+
+    def set_room_presence_events(self, room_id: str, on: bool) -> bool:
+        """``PUT /v1/rooms/{room}/presence_events``: whether the room's members get
+        ``player_entered``/``player_left`` on presence changes. Returns the setting."""
+        return self._drive(_core.room_presence_events_flow(self.token, room_id, on, self.retry))
+
+    def room_presence_events(self, room_id: str) -> bool:
+        """``GET /v1/rooms/{room}/presence_events``."""
+        return self._drive(
+            _core.room_presence_events_flow(self.token, room_id, None, self.retry)
+        )
+
     # -- accounts and health
 
     def login(self, username: str, password: str) -> TokenResponse:
@@ -245,6 +289,42 @@ class AsyncBrokerClient:
 
     async def members(self, room_id: str) -> list[str]:
         return await self._drive(_core.members_flow(self.token, room_id, self.retry))
+
+    # -- presence
+
+    async def presence(self, player_id: str) -> Presence:
+        return await self._drive(_core.presence_flow(self.token, player_id, self.retry))
+
+    async def room_presence(
+        self, room_id: str, *, page_size: int | None = None
+    ) -> RoomPresence:
+        return await self._drive(
+            _core.room_presence_flow(self.token, room_id, page_size, self.retry)
+        )
+
+    async def room_presence_page(
+        self, room_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> RoomPresencePage:
+        return await self._drive(
+            _core.room_presence_page_flow(self.token, room_id, after, limit, self.retry)
+        )
+
+    async def presence_facts(
+        self, partition: int = 0, after: str = "0-0", limit: int | None = 100
+    ) -> PresenceFactsPage:
+        return await self._drive(
+            _core.presence_facts_flow(self.token, partition, after, limit, self.retry)
+        )
+
+    async def set_room_presence_events(self, room_id: str, on: bool) -> bool:
+        return await self._drive(
+            _core.room_presence_events_flow(self.token, room_id, on, self.retry)
+        )
+
+    async def room_presence_events(self, room_id: str) -> bool:
+        return await self._drive(
+            _core.room_presence_events_flow(self.token, room_id, None, self.retry)
+        )
 
     async def login(self, username: str, password: str) -> TokenResponse:
         return await self._drive(_core.login_flow(username, password))

@@ -24,24 +24,45 @@ each with the fields ``player_id``, ``session_id``, ``type`` (``command``/``chat
 
 Like the HTTP client, the logic is written once: the consumer's steps are flows
 that yield Redis calls (:class:`Call`, :class:`Multi`) which the sync and async
-shells execute with the same redis-py method names.
+shells execute with the same redis-py method names. The group reading itself
+(claims, dead letters, acks) is :mod:`mythos_broker._groups`, shared with the
+presence feed; this module adds what a command is and the resend filter.
 """
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 import dataclasses
 import json
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import redis
 import redis.asyncio
+
+from ._groups import (
+    AsyncGroupReader,
+    Call,
+    DeadLetter,
+    GroupCore,
+    MalformedEntry,
+    Multi,
+    Op,
+    OpFlow,
+    SyncGroupReader,
+    _s,
+    dead_letter_stream,
+)
+
+__all__ = [
+    "COMMANDS", "AsyncCommandConsumer", "Call", "Command", "CommandConsumer", "DeadLetter",
+    "MalformedEntry", "Multi", "Op", "OpFlow", "ResendFilter", "dead_letter_stream",
+    "key_slot", "partition_name", "partition_names", "partition_of",
+]
 
 log = logging.getLogger("mythos_broker.commands")
 
@@ -77,19 +98,6 @@ def partition_names(n: int, base: str = COMMANDS) -> list[str]:
 def partition_of(player_id: str, n: int) -> int:
     """The partition (of ``n``) holding ``player_id``'s commands."""
     return key_slot(player_id) % max(1, n)
-
-
-def dead_letter_stream(partition: str) -> str:
-    """Where this library moves a partition's dead letters: ``<partition>:dead``."""
-    return f"{partition}:dead"
-
-
-def _s(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else str(v)
-
-
-class MalformedEntry(ValueError):
-    """A command-stream entry without the fields the broker writes."""
 
 
 @dataclass(frozen=True)
@@ -202,47 +210,12 @@ class ResendFilter:
             )
 
 
-# ---- Redis calls as data ---------------------------------------------------------
+# ---- the consumer ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Call:
-    """A redis-py client method call; ``ignore`` is an error text to swallow."""
-
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    ignore: str | None = None
-
-
-@dataclass(frozen=True)
-class Multi:
-    """Calls run in one ``MULTI``/``EXEC`` (a pipeline with ``transaction=True``)."""
-
-    calls: tuple[Call, ...]
-
-
-Op = Union[Call, Multi]
-OpFlow = Generator[Op, Any, Any]
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    stream: str
-    entry_id: str
-    reason: str
-
-
-@dataclass
-class _Batch:
-    """What one poll found: commands to handle and dead letters already moved."""
-
-    commands: list[Command] = field(default_factory=list)
-    dead: list[DeadLetter] = field(default_factory=list)
-
-
-class _ConsumerCore:
-    """The consumer's decisions, with no I/O."""
+class _ConsumerCore(GroupCore[Command]):
+    """The consumer's decisions, with no I/O: a group reader of :class:`Command`
+    that recognises resends."""
 
     def __init__(
         self,
@@ -257,116 +230,19 @@ class _ConsumerCore:
         skip_resends: bool,
         start_id: str,
     ) -> None:
-        if max_deliveries < 1:
-            raise ValueError("max_deliveries must be at least 1")
-        self.group = group
-        self.consumer = consumer
-        self.streams = (
-            partition_names(partitions) if isinstance(partitions, int) else list(partitions)
+        super().__init__(
+            Command.from_entry,
+            partition_names(partitions) if isinstance(partitions, int) else list(partitions),
+            group,
+            consumer,
+            claim_idle=claim_idle,
+            max_deliveries=max_deliveries,
+            count=count,
+            block=block,
+            start_id=start_id,
         )
-        self.claim_idle_ms = max(1, int(claim_idle * 1000))
-        self.max_deliveries = max_deliveries
-        self.count = count
-        self.block_ms = max(1, int(block * 1000))
         self.resends = ResendFilter(resend_window)
         self.skip_resends = skip_resends
-        self.start_id = start_id
-
-    def setup(self) -> OpFlow:
-        for s in self.streams:
-            yield Call(
-                "xgroup_create",
-                (s, self.group),
-                {"id": self.start_id, "mkstream": True},
-                ignore="BUSYGROUP",
-            )
-
-    def _dead(self, stream: str, entry_id: str, fields: Mapping[str, str], reason: str,
-              deliveries: int | None) -> Multi:
-        body = dict(fields)
-        body.update(
-            {
-                "reason": reason,
-                "entry_id": entry_id,
-                "group": self.group,
-                "consumer": self.consumer,
-            }
-        )
-        if deliveries is not None:
-            body["deliveries"] = str(deliveries)
-        return Multi(
-            (
-                Call("xadd", (dead_letter_stream(stream), body)),
-                Call("xack", (stream, self.group, entry_id)),
-            )
-        )
-
-    def _take(self, batch: _Batch, stream: str, entry_id: Any, raw: Any,
-              deliveries: int) -> OpFlow:
-        eid = _s(entry_id)
-        if raw is None:  # deleted (trimmed) while pending: nothing to hand out
-            yield Call("xack", (stream, self.group, eid))
-            return
-        try:
-            cmd = Command.from_entry(stream, eid, raw, deliveries)
-        except MalformedEntry as e:
-            fields = {_s(k): _s(v) for k, v in raw.items()}
-            reason = f"malformed: {e}"
-            yield self._dead(stream, eid, fields, reason, deliveries)
-            batch.dead.append(DeadLetter(stream, eid, reason))
-            return
-        batch.commands.append(cmd)
-
-    def claim(self) -> Generator[Op, Any, _Batch]:
-        """Dead-letters entries delivered ``max_deliveries`` times, then claims
-        the other stale ones (``XAUTOCLAIM``)."""
-        batch = _Batch()
-        for s in self.streams:
-            rows = yield Call(
-                "xpending_range",
-                (s, self.group),
-                {"min": "-", "max": "+", "count": self.count, "idle": self.claim_idle_ms},
-            )
-            counts: dict[str, int] = {}
-            for r in rows or []:
-                eid = _s(r["message_id"])
-                n = int(r["times_delivered"])
-                counts[eid] = n
-                if n >= self.max_deliveries:
-                    entries = yield Call("xrange", (s, eid, eid))
-                    fields = (
-                        {_s(k): _s(v) for k, v in entries[0][1].items()} if entries else {}
-                    )
-                    reason = f"max_deliveries: delivered {n} times without an ack"
-                    yield self._dead(s, eid, fields, reason, n)
-                    batch.dead.append(DeadLetter(s, eid, reason))
-            claimed = yield Call(
-                "xautoclaim",
-                (s, self.group, self.consumer, self.claim_idle_ms),
-                {"start_id": "0-0", "count": self.count},
-            )
-            for entry in (claimed[1] if claimed else []) or []:
-                if entry[0] is None:
-                    continue
-                claimed_id = _s(entry[0])
-                yield from self._take(
-                    batch, s, claimed_id, entry[1], counts.get(claimed_id, 0) + 1
-                )
-        return batch
-
-    def read(self, block: bool) -> Generator[Op, Any, _Batch]:
-        """New entries of every partition (``XREADGROUP ... >``)."""
-        batch = _Batch()
-        reply = yield Call(
-            "xreadgroup",
-            (self.group, self.consumer, {s: ">" for s in self.streams}),
-            {"count": self.count, "block": self.block_ms if block else None},
-        )
-        items = list(reply.items()) if isinstance(reply, dict) else (reply or [])
-        for stream, entries in items:
-            for entry in entries or []:
-                yield from self._take(batch, _s(stream), entry[0], entry[1], 1)
-        return batch
 
     def mark(self, cmd: Command) -> Command:
         """``cmd`` marked as a resend when it is one (decided just before it is
@@ -375,9 +251,12 @@ class _ConsumerCore:
             return dataclasses.replace(cmd, resend=True)
         return cmd
 
-    def ack(self, cmd: Command) -> OpFlow:
-        yield Call("xack", (cmd.stream, self.group, cmd.entry_id))
-        self.resends.handled(cmd)
+    def prepare(self, entry: Command) -> Command | None:
+        cmd = self.mark(entry)
+        return None if cmd.resend and self.skip_resends else cmd
+
+    def done(self, entry: Command) -> None:
+        self.resends.handled(entry)
 
 
 Handler = Callable[[Command], Any]
@@ -392,14 +271,18 @@ def _default_on_error(cmd: Command, e: BaseException) -> None:
     )
 
 
-class CommandConsumer:
+class CommandConsumer(SyncGroupReader[Command]):
     """Reads player commands with a consumer group (sync, redis-py).
 
     ``partitions`` is the broker's ``MYTHOS_COMMAND_PARTITIONS`` (or a list of
     stream names, e.g. one partition for a reader per partition). All streams are
     read in one ``XREADGROUP``, which on a Redis Cluster needs them in one slot:
     there, run one consumer per partition (``partitions=[partition_name(i, n)]``).
+    :meth:`poll`, :meth:`run`, :meth:`setup` and :meth:`stop` are
+    :class:`~mythos_broker._groups.SyncGroupReader`'s.
     """
+
+    core: _ConsumerCore
 
     def __init__(
         self,
@@ -417,85 +300,18 @@ class CommandConsumer:
         start_id: str = "0",
         on_error: ErrorHook = _default_on_error,
     ) -> None:
-        self.redis = client
-        self.core = _ConsumerCore(
+        core = _ConsumerCore(
             group, consumer, partitions, claim_idle, max_deliveries, count, block,
             resend_window, skip_resends, start_id,
         )
-        self.on_error = on_error
-        self.dead_letters: list[DeadLetter] = []
-        self._stop = threading.Event()
-
-    @property
-    def streams(self) -> list[str]:
-        return list(self.core.streams)
-
-    def _exec(self, op: Op) -> Any:
-        if isinstance(op, Multi):
-            pipe = self.redis.pipeline(transaction=True)
-            for c in op.calls:
-                getattr(pipe, c.method)(*c.args, **c.kwargs)
-            return pipe.execute()
-        try:
-            return getattr(self.redis, op.method)(*op.args, **op.kwargs)
-        except redis.ResponseError as e:
-            if op.ignore is not None and op.ignore in str(e):
-                return None
-            raise
-
-    def _run(self, flow: Generator[Op, Any, Any]) -> Any:
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(self._exec(op))
-        except StopIteration as stop:
-            return stop.value
-
-    def setup(self) -> None:
-        """Creates the group on every partition (idempotent; ``MKSTREAM``)."""
-        self._run(self.core.setup())
-
-    def _handle(self, batch: _Batch, handler: Handler) -> int:
-        self.dead_letters.extend(batch.dead)
-        done = 0
-        for cmd in map(self.core.mark, batch.commands):
-            if not (cmd.resend and self.core.skip_resends):
-                try:
-                    handler(cmd)
-                except Exception as e:  # noqa: BLE001 - any failure leaves it pending
-                    self.on_error(cmd, e)
-                    continue
-            self._run(self.core.ack(cmd))
-            done += 1
-        return done
-
-    def poll(self, handler: Handler, *, block: bool = True) -> int:
-        """One round: claim stale entries, then read new ones (waiting up to
-        ``block`` seconds); hands each to ``handler`` and acks it when the
-        handler returns. Returns how many entries were acknowledged."""
-        done = self._handle(self._run(self.core.claim()), handler)
-        return done + self._handle(self._run(self.core.read(block)), handler)
-
-    def run(self, handler: Handler) -> None:
-        """Polls until :meth:`stop` (creates the groups first)."""
-        self.setup()
-        pause = 0.05
-        while not self._stop.is_set():
-            try:
-                self.poll(handler)
-                pause = 0.05
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.warning("command stream unreachable, retrying in %.2fs: %r", pause, e)
-                self._stop.wait(pause)
-                pause = min(pause * 2, 2.0)
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__(client, core, on_error, "command stream")
 
 
-class AsyncCommandConsumer:
+class AsyncCommandConsumer(AsyncGroupReader[Command]):
     """The asyncio twin of :class:`CommandConsumer` (``redis.asyncio``); the
     handler is a coroutine function."""
+
+    core: _ConsumerCore
 
     def __init__(
         self,
@@ -513,72 +329,8 @@ class AsyncCommandConsumer:
         start_id: str = "0",
         on_error: ErrorHook = _default_on_error,
     ) -> None:
-        self.redis = client
-        self.core = _ConsumerCore(
+        core = _ConsumerCore(
             group, consumer, partitions, claim_idle, max_deliveries, count, block,
             resend_window, skip_resends, start_id,
         )
-        self.on_error = on_error
-        self.dead_letters: list[DeadLetter] = []
-        self._stop = asyncio.Event()
-
-    @property
-    def streams(self) -> list[str]:
-        return list(self.core.streams)
-
-    async def _exec(self, op: Op) -> Any:
-        if isinstance(op, Multi):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for c in op.calls:
-                    getattr(pipe, c.method)(*c.args, **c.kwargs)
-                return await pipe.execute()
-        try:
-            return await getattr(self.redis, op.method)(*op.args, **op.kwargs)
-        except redis.ResponseError as e:
-            if op.ignore is not None and op.ignore in str(e):
-                return None
-            raise
-
-    async def _run(self, flow: Generator[Op, Any, Any]) -> Any:
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(await self._exec(op))
-        except StopIteration as stop:
-            return stop.value
-
-    async def setup(self) -> None:
-        await self._run(self.core.setup())
-
-    async def _handle(self, batch: _Batch, handler: AsyncHandler) -> int:
-        self.dead_letters.extend(batch.dead)
-        done = 0
-        for cmd in map(self.core.mark, batch.commands):
-            if not (cmd.resend and self.core.skip_resends):
-                try:
-                    await handler(cmd)
-                except Exception as e:  # noqa: BLE001 - any failure leaves it pending
-                    self.on_error(cmd, e)
-                    continue
-            await self._run(self.core.ack(cmd))
-            done += 1
-        return done
-
-    async def poll(self, handler: AsyncHandler, *, block: bool = True) -> int:
-        done = await self._handle(await self._run(self.core.claim()), handler)
-        return done + await self._handle(await self._run(self.core.read(block)), handler)
-
-    async def run(self, handler: AsyncHandler) -> None:
-        await self.setup()
-        pause = 0.05
-        while not self._stop.is_set():
-            try:
-                await self.poll(handler)
-                pause = 0.05
-            except (redis.ConnectionError, redis.TimeoutError) as e:
-                log.warning("command stream unreachable, retrying in %.2fs: %r", pause, e)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 2.0)
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__(client, core, on_error, "command stream")
