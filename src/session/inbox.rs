@@ -63,6 +63,18 @@ pub enum Outcome {
     Bye,
 }
 
+/// What a message gets, before strikes are counted.
+enum Answer {
+    /// Nothing to send (an ack).
+    Silent,
+    /// A reply frame.
+    Frame(String),
+    /// An error frame for a violation (counts as a strike).
+    Violation(String),
+    /// The client said `bye`.
+    Bye,
+}
+
 /// A connection's inbound half.
 pub struct Inbox<'a> {
     engine: &'a dyn Engine,
@@ -104,10 +116,10 @@ impl<'a> Inbox<'a> {
     /// Handles one message.
     pub async fn handle(&mut self, msg: Incoming<'_>) -> Outcome {
         match self.answer(msg).await {
-            Some((frame, _)) if frame.is_empty() => Outcome::Bye,
-            None => Outcome::Nothing,
-            Some((_, true)) if self.strike() => Outcome::Abuse,
-            Some((frame, _)) => Outcome::Reply(frame),
+            Answer::Silent => Outcome::Nothing,
+            Answer::Bye => Outcome::Bye,
+            Answer::Violation(_) if self.strike() => Outcome::Abuse,
+            Answer::Frame(frame) | Answer::Violation(frame) => Outcome::Reply(frame),
         }
     }
 
@@ -122,7 +134,7 @@ impl<'a> Inbox<'a> {
     }
 
     /// The reply frame, and whether the message was a violation.
-    async fn answer(&self, msg: Incoming<'_>) -> Option<(String, bool)> {
+    async fn answer(&self, msg: Incoming<'_>) -> Answer {
         if let Err(not_until) = self.limiter.check_key(&self.player.to_string()) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             crate::telemetry::rate_limited("message");
@@ -133,7 +145,7 @@ impl<'a> Inbox<'a> {
             if let Some(id) = msg.text().and_then(peek_id) {
                 v["id"] = json!(id);
             }
-            return Some((v.to_string(), true));
+            return Answer::Violation(v.to_string());
         }
         if msg.len() > self.max_frame {
             let e = ProtocolError::new(
@@ -143,26 +155,27 @@ impl<'a> Inbox<'a> {
             // The id too, so a client can tell which command was refused (the
             // frame is at most the hard limit, 64 KiB, and rate-limited).
             let id = msg.text().and_then(peek_id);
-            return Some((error_frame(&e, id.as_deref()), true));
+            return Answer::Violation(error_frame(&e, id.as_deref()));
         }
         let Incoming::Text(text) = msg else {
             let e = ProtocolError::invalid("binary frames are not supported; send JSON text");
-            return Some((error_frame(&e, None), true));
+            return Answer::Violation(error_frame(&e, None));
         };
         let parsed = match parse_client_message(text, &self.limits) {
             Ok(m) => m,
-            Err(e) => return Some((error_frame(&e, peek_id(text).as_deref()), true)),
+            Err(e) => return Answer::Violation(error_frame(&e, peek_id(text).as_deref())),
         };
         match &parsed {
-            ClientMessage::Ping => Some((json!({"type": "pong"}).to_string(), false)),
-            // No frame: the transport closes (see `handle`).
-            ClientMessage::Bye => Some((String::new(), false)),
+            ClientMessage::Ping => Answer::Frame(json!({"type": "pong"}).to_string()),
+            ClientMessage::Bye => Answer::Bye,
             ClientMessage::Ack(n) => match super::ack(self.engine, self.player, *n).await {
-                Ok(_) => None,
-                Err(e) => Some((engine_error(e, None), false)),
+                Ok(_) => Answer::Silent,
+                Err(e) => Answer::Frame(engine_error(e, None)),
             },
             ClientMessage::Command { .. } | ClientMessage::Chat { .. } => {
-                let (kind, id, payload) = parsed.upstream()?;
+                let Some((kind, id, payload)) = parsed.upstream() else {
+                    return Answer::Silent;
+                };
                 let cmd = Command {
                     player_id: self.player.to_string(),
                     session_id: self.session_id.to_string(),
@@ -175,12 +188,9 @@ impl<'a> Inbox<'a> {
                     Ok(_) => {
                         crate::telemetry::observe_append("command", started);
                         metrics::counter!(crate::telemetry::COMMANDS).increment(1);
-                        Some((
-                            json!({"type": "command_accepted", "id": id}).to_string(),
-                            false,
-                        ))
+                        Answer::Frame(json!({"type": "command_accepted", "id": id}).to_string())
                     }
-                    Err(e) => Some((engine_error(e, Some(id)), false)),
+                    Err(e) => Answer::Frame(engine_error(e, Some(id))),
                 }
             }
         }
