@@ -32,6 +32,12 @@ pub enum Defect {
     /// appends are announced before `WAIT` and log reads ignore the
     /// `confirmed` mark, so readers see events no replica holds.
     DeliverUnconfirmed,
+    /// `presence_no_reap` (Redis): the presence sweep never reaps the
+    /// players of an expired node lease: a crashed node leaves ghosts.
+    PresenceNoReap,
+    /// `presence_rejoin_fact` (memory engine): a reconnect inside the grace
+    /// counts as a new join (a fact, a room event) instead of nothing.
+    PresenceRejoinFact,
 }
 
 /// Every how many live events [`Defect::DropLive`] drops one.
@@ -39,12 +45,14 @@ pub const DROP_EVERY: u64 = 7;
 
 impl Defect {
     /// Every defect and its `MYTHOS_DEFECT` name.
-    pub const ALL: [(Defect, &'static str); 5] = [
+    pub const ALL: [(Defect, &'static str); 7] = [
         (Defect::DropLive, "drop_live"),
         (Defect::SkipReplay, "skip_replay"),
         (Defect::AckBeforeAppend, "ack_before_append"),
         (Defect::ResendBatch, "resend_batch"),
         (Defect::DeliverUnconfirmed, "deliver_unconfirmed"),
+        (Defect::PresenceNoReap, "presence_no_reap"),
+        (Defect::PresenceRejoinFact, "presence_rejoin_fact"),
     ];
 }
 

@@ -264,6 +264,11 @@ impl Book {
         rec.nodes.insert(node.to_string());
         let fact = match rec.state() {
             State::Offline => Some(rec.fact(player, node, State::Online, Reason::Connect, now)),
+            #[cfg(feature = "defects")]
+            State::Linkdead if crate::defects::on(crate::defects::Defect::PresenceRejoinFact) => {
+                self.due.remove(&(rec.until, player.to_string()));
+                Some(rec.fact(player, node, State::Online, Reason::Connect, now))
+            }
             State::Linkdead => {
                 self.due.remove(&(rec.until, player.to_string()));
                 rec.state = Some(State::Online);

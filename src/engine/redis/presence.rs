@@ -288,6 +288,10 @@ impl Presence for RedisEngine {
         let now = self.redis_now().await?;
         let mut facts = Vec::new();
         for (lost, _) in self.due(keys::PRESENCE_LEASES, now).await? {
+            #[cfg(feature = "defects")]
+            if crate::defects::on(crate::defects::Defect::PresenceNoReap) {
+                break;
+            }
             if lost == node {
                 // Our own lease ran out (a stall): the heartbeat re-asserts.
                 continue;
