@@ -30,6 +30,7 @@ pub mod keys;
 mod lanes;
 mod live;
 mod log;
+mod refresh;
 mod rooms;
 mod scripts;
 mod stream;

@@ -15,6 +15,7 @@ pub struct Scripts {
     pub ack: Script,
     pub cursor: Script,
     pub create_user: Script,
+    pub refresh: Script,
 }
 
 impl Scripts {
@@ -26,16 +27,18 @@ impl Scripts {
             ack: with_lib(include_str!("../../../lua/ack.lua")),
             cursor: with_lib(include_str!("../../../lua/cursor.lua")),
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
+            refresh: Script::new(include_str!("../../../lua/refresh.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 5] {
+    pub fn all(&self) -> [&Script; 6] {
         [
             &self.append,
             &self.confirm,
             &self.ack,
             &self.cursor,
             &self.create_user,
+            &self.refresh,
         ]
     }
 }
