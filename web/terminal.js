@@ -121,7 +121,7 @@ function addLine(text, kind, ev) {
   const stick = nearBottom();
   const div = document.createElement("div");
   div.className = `line ${kind}`;
-  if (text.includes("\n")) rows(div, text);
+  if (kind === "response" && text.includes("\n")) rows(div, text);
   else div.textContent = text;
   if (ev) {
     div.dataset.seq = String(ev.sequence_number);
