@@ -292,7 +292,7 @@ impl Auth {
         }
         // A `sid` is ours (a family id, 32 hex digits); anything else is not
         // a family and is ignored.
-        let session = c.sid.filter(|s| crate::refresh::valid_family(s));
+        let session = c.sid.filter(|s| valid_family(s));
         Ok(Principal {
             player_id: c.sub,
             role: c.role,
@@ -346,6 +346,15 @@ impl Auth {
         });
         ok && stored.is_some()
     }
+}
+
+/// Hex digits of a refresh-token family id (the `sid` claim).
+pub(crate) const FAMILY_HEX: usize = 32;
+
+/// True for a refresh-token family id as `refresh` makes them: 32
+/// lowercase hex digits.
+pub(crate) fn valid_family(s: &str) -> bool {
+    s.len() == FAMILY_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Where a request's token was found.

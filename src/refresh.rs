@@ -23,26 +23,29 @@ use sha2::{Digest, Sha256};
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use crate::api::{json_reply, Answer};
-use crate::auth::{token_from, Principal, Role, TokenError};
+use crate::auth::{token_from, valid_family, Principal, Role, TokenError};
 use crate::engine::{RefreshFamily, Rotation};
 use crate::error::ApiError;
 use crate::protocol::ErrorCode;
 use crate::state::App;
 
 /// The cookie's name.
-pub const COOKIE: &str = "mythos_refresh";
+pub const COOKIE: &str = "mythos-refresh";
 /// The only path the browser sends it to.
 pub const COOKIE_PATH: &str = "/v1/auth";
 /// Longest `Cookie` header read; longer is refused before it is parsed.
 pub const MAX_COOKIE_HEADER: usize = 8 * 1024;
 
-const FAMILY_HEX: usize = 32;
+const FAMILY_HEX: usize = crate::auth::FAMILY_HEX;
 const SECRET_HEX: usize = 64;
 
-/// True for a family id as this module makes them: 32 lowercase hex digits.
-pub(crate) fn valid_family(s: &str) -> bool {
-    s.len() == FAMILY_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+/// An answer, or the error to answer.
+pub type Answer = Result<Response, ApiError>;
+
+/// A JSON answer with a status (as `api::json_reply`, which sits above this module).
+fn json_reply<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    use warp::Reply;
+    warp::reply::with_status(warp::reply::json(v), status).into_response()
 }
 
 /// A refresh token, parsed.

@@ -102,7 +102,7 @@ async fn post_with(
 ) -> Answer {
     let mut req = Broker::http().post(format!("{}{path}", b.base));
     if let Some(c) = cookie {
-        req = req.header("cookie", format!("mythos_refresh={c}"));
+        req = req.header("cookie", format!("mythos-refresh={c}"));
     }
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -114,14 +114,14 @@ async fn session(b: &Broker, cookie: Option<&str>, headers: &[(&str, &str)]) -> 
     post_with(b, "/v1/auth/session", cookie, headers).await
 }
 
-/// The token a `Set-Cookie: mythos_refresh=<token>; ...` carries (`None`
+/// The token a `Set-Cookie: mythos-refresh=<token>; ...` carries (`None`
 /// without one, `Some("")` when it clears the cookie).
 fn cookie_token(a: &Answer) -> Option<String> {
     let [line] = a.cookies.as_slice() else {
         return None;
     };
     let first = line.split(';').next()?;
-    first.strip_prefix("mythos_refresh=").map(String::from)
+    first.strip_prefix("mythos-refresh=").map(String::from)
 }
 
 /// The attributes of the one `Set-Cookie` line, after the value, sorted.
@@ -329,7 +329,7 @@ async fn bad_refresh_input_gets_defined_answers(kind: Kind) {
         assert_eq!(cookie_token(&r).as_deref(), Some(""), "{bad}");
     }
     // A Cookie header over 8 KiB: refused before it is parsed.
-    let pad = format!("mythos_refresh={good}; pad={}", "p".repeat(9000));
+    let pad = format!("mythos-refresh={good}; pad={}", "p".repeat(9000));
     let r = post_with(b, "/v1/auth/session", None, &[("cookie", &pad)]).await;
     assert_eq!((r.status, code(&r)), (401, Some("unauthorized")));
     // Well-formed but unknown.

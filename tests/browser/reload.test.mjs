@@ -48,7 +48,7 @@ async function earlierPages(page) {
 }
 
 async function refreshCookie(context) {
-  return (await context.cookies()).find((c) => c.name === "mythos_refresh");
+  return (await context.cookies()).find((c) => c.name === "mythos-refresh");
 }
 
 test("a reload mid-stream resumes after the last event shown, shows nothing twice, and says what came meanwhile", async () => {
@@ -102,7 +102,7 @@ test("a reload mid-stream resumes after the last event shown, shows nothing twic
   const storage = await page.evaluate(() => ({ local: localStorage.length, keys: Object.keys(sessionStorage), cookie: document.cookie }));
   assert.equal(storage.local, 0);
   assert.deepEqual(storage.keys.filter((k) => !k.startsWith("test.")).sort(), ["mythos.shown", "mythos.transport"]);
-  assert.doesNotMatch(storage.cookie, /mythos_refresh/);
+  assert.doesNotMatch(storage.cookie, /mythos-refresh/);
   await page.screenshot({ path: artifact("terminal-after-reload.png") });
   assert.deepEqual(errors, []);
   await context.close();
@@ -134,7 +134,7 @@ test("logout: the refresh cookie no longer works, and a reload shows the login f
   assert.equal(fromPage, 401);
   const replayed = await fetch(`${broker.url}/v1/auth/session`, {
     method: "POST",
-    headers: { cookie: `mythos_refresh=${rotated.value}` },
+    headers: { cookie: `mythos-refresh=${rotated.value}` },
   });
   assert.equal(replayed.status, 401);
   assert.equal((await replayed.json()).error.code, "unauthorized");
