@@ -64,6 +64,10 @@ impl From<PublishError> for ApiError {
 struct Credentials {
     username: String,
     password: String,
+    /// Extension: also start a refresh-token family in an `HttpOnly`
+    /// cookie (`crate::refresh`).
+    #[serde(default)]
+    remember: bool,
 }
 
 fn token_body(app: &App, sub: &str, role: Role) -> Answer {
@@ -73,8 +77,8 @@ fn token_body(app: &App, sub: &str, role: Role) -> Answer {
 }
 
 /// `POST /v1/auth/login`
-pub async fn login(app: Arc<App>, body: Body) -> Answer {
-    let c: Credentials = parse_body(&body?)?;
+pub async fn login(app: Arc<App>, body: Body, headers: warp::http::HeaderMap) -> Answer {
+    let mut c: Credentials = parse_body(&body?)?;
     // Only well-formed names reach the limiter, so junk cannot grow its map.
     let key = if valid_id(&c.username) {
         c.username.as_str()
@@ -97,15 +101,20 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
     let username = c.username.clone();
     let app2 = app.clone();
     let stored = account.as_ref().map(|a| a.password_hash.clone());
+    let password = std::mem::take(&mut c.password);
     let ok = tokio::task::spawn_blocking(move || {
-        app2.auth().check_password(&c.password, stored.as_deref())
+        app2.auth().check_password(&password, stored.as_deref())
     })
     .await
     .unwrap_or(false);
     match account {
         Some(a) if ok => {
             let role = Role::parse(&a.role).unwrap_or(Role::Player);
-            token_body(&app, &username, role)
+            if c.remember {
+                crate::refresh::remember(&app, &headers, &username, role).await
+            } else {
+                token_body(&app, &username, role)
+            }
         }
         _ => Err({
             metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => "invalid_credentials")
@@ -119,9 +128,22 @@ pub async fn login(app: Arc<App>, body: Body) -> Answer {
     }
 }
 
-/// `POST /v1/auth/refresh`
+/// `POST /v1/auth/refresh`. A token issued under a refresh-token family
+/// (`sid`, extension) is refreshed only while the family lives: after a
+/// logout it is refused like an expired one.
 pub async fn refresh(app: Arc<App>, p: Principal) -> Answer {
-    token_body(&app, &p.player_id, p.role)
+    let Some(family) = p.session.as_deref() else {
+        return token_body(&app, &p.player_id, p.role);
+    };
+    if !app.engine().family_exists(family).await? {
+        metrics::counter!(crate::telemetry::AUTH_FAILURES, "reason" => "logged_out").increment(1);
+        return Err(ApiError::unauthorized(
+            "invalid token: its session was logged out",
+        ));
+    }
+    let (token, expires_in) = app.auth().issue_in(&p.player_id, p.role, Some(family))?;
+    ok(&json!({"access_token": token, "token_type": "Bearer",
+                "expires_in": expires_in, "player_id": p.player_id}))
 }
 
 #[derive(Deserialize)]

@@ -59,6 +59,30 @@ pub struct Claims {
     pub role: Role,
 }
 
+/// The claims read from a verified token: [`Claims`] plus `sid`, the
+/// refresh-token family a token was issued under (an extension claim; a
+/// token without it belongs to no family).
+#[derive(Debug, Clone, Deserialize)]
+struct Verified {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    role: Role,
+    #[serde(default)]
+    sid: Option<String>,
+}
+
+/// The claims of a token the broker signs.
+#[derive(Serialize)]
+struct Issued<'a> {
+    sub: &'a str,
+    exp: u64,
+    iat: u64,
+    role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Principal {
@@ -66,6 +90,8 @@ pub(crate) struct Principal {
     pub role: Role,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// The refresh-token family the token was issued under (`sid` claim).
+    pub session: Option<String>,
 }
 
 impl Principal {
@@ -237,7 +263,7 @@ impl Auth {
         let mut last = TokenError::BadSignature;
         let mut claims = None;
         for key in keys {
-            match jsonwebtoken::decode::<Claims>(token, key, &v) {
+            match jsonwebtoken::decode::<Verified>(token, key, &v) {
                 Ok(data) => {
                     claims = Some(data.claims);
                     break;
@@ -264,15 +290,30 @@ impl Auth {
         if c.exp <= now_secs() {
             return Err(TokenError::Expired);
         }
+        // A `sid` is ours (a family id, 32 hex digits); anything else is not
+        // a family and is ignored.
+        let session = c.sid.filter(|s| valid_family(s));
         Ok(Principal {
             player_id: c.sub,
             role: c.role,
             exp: c.exp,
+            session,
         })
     }
 
     /// Issues an HS256 token for `sub` with `role`; returns it and its lifetime in seconds.
     pub fn issue(&self, sub: &str, role: Role) -> Result<(String, u64), ApiError> {
+        self.issue_in(sub, role, None)
+    }
+
+    /// [`Auth::issue`] for a token of the refresh-token family `session`
+    /// (its `sid` claim), so that logging out with it revokes the family.
+    pub(crate) fn issue_in(
+        &self,
+        sub: &str,
+        role: Role,
+        session: Option<&str>,
+    ) -> Result<(String, u64), ApiError> {
         let (enc, _) = self.secret.as_ref().ok_or_else(|| {
             ApiError::new(
                 warp::http::StatusCode::NOT_IMPLEMENTED,
@@ -282,11 +323,12 @@ impl Auth {
         })?;
         let now = now_secs();
         let ttl = self.ttl.as_secs().max(1);
-        let claims = Claims {
-            sub: sub.to_string(),
+        let claims = Issued {
+            sub,
             exp: now + ttl,
-            iat: Some(now),
+            iat: now,
             role,
+            sid: session,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, enc)
             .map_err(|_| ApiError::internal("could not sign a token"))?;
@@ -304,6 +346,15 @@ impl Auth {
         });
         ok && stored.is_some()
     }
+}
+
+/// Hex digits of a refresh-token family id (the `sid` claim).
+pub(crate) const FAMILY_HEX: usize = 32;
+
+/// True for a refresh-token family id as `refresh` makes them: 32
+/// lowercase hex digits.
+pub(crate) fn valid_family(s: &str) -> bool {
+    s.len() == FAMILY_HEX && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Where a request's token was found.

@@ -206,6 +206,17 @@ pub struct Config {
     #[arg(long, global = true, env = "MYTHOS_TOKEN_TTL", default_value = "1h", value_parser = parse_duration("MYTHOS_TOKEN_TTL"))]
     pub token_ttl: Duration,
 
+    /// Lifetime of an unused refresh-token family (the web terminal's "stay
+    /// logged in" cookie); every use starts it again.
+    #[arg(long, global = true, env = "MYTHOS_REFRESH_TTL", default_value = "30d", value_parser = parse_duration("MYTHOS_REFRESH_TTL"))]
+    pub refresh_ttl: Duration,
+
+    /// Whether the refresh cookie is `Secure` (sent over HTTPS only; browsers
+    /// also send it to http://127.0.0.1 and http://localhost). Turn off only
+    /// to try the web terminal over plain HTTP on another host.
+    #[arg(long, global = true, env = "MYTHOS_COOKIE_SECURE", default_value = "true", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub cookie_secure: bool,
+
     /// Tracing filter (info, mythos_broker=debug, ...).
     #[arg(long, global = true, env = "MYTHOS_LOG", default_value = "info")]
     pub log: String,
@@ -352,9 +363,14 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// Allowed range of each duration setting: (name, least, most). A timer of
 /// zero panics, and a window past a few hundred years overflows a clock.
-const DURATION_BOUNDS: [(&str, Duration, Duration); 11] = [
+const DURATION_BOUNDS: [(&str, Duration, Duration); 12] = [
     (
         "MYTHOS_TOKEN_TTL",
+        SECOND,
+        Duration::from_secs(366 * 24 * 3600),
+    ),
+    (
+        "MYTHOS_REFRESH_TTL",
         SECOND,
         Duration::from_secs(366 * 24 * 3600),
     ),
@@ -462,6 +478,7 @@ impl Config {
         }
         let durations = [
             self.token_ttl,
+            self.refresh_ttl,
             self.keepalive,
             self.idle_timeout,
             self.dedupe_window,

@@ -39,6 +39,7 @@ mod gate;
 mod listener;
 mod node;
 mod publish;
+mod refresh;
 mod rooms;
 mod telemetry;
 mod transport;

@@ -217,18 +217,35 @@ fn health(p: &Parts) -> Routes {
     any_of(vec![health.boxed(), ready.boxed(), metrics.boxed()])
 }
 
-/// `POST /v1/auth/login`, `POST /v1/auth/refresh`.
+/// `POST /v1/auth/login`, `POST /v1/auth/refresh`; the extension's
+/// `POST /v1/auth/session` and `POST /v1/auth/logout` (`crate::refresh`).
 fn auth(p: &Parts) -> Routes {
     let login = warp::path!("v1" / "auth" / "login")
         .and(warp::post())
         .and(p.app.clone())
         .and(p.body.clone())
-        .then(|app, b| async move { respond(api::login(app, b).await) });
+        .and(warp::header::headers_cloned())
+        .then(|app, b, h| async move { respond(api::login(app, b, h).await) });
+    let session = warp::path!("v1" / "auth" / "session")
+        .and(warp::post())
+        .and(p.app.clone())
+        .and(warp::header::headers_cloned())
+        .then(|app, h| async move { respond(crate::refresh::session(app, h).await) });
+    let logout = warp::path!("v1" / "auth" / "logout")
+        .and(warp::post())
+        .and(p.app.clone())
+        .and(warp::header::headers_cloned())
+        .then(|app, h| async move { respond(crate::refresh::logout(app, h).await) });
     let refresh = warp::path!("v1" / "auth" / "refresh")
         .and(warp::post())
         .and(p.authed.clone())
         .then(|app, p| authorized(p, move |p| api::refresh(app, p)));
-    any_of(vec![login.boxed(), refresh.boxed()])
+    any_of(vec![
+        login.boxed(),
+        refresh.boxed(),
+        session.boxed(),
+        logout.boxed(),
+    ])
 }
 
 /// `POST /v1/admin/users`; the admin reads of `crate::admin`:

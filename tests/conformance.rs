@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mythos_broker::engine::memory::MemoryEngine;
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
-use mythos_broker::engine::{Account, Command, Cursor, Engine, Limits};
+use mythos_broker::engine::{Account, Command, Cursor, Engine, Limits, RefreshFamily, Rotation};
 use mythos_broker::hub::{Hub, Live, Subscription};
 use mythos_broker::presence::{Settings, Tracker};
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
@@ -232,6 +232,9 @@ conformance!(
     presence_of_a_dead_node_is_reaped,
     presence_many_nodes_at_once_make_one_join_and_one_leave,
     presence_room_events_are_opt_in,
+    refresh_families_rotate_and_reuse_revokes,
+    refresh_families_rotate_once_under_a_race,
+    refresh_families_expire,
 );
 
 #[path = "conformance/presence.rs"]
@@ -1229,5 +1232,123 @@ mod cases {
         let publish = report.iter().filter(|s| s.kind == "publish").count();
         let dead = report.iter().filter(|s| s.kind == "dead").count();
         assert_eq!(publish, dead);
+    }
+
+    fn alice() -> RefreshFamily {
+        RefreshFamily {
+            player: "alice".into(),
+            role: "player".into(),
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    /// Each use rotates the family's one current hash; presenting an old
+    /// one revokes the family, so its newest token stops working too.
+    /// Revoking answers whose the family was, once.
+    pub async fn refresh_families_rotate_and_reuse_revokes(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        let fam = "0123456789abcdef0123456789abcdef";
+        e.create_family(fam, &alice(), "h1", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(e.family_exists(fam).await.unwrap());
+        assert_eq!(
+            e.rotate_family(fam, "h1", "h2", MINUTE).await.unwrap(),
+            Rotation::Rotated(alice())
+        );
+        if let Some(client) = f.raw_client(&format!("mythos:refresh:{{{fam}}}")) {
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let key = format!("mythos:refresh:{{{fam}}}");
+            // The rotation started the time to live again, at its own length.
+            let ttl: i64 = ::redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert!(ttl > 2_000 && ttl <= 60_000, "pttl {ttl}");
+            // Only hashes are stored.
+            let fields: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(fields.get("hash").map(String::as_str), Some("h2"));
+            assert_eq!(fields.get("player").map(String::as_str), Some("alice"));
+        }
+        assert_eq!(
+            e.rotate_family(fam, "h2", "h3", MINUTE).await.unwrap(),
+            Rotation::Rotated(alice())
+        );
+        // h1 again: reuse. The family is gone, and h3 (the newest) with it.
+        assert_eq!(
+            e.rotate_family(fam, "h1", "h9", MINUTE).await.unwrap(),
+            Rotation::Reused(alice())
+        );
+        assert!(!e.family_exists(fam).await.unwrap());
+        assert_eq!(
+            e.rotate_family(fam, "h3", "h4", MINUTE).await.unwrap(),
+            Rotation::Unknown
+        );
+        // Revocation (logout), once.
+        let other = "fedcba9876543210fedcba9876543210";
+        e.create_family(other, &alice(), "x1", MINUTE)
+            .await
+            .unwrap();
+        assert_eq!(e.revoke_family(other).await.unwrap(), Some(alice()));
+        assert_eq!(e.revoke_family(other).await.unwrap(), None);
+        assert_eq!(
+            e.rotate_family(other, "x1", "x2", MINUTE).await.unwrap(),
+            Rotation::Unknown
+        );
+        assert!(!e
+            .family_exists("00000000000000000000000000000000")
+            .await
+            .unwrap());
+    }
+
+    /// Two requests presenting the same token at once: exactly one
+    /// rotates, the other is reuse and revokes the family.
+    pub async fn refresh_families_rotate_once_under_a_race(k: Kind) {
+        let f = k.fixture().await;
+        let e = f.engine.clone();
+        for round in 0..20u32 {
+            let fam = format!("{round:032x}");
+            e.create_family(&fam, &alice(), "cur", MINUTE)
+                .await
+                .unwrap();
+            let (a, b) = tokio::join!(
+                e.rotate_family(&fam, "cur", "next-a", MINUTE),
+                e.rotate_family(&fam, "cur", "next-b", MINUTE)
+            );
+            let mut got = [a.unwrap(), b.unwrap()];
+            got.sort_by_key(|r| matches!(r, Rotation::Reused(_)));
+            assert_eq!(
+                got,
+                [Rotation::Rotated(alice()), Rotation::Reused(alice())],
+                "round {round}"
+            );
+            assert!(!e.family_exists(&fam).await.unwrap());
+        }
+    }
+
+    /// An abandoned family expires after its time to live.
+    pub async fn refresh_families_expire(k: Kind) {
+        let f = k.fixture().await;
+        let e = &*f.engine;
+        let fam = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        e.create_family(fam, &alice(), "h1", Duration::from_millis(300))
+            .await
+            .unwrap();
+        eventually(WAIT, "the family expires", || async {
+            (!e.family_exists(fam).await.unwrap()).then_some(())
+        })
+        .await;
+        assert_eq!(
+            e.rotate_family(fam, "h1", "h2", MINUTE).await.unwrap(),
+            Rotation::Unknown
+        );
+        assert_eq!(e.revoke_family(fam).await.unwrap(), None);
     }
 }

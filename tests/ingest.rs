@@ -14,7 +14,8 @@ use mythos_broker::engine::presence::{Fact, FactEntry, Lease, Reason, Record};
 use mythos_broker::engine::redis::{RedisEngine, RedisOptions};
 use mythos_broker::engine::{
     Account, Accounts, Command, CommandEntry, CommandStream, Cursor, Engine, EngineError, EventLog,
-    IngestExit as Exit, IngestOptions, Inspect, Limits, Presence, Result, Rooms,
+    IngestExit as Exit, IngestOptions, Inspect, Limits, Presence, RefreshFamily, RefreshTokens,
+    Result, Rooms, Rotation,
 };
 use mythos_broker::hub::Hub;
 use mythos_broker::protocol::{Delivery, Event, EventBody, Target};
@@ -478,6 +479,37 @@ impl Accounts for Flaky {
 
     async fn user(&self, username: &str) -> Result<Option<Account>> {
         self.inner.user(username).await
+    }
+}
+
+#[async_trait]
+impl RefreshTokens for Flaky {
+    async fn create_family(
+        &self,
+        family: &str,
+        owner: &RefreshFamily,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.inner.create_family(family, owner, hash, ttl).await
+    }
+
+    async fn rotate_family(
+        &self,
+        family: &str,
+        presented: &str,
+        next: &str,
+        ttl: Duration,
+    ) -> Result<Rotation> {
+        self.inner.rotate_family(family, presented, next, ttl).await
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<Option<RefreshFamily>> {
+        self.inner.revoke_family(family).await
+    }
+
+    async fn family_exists(&self, family: &str) -> Result<bool> {
+        self.inner.family_exists(family).await
     }
 }
 

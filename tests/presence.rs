@@ -76,7 +76,31 @@ on_every_topology!(
     a_reconnect_inside_the_grace_emits_nothing_and_bye_is_at_once,
     room_members_get_presence_events_only_when_the_room_asks,
     presence_reads_refuse_bad_input_and_page,
+    logout_over_http_is_offline_at_once,
 );
+
+async fn logout_over_http_is_offline_at_once(kind: Kind) {
+    let node = Node::start(kind, |_| {}).await;
+    let reader = node.publisher();
+    let (_ws, _) = node.next_node().ws_player("gus", None).await;
+    until_state(reader, "gus", "online", WAIT).await;
+    let (s, v) = node
+        .next_node()
+        .post(
+            "/v1/auth/logout",
+            Some(&player_token("gus")),
+            Body::Raw(String::new()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // The default grace is 15 s: offline well before it, reason logout.
+    let took = until_state(reader, "gus", "offline", WAIT).await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(
+        facts(reader, "gus").await,
+        vec![fact(1, "online", "connect"), fact(2, "offline", "logout")]
+    );
+}
 
 async fn three_tabs_are_one_join_and_one_leave(kind: Kind) {
     let node = Node::start(kind, |c| c.presence_grace = Duration::from_millis(500)).await;

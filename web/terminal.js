@@ -13,9 +13,21 @@
 //   resyncs   oldest_available of every resync_required notice (a marker, not an event)
 //   lines     the text of every terminal line
 //   commands  [{input, id, status}] for everything sent (id once the broker accepted it)
+//   resume    whether this page load found a session to resume: pending | restored | none
+//   resumedFrom  the last sequence number shown before the reload (null: unknown)
+//   away      how many events the "while you were away" line counted (null: none shown)
+//   transport ws | sse
+//   loggedOut true once the Log out button's request was answered
 // and every line rendered from an event carries data-seq and data-type.
+//
+// Staying logged in: with "Stay logged in" ticked, the broker sets an
+// HttpOnly refresh cookie (scripts cannot read it); a reload trades it for a
+// fresh access token (POST /v1/auth/session). The access token lives only in
+// this page's memory. sessionStorage holds two non-secrets: the last sequence
+// number shown (so a reload resumes right after it and shows nothing twice)
+// and the chosen transport.
 
-import { login, MythosClient, refreshAccessToken } from "/assets/mythos-client.js";
+import { login, logout, MythosClient, refreshAccessToken, resumeSession } from "/assets/mythos-client.js";
 
 const MAX_LINES = 5000; // terminal lines kept on the page
 const MAX_KEPT = 50000; // entries kept in each window.mythos list
@@ -23,6 +35,8 @@ const MAX_HISTORY = 100;
 const PROBE_MS = 10000; // while reconnecting, check this often that the session is still valid
 const PLACEHOLDER_ONLINE = "type a command, or help";
 const PLACEHOLDER_OFFLINE = "offline: commands are sent once reconnected";
+const SHOWN_KEY = "mythos.shown"; // sessionStorage: {player, seq} of the last event shown
+const TRANSPORT_KEY = "mythos.transport"; // sessionStorage: "ws" | "sse"
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -31,6 +45,8 @@ const ui = {
   username: $("username"),
   password: $("password"),
   loginButton: $("login-button"),
+  remember: $("remember"),
+  transport: $("transport"),
   loginError: $("login-error"),
   gameView: $("game-view"),
   output: $("output"),
@@ -52,8 +68,31 @@ const mythos = {
   lines: [],
   commands: [],
   client: null,
+  resume: "pending",
+  resumedFrom: null,
+  away: null,
+  transport: "ws",
+  loggedOut: false,
 };
 window.mythos = mythos;
+
+/** sessionStorage, which may be unavailable (then nothing is remembered). */
+function stored(key) {
+  try {
+    return JSON.parse(sessionStorage.getItem(key) ?? "null");
+  } catch {
+    return null;
+  }
+}
+
+function store(key, value) {
+  try {
+    if (value === null) sessionStorage.removeItem(key);
+    else sessionStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    /* storage disabled: a reload then resumes from the broker's cursor */
+  }
+}
 
 function keep(list, item) {
   list.push(item);
@@ -82,7 +121,8 @@ function addLine(text, kind, ev) {
   const stick = nearBottom();
   const div = document.createElement("div");
   div.className = `line ${kind}`;
-  div.textContent = text;
+  if (kind === "response" && text.includes("\n")) rows(div, text);
+  else div.textContent = text;
   if (ev) {
     div.dataset.seq = String(ev.sequence_number);
     div.dataset.type = ev.event_type;
@@ -92,6 +132,32 @@ function addLine(text, kind, ev) {
   keep(mythos.lines, text);
   if (stick) ui.output.scrollTop = ui.output.scrollHeight;
   return div;
+}
+
+/**
+ * A text of several lines (the demo's help list) as rows; an indented row of
+ * a term and its description (two spaces or more between them) as an entry
+ * the stylesheet lays out in two columns, or stacked on a phone.
+ */
+function rows(div, text) {
+  for (const line of text.split("\n")) {
+    const row = document.createElement("div");
+    row.className = "row";
+    const m = line.match(/^\s+(\S.*?)\s{2,}(\S.*)$/);
+    if (m) {
+      row.classList.add("entry");
+      const term = document.createElement("span");
+      term.className = "term";
+      term.textContent = m[1];
+      const desc = document.createElement("span");
+      desc.className = "desc";
+      desc.textContent = m[2];
+      row.append(term, desc);
+    } else {
+      row.textContent = line;
+    }
+    div.append(row);
+  }
 }
 
 function showRoom(room, ev) {
@@ -152,6 +218,7 @@ function onEvent(ev) {
   });
   const data = ev.data && typeof ev.data === "object" ? ev.data : {};
   (RENDER[ev.event_type] ?? renderOther)(data, ev);
+  store(SHOWN_KEY, { player: mythos.player, seq: ev.sequence_number });
 }
 
 function onResync({ oldestAvailable }) {
@@ -195,14 +262,14 @@ function watchSession(state) {
     try {
       client.setToken((await refreshAccessToken(location.origin, client.token)).access_token);
     } catch (err) {
-      if (err.status === 401) endSession("The server no longer knows your session (did it restart?); please log in again.");
+      if (err.status === 401) recover("The server no longer knows your session (did it restart?); please log in again.");
     }
   }, PROBE_MS);
 }
 
 function onError(err) {
   if (err.status === 401 || err.status === 403 || err.code === "max_attempts") {
-    endSession("Your session has ended; please log in again.");
+    recover("Your session has ended; please log in again.");
   } else {
     console.warn("mythos:", err.code, err.message);
   }
@@ -307,9 +374,13 @@ async function onLogin(event) {
   ui.loginError.textContent = "";
   ui.loginButton.disabled = true;
   try {
-    const t = await login(location.origin, ui.username.value.trim(), ui.password.value);
+    const t = await login(location.origin, ui.username.value.trim(), ui.password.value, {
+      remember: ui.remember.checked,
+    });
     ui.password.value = "";
-    startSession(t);
+    store(TRANSPORT_KEY, ui.transport.value === "sse" ? "sse" : "ws");
+    store(SHOWN_KEY, null);
+    await startSession(t);
   } catch (err) {
     ui.loginError.textContent =
       err.code === "invalid_credentials" ? "Unknown user or wrong password."
@@ -320,8 +391,14 @@ async function onLogin(event) {
   }
 }
 
-function startSession(t) {
+/**
+ * Opens the game for token body `t`. `restored`: after a reload, from the
+ * refresh cookie: resume right after the last event shown, and say first how
+ * many events came meanwhile.
+ */
+async function startSession(t, { restored = false } = {}) {
   mythos.player = t.player_id;
+  mythos.loggedOut = false;
   ui.player.textContent = t.player_id;
   ui.output.replaceChildren();
   ui.statusline.textContent = "The world is quiet, for now.";
@@ -329,9 +406,20 @@ function startSession(t) {
   ui.gameView.hidden = false;
   ui.logout.hidden = false;
 
+  const transport = stored(TRANSPORT_KEY) === "sse" ? "sse" : "ws";
+  mythos.transport = transport;
+  const shown = stored(SHOWN_KEY);
+  const since =
+    restored && shown?.player === t.player_id && Number.isSafeInteger(shown.seq) && shown.seq >= 0
+      ? shown.seq
+      : undefined;
+  mythos.resumedFrom = since ?? null;
+  mythos.client?.close();
   const client = new MythosClient({
     baseUrl: location.origin,
     token: t.access_token,
+    transport,
+    since,
     // A person is waiting at the keyboard: retry sooner than the library's 30 s cap.
     reconnect: { initialDelayMs: 500, maxDelayMs: 5000 },
   });
@@ -351,9 +439,69 @@ function startSession(t) {
   client.on("event", mine(onEvent));
   client.on("resync", mine(onResync));
   client.on("error", mine(onError));
-  addLine(`Welcome, ${t.player_id}.`, "notice");
+  addLine(restored ? `Welcome back, ${t.player_id}.` : `Welcome, ${t.player_id}.`, "notice");
+  if (restored) await showAway(t.access_token, since);
+  if (mythos.client !== client) return;
   client.connect();
   ui.command.focus();
+}
+
+/** The "while you were away" line: events appended after the last one shown (else after the acked cursor). */
+async function showAway(token, since) {
+  try {
+    const res = await fetch("/v1/cursor", { headers: { Authorization: `Bearer ${token}` } });
+    if (!res.ok) return;
+    const c = await res.json();
+    const n = Math.max(0, c.last_sequence_number - (since ?? c.acked));
+    mythos.away = n;
+    addLine(`while you were away: ${n} event${n === 1 ? "" : "s"}`, "notice away");
+  } catch (err) {
+    console.warn("mythos: no cursor", err);
+  }
+}
+
+/** A session ended by the broker: the refresh cookie may still start a new one. */
+let lastRecovery = 0;
+async function recover(message) {
+  const now = Date.now();
+  if (now - lastRecovery > 30000) {
+    lastRecovery = now;
+    try {
+      const t = await resumeSession(location.origin);
+      await startSession(t, { restored: true });
+      return;
+    } catch {
+      /* no cookie, or it no longer works */
+    }
+  }
+  endSession(message);
+}
+
+/** On a fresh page: back into the game if the refresh cookie still works, else the login form. */
+async function boot() {
+  ui.transport.value = stored(TRANSPORT_KEY) === "sse" ? "sse" : "ws";
+  ui.loginView.hidden = true; // no flash of the form while asking
+  try {
+    const t = await resumeSession(location.origin);
+    mythos.resume = "restored";
+    await startSession(t, { restored: true });
+  } catch {
+    mythos.resume = "none";
+    ui.loginView.hidden = false;
+    ui.username.focus();
+  }
+}
+
+async function onLogout() {
+  const token = mythos.client?.token;
+  store(SHOWN_KEY, null);
+  try {
+    await logout(location.origin, token);
+  } catch (err) {
+    console.warn("mythos: logout", err.code, err.message);
+  }
+  endSession("");
+  mythos.loggedOut = true;
 }
 
 function endSession(message) {
@@ -372,5 +520,8 @@ function endSession(message) {
 ui.loginForm.addEventListener("submit", onLogin);
 ui.commandForm.addEventListener("submit", onSubmit);
 ui.command.addEventListener("keydown", onKey);
-ui.logout.addEventListener("click", () => endSession(""));
+ui.logout.addEventListener("click", onLogout);
+// A tab put away (or killed) acknowledges what it showed.
+window.addEventListener("pagehide", () => mythos.client?.flushAck());
 setState("disconnected");
+boot();

@@ -1,6 +1,7 @@
 //! The embedded in-memory engine: the default when `MYTHOS_REDIS_URL` is unset.
 //!
-//! Owns: one process's logs, cursors, rooms, command stream and accounts, with
+//! Owns: one process's logs, cursors, rooms, command stream, accounts and
+//! refresh-token families, with
 //! exactly the semantics of the Redis engine. Single node, not durable: a
 //! restart forgets everything. Must not touch: anything outside this process.
 //! One mutex guards all state, so a fan-out is atomic across its members.
@@ -16,7 +17,7 @@ use super::presence::{self, now_ms, Fact, FactEntry, Lease, Presence, Reason, Re
 use super::{
     parse_entry_id, Account, Accounts, Command, CommandEntry, CommandStream, ConsumerInfo, Cursor,
     DedupeKeys, Engine, EngineError, EventLog, GroupInfo, Inspect, Limits, LiveSink, PendingEntry,
-    Result, Rooms, StreamInfo, MAX_PENDING_SHOWN,
+    RefreshFamily, RefreshTokens, Result, Rooms, Rotation, StreamInfo, MAX_PENDING_SHOWN,
 };
 use crate::protocol::{Delivery, Event, EventBody, Target};
 
@@ -135,6 +136,15 @@ struct State {
     room_dedupe: HashMap<(String, String), (Vec<Delivery>, Instant)>,
     commands: CommandLog,
     users: HashMap<String, Account>,
+    /// Refresh-token families: family id → owner, current hash, expiry.
+    refresh: HashMap<String, StoredFamily>,
+}
+
+/// A refresh-token family as this engine keeps it (the hash, never a token).
+struct StoredFamily {
+    owner: RefreshFamily,
+    hash: String,
+    until: Instant,
 }
 
 /// The embedded engine.
@@ -437,6 +447,78 @@ impl Accounts for MemoryEngine {
 
     async fn user(&self, username: &str) -> Result<Option<Account>> {
         Ok(self.lock().users.get(username).cloned())
+    }
+}
+
+#[async_trait]
+impl RefreshTokens for MemoryEngine {
+    async fn create_family(
+        &self,
+        family: &str,
+        owner: &RefreshFamily,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        // Abandoned families expire; sweep them as the map doubles.
+        if st.refresh.len() >= 1024 && st.refresh.len().is_power_of_two() {
+            st.refresh.retain(|_, f| f.until > now);
+        }
+        st.refresh.insert(
+            family.to_string(),
+            StoredFamily {
+                owner: owner.clone(),
+                hash: hash.to_string(),
+                until: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn rotate_family(
+        &self,
+        family: &str,
+        presented: &str,
+        next: &str,
+        ttl: Duration,
+    ) -> Result<Rotation> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        let Some(f) = st.refresh.get_mut(family) else {
+            return Ok(Rotation::Unknown);
+        };
+        if f.until <= now {
+            st.refresh.remove(family);
+            return Ok(Rotation::Unknown);
+        }
+        if f.hash != presented {
+            let owner = f.owner.clone();
+            st.refresh.remove(family);
+            return Ok(Rotation::Reused(owner));
+        }
+        f.hash = next.to_string();
+        f.until = now + ttl;
+        Ok(Rotation::Rotated(f.owner.clone()))
+    }
+
+    async fn revoke_family(&self, family: &str) -> Result<Option<RefreshFamily>> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .refresh
+            .remove(family)
+            .filter(|f| f.until > now)
+            .map(|f| f.owner))
+    }
+
+    async fn family_exists(&self, family: &str) -> Result<bool> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .refresh
+            .get(family)
+            .is_some_and(|f| f.until > now))
     }
 }
 

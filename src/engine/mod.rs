@@ -2,8 +2,8 @@
 //!
 //! Owns: the contract of a player's durable event log (dense sequence numbers,
 //! idempotent appends, cumulative acknowledgements, retention),
-//! room membership, the upstream command stream, accounts and presence
-//! ([`presence`]). Must not touch:
+//! room membership, the upstream command stream, accounts, refresh-token
+//! families and presence ([`presence`]). Must not touch:
 //! HTTP, sockets, JWTs. Engines announce fresh appends to a [`LiveSink`] (the
 //! node's hub, which routes them to the live connections); engines never hold
 //! a connection and do not know the hub.
@@ -376,6 +376,63 @@ pub trait Accounts: Send + Sync {
     async fn user(&self, username: &str) -> Result<Option<Account>>;
 }
 
+/// Who a refresh-token family belongs to. The engine never sees a token:
+/// callers pass the SHA-256 (hex) of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshFamily {
+    pub player: String,
+    /// `player`, `service` or `admin`.
+    pub role: String,
+}
+
+/// What presenting a refresh token did ([`RefreshTokens::rotate_family`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The presented hash was the family's current one: it is replaced by
+    /// the next and the family's time to live starts again.
+    Rotated(RefreshFamily),
+    /// The family exists but the presented hash is not its current one (a
+    /// token already rotated away, or a forged secret): the whole family is
+    /// revoked, its newest token included.
+    Reused(RefreshFamily),
+    /// No such family: never created, expired or revoked.
+    Unknown,
+}
+
+/// Refresh-token families: one per "stay logged in" login, each holding
+/// only the hash of its one current token, rotated on every use. Stored by
+/// the engine so that every node on one Redis sees the same families.
+#[async_trait]
+pub trait RefreshTokens: Send + Sync {
+    /// Stores family `family` (random, unguessable) of `owner`, whose
+    /// current token's secret hashes to `hash`; it expires after `ttl`
+    /// unused.
+    async fn create_family(
+        &self,
+        family: &str,
+        owner: &RefreshFamily,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<()>;
+
+    /// Presents a token of `family` whose secret hashes to `presented`:
+    /// atomically rotates it to `next` (and extends the time to live to
+    /// `ttl`), or revokes the family on reuse.
+    async fn rotate_family(
+        &self,
+        family: &str,
+        presented: &str,
+        next: &str,
+        ttl: Duration,
+    ) -> Result<Rotation>;
+
+    /// Deletes the family; answers whose it was (`None`: there was none).
+    async fn revoke_family(&self, family: &str) -> Result<Option<RefreshFamily>>;
+
+    /// True while the family exists (not expired, not revoked).
+    async fn family_exists(&self, family: &str) -> Result<bool>;
+}
+
 /// What an operator reads about the store (`inspect`, the admin reads):
 /// each answer is what the engine knows, never a placeholder.
 #[async_trait]
@@ -400,7 +457,7 @@ pub trait Inspect: Send + Sync {
 /// dedupe window returns that player's earlier delivery and appends nothing.
 #[async_trait]
 pub trait Engine:
-    EventLog + Rooms + CommandStream + Accounts + Inspect + Presence + 'static
+    EventLog + Rooms + CommandStream + Accounts + RefreshTokens + Inspect + Presence + 'static
 {
     /// Appends `body` to every player of `target` (a room: its members now).
     async fn publish(

@@ -166,15 +166,41 @@ async function postJson(fetchImpl: FetchLike, url: string, body: unknown, token?
   return res;
 }
 
-/** `POST /v1/auth/login`. Rejects with a MythosError (`invalid_credentials`, ...). */
+/**
+ * `POST /v1/auth/login`. Rejects with a MythosError (`invalid_credentials`, ...).
+ * `remember: true` (extension) also has the broker set its `HttpOnly` refresh
+ * cookie, so that `resumeSession` works after a reload; in a browser the cookie
+ * is the browser's, never readable by scripts.
+ */
 export async function login(
   baseUrl: string,
   username: string,
   password: string,
-  options: { fetch?: FetchLike } = {},
+  options: { fetch?: FetchLike; remember?: boolean } = {},
 ): Promise<TokenResponse> {
-  const res = await postJson(options.fetch ?? defaultFetch(), `${normalizeBase(baseUrl)}/v1/auth/login`, { username, password });
+  const body: Record<string, unknown> = { username, password };
+  if (options.remember) body.remember = true;
+  const res = await postJson(options.fetch ?? defaultFetch(), `${normalizeBase(baseUrl)}/v1/auth/login`, body);
   return (await res.json()) as TokenResponse;
+}
+
+/**
+ * `POST /v1/auth/session` (extension): trades the browser's refresh cookie for
+ * a fresh access token (the broker rotates the cookie). Rejects with status 401
+ * when there is no cookie or it no longer works (logged out, expired, reused).
+ */
+export async function resumeSession(baseUrl: string, options: { fetch?: FetchLike } = {}): Promise<TokenResponse> {
+  const res = await postJson(options.fetch ?? defaultFetch(), `${normalizeBase(baseUrl)}/v1/auth/session`, undefined);
+  return (await res.json()) as TokenResponse;
+}
+
+/**
+ * `POST /v1/auth/logout` (extension): revokes the refresh cookie's family (or
+ * the one `token` was issued under) and clears the cookie.
+ */
+export async function logout(baseUrl: string, token?: string, options: { fetch?: FetchLike } = {}): Promise<{ revoked: boolean }> {
+  const res = await postJson(options.fetch ?? defaultFetch(), `${normalizeBase(baseUrl)}/v1/auth/logout`, undefined, token);
+  return (await res.json()) as { revoked: boolean };
 }
 
 /** `POST /v1/auth/refresh` with `Authorization: Bearer <token>`; a bad token rejects with status 401. */

@@ -148,6 +148,13 @@ pub fn user(name: &str) -> String {
     format!("mythos:user:{{{name}}}")
 }
 
+/// A refresh-token family: hash `player`, `role`, `hash` (SHA-256 of the
+/// current token's secret, never the token), with a time to live. The
+/// family id is its own hash tag: a family is one key on one slot.
+pub fn refresh(family: &str) -> String {
+    format!("mythos:refresh:{{{family}}}")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -178,5 +185,6 @@ mod tests {
         assert_eq!(super::dedupe("a", "k:1"), "mythos:player:{a}:dedupe:k:1");
         assert_eq!(super::members("tavern"), "mythos:room:{tavern}:members");
         assert_eq!(super::user("bob"), "mythos:user:{bob}");
+        assert_eq!(super::refresh("f-1"), "mythos:refresh:{f-1}");
     }
 }

@@ -31,6 +31,7 @@ mod lanes;
 mod live;
 mod log;
 mod presence;
+mod refresh;
 mod rooms;
 mod scripts;
 mod stream;

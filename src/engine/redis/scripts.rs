@@ -17,6 +17,7 @@ pub struct Scripts {
     pub create_user: Script,
     pub presence: Script,
     pub zrem_if: Script,
+    pub refresh: Script,
 }
 
 impl Scripts {
@@ -30,10 +31,11 @@ impl Scripts {
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
             presence: with_lib(include_str!("../../../lua/presence.lua")),
             zrem_if: Script::new(include_str!("../../../lua/zrem_if.lua")),
+            refresh: Script::new(include_str!("../../../lua/refresh.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 7] {
+    pub fn all(&self) -> [&Script; 8] {
         [
             &self.append,
             &self.confirm,
@@ -42,6 +44,7 @@ impl Scripts {
             &self.create_user,
             &self.presence,
             &self.zrem_if,
+            &self.refresh,
         ]
     }
 }

@@ -95,11 +95,12 @@ export function artifact(name) {
 }
 
 /**
- * Opens the terminal, logs in, and waits until connected with the start room
- * shown (the page sends `look` once connected).
+ * Opens the terminal (unless `navigate` is false: the page is open), logs in
+ * ("Stay logged in" is ticked by default), and waits until connected with the
+ * start room shown (the page sends `look` once connected).
  */
-export async function loginAs(page, url, username, password = "mythos") {
-  await page.goto(url);
+export async function loginAs(page, url, username, password = "mythos", { navigate = true } = {}) {
+  if (navigate) await page.goto(url);
   await page.fill("#username", username);
   await page.fill("#password", password);
   await page.click("#login-button");

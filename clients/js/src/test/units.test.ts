@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { backoffDelay, decodeJwt, login, MythosError, refreshAccessToken, refreshDelay, SseParser } from "../client.js";
+import { backoffDelay, decodeJwt, login, logout, MythosError, refreshAccessToken, refreshDelay, resumeSession, SseParser } from "../client.js";
 import { fakeFetch, jsonResponse, jwt } from "../test-support/helpers.js";
 
 test("backoff: 1, 2, 4, 8, 16 s, then capped at 30 s (no jitter at random = 0.5)", () => {
@@ -92,4 +92,21 @@ test("refreshAccessToken sends the old token as Bearer", async () => {
   assert.equal(r.access_token, "NEW");
   assert.equal(f.calls[0]!.path, "/v1/auth/refresh");
   assert.equal(f.calls[0]!.init.headers!.Authorization, "Bearer OLD");
+});
+
+test("login with remember asks for the refresh cookie; resumeSession and logout post to their routes", async () => {
+  const body = { access_token: "T", token_type: "Bearer", expires_in: 3600, player_id: "alice" };
+  const f = fakeFetch(() => jsonResponse(200, body));
+  await login("http://b", "alice", "pw", { fetch: f, remember: true });
+  assert.deepEqual(JSON.parse(f.calls[0]!.init.body!), { username: "alice", password: "pw", remember: true });
+  assert.deepEqual(await resumeSession("http://b", { fetch: f }), body);
+  assert.equal(f.calls[1]!.path, "/v1/auth/session");
+  assert.equal(f.calls[1]!.init.method, "POST");
+  assert.equal(f.calls[1]!.init.headers!.Authorization, undefined);
+  const out = fakeFetch(() => jsonResponse(200, { revoked: true }));
+  assert.deepEqual(await logout("http://b", "TOK", { fetch: out }), { revoked: true });
+  assert.equal(out.calls[0]!.path, "/v1/auth/logout");
+  assert.equal(out.calls[0]!.init.headers!.Authorization, "Bearer TOK");
+  const gone = fakeFetch(() => jsonResponse(401, { error: { code: "unauthorized", message: "no refresh cookie" } }));
+  await assert.rejects(resumeSession("http://b", { fetch: gone }), { code: "unauthorized", status: 401 });
 });
