@@ -395,6 +395,37 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a browser (or anyone) puts in `Cookie`, `Origin`, `Host`
+        /// and `Sec-Fetch-Site`: an answer, never a panic; a token only in
+        /// its own shape.
+        #[test]
+        fn any_cookie_and_origin_headers_are_judged_without_panic(
+            cookie in "\\PC{0,300}",
+            value in "[0-9a-f.]{0,120}",
+            origin in "\\PC{0,60}",
+            host in "\\PC{0,40}",
+            site in "\\PC{0,20}",
+        ) {
+            let mut h = HeaderMap::new();
+            for (name, v) in [
+                ("cookie", cookie.clone()),
+                ("cookie", format!("{COOKIE}={value}")),
+                ("origin", origin),
+                ("host", host),
+                ("sec-fetch-site", site),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.append(name, v);
+                }
+            }
+            if let Presented::Token(t) = presented(&h) {
+                proptest::prop_assert!(parse(t.text).is_some());
+            }
+            let _ = same_origin(&h);
+        }
+    }
+
     #[test]
     fn the_cookie_is_found_among_others_and_bounded() {
         let t = mint(None).expect("mint");
