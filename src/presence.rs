@@ -186,7 +186,11 @@ impl Tracker {
         if start {
             let me = self.clone();
             let player = player.to_string();
-            tokio::spawn(async move { me.work(&player).await });
+            // A connection dropped outside any runtime (a runtime already
+            // gone) has nobody to tell: its node's lease ends with it.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { me.work(&player).await });
+            }
         }
     }
 
