@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::presence::{Fact, Reason, State};
@@ -30,6 +31,10 @@ use crate::telemetry::{
 /// Pause before retrying a presence write that failed: 100 ms doubling to 2 s.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Presence writes one node has in flight at once: a storm of connects or
+/// disconnects (a network blip, a deploy) queues here instead of piling
+/// thousands of commands (and their buffers) onto the Redis connection.
+const MAX_WRITES: usize = 64;
 /// How often every node runs the shared sweep (dead leases, ended graces).
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
@@ -93,6 +98,8 @@ pub struct Tracker {
     players: Mutex<HashMap<String, Entry>>,
     /// Players with at least one connection here (the gauge).
     local: AtomicUsize,
+    /// Bounds the engine writes in flight ([`MAX_WRITES`]).
+    writes: Semaphore,
     shutdown: CancellationToken,
 }
 
@@ -121,6 +128,7 @@ impl Tracker {
             settings,
             players: Mutex::default(),
             local: AtomicUsize::new(0),
+            writes: Semaphore::new(MAX_WRITES),
             shutdown,
         })
     }
@@ -269,7 +277,10 @@ impl Tracker {
     {
         let mut pause = RETRY_MIN;
         loop {
-            match op().await {
+            let permit = self.writes.acquire().await;
+            let done = op().await;
+            drop(permit);
+            match done {
                 Ok(fact) => {
                     if let Some(f) = fact {
                         self.announce(&f).await;
