@@ -6,15 +6,15 @@
 //! tabs is one connection to the engine), telling the engine in order (one
 //! worker per player at a time, so a quick disconnect and reconnect can never
 //! reach the engine the other way round, and a flap coalesces to nothing),
-//! retrying what failed until it lands, refreshing the node's lease and
-//! re-asserting every held player when the store lost it (Redis restart,
-//! failover, a reaper that judged this node dead), the sweep that reaps dead
-//! nodes and ends graces, and turning facts into `player_entered` /
+//! retrying what failed until it lands (at most 64 writes in flight),
+//! refreshing the node's lease and, when the store lost it or let it expire
+//! (Redis restart, failover, a stall), re-asserting every held player under
+//! a new lease name, the sweep that reaps dead nodes and ends graces, and turning facts into `player_entered` /
 //! `player_left` events for rooms that opted in. Must not touch: sockets,
 //! HTTP, the engine's storage (it calls the capability).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ struct Entry {
     muted: bool,
     /// A worker is telling the engine.
     busy: bool,
+    /// A lease name the engine may still count this player under (the name
+    /// before a re-assertion): dropped once the current name is told.
+    stale: Option<Arc<str>>,
 }
 
 impl Entry {
@@ -100,6 +103,11 @@ pub struct Tracker {
     local: AtomicUsize,
     /// Bounds the engine writes in flight ([`MAX_WRITES`]).
     writes: Semaphore,
+    /// The lease name now: `<settings.node>.<generation>`; a new generation
+    /// each time the store lost (or let expire) the lease.
+    name: Mutex<(u64, String)>,
+    /// Set by [`Tracker::leave`]: no more connects reach the engine.
+    closing: AtomicBool,
     shutdown: CancellationToken,
 }
 
@@ -123,19 +131,34 @@ impl Tracker {
         settings: Settings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let name = format!("{}.0", settings.node);
         Arc::new(Self {
             engine,
             settings,
             players: Mutex::default(),
             local: AtomicUsize::new(0),
             writes: Semaphore::new(MAX_WRITES),
+            name: Mutex::new((0, name)),
+            closing: AtomicBool::new(false),
             shutdown,
         })
     }
 
-    /// This node's lease name.
-    pub fn node(&self) -> &str {
-        &self.settings.node
+    /// This node's lease name now.
+    pub fn node(&self) -> String {
+        self.name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Takes the next lease name (the old one is left to the reapers).
+    fn next_name(&self) -> String {
+        let mut n = self.name.lock().unwrap_or_else(|e| e.into_inner());
+        n.0 += 1;
+        n.1 = format!("{}.{}", self.settings.node, n.0);
+        n.1.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
@@ -147,6 +170,9 @@ impl Tracker {
         self.change(player, |e| {
             e.count += 1;
             e.muted = false;
+            // Told again, idempotently: another node may have logged the
+            // player out meanwhile (the engine then no longer counts us).
+            e.told = false;
         });
         Present {
             tracker: self.clone(),
@@ -189,6 +215,9 @@ impl Tracker {
         let start = !e.busy && Self::next_step(e).is_some();
         if start {
             e.busy = true;
+        } else if e.count == 0 && !e.told && !e.busy && !e.logout {
+            // Nothing held, nothing to tell (after a `bye`, say).
+            map.remove(player);
         }
         drop(map);
         if start {
@@ -220,7 +249,10 @@ impl Tracker {
             let step = {
                 let mut map = self.lock();
                 let Some(e) = map.get_mut(player) else { return };
-                match Self::next_step(e) {
+                let step = Self::next_step(e).filter(|s| {
+                    !(matches!(s, Step::Connect) && self.closing.load(Ordering::SeqCst))
+                });
+                match step {
                     Some(s) => {
                         if matches!(s, Step::Logout) {
                             e.logout = false;
@@ -236,41 +268,59 @@ impl Tracker {
                     }
                 }
             };
-            let told = match step {
-                Step::Logout => {
-                    self.retry("logout", || {
-                        self.engine.presence_logout(self.node(), player)
-                    })
-                    .await;
-                    false
-                }
+            let node = self.node();
+            let node = node.as_str();
+            let (landed, told) = match step {
+                Step::Logout => (
+                    self.retry("logout", || self.engine.presence_logout(node, player))
+                        .await,
+                    false,
+                ),
                 Step::Connect => {
-                    self.retry("connect", || async {
-                        self.engine.presence_hold(self.node(), player).await?;
-                        self.engine.presence_connect(self.node(), player).await
-                    })
-                    .await;
-                    true
+                    let stale = self.lock().get_mut(player).and_then(|e| e.stale.take());
+                    let grace = self.settings.grace;
+                    let done = self
+                        .retry("connect", || async {
+                            self.engine.presence_hold(node, player).await?;
+                            let fact = self.engine.presence_connect(node, player).await?;
+                            if let Some(old) = &stale {
+                                // Still counted under the current name: no
+                                // state change, no fact.
+                                self.engine
+                                    .presence_disconnect(old, player, grace, Reason::Timeout)
+                                    .await?;
+                            }
+                            Ok(fact)
+                        })
+                        .await;
+                    (done, true)
                 }
                 Step::Disconnect => {
                     let grace = self.settings.grace;
-                    self.retry("disconnect", || {
-                        self.engine
-                            .presence_disconnect(self.node(), player, grace, Reason::Timeout)
-                    })
-                    .await;
-                    false
+                    let done = self
+                        .retry("disconnect", || {
+                            self.engine
+                                .presence_disconnect(node, player, grace, Reason::Timeout)
+                        })
+                        .await;
+                    (done, false)
                 }
             };
-            if let Some(e) = self.lock().get_mut(player) {
-                e.told = told;
+            let mut map = self.lock();
+            let Some(e) = map.get_mut(player) else { return };
+            if !landed {
+                // Given up (shutting down): what the engine holds is left
+                // to this node's lease, which ends with it.
+                e.busy = false;
+                return;
             }
+            e.told = told;
         }
     }
 
-    /// Runs `op` until it succeeds (or the node shuts down), then handles
-    /// the fact it produced.
-    async fn retry<F, Fut>(&self, name: &'static str, op: F)
+    /// Runs `op` until it succeeds (`true`; the fact it produced is
+    /// handled) or the node shuts down while it fails (`false`).
+    async fn retry<F, Fut>(&self, name: &'static str, op: F) -> bool
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<Fact>, EngineError>>,
@@ -285,13 +335,13 @@ impl Tracker {
                     if let Some(f) = fact {
                         self.announce(&f).await;
                     }
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, op = name, "presence: write failed; retrying");
                     metrics::counter!(PRESENCE_RETRIES, "op" => name).increment(1);
                     if self.shutdown.is_cancelled() {
-                        return;
+                        return false;
                     }
                     tokio::time::sleep(pause).await;
                     pause = crate::backoff::next(pause, RETRY_MAX);
@@ -361,43 +411,72 @@ impl Tracker {
         }
     }
 
-    /// Refreshes the lease (re-asserting every held player when the store
-    /// had lost it) and runs the shared sweep, until shutdown; then tells
-    /// the engine this node is gone.
+    /// Refreshes the lease (taking a new lease name and re-asserting every
+    /// held player when the store lost it or let it expire) and runs the
+    /// shared sweep, until shutdown. The two loops are separate, so a long
+    /// reap never delays this node's own renewal.
     pub async fn run(self: Arc<Self>) {
         let beat = (self.settings.lease / 5).max(Duration::from_millis(50));
-        let mut heartbeat = tokio::time::interval(beat);
-        let mut sweep = tokio::time::interval(SWEEP_EVERY.min(beat * 2));
-        let mut first = true;
-        loop {
-            tokio::select! {
-                _ = heartbeat.tick() => self.heartbeat(&mut first).await,
-                _ = sweep.tick() => self.sweep().await,
-                _ = self.shutdown.cancelled() => break,
+        let me = self.clone();
+        let heartbeat = async move {
+            let mut tick = tokio::time::interval(beat);
+            let mut fresh = true;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => me.heartbeat(&mut fresh).await,
+                    _ = me.shutdown.cancelled() => break,
+                }
             }
-        }
+        };
+        let sweeping = async {
+            let mut tick = tokio::time::interval(SWEEP_EVERY.min(beat * 2));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => self.sweep().await,
+                    _ = self.shutdown.cancelled() => break,
+                }
+            }
+        };
+        tokio::join!(heartbeat, sweeping);
     }
 
-    async fn heartbeat(self: &Arc<Self>, first: &mut bool) {
+    async fn heartbeat(self: &Arc<Self>, fresh: &mut bool) {
+        let name = self.node();
         match self
             .engine
-            .presence_heartbeat(self.node(), self.settings.lease)
+            .presence_heartbeat(&name, self.settings.lease)
             .await
         {
-            Ok(missing) => {
-                if missing && !*first {
-                    tracing::warn!(node = %self.node(), "presence: this node's lease was gone; re-asserting its players");
+            Ok(lost) => {
+                if lost && !*fresh {
+                    // A reaper may be taking the old name's players away:
+                    // everything is told again under a new name, which no
+                    // reaper touches.
+                    let new = self.next_name();
+                    tracing::warn!(old = %name, new = %new, "presence: this node's lease was lost or expired; re-asserting its players under a new lease");
                     metrics::counter!(PRESENCE_REASSERTS).increment(1);
-                    self.reassert();
+                    if let Err(e) = self
+                        .engine
+                        .presence_heartbeat(&new, self.settings.lease)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "presence: new lease not started yet");
+                    }
+                    self.reassert(&name);
                 }
-                *first = false;
+                *fresh = false;
             }
             Err(e) => tracing::debug!(error = %e, "presence: lease not refreshed"),
         }
     }
 
     /// Every held player is told again (connect is idempotent).
-    fn reassert(self: &Arc<Self>) {
+    /// Every held player is told again under the current name; the `old`
+    /// name is dropped from each once that landed (a reaper may drop it
+    /// first; both are idempotent), so no entry of a name without a live
+    /// lease stays behind.
+    fn reassert(self: &Arc<Self>, old: &str) {
+        let old: Arc<str> = Arc::from(old);
         let players: Vec<String> = self
             .lock()
             .iter()
@@ -405,14 +484,17 @@ impl Tracker {
             .map(|(p, _)| p.clone())
             .collect();
         for p in players {
-            self.change(&p, |e| e.told = false);
+            self.change(&p, |e| {
+                e.told = false;
+                e.stale = Some(old.clone());
+            });
         }
     }
 
     async fn sweep(&self) {
         match self
             .engine
-            .presence_sweep(self.node(), self.settings.grace)
+            .presence_sweep(&self.node(), self.settings.grace)
             .await
         {
             Ok(facts) => {
@@ -427,22 +509,35 @@ impl Tracker {
         }
     }
 
-    /// A clean shutdown, after the connections closed: every player still
-    /// told is disconnected (they go linkdead and may reconnect to another
-    /// node within the grace), then the lease is given up.
+    /// A clean shutdown, after the connections closed: no more connects; the
+    /// players still told are disconnected (they go linkdead, and may
+    /// reconnect to another node within the grace); the lease is given up
+    /// only if all of that landed — otherwise it expires and the other
+    /// nodes reap what is left, so nothing stays behind without a lease.
     pub async fn leave(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.lock().values().any(|e| e.busy) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let node = self.node();
         let told: Vec<String> = self
             .lock()
             .iter()
             .filter(|(_, e)| e.told)
             .map(|(p, _)| p.clone())
             .collect();
+        let mut clean = !self.lock().values().any(|e| e.busy);
         for p in told {
-            let _ = self
+            clean &= self
                 .engine
-                .presence_disconnect(self.node(), &p, self.settings.grace, Reason::Timeout)
-                .await;
+                .presence_disconnect(&node, &p, self.settings.grace, Reason::Timeout)
+                .await
+                .is_ok();
         }
-        let _ = self.engine.presence_release(self.node()).await;
+        if clean && self.engine.presence_release(&node).await.is_ok() {
+            return;
+        }
+        tracing::warn!(%node, "presence: not every player was released; the lease expires and the other nodes reap them");
     }
 }

@@ -232,6 +232,7 @@ conformance!(
     presence_of_a_dead_node_is_reaped,
     presence_many_nodes_at_once_make_one_join_and_one_leave,
     presence_room_events_are_opt_in,
+    presence_a_node_back_from_a_stall_keeps_its_players,
     refresh_families_rotate_and_reuse_revokes,
     refresh_families_rotate_once_under_a_race,
     refresh_families_expire,

@@ -113,9 +113,16 @@ async fn three_tabs_are_one_join_and_one_leave(kind: Kind) {
     let nodes = if node.other.is_some() { 2 } else { 1 };
     let r = get(reader, "/v1/presence/players/alice").await;
     assert_eq!(r["nodes"].as_array().map(Vec::len), Some(nodes), "{r}");
-    // Two tabs close: still online, nothing said.
+    // Two tabs close: still online, nothing said. With two nodes, the node
+    // that held one of them lets go (seen in `nodes`) while the other holds
+    // on; then a wait longer than the grace: nothing may follow.
     drop(tabs.pop());
     drop(tabs.pop());
+    eventually(WAIT, "one node left holding alice", || async {
+        let r = get(reader, "/v1/presence/players/alice").await;
+        (r["nodes"].as_array().map(Vec::len) == Some(1)).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(800)).await; // longer than the grace
     assert_eq!(state(reader, "alice").await, "online");
     assert_eq!(
@@ -384,6 +391,63 @@ async fn presence_reads_refuse_bad_input_and_page(kind: Kind) {
     assert!(
         leases["leases"].as_array().is_some_and(|l| !l.is_empty()),
         "{leases}"
+    );
+}
+
+/// The store forgets a live node's lease (an operator's `ZREM`, a failover
+/// that lost it): the node's next renewal finds it gone, takes a new lease
+/// name and re-asserts its player under it, dropping the old name — the
+/// player stays online with one node, and leaves cleanly later (no ghost of
+/// the old name keeps them online).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_is_reasserted_under_a_new_name_without_a_ghost() {
+    let redis = support::RedisServer::start();
+    let mut c = config();
+    c.redis_url = Some(redis.url());
+    c.presence_grace = Duration::from_millis(300);
+    let node = Broker::start(c).await;
+    let (ws, _) = node.ws_player("ida", None).await;
+    until_state(&node, "ida", "online", WAIT).await;
+    let admin = |b: &Broker| {
+        let base = b.base.clone();
+        async move {
+            let v: Value = Broker::http()
+                .get(format!("{base}/v1/admin/presence"))
+                .bearer_auth(admin_token())
+                .send()
+                .await
+                .expect("admin presence")
+                .json()
+                .await
+                .expect("json");
+            v["node"].as_str().unwrap_or("").to_string()
+        }
+    };
+    let first = admin(&node).await;
+    assert!(first.ends_with(".0"), "{first}");
+    let mut conn = redis.client().get_connection().expect("redis");
+    let removed: u64 = ::redis::cmd("ZREM")
+        .arg("mythos:presence:leases")
+        .arg(&first)
+        .query(&mut conn)
+        .expect("zrem");
+    assert_eq!(removed, 1);
+    let second = eventually(WAIT, "a new lease name", || async {
+        let n = admin(&node).await;
+        (n != first).then_some(n)
+    })
+    .await;
+    assert!(second.ends_with(".1"), "{second}");
+    eventually(WAIT, "ida held under the new name only", || async {
+        let r = get(&node, "/v1/presence/players/ida").await;
+        (r["nodes"] == json!([second.clone()]) && r["state"] == "online").then_some(())
+    })
+    .await;
+    drop(ws);
+    until_state(&node, "ida", "offline", WAIT).await;
+    assert_eq!(
+        facts(&node, "ida").await,
+        vec![fact(1, "online", "connect"), fact(2, "offline", "timeout")]
     );
 }
 

@@ -23,8 +23,8 @@ use super::Result;
 pub(crate) const MAX_FACTS: usize = 100_000;
 /// Most players [`Presence::presence_of`] answers at once (a page).
 pub const MAX_PRESENCE_PAGE: usize = 500;
-/// How long a reaper holds a dead node's lease while it moves the node's
-/// players to `linkdead` (another reaper takes over after that).
+/// How long a reaper holds a dead node's lease (`reaping:<node>`) while it
+/// moves the node's players to `linkdead` (another reaper takes over after).
 pub(crate) const REAP_CLAIM: Duration = Duration::from_secs(30);
 
 /// A player's presence state.
@@ -166,9 +166,10 @@ pub trait Presence: Send + Sync {
     async fn presence_logout(&self, node: &str, player: &str) -> Result<Option<Fact>>;
 
     /// Refreshes `node`'s lease for `lease` more; `true` when the store had
-    /// no lease of the node (its first, or the store lost it: a Redis
-    /// restart, a failover, a reaper that judged the node dead), so the node
-    /// re-asserts its connections.
+    /// no live lease of that name (its first; or the store lost it, a Redis
+    /// restart, a failover; or it expired, and a reaper may be taking its
+    /// players away): the node then takes a new lease name and re-asserts
+    /// its connections under it (an expired lease is not renewed).
     async fn presence_heartbeat(&self, node: &str, lease: Duration) -> Result<bool>;
 
     /// Records that `player`'s connection on `node` is counted, for reaping
@@ -181,9 +182,9 @@ pub trait Presence: Send + Sync {
     async fn presence_release(&self, node: &str) -> Result<()>;
 
     /// One round of upkeep, safe to run on every node at once: reaps the
-    /// players of expired leases (to `linkdead`, reason `node_lost`, as
-    /// `node` records it), then takes every `linkdead` player whose grace
-    /// ended offline. Returns the facts it produced.
+    /// players of expired leases (to `linkdead`, reason `node_lost`; a fact
+    /// of a zero grace names the lost node), then takes every `linkdead`
+    /// player whose grace ended offline (as `node`). Returns the facts.
     async fn presence_sweep(&self, node: &str, grace: Duration) -> Result<Vec<Fact>>;
 
     /// Where each of `players` stands (at most [`MAX_PRESENCE_PAGE`]), in order.
@@ -328,10 +329,22 @@ impl Book {
         self.record(Some(fact))
     }
 
+    /// `true` when `node`'s lease was absent or expired (an expired one is
+    /// left for the sweep: the node takes a new name), as `lua/leases.lua`.
     pub fn heartbeat(&mut self, node: &str, lease: Duration, now: u64) -> bool {
-        self.leases
-            .insert(node.to_string(), now.saturating_add(ms(lease)))
-            .is_none()
+        match self.leases.get(node) {
+            Some(&until) if until > now => {
+                self.leases
+                    .insert(node.to_string(), now.saturating_add(ms(lease)));
+                false
+            }
+            Some(_) => true,
+            None => {
+                self.leases
+                    .insert(node.to_string(), now.saturating_add(ms(lease)));
+                true
+            }
+        }
     }
 
     pub fn hold(&mut self, node: &str, player: &str) {

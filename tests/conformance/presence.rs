@@ -232,3 +232,45 @@ pub async fn presence_room_events_are_opt_in(k: Kind) {
     // A malformed entry id is refused, not read as "from the start".
     assert!(e.presence_facts(0, "nonsense", 10).await.is_err());
 }
+
+pub async fn presence_a_node_back_from_a_stall_keeps_its_players(k: Kind) {
+    let f = k.fixture().await;
+    let e = &*f.engine;
+    let short = Duration::from_millis(300);
+    assert!(e.presence_heartbeat("n1.0", short).await.unwrap());
+    e.presence_hold("n1.0", "hana").await.unwrap();
+    e.presence_connect("n1.0", "hana").await.unwrap();
+    // The node stalls past its lease (a timer passing, not a wait for work).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Back: the expired lease is reported lost and not renewed, so the
+    // node moves to a new name (hold + connect there, then drop the old).
+    assert!(e.presence_heartbeat("n1.0", short).await.unwrap(), "lost");
+    assert!(e
+        .presence_heartbeat("n1.1", Duration::from_secs(60))
+        .await
+        .unwrap());
+    e.presence_hold("n1.1", "hana").await.unwrap();
+    assert_eq!(e.presence_connect("n1.1", "hana").await.unwrap(), None);
+    assert_eq!(
+        e.presence_disconnect("n1.0", "hana", GRACE, Reason::Timeout)
+            .await
+            .unwrap(),
+        None
+    );
+    // A reaper takes the old name: nothing changes for hana.
+    assert!(e.presence_sweep("n0", GRACE).await.unwrap().is_empty());
+    let r = &e.presence_of(&["hana".into()]).await.unwrap()[0];
+    assert_eq!(
+        (r.state, r.nodes.clone()),
+        (State::Online, vec!["n1.1".to_string()])
+    );
+    let leases = e.presence_leases().await.unwrap();
+    assert!(
+        leases.iter().all(|l| !l.node.ends_with("n1.0")),
+        "{leases:?}"
+    );
+    assert_eq!(
+        brief(&facts_of(e, "hana").await),
+        vec![(1, State::Online, Reason::Connect)]
+    );
+}

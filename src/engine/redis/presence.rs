@@ -4,8 +4,8 @@
 //! `mythos:presence`.
 //!
 //! Owns: the [`Presence`] capability of the Redis engine. Lease times are
-//! Redis's clock (`TIME`), never a node's, so nodes with skewed clocks agree
-//! on who is dead. A deadline is filed in `mythos:presence:linkdead` *before*
+//! the clock of the leases key's Redis (`TIME` inside `lua/leases.lua`),
+//! never a node's, so nodes with skewed clocks agree on who is dead. A deadline is filed in `mythos:presence:linkdead` *before*
 //! the step that makes a player `linkdead`, so a node dying between the two
 //! leaves a deadline with nothing to do, never a `linkdead` player nobody
 //! will take offline. On one Redis a fact is appended by the script that
@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use redis::{AsyncCommands, Value};
 
 use super::{keys, stream, RedisEngine};
@@ -29,6 +30,10 @@ use crate::engine::{parse_entry_id, EngineError, Result};
 const SWEEP_BATCH: usize = 100;
 /// Players of a dead node read per `SSCAN` round.
 const SCAN_BATCH: usize = 500;
+/// Attempts at appending a fact on a cluster (about 10 s in all).
+const FACT_ATTEMPTS: u32 = 8;
+/// A dead node's players moved to `linkdead` at once.
+const REAP_PARALLEL: usize = 16;
 
 /// What one step of `presence.lua` answered.
 struct Step {
@@ -95,12 +100,32 @@ impl RedisEngine {
                 ("at", f.at_ms.to_string()),
                 ("node", f.node.clone()),
             ];
+            // The state already changed: a retry of the whole step would
+            // find nothing to do, so the append itself is retried (a slot
+            // moving, a failover) before the fact is given up (docs/presence.md).
             let maxlen = redis::streams::StreamMaxlen::Approx(MAX_FACTS);
-            let _: String = self
-                .shared()
-                .await?
-                .xadd_maxlen(&stream, maxlen, "*", &fields)
-                .await?;
+            let mut pause = Duration::from_millis(100);
+            for attempt in 1.. {
+                let added: Result<String> = async {
+                    Ok(self
+                        .shared()
+                        .await?
+                        .xadd_maxlen(&stream, maxlen, "*", &fields)
+                        .await?)
+                }
+                .await;
+                match added {
+                    Ok(_) => break,
+                    Err(e) if attempt >= FACT_ATTEMPTS => {
+                        tracing::error!(error = %e, player, seq = f.seq, "presence: a fact could not be appended; its seq is a gap");
+                        break;
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
         }
         Ok(Step { state, until, fact })
     }
@@ -153,8 +178,14 @@ impl RedisEngine {
                 .arg(SCAN_BATCH)
                 .query_async(&mut self.shared().await?)
                 .await?;
-            for p in players {
-                facts.extend(self.disconnect(lost, &p, grace, Reason::NodeLost).await?);
+            // A few at a time: a dead node may have held thousands.
+            let steps = futures_util::stream::iter(players)
+                .map(|p| async move { self.disconnect(lost, &p, grace, Reason::NodeLost).await })
+                .buffer_unordered(REAP_PARALLEL)
+                .collect::<Vec<_>>()
+                .await;
+            for step in steps {
+                facts.extend(step?);
             }
             if next == 0 {
                 break;
@@ -259,13 +290,16 @@ impl Presence for RedisEngine {
     }
 
     async fn presence_heartbeat(&self, node: &str, lease: Duration) -> Result<bool> {
-        let until = self.redis_now().await? + ms(lease);
-        let added: i64 = self
-            .shared()
-            .await?
-            .zadd(keys::PRESENCE_LEASES, node, until)
+        let lost: i64 = self
+            .scripts
+            .leases
+            .key(keys::PRESENCE_LEASES)
+            .arg("beat")
+            .arg(node)
+            .arg(ms(lease))
+            .invoke_async(&mut self.shared().await?)
             .await?;
-        Ok(added == 1)
+        Ok(lost == 1)
     }
 
     async fn presence_hold(&self, node: &str, player: &str) -> Result<()> {
@@ -285,28 +319,36 @@ impl Presence for RedisEngine {
     }
 
     async fn presence_sweep(&self, node: &str, grace: Duration) -> Result<Vec<Fact>> {
-        let now = self.redis_now().await?;
         let mut facts = Vec::new();
-        for (lost, _) in self.due(keys::PRESENCE_LEASES, now).await? {
-            #[cfg(feature = "defects")]
-            if crate::defects::on(crate::defects::Defect::PresenceNoReap) {
-                break;
-            }
-            if lost == node {
-                // Our own lease ran out (a stall): the heartbeat re-asserts.
-                continue;
-            }
-            // Claim it (another reaper may do the same: every step is
-            // idempotent), reap, then drop the lease unless it came back.
-            let claim = now + ms(REAP_CLAIM);
-            let _: i64 = self
-                .shared()
-                .await?
-                .zadd(keys::PRESENCE_LEASES, &lost, claim)
+        #[cfg(feature = "defects")]
+        let reap = !crate::defects::on(crate::defects::Defect::PresenceNoReap);
+        #[cfg(not(feature = "defects"))]
+        let reap = true;
+        if reap {
+            // Claimed atomically (renamed `reaping:<node>`), so two reapers
+            // never take the same lease and the node, back, finds it gone.
+            let lost: Vec<String> = self
+                .scripts
+                .leases
+                .key(keys::PRESENCE_LEASES)
+                .arg("claim")
+                .arg(ms(REAP_CLAIM))
+                .arg(SWEEP_BATCH)
+                .invoke_async(&mut self.shared().await?)
                 .await?;
-            facts.extend(self.reap(node, &lost, grace).await?);
-            self.zrem_if(keys::PRESENCE_LEASES, &lost, claim).await?;
+            for lost in lost {
+                facts.extend(self.reap(node, &lost, grace).await?);
+                let _: i64 = self
+                    .scripts
+                    .leases
+                    .key(keys::PRESENCE_LEASES)
+                    .arg("release")
+                    .arg(&lost)
+                    .invoke_async(&mut self.shared().await?)
+                    .await?;
+            }
         }
+        let now = self.redis_now().await?;
         for (player, deadline) in self.due(keys::PRESENCE_LINKDEAD, now).await? {
             let step = self
                 .step("expire", node, &player, Duration::ZERO, Reason::Timeout)

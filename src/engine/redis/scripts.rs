@@ -17,6 +17,7 @@ pub struct Scripts {
     pub create_user: Script,
     pub presence: Script,
     pub zrem_if: Script,
+    pub leases: Script,
     pub refresh: Script,
 }
 
@@ -31,11 +32,12 @@ impl Scripts {
             create_user: Script::new(include_str!("../../../lua/create_user.lua")),
             presence: with_lib(include_str!("../../../lua/presence.lua")),
             zrem_if: Script::new(include_str!("../../../lua/zrem_if.lua")),
+            leases: with_lib(include_str!("../../../lua/leases.lua")),
             refresh: Script::new(include_str!("../../../lua/refresh.lua")),
         }
     }
 
-    pub fn all(&self) -> [&Script; 8] {
+    pub fn all(&self) -> [&Script; 9] {
         [
             &self.append,
             &self.confirm,
@@ -44,6 +46,7 @@ impl Scripts {
             &self.create_user,
             &self.presence,
             &self.zrem_if,
+            &self.leases,
             &self.refresh,
         ]
     }
