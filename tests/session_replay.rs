@@ -117,14 +117,22 @@ async fn a_demo_session_replays_as_recorded() {
         cmd("go", &["south"]),
         cmd("dance", &[]),
     ];
+    // alice gets a chat only when bob speaks in the room she is in; both
+    // step every 400 ms, so their phase is whatever their logins made it.
+    // alice is in the tavern for 4 steps of her 7 (from "go south" to "go
+    // north"); bob speaks there every 3 steps at most (steps 1, 4, 7 of his
+    // 8), so whatever the phase, some chat of his lands inside her stay. (A
+    // script that spoke in the square once and in the tavern once missed
+    // her entirely when bob's login came first, and CI saw it.)
     let bob_script = vec![
         cmd("look", &[]),
-        cmd("go", &["north"]),
         chat("hi, it's bob"),
+        cmd("go", &["north"]),
         cmd("go", &["south"]),
         chat("back in the tavern"),
         cmd("down", &[]),
         cmd("up", &[]),
+        chat("anyone here?"),
     ];
     let stop = tokio_util::sync::CancellationToken::new();
     let alice_seen: Seen = Default::default();
