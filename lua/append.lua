@@ -31,9 +31,11 @@
 -- on a Redis Cluster the engine calls this once per slot (all members of a
 -- call share a slot), and the calls of one fan-out run concurrently.
 --
--- Per member: HINCRBY, XADD (with its MAXLEN trim), one HGET for the age
--- cap's bound; plus GET/SET with a dedupe key and HEXISTS with WAIT. The
--- event's fields and its announcement body are built once per call.
+-- Per member: HINCRBY and XADD (with its MAXLEN trim); on one append in 16
+-- of a player the age cap's HGET (lib.lua AGE_EVERY); plus GET/SET with a
+-- dedupe key and HEXISTS with WAIT. The event's fields and its announcement
+-- body are built once per call, each target's frames in one concatenation
+-- (docs/benchmarks.md, "Redis CPU per member": what each costs).
 
 local n = tonumber(ARGV[1])
 local dedupe_ms = tonumber(ARGV[2])
@@ -48,7 +50,7 @@ if dedupe_ms > 0 then stride = 3 end
 local fields = event_fields(flags, event_type, timestamp, data, room_id, id)
 local now = now_ms()
 local out = {}
-local fresh = {}
+local players, seqs, fresh = {}, {}, 0
 for i = 1, n do
   local k = (i - 1) * stride
   local events, meta = KEYS[k + 1], KEYS[k + 2]
@@ -59,16 +61,18 @@ for i = 1, n do
     if confirmed_only and redis.call('HEXISTS', meta, 'confirmed') == 0 then
       redis.call('HSET', meta, 'confirmed', redis.call('HGET', meta, 'seq') or '0')
     end
-    seq = append_one(events, meta, fields, max_backlog, max_age_ms, now)
+    local s
+    seq, s = append_one(events, meta, fields, max_backlog, max_age_ms, now)
     if dedupe_ms > 0 then
-      redis.call('SET', KEYS[k + 3], int(seq), 'PX', dedupe_ms)
+      redis.call('SET', KEYS[k + 3], s, 'PX', dedupe_ms)
     end
     appended = 1
-    fresh[#fresh + 1] = ARGV[13 + i]
-    fresh[#fresh + 1] = int(seq)
+    fresh = fresh + 1
+    players[fresh] = ARGV[13 + i]
+    seqs[fresh] = s
   end
   out[2 * i - 1] = seq
   out[2 * i] = appended
 end
-announce(publish, channel, fresh, flags, event_type, timestamp, data, room_id, id)
+announce(publish, channel, players, seqs, flags, event_type, timestamp, data, room_id, id)
 return out

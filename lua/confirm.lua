@@ -21,15 +21,15 @@
 -- hints, readers drop what they have). Atomic per call, like every script.
 
 local n = tonumber(ARGV[1])
-local targets = {}
+local players, seqs = {}, {}
 for i = 1, n do
   local player, seq = ARGV[8 + 2 * i], ARGV[9 + 2 * i]
   local confirmed = tonumber(redis.call('HGET', KEYS[i], 'confirmed')) or 0
   if tonumber(seq) > confirmed then
     redis.call('HSET', KEYS[i], 'confirmed', seq)
   end
-  targets[#targets + 1] = player
-  targets[#targets + 1] = seq
+  players[i] = player
+  seqs[i] = seq
 end
-announce(ARGV[2], ARGV[9], targets, ARGV[3], ARGV[4], ARGV[5], ARGV[8], ARGV[6], ARGV[7])
+announce(ARGV[2], ARGV[9], players, seqs, ARGV[3], ARGV[4], ARGV[5], ARGV[8], ARGV[6], ARGV[7])
 return n

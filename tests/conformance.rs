@@ -208,6 +208,7 @@ conformance!(
     acks_are_cumulative_clamped_and_never_backwards,
     count_cap,
     age_cap,
+    age_cap_by_appends_alone,
     age_cap_after_count_cap,
     resync_required_after_ack,
     resync_required_after_count_cap,
@@ -405,11 +406,13 @@ mod cases {
         publish_n(e, "a", 3).await;
         publish_n(e, "b", 3).await;
         let t0 = Instant::now();
-        // An append drops what has expired.
         past(t0, aged().max_backlog_age).await;
         assert_eq!(one(e, "a", "{}").await, 4);
+        // Every reader takes the cursor first, and the cursor drops what
+        // has expired (an append may leave it for a while: the Redis engine
+        // checks the age on one append in 16 of a player).
+        assert_eq!(e.cursor("a").await.unwrap(), cur(4, 0, 4));
         assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![4]);
-        // So does reading the cursor.
         assert_eq!(e.cursor("b").await.unwrap(), cur(3, 0, 4));
         assert!(e.read("b", 0, 100).await.unwrap().is_empty());
         let c = eventually(WAIT, "event 4 to expire", || async {
@@ -418,6 +421,32 @@ mod cases {
         })
         .await;
         assert_eq!(c, cur(4, 0, 5));
+    }
+
+    /// Appends alone (no reader) keep the log bounded by age too: within
+    /// 16 appends of a player every expired event is gone from its log (the
+    /// memory engine drops them on each append, the Redis engine on one in
+    /// 16, `AGE_EVERY` in lua/lib.lua).
+    pub async fn age_cap_by_appends_alone(k: Kind) {
+        // Long enough that the 16 fresh events cannot expire while a slow
+        // machine publishes them.
+        let limits = Limits {
+            max_backlog_age: Duration::from_millis(1500),
+            ..Limits::default()
+        };
+        let f = k.with(limits.clone()).await;
+        let e = &*f.engine;
+        publish_n(e, "a", 3).await;
+        let t0 = Instant::now();
+        past(t0, limits.max_backlog_age).await;
+        publish_n(e, "a", 16).await;
+        // No cursor read before this one: only appends can have trimmed.
+        let left = seqs(&e.read("a", 0, 100).await.unwrap());
+        assert_eq!(
+            left,
+            (4..=19).collect::<Vec<u64>>(),
+            "expired 1..=3 still in the log"
+        );
     }
 
     /// The count cap drops the oldest events first; the age cap must still
@@ -436,8 +465,8 @@ mod cases {
         let t0 = Instant::now();
         past(t0, aged().max_backlog_age).await;
         publish_n(e, "a", 2).await;
-        assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![13, 14]);
         assert_eq!(e.cursor("a").await.unwrap(), cur(14, 0, 13));
+        assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![13, 14]);
         // Fresh events are not taken for expired ones.
         publish_n(e, "a", 1).await;
         assert_eq!(seqs(&e.read("a", 0, 100).await.unwrap()), vec![13, 14, 15]);
