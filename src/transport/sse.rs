@@ -75,12 +75,19 @@ pub async fn open(app: Arc<App>, req: SseRequest) -> Result<warp::reply::Respons
     }
     let (tx, body) = body_channel(BODY_QUEUE);
     let expires_in = p.time_left();
-    let app2 = app.clone();
+    // Boxed before the task captures it: see `run`.
+    let session = Box::new(SseSession {
+        app: app.clone(),
+        feed,
+        first,
+        tx,
+        expires_in,
+    });
     let span = tracing::info_span!(parent: None, "connection", player = %player,
         transport = "sse", session = %session_id(), node = %app.node());
     app.tasks().spawn(
         async move {
-            run(app2, feed, first, tx, expires_in).await;
+            run(session).await;
             drop(pass);
         }
         .instrument(span),
@@ -109,13 +116,29 @@ fn frame(out: &mut String, player: &str, ev: &Event) {
     out.push_str("\n\n");
 }
 
-async fn run(
+/// What a stream's task starts with.
+struct SseSession {
     app: Arc<App>,
-    mut feed: Feed,
+    feed: Feed,
+    /// `retry:`, then `resync_required` where the session says so.
     first: String,
     tx: BodyTx,
     expires_in: std::time::Duration,
-) {
+}
+
+/// Streams the feed to its end. This future is the stream's task for as
+/// long as it is open: the session comes boxed, because an async fn keeps
+/// its arguments in its future for its whole life (rust-lang/rust#62958) and
+/// they would sit there beside the locals they are moved into (as for
+/// WebSocket, `ws::run`).
+async fn run(s: Box<SseSession>) {
+    let SseSession {
+        app,
+        mut feed,
+        first,
+        tx,
+        expires_in,
+    } = *s;
     let _gauge = ConnectionGauge::open(Transport::Sse);
     tracing::info!("connection opened");
     let player = feed.player().to_string();

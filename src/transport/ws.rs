@@ -39,9 +39,14 @@ pub const HARD_FRAME_LIMIT: usize = 64 * 1024;
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Initial read buffer (it grows for larger frames). tungstenite's default (128 KiB,
-/// allocated per connection) would dominate an idle connection's memory.
-const READ_BUFFER: usize = 1024;
+/// Initial read buffer, and the most one read takes from the socket (it grows
+/// for larger frames). tungstenite's default (128 KiB, allocated per
+/// connection) would dominate an idle connection's memory, and it zero-fills
+/// the whole buffer on the first read, so every byte of it is resident: 256
+/// holds an ack or a command in one read (a frame of the default 8 KiB limit
+/// takes 32, and the rate limit bounds how often); 1 KiB cost each idle
+/// connection 0.75 KiB more (bench-delivery w3).
+const READ_BUFFER: usize = 256;
 /// Bytes gathered before a write; a flush sends a batch regardless.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -106,14 +111,15 @@ pub async fn open(
     if let Some(oldest) = opened.resync {
         first.push(json!({"type": "resync_required", "oldest_available": oldest}).to_string());
     }
-    let session = WsSession {
+    // Boxed before the task captures it (see `run`).
+    let session = Box::new(WsSession {
         app: app.clone(),
         player,
         session_id,
         feed: opened.feed,
         first,
         expires_in: principal.time_left(),
-    };
+    });
     let selected = select_subprotocol(
         headers
             .get("sec-websocket-protocol")
@@ -124,7 +130,7 @@ pub async fn open(
         transport = "ws", session = %session.session_id, node = %app.node());
     app.tasks().spawn(
         async move {
-            accept(upgrade, hard_limit, session).await;
+            run(upgrade, hard_limit, session).await;
             drop(pass);
         }
         .instrument(span),
@@ -186,25 +192,6 @@ pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> warp::re
     resp
 }
 
-/// Waits for the upgrade, then runs the connection with our buffer sizes.
-async fn accept(upgrade: hyper::upgrade::OnUpgrade, hard_limit: usize, s: WsSession) {
-    let upgraded = match upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::debug!(error = %e, "WebSocket upgrade failed");
-            return;
-        }
-    };
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(hard_limit))
-        .max_frame_size(Some(hard_limit));
-    let socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    run(socket, s).await
-}
-
 fn close(end: End) -> Message {
     let (code, reason) = end.close();
     Message::Close(Some(CloseFrame {
@@ -245,8 +232,30 @@ struct WsSession {
     expires_in: Duration,
 }
 
-/// Runs a connection to its end.
-async fn run(ws: WebSocket, s: WsSession) {
+/// Waits for the upgrade, then runs the connection, with our buffer sizes,
+/// to its end.
+///
+/// This future is the connection's task for as long as it is open, so what
+/// it holds is per-connection memory: the session comes boxed and the socket
+/// is made here, because an async fn keeps every argument in its future for
+/// its whole life (rust-lang/rust#62958). Passed by value, the session and the
+/// socket sat there twice over (an outer `accept` and this), dead, for 1.5 KiB
+/// of each idle connection's 8 (docs/benchmarks.md, "W3 WebSocket").
+async fn run(upgrade: hyper::upgrade::OnUpgrade, hard_limit: usize, s: Box<WsSession>) {
+    let upgraded = match upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade failed");
+            return;
+        }
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(Some(hard_limit))
+        .max_frame_size(Some(hard_limit));
+    let ws: WebSocket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let WsSession {
         app,
         player,
@@ -254,7 +263,7 @@ async fn run(ws: WebSocket, s: WsSession) {
         mut feed,
         first,
         expires_in,
-    } = s;
+    } = *s;
     let _gauge = ConnectionGauge::open(Transport::Ws);
     tracing::info!("connection opened");
     let mut why = "client_left";
@@ -262,18 +271,21 @@ async fn run(ws: WebSocket, s: WsSession) {
     let (ctrl_tx, ctrl_rx) = ctrl_queue();
     let clock = Liveness::new();
     let mut reader = tokio::spawn(
-        read_loop(
-            app.clone(),
-            player.clone(),
+        read_loop(Box::new(Reader {
+            app: app.clone(),
+            player: player.clone(),
             session_id,
             stream,
-            ctrl_tx,
-            clock.clone(),
-        )
+            ctrl: ctrl_tx,
+            clock: clock.clone(),
+        }))
         .instrument(tracing::Span::current()),
     );
-    let mut greet = futures_util::stream::iter(first.into_iter().map(|t| Ok(Message::text(t))));
-    if sink.send_all(&mut greet).await.is_ok() {
+    let greeted = {
+        let mut greet = futures_util::stream::iter(first.into_iter().map(|t| Ok(Message::text(t))));
+        sink.send_all(&mut greet).await.is_ok()
+    };
+    if greeted {
         let w = Writer {
             app: &app,
             player: &player,
@@ -386,15 +398,27 @@ impl Writer<'_> {
     }
 }
 
-/// Reads client frames and acts on them; replies go through the writer.
-async fn read_loop(
+/// What the reader task starts with (boxed, as the writer's session: see
+/// [`run`]).
+struct Reader {
     app: Arc<App>,
     player: String,
     session_id: String,
-    mut stream: Stream,
-    mut ctrl: CtrlTx,
+    stream: Stream,
+    ctrl: CtrlTx,
     clock: Liveness,
-) {
+}
+
+/// Reads client frames and acts on them; replies go through the writer.
+async fn read_loop(r: Box<Reader>) {
+    let Reader {
+        app,
+        player,
+        session_id,
+        mut stream,
+        mut ctrl,
+        clock,
+    } = *r;
     let mut inbox = Inbox::new(
         app.engine().as_ref(),
         app.limiter(),
