@@ -16,11 +16,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, StreamBody as HttpStreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::Instrument;
 use warp::Filter;
@@ -284,6 +284,15 @@ impl Activity {
 /// Serves `filter` on `listener` until `shutdown`, then waits up to `grace`
 /// for open HTTP exchanges to finish. A connection with no request in
 /// progress for `idle_timeout` is closed (see [`Activity`]).
+///
+/// HTTP/1.1 only (hyper is built without HTTP/2), with hyper's own `http1`
+/// builder: hyper-util's `auto` builder first reads the socket to tell an
+/// HTTP/2 preface, hands the bytes back, and hyper's next read then doubles
+/// the connection's read buffer to 16 KiB, which an SSE stream keeps for its
+/// whole life. hyper-util's graceful shutdown does not take an upgradeable
+/// `http1` connection, so each connection task drains itself on `shutdown`
+/// (`graceful_shutdown`: no new request, the one in progress finishes) and a
+/// [`TaskTracker`] waits for them.
 pub async fn serve<F>(
     listener: TcpListener,
     filter: F,
@@ -294,7 +303,7 @@ pub async fn serve<F>(
     F: Filter + Clone + Send + Sync + 'static,
     F::Extract: warp::Reply,
 {
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (io, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -344,24 +353,37 @@ pub async fn serve<F>(
                     .instrument(span),
                 )
             });
-        let conn = Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                },
+        let conn = http1::Builder::new()
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            let draining = tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    false
+                }
                 // Dropping the connection closes it.
                 _ = activity.idle_for(idle_timeout) => {
                     tracing::debug!("connection closed: no request within {idle_timeout:?}");
+                    false
+                }
+                _ = shutdown.cancelled() => true,
+            };
+            if draining {
+                conn.as_mut().graceful_shutdown();
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error while draining");
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
