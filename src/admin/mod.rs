@@ -66,6 +66,19 @@ fn number(q: &Query, name: &str, default: u64) -> Result<u64, ApiError> {
     }
 }
 
+/// The `after` query parameter of a stream page: an entry id (`0-0`, the
+/// start, when absent).
+fn after_entry(q: &Query) -> Result<&str, ApiError> {
+    let after = q.get("after").map_or("0-0", String::as_str);
+    if parse_entry_id(after).is_none() {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidRequest,
+            "`after` must be a stream entry id like 1700000000000-0",
+        ));
+    }
+    Ok(after)
+}
+
 /// The `limit` parameter: 1 to [`MAX_LIMIT`].
 fn limit(q: &Query) -> Result<usize, ApiError> {
     let n = number(q, "limit", DEFAULT_LIMIT as u64)?;
@@ -155,13 +168,7 @@ pub async fn commands(app: Arc<App>, p: Principal, q: Query) -> Answer {
         ));
     }
     let partition = partition as usize;
-    let after = q.get("after").map_or("0-0", String::as_str);
-    if parse_entry_id(after).is_none() {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidRequest,
-            "`after` must be a stream entry id like 1700000000000-0",
-        ));
-    }
+    let after = after_entry(&q)?;
     let limit = limit(&q)?;
     let entries = app.engine().commands_after(partition, after, limit).await?;
     let next_after = (entries.len() == limit)

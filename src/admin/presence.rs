@@ -16,7 +16,6 @@ use serde_json::json;
 use super::{number, only, Query};
 use crate::api::{ok, parse_body, Answer, Body};
 use crate::auth::{Principal, Role};
-use crate::engine::parse_entry_id;
 use crate::engine::presence::{State, MAX_PRESENCE_PAGE};
 use crate::error::ApiError;
 use crate::protocol::{check_id, ErrorCode};
@@ -95,13 +94,7 @@ pub async fn facts(app: Arc<App>, p: Principal, partition: String, q: Query) -> 
                 ),
             )
         })?;
-    let after = q.get("after").map_or("0-0", String::as_str);
-    if parse_entry_id(after).is_none() {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidRequest,
-            "`after` must be a stream entry id like 1700000000000-0",
-        ));
-    }
+    let after = super::after_entry(&q)?;
     let limit = page(&q)?;
     let facts = app.engine().presence_facts(partition, after, limit).await?;
     let next_after = (facts.len() == limit)

@@ -9,14 +9,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::streams::StreamMaxlen;
-use redis::{Cmd, Value};
+use redis::Cmd;
 
 use super::consumer::Group;
 use super::decode::command_of;
-use super::{keys, stream, RedisEngine};
-use crate::engine::{
-    parse_entry_id, Command, CommandEntry, CommandStream, EngineError, Result, MAX_COMMANDS,
-};
+use super::{keys, RedisEngine};
+use crate::engine::{Command, CommandEntry, CommandStream, EngineError, Result, MAX_COMMANDS};
 
 impl RedisEngine {
     /// Partition `partition` of the command stream, checked.
@@ -93,24 +91,16 @@ impl CommandStream for RedisEngine {
         count: usize,
     ) -> Result<Vec<CommandEntry>> {
         let stream = self.commands(partition)?;
-        let (ms, n) = parse_entry_id(after).ok_or(EngineError::Rejected(
+        self.entries_after(
+            &stream,
+            after,
+            count,
             "a command entry id must look like <ms>-<n>",
-        ))?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let v: Value = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("({ms}-{n}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.shared().await?)
-            .await?;
-        stream::entries(v)?
-            .into_iter()
-            .filter_map(|e| command_of(e).transpose())
-            .collect()
+        )
+        .await?
+        .into_iter()
+        .filter_map(|e| command_of(e).transpose())
+        .collect()
     }
 
     async fn ack_commands(

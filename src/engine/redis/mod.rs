@@ -169,6 +169,31 @@ impl RedisEngine {
         self.conns.shared().await
     }
 
+    /// Up to `count` entries of the stream `key` after the entry id `after`
+    /// (exclusive), read for an HTTP page (commands, presence facts);
+    /// `bad_id` is the refusal of an id not shaped `<ms>-<n>`.
+    async fn entries_after(
+        &self,
+        key: &str,
+        after: &str,
+        count: usize,
+        bad_id: &'static str,
+    ) -> Result<Vec<stream::Entry>> {
+        let (ms, n) = super::parse_entry_id(after).ok_or(EngineError::Rejected(bad_id))?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg(format!("({ms}-{n}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.shared().await?)
+            .await?;
+        stream::entries(v)
+    }
+
     /// Runs one append with an overall deadline: connection set-up, the
     /// command and any `WAIT` each have their own timeouts, which could add
     /// up while Redis is unreachable; a publisher is answered (503, retry-safe

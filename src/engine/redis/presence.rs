@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::{AsyncCommands, Value};
+use redis::AsyncCommands;
 
 use super::{keys, stream, RedisEngine};
 use crate::engine::presence::{
     ms, Fact, FactEntry, Lease, Presence, Reason, Record, State, MAX_FACTS, MAX_PRESENCE_PAGE,
     REAP_CLAIM,
 };
-use crate::engine::{parse_entry_id, EngineError, Result};
+use crate::engine::{EngineError, Result};
 
 /// Expired leases / due deadlines handled per sweep (the next sweep takes
 /// the rest).
@@ -387,24 +387,16 @@ impl Presence for RedisEngine {
         if partition >= n {
             return Err(EngineError::Rejected("no such presence partition"));
         }
-        let (ms_, seq) = parse_entry_id(after).ok_or(EngineError::Rejected(
+        self.entries_after(
+            &keys::partition(keys::PRESENCE, partition, n),
+            after,
+            count,
             "a presence entry id must look like <ms>-<n>",
-        ))?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let v: Value = redis::cmd("XRANGE")
-            .arg(keys::partition(keys::PRESENCE, partition, n))
-            .arg(format!("({ms_}-{seq}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.shared().await?)
-            .await?;
-        stream::entries(v)?
-            .into_iter()
-            .filter_map(|e| fact_of(&e).transpose())
-            .collect()
+        )
+        .await?
+        .into_iter()
+        .filter_map(|e| fact_of(&e).transpose())
+        .collect()
     }
 
     async fn presence_leases(&self) -> Result<Vec<Lease>> {
