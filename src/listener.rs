@@ -1,24 +1,25 @@
 //! The HTTP listener: accepts connections, serves the warp routes on each, and
 //! drains them on shutdown.
 //!
-//! Owns: the accept loop and two things warp 0.4 cannot do itself: streaming a
-//! response body of our own framing (a route that streams, SSE, answers with an
-//! empty body plus a [`StreamBody`] extension, which this layer swaps in), and
-//! a WebSocket with our own buffer sizes (this layer hands the connection's
-//! upgrade to the route as an [`Upgrade`] extension).
+//! Owns: the accept loop and two things warp 0.4 cannot do itself: a stream
+//! that writes its own body (SSE answers with its head plus a [`TakeOver`]
+//! extension; once hyper has flushed the head, this layer hands the socket to
+//! the session), and a WebSocket with our own buffer sizes (this layer hands
+//! the connection's upgrade to the route as an [`Upgrade`] extension).
 //! Must not touch: routing, auth, sessions.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use http_body_util::{BodyExt, StreamBody as HttpStreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -39,144 +40,101 @@ impl Upgrade {
     }
 }
 
-/// A response body produced chunk by chunk by a session task: the route
-/// answers with it as an extension, and this layer swaps it in.
+/// A streaming answer (SSE) that takes its connection over: the route
+/// answers with headers only plus this extension; once hyper has written and
+/// flushed that head (`Transfer-Encoding: chunked`), this layer takes the
+/// socket back from hyper and hands it to the session task, which writes the
+/// body's chunks itself. hyper's read and write buffers (8 KiB each, its
+/// minimum) and its connection task go with it; the stream costs the session
+/// task and the socket, as a WebSocket does.
 #[derive(Clone)]
-pub struct StreamBody(Arc<Mutex<Option<BodyRx>>>);
+pub struct TakeOver(Arc<Mutex<Option<oneshot::Sender<TcpStream>>>>);
 
-impl StreamBody {
-    fn take(&self) -> Option<BodyRx> {
+impl TakeOver {
+    /// The extension to answer with, and where the socket will arrive; the
+    /// receiver fails if the connection ends before hyper wrote the head.
+    pub fn new() -> (Self, oneshot::Receiver<TcpStream>) {
+        let (tx, rx) = oneshot::channel();
+        (Self(Arc::new(Mutex::new(Some(tx)))), rx)
+    }
+
+    fn take(&self) -> Option<oneshot::Sender<TcpStream>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
-/// A bounded queue of `depth` body chunks from a session task to the
-/// connection: its sending half and the [`StreamBody`] to answer with. Not a
-/// tokio `mpsc`, which allocates ~1.5 KiB per stream up front (a
-/// cache-padded header and a block of 32 slots); this one is one small
-/// allocation plus the chunks queued.
-pub fn body_channel(depth: usize) -> (BodyTx, StreamBody) {
-    let shared = Arc::new(BodyShared {
-        depth: depth.max(1),
-        state: Mutex::new(BodyState::default()),
-    });
-    let rx = BodyRx(shared.clone());
-    (BodyTx(shared), StreamBody(Arc::new(Mutex::new(Some(rx)))))
-}
+/// The body hyper streams for a [`TakeOver`] answer: never a byte. Being
+/// polled tells that the head is written (into hyper's buffer); it stays
+/// pending until the connection is taken over.
+struct HeadOnly(Arc<Activity>);
 
-struct BodyShared {
-    depth: usize,
-    state: Mutex<BodyState>,
-}
+impl hyper::body::Body for HeadOnly {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-#[derive(Default)]
-struct BodyState {
-    chunks: std::collections::VecDeque<Bytes>,
-    /// The connection, waiting for a chunk.
-    rx_waker: Option<std::task::Waker>,
-    /// The session, waiting for room or for the connection to go.
-    tx_waker: Option<std::task::Waker>,
-    rx_gone: bool,
-    tx_gone: bool,
-}
-
-impl BodyShared {
-    fn state(&self) -> std::sync::MutexGuard<'_, BodyState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-fn park(slot: &mut Option<std::task::Waker>, cx: &std::task::Context<'_>) {
-    match slot {
-        Some(w) if w.will_wake(cx.waker()) => {}
-        _ => *slot = Some(cx.waker().clone()),
-    }
-}
-
-/// The session's end of a [`body_channel`]; the body ends when it is dropped.
-pub struct BodyTx(Arc<BodyShared>);
-
-impl BodyTx {
-    /// Queues `chunk`, waiting while `depth` chunks are queued; gives it back
-    /// if the connection is gone.
-    pub async fn send(&self, chunk: Bytes) -> Result<(), Bytes> {
-        let mut chunk = Some(chunk);
-        std::future::poll_fn(|cx| {
-            let mut st = self.0.state();
-            if st.rx_gone {
-                return std::task::Poll::Ready(Err(chunk.take().unwrap_or_default()));
-            }
-            if st.chunks.len() < self.0.depth {
-                st.chunks.push_back(chunk.take().unwrap_or_default());
-                if let Some(w) = st.rx_waker.take() {
-                    w.wake();
-                }
-                return std::task::Poll::Ready(Ok(()));
-            }
-            park(&mut st.tx_waker, cx);
-            std::task::Poll::Pending
-        })
-        .await
-    }
-
-    /// Resolves once the connection has dropped the body (the client left).
-    pub async fn closed(&self) {
-        std::future::poll_fn(|cx| {
-            let mut st = self.0.state();
-            if st.rx_gone {
-                return std::task::Poll::Ready(());
-            }
-            park(&mut st.tx_waker, cx);
-            std::task::Poll::Pending
-        })
-        .await
-    }
-}
-
-impl Drop for BodyTx {
-    fn drop(&mut self) {
-        let mut st = self.0.state();
-        st.tx_gone = true;
-        if let Some(w) = st.rx_waker.take() {
-            w.wake();
-        }
-    }
-}
-
-/// The connection's end of a [`body_channel`]: the chunks, then the end
-/// once the session dropped its [`BodyTx`].
-struct BodyRx(Arc<BodyShared>);
-
-impl futures_util::Stream for BodyRx {
-    type Item = Bytes;
-
-    fn poll_next(
+    fn poll_frame(
         self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Bytes>> {
-        let mut st = self.0.state();
-        if let Some(chunk) = st.chunks.pop_front() {
-            if let Some(w) = st.tx_waker.take() {
-                w.wake();
-            }
-            return std::task::Poll::Ready(Some(chunk));
-        }
-        if st.tx_gone {
-            return std::task::Poll::Ready(None);
-        }
-        park(&mut st.rx_waker, cx);
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.head_written();
         std::task::Poll::Pending
     }
 }
 
-impl Drop for BodyRx {
-    fn drop(&mut self) {
-        let mut st = self.0.state();
-        st.rx_gone = true;
-        st.chunks.clear();
-        if let Some(w) = st.tx_waker.take() {
-            w.wake();
+/// The socket as hyper sees it; notes hyper's flushes for [`TakeOver`].
+struct ConnIo {
+    tcp: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for ConnIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    /// hyper flushes its socket only once its own buffer is empty.
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.tcp).poll_flush(cx);
+        if let std::task::Poll::Ready(Ok(())) = r {
+            self.activity.flushed();
         }
+        r
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
@@ -198,16 +156,16 @@ fn join_repeated_header(headers: &mut warp::http::HeaderMap, name: &'static str)
     }
 }
 
-/// The response with our body; `true` when it is a stream (SSE).
-fn into_box_body(resp: warp::reply::Response) -> (hyper::Response<BoxBody>, bool) {
+/// The response with hyper's body type; `true` when it is a stream that
+/// takes the connection over (SSE).
+fn into_box_body(
+    resp: warp::reply::Response,
+    activity: &Arc<Activity>,
+) -> (hyper::Response<BoxBody>, bool) {
     let (parts, body) = resp.into_parts();
-    if let Some(rx) = parts
-        .extensions
-        .get::<StreamBody>()
-        .and_then(StreamBody::take)
-    {
-        let frames = rx.map(|b| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(b)));
-        let body = BodyExt::boxed(HttpStreamBody::new(frames));
+    if let Some(tx) = parts.extensions.get::<TakeOver>().and_then(TakeOver::take) {
+        *activity.claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let body = BodyExt::boxed(HeadOnly(activity.clone()));
         return (hyper::Response::from_parts(parts, body), true);
     }
     (
@@ -230,7 +188,16 @@ struct Activity {
     streaming: std::sync::atomic::AtomicBool,
     /// Milliseconds from `start` to when the last request finished.
     last_ms: std::sync::atomic::AtomicU64,
+    /// Where a [`TakeOver`] answer wants the socket.
+    claim: Mutex<Option<oneshot::Sender<TcpStream>>>,
+    /// [`TakeOver`]'s progress: [`HEAD_WRITTEN`], then [`HEAD_FLUSHED`].
+    handoff: std::sync::atomic::AtomicU8,
 }
+
+/// hyper has polled a [`HeadOnly`] body: the head is in its write buffer.
+const HEAD_WRITTEN: u8 = 1;
+/// ... and hyper has flushed since: the head is on the socket.
+const HEAD_FLUSHED: u8 = 2;
 
 impl Activity {
     fn new() -> Self {
@@ -239,7 +206,28 @@ impl Activity {
             in_flight: Default::default(),
             streaming: Default::default(),
             last_ms: Default::default(),
+            claim: Mutex::new(None),
+            handoff: Default::default(),
         }
+    }
+
+    fn head_written(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.handoff.load(Relaxed) == 0 {
+            self.handoff.store(HEAD_WRITTEN, Relaxed);
+        }
+    }
+
+    fn flushed(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.handoff.load(Relaxed) == HEAD_WRITTEN {
+            self.handoff.store(HEAD_FLUSHED, Relaxed);
+        }
+    }
+
+    /// The connection may be taken over: the head is on the socket.
+    fn head_flushed(&self) -> bool {
+        self.handoff.load(std::sync::atomic::Ordering::Relaxed) == HEAD_FLUSHED
     }
 
     fn started(&self) {
@@ -281,6 +269,42 @@ impl Activity {
     }
 }
 
+/// How a connection's hyper part ended.
+enum Ended {
+    /// Closed, or upgraded (hyper hands a WebSocket its socket).
+    Done,
+    /// A [`TakeOver`] answer's head is on the socket: the socket is its.
+    TakenOver,
+}
+
+/// Runs hyper on the connection until it ends or a [`TakeOver`] answer's
+/// head is flushed (hyper then waits forever on that answer's body).
+async fn drive<S, B>(
+    conn: &mut http1::UpgradeableConnection<TokioIo<ConnIo>, S>,
+    activity: &Activity,
+) -> Ended
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Unpin,
+    S::Future: Unpin,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = std::pin::Pin::new(&mut *conn).poll(cx) {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            return std::task::Poll::Ready(Ended::Done);
+        }
+        if activity.head_flushed() {
+            return std::task::Poll::Ready(Ended::TakenOver);
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
 /// Serves `filter` on `listener` until `shutdown`, then waits up to `grace`
 /// for open HTTP exchanges to finish. A connection with no request in
 /// progress for `idle_timeout` is closed (see [`Activity`]).
@@ -317,12 +341,14 @@ pub async fn serve<F>(
             _ = shutdown.cancelled() => break,
         };
         let _ = io.set_nodelay(true);
-        let svc = warp::service(filter.clone());
+        // In an `Arc`, so that the connection is `Unpin` (taken apart by
+        // `into_parts` for a TakeOver).
+        let svc = Arc::new(warp::service(filter.clone()));
         let activity = Arc::new(Activity::new());
         let act = activity.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                let mut svc = svc.clone();
+                let mut svc = (*svc).clone();
                 let upgrade = hyper::upgrade::on(&mut req);
                 join_repeated_header(req.headers_mut(), "sec-websocket-protocol");
                 req.extensions_mut()
@@ -346,37 +372,47 @@ pub async fn serve<F>(
                             elapsed_us = started.elapsed().as_micros() as u64,
                             "answered"
                         );
-                        let (resp, streaming) = into_box_body(resp);
+                        let (resp, streaming) = into_box_body(resp, &act);
                         act.finished(streaming);
                         Ok::<_, Infallible>(resp)
                     }
                     .instrument(span),
                 )
             });
-        let conn = http1::Builder::new()
+        let io = ConnIo {
+            tcp: io,
+            activity: activity.clone(),
+        };
+        let mut conn = http1::Builder::new()
             .serve_connection(TokioIo::new(io), svc)
             .with_upgrades();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let draining = tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                    false
-                }
+            let ended = tokio::select! {
+                e = drive(&mut conn, &activity) => e,
                 // Dropping the connection closes it.
                 _ = activity.idle_for(idle_timeout) => {
                     tracing::debug!("connection closed: no request within {idle_timeout:?}");
-                    false
+                    return;
                 }
-                _ = shutdown.cancelled() => true,
+                _ = shutdown.cancelled() => {
+                    // A stream about to be taken over ends with its session.
+                    if activity.streaming.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    drive(&mut conn, &activity).await
+                }
             };
-            if draining {
-                conn.as_mut().graceful_shutdown();
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "connection ended with an error while draining");
+            if let Ended::TakenOver = ended {
+                let tx = activity
+                    .claim
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let (Some(parts), Some(tx)) = (conn.into_parts(), tx) {
+                    // A session that is gone drops the socket: closed.
+                    let _ = tx.send(parts.io.into_inner().tcp);
                 }
             }
         });

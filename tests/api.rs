@@ -1077,3 +1077,86 @@ async fn app_new_refuses_a_bad_config() {
     c.dev = false;
     assert!(matches!(App::new(c).await, Err(StartError::Config(_))));
 }
+
+/// An SSE stream is written by its session straight to the socket after the
+/// head (issue 19): the head says chunked, every chunk is framed right, and a
+/// client that talks on its stream has up to `MAX_CLIENT_BYTES` read and
+/// dropped (the stream goes on) and is then closed, which frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_stream_is_chunked_and_a_talking_client_is_cut() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let n = Node::start(Kind::Memory, |c| c.max_player_connections = 1).await;
+    let addr = n.base.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        player_token("alice")
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    // Reads until `want` is in what came, within PATIENCE; returns it all.
+    async fn until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, want: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !String::from_utf8_lossy(got).contains(want) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no {want:?} within {PATIENCE:?}: {:?}",
+                        String::from_utf8_lossy(got)
+                    )
+                })
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed before {want:?}: {:?}",
+                String::from_utf8_lossy(got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let mut got = Vec::new();
+    until(&mut s, &mut got, "\r\n\r\nd\r\nretry: 1000\n\n\r\n").await;
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(
+        text.contains("content-type: text/event-stream\r\n"),
+        "{text}"
+    );
+    // A few bytes from the client are dropped; the stream goes on.
+    s.write_all(&[b'x'; 100]).await.expect("write");
+    assert_eq!(n.publish_n("alice", 1).await, vec![1]);
+    got.clear();
+    until(&mut s, &mut got, "\n\n\r\n").await;
+    let chunk = String::from_utf8_lossy(&got).to_string();
+    let (size, rest) = chunk.split_once("\r\n").expect("a chunk-size line");
+    let size = usize::from_str_radix(size, 16).expect("hex size");
+    assert_eq!(rest.len(), size + 2, "one whole chunk: {chunk:?}");
+    assert!(rest.starts_with("id: 1\n"), "{chunk:?}");
+    // More than MAX_CLIENT_BYTES: closed.
+    let _ = s
+        .write_all(&[b'x'; 4097]) // transport::sse::MAX_CLIENT_BYTES + 1
+        .await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("closed within PATIENCE")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    // Its place (one per player here) is free again.
+    let mut again = support::eventually(PATIENCE, "the place to be freed", || {
+        let n = &n;
+        async move { n.sse("/v1/events", &player_token("alice"), None).await.ok() }
+    })
+    .await;
+    assert_eq!(n.publish_n("alice", 1).await, vec![2]);
+    assert_eq!(again.seqs(2).await, vec![1, 2]);
+}

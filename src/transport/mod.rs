@@ -47,7 +47,8 @@ pub enum End {
     Expired,
     /// The bounded send queue overflowed while live (slow consumer).
     Slow,
-    /// Sustained protocol violations (WebSocket only).
+    /// Sustained protocol violations (WebSocket), or an SSE client that
+    /// sends more than `sse::MAX_CLIENT_BYTES`.
     Abuse,
     /// A frame above the hard limit (WebSocket only).
     TooBig,
