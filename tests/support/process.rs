@@ -69,7 +69,12 @@ impl Node {
             .env("MYTHOS_JWT_SECRET", SECRET)
             .env("MYTHOS_BIND", format!("127.0.0.1:{}", self.port))
             .env("MYTHOS_NODE_ID", &self.node_id)
-            .env("MYTHOS_LOG", "warn")
+            // MYTHOS_TEST_NODE_LOG: a filter for the nodes' logs when chasing a
+            // failure (e.g. `mythos_broker::engine::redis::live=debug,warn`).
+            .env(
+                "MYTHOS_LOG",
+                std::env::var("MYTHOS_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("MYTHOS_KEEPALIVE", "1s")
             .env("MYTHOS_IDLE_TIMEOUT", "3s")
             .env("MYTHOS_INGEST_CLAIM_IDLE", "1s")
@@ -150,6 +155,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
-        let _ = std::fs::remove_file(&self.log);
+        // Kept for the one chasing a failure with MYTHOS_TEST_NODE_LOG.
+        if std::env::var_os("MYTHOS_TEST_NODE_LOG").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
