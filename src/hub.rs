@@ -350,6 +350,7 @@ impl LiveSink for Hub {
 
     /// Tells `player`'s local connections to re-read their logs.
     fn nudge(&self, player: &str) {
+        tracing::debug!(player, "nudge");
         if let Some(subs) = self.lock().get(player) {
             subs.iter().for_each(Sub::nudge);
         }

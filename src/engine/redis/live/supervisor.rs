@@ -18,6 +18,21 @@
 //! so an event whose member list was read before a leave still reaches the
 //! player live (see docs/decisions.md, "Room channels").
 //!
+//! A subscription counts only once Redis confirmed it with its own
+//! `subscribe` / `ssubscribe` push: a command's answer can be someone
+//! else's. On a cluster, a slot that moves makes its old master push an
+//! unasked `sunsubscribe`; redis-rs matches pushes of that kind to commands
+//! by order, so one arriving while our `SSUBSCRIBE` is in flight on that
+//! connection is taken for its answer, and the real one (`MOVED`) is
+//! dropped (valkey-io/valkey#1066). A channel whose confirmation has not
+//! come within [`CONFIRM_WITHIN`] is subscribed again. And redis-rs may
+//! replace its connections to the masters while it recovers from a
+//! topology change ("reconnect to initial nodes") without telling us and
+//! without subscribing them again: so every [`PING_EVERY`] the supervisor
+//! counts the shard channels its connections hold (`CLIENT INFO` on every
+//! master) and, fewer than it follows twice in a row, subscribes them all
+//! again (each confirmation nudges the channel's sessions).
+//!
 //! Owns: the followed players and their local watcher counts, the followed
 //! rooms, recovery and [`LiveHealth`]. Must not touch: the connection's
 //! commands (the subscriber's), decoding (the announce module's).
@@ -47,6 +62,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// player left it; the engine asks for longer when a publish may be in
 /// flight longer (its deadline is 4 s, plus the WAIT timeout with WAIT).
 pub const ROOM_LINGER: Duration = Duration::from_secs(10);
+/// How long a subscription may wait for its confirmation before it is made
+/// again (it normally takes a round trip; a redundant one costs a second
+/// confirmation and a re-read).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 
 /// Runs the subscriber; should it ever end (a bug that panics), counts it,
 /// marks live delivery down, nudges every session and starts it again with
@@ -68,6 +87,9 @@ pub(super) async fn supervise(
         joined: Vec::new(),
         stale: HashSet::new(),
         confirming: HashSet::new(),
+        unconfirmed: HashMap::new(),
+        confirm_due: None,
+        short: 0,
         all_stale: false,
         backoff: BACKOFF_MIN,
         next_repair: Instant::now(),
@@ -117,6 +139,15 @@ struct State {
     /// their sessions read the log after `watch` returned, so that
     /// confirmation nudges nobody (every later one does).
     confirming: HashSet<Chan>,
+    /// Channels subscribed whose confirmation push has not come yet, and
+    /// when it is due (then the subscription is made again).
+    unconfirmed: HashMap<Chan, Instant>,
+    /// The earliest of those times (kept apart: the loop turns once per
+    /// push, and a full resubscription puts every channel in the map).
+    confirm_due: Option<Instant>,
+    /// Consecutive checks that found the cluster holding fewer shard
+    /// channels than are followed.
+    short: u32,
     /// Every followed channel's subscription must be made again.
     all_stale: bool,
     backoff: Duration,
@@ -142,6 +173,7 @@ impl State {
                 self.follow_joins(hub).await;
             }
             let repair = self.all_stale || !self.stale.is_empty();
+            let due = self.confirm_due;
             tokio::select! {
                 biased;
                 push = pushes.recv() => match push {
@@ -159,11 +191,13 @@ impl State {
                     None => return,
                 },
                 _ = tokio::time::sleep_until(self.next_repair), if repair => self.repair(health).await,
+                _ = tokio::time::sleep_until(due.unwrap_or(self.next_repair)), if due.is_some() => self.unconfirmed_due(),
                 _ = ticker.tick() => {
                     if !self.sub.alive().await {
                         self.lost(health);
                     }
                     self.sweep_rooms().await;
+                    self.check_held().await;
                 }
             }
         }
@@ -180,7 +214,83 @@ impl State {
         health.set(false);
         self.all_stale = true;
         self.confirming.clear();
+        self.unconfirmed.clear();
         self.schedule_repair();
+    }
+
+    /// On a cluster: are the followed channels all held by the connections?
+    /// Checked only when nothing is being subscribed (a channel dropped by
+    /// a slot move is counted missing until its push is read, hence two
+    /// checks in a row); when short, every channel is subscribed again, and
+    /// each confirmation has its sessions re-read (they may have missed
+    /// events).
+    async fn check_held(&mut self) {
+        let busy = self.all_stale || !self.stale.is_empty() || !self.unconfirmed.is_empty();
+        let held = if busy {
+            None
+        } else {
+            self.sub.shard_subscriptions().await
+        };
+        let Some(held) = held else {
+            self.short = 0;
+            return;
+        };
+        let rooms = self.rooms.values().filter(|r| r.subscribed).count();
+        let want = (self.wanted.len() + rooms) as u64;
+        tracing::debug!(held, want, "live shard subscriptions held");
+        if held >= want {
+            self.short = 0;
+            return;
+        }
+        self.short += 1;
+        if self.short < 2 {
+            return;
+        }
+        self.short = 0;
+        tracing::warn!(
+            held,
+            want,
+            "live subscriptions missing on the cluster; subscribing all again"
+        );
+        metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "missing").increment(1);
+        self.all_stale = true;
+        self.confirming.clear();
+        self.unconfirmed.clear();
+        self.schedule_repair();
+    }
+
+    /// `chans` were subscribed (the command was answered): each must now be
+    /// confirmed by its own push within [`CONFIRM_WITHIN`].
+    fn await_confirmations<'c>(&mut self, chans: impl IntoIterator<Item = &'c Chan>) {
+        let due = Instant::now() + CONFIRM_WITHIN;
+        for c in chans {
+            self.unconfirmed.insert(c.clone(), due);
+        }
+        self.confirm_due = Some(self.confirm_due.map_or(due, |d| d.min(due)));
+    }
+
+    /// The subscriptions whose confirmation did not come in time are made
+    /// again (and, confirmed then, nudge their sessions).
+    fn unconfirmed_due(&mut self) {
+        let now = Instant::now();
+        let late: Vec<Chan> = self
+            .unconfirmed
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in late {
+            self.unconfirmed.remove(&c);
+            self.confirming.remove(&c);
+            if self.follows(&c) {
+                tracing::warn!(channel = %c.name(), "live subscription not confirmed; subscribing again");
+                metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "unconfirmed")
+                    .increment(1);
+                self.stale.insert(c);
+                self.schedule_repair();
+            }
+        }
+        self.confirm_due = self.unconfirmed.values().min().copied();
     }
 
     fn schedule_repair(&mut self) {
@@ -193,6 +303,9 @@ impl State {
             Some(Value::BulkString(b)) => std::str::from_utf8(b).ok().and_then(Chan::parse),
             _ => None,
         };
+        if !matches!(p.kind, PushKind::Message | PushKind::SMessage) {
+            tracing::debug!(kind = ?p.kind, channel = ?chan(&p), "live push");
+        }
         match p.kind {
             PushKind::Message | PushKind::SMessage => {
                 let Some(Value::BulkString(payload)) = p.data.get(1) else {
@@ -216,6 +329,7 @@ impl State {
             // may have been missed, so the sessions concerned re-read.
             PushKind::Subscribe | PushKind::SSubscribe => {
                 if let Some(c) = chan(&p) {
+                    self.unconfirmed.remove(&c);
                     if !self.confirming.remove(&c) {
                         match &c {
                             Chan::Player(player) => hub.nudge(player),
@@ -237,6 +351,7 @@ impl State {
                         metrics::counter!(crate::telemetry::LIVE_RESUBSCRIBES, "reason" => "channel_dropped")
                             .increment(1);
                         self.confirming.remove(&c);
+                        self.unconfirmed.remove(&c);
                         self.stale.insert(c);
                         self.schedule_repair();
                     }
@@ -308,6 +423,8 @@ impl State {
             if self.sub.subscribe(&fresh, true).await.is_err() {
                 self.stale.extend(fresh);
                 self.schedule_repair();
+            } else {
+                self.await_confirmations(&fresh);
             }
         }
         for (player, _) in &joined {
@@ -334,6 +451,7 @@ impl State {
             }
             self.stale.remove(c);
             self.confirming.remove(c);
+            self.unconfirmed.remove(c);
         }
         // Best effort: a channel left subscribed only costs messages that
         // `wants` then ignores.
@@ -400,6 +518,7 @@ impl State {
                             let c = Chan::Player(p);
                             self.stale.remove(&c);
                             self.confirming.remove(&c);
+                            self.unconfirmed.remove(&c);
                             if !waiting.contains_key(&c) {
                                 gone.push(c);
                             }
@@ -425,6 +544,8 @@ impl State {
                 self.confirming.remove(c);
             }
             self.stale.extend(fresh);
+        } else {
+            self.await_confirmations(&fresh);
         }
         for reply in waiting.into_values().flatten() {
             let _ = reply.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -443,10 +564,12 @@ impl State {
         } else {
             self.stale.iter().cloned().collect()
         };
+        tracing::debug!(all = self.all_stale, channels = ?chans, "live repair");
         let r = match self.sub.connect().await {
             Ok(()) => self.sub.subscribe(&chans, true).await,
             Err(e) => Err(e),
         };
+        tracing::debug!(ok = r.is_ok(), "live repair done");
         match r {
             Ok(()) => {
                 if self.all_stale {
@@ -454,6 +577,7 @@ impl State {
                     self.all_stale = false;
                 }
                 self.stale.clear();
+                self.await_confirmations(&chans);
                 self.backoff = BACKOFF_MIN;
                 health.set(true);
             }
