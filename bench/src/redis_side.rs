@@ -20,17 +20,43 @@ pub fn append_script() -> Script {
     )
 }
 
-/// Loads the append script into the Redis at `url` (`SCRIPT LOAD`) and
-/// returns its SHA1, for `redis-benchmark ... EVALSHA <sha>`.
-pub fn load_append(url: &str) -> Result<String, String> {
-    let script = append_script();
+/// The append script with one change, for measuring it only (not the
+/// product's layout): a member's sequence number is the one Redis gives the
+/// entry id `0-*` (`0-<seq>`), instead of `HINCRBY` on the meta hash and the
+/// id `<seq>-0`. Everything else is the same text.
+pub fn append_script_auto_id() -> Result<Script, String> {
+    const HINCRBY: &str = "  local seq = redis.call('HINCRBY', meta, 'seq', '1')
+  local s = int(seq)
+  redis.call('XADD', events, 'MAXLEN', '=', max_backlog, s .. '-0', unpack(fields))
+";
+    const AUTO_ID: &str = "  local s = string.sub(redis.call('XADD', events, 'MAXLEN', '=', max_backlog, '0-*', unpack(fields)), 3)
+  local seq = tonumber(s)
+";
+    let lib = include_str!("../../lua/lib.lua");
+    if !lib.contains(HINCRBY) {
+        return Err(
+            "lua/lib.lua's append_one changed: update redis_side::append_script_auto_id".into(),
+        );
+    }
+    Ok(Script::new(
+        &[
+            &lib.replace(HINCRBY, AUTO_ID),
+            include_str!("../../lua/append.lua"),
+        ]
+        .concat(),
+    ))
+}
+
+/// Loads `script` into the Redis at `url` (`SCRIPT LOAD`) and returns its
+/// SHA1, for `redis-benchmark ... EVALSHA <sha>`.
+pub fn load(url: &str, script: &Script) -> Result<String, String> {
     let mut con = redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .map_err(|e| format!("redis at {url}: {e}"))?;
     script
         .prepare_invoke()
         .load(&mut con)
-        .map_err(|e| format!("SCRIPT LOAD append.lua: {e}"))
+        .map_err(|e| format!("SCRIPT LOAD: {e}"))
 }
 
 /// The multiplexed connections the Redis engine keeps for its non-blocking

@@ -10,6 +10,7 @@
 //! `cargo run --release -p mythos-bench --bin bench-engine -- [--seconds N]`
 
 use mythos_bench::procs::{self, Redis};
+use mythos_bench::redis_side;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +47,13 @@ struct Args {
     /// Rounds; each measures the engine and the ceilings in turn. Medians are reported.
     #[arg(long, default_value = "3")]
     rounds: usize,
+    /// Instead of the above: what a room append's writes cost Redis with AOF
+    /// (everysec, as deployed), per member, for `append.lua` as it is, for
+    /// the same script taking its sequence number from the stream's own id
+    /// (`XADD … 0-*`, no `HINCRBY`: a layout change not made, issue 19),
+    /// and for a raw `XADD`; each on a fresh Redis, alternating.
+    #[arg(long)]
+    aof_writes: bool,
 }
 
 const DATA: &str =
@@ -173,6 +181,9 @@ async fn main() {
 }
 
 async fn bench(a: Args) -> Result<(), String> {
+    if a.aof_writes {
+        return aof_writes(&a);
+    }
     let server = start_redis()?;
     let url = format!("redis://127.0.0.1:{}/", server.port());
     let options = RedisOptions {
@@ -182,7 +193,7 @@ async fn bench(a: Args) -> Result<(), String> {
     let engine = RedisEngine::connect(&options, Limits::default(), Hub::new(1024))
         .await
         .map_err(|e| e.to_string())?;
-    let sha = mythos_bench::redis_side::load_append(&url)?;
+    let sha = redis_side::load(&url, &redis_side::append_script())?;
     for r in 0..a.rooms {
         for m in 0..a.room_size {
             let (room, member) = (format!("room{r}"), format!("r{r}m{m}"));
@@ -330,11 +341,79 @@ async fn bench(a: Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `--aof-writes`: per member of a room append, Redis CPU, commandstats
+/// and AOF bytes, for each candidate script and a raw `XADD`, every round on
+/// fresh Redis servers with AOF everysec; medians (min-max) printed.
+fn aof_writes(a: &Args) -> Result<(), String> {
+    let scripts = [
+        ("append.lua (as deployed)", redis_side::append_script()),
+        (
+            "append.lua, sequence from `XADD … 0-*` (no HINCRBY)",
+            redis_side::append_script_auto_id()?,
+        ),
+    ];
+    let mut costs: Vec<Vec<Cost>> = (0..=scripts.len()).map(|_| Vec::new()).collect();
+    let plain = (a.publishers, 1);
+    for round in 1..=a.rounds {
+        eprintln!("round {round}/{}: AOF writes", a.rounds);
+        for (i, (_, script)) in scripts.iter().enumerate() {
+            let server = start_redis_aof()?;
+            let sha = redis_side::load(&server.url(), script)?;
+            let before = Sample::take(&server);
+            ceiling(server.port(), &sha, a.room_size, plain, a.seconds)?;
+            costs[i].push(Sample::take(&server).cost_since(&before, "evalsha", a.room_size));
+        }
+        let server = start_redis_aof()?;
+        let before = Sample::take(&server);
+        xadd_ceiling(server.port(), a.room_size, a.seconds)?;
+        costs[scripts.len()].push(Sample::take(&server).cost_since(&before, "xadd", 1));
+    }
+    println!(
+        "Redis with AOF everysec: cost per member of a room append ({} members; \
+         redis-benchmark -c {} -P 1, raw XADD -P {}), median (min-max) of {} rounds",
+        a.room_size, plain.0, a.room_size, a.rounds
+    );
+    println!();
+    println!("| writes | redis-server CPU µs | ÷ raw XADD | commandstats µs | AOF bytes |");
+    println!("|---|---:|---:|---:|---:|");
+    let raw_cpu = median(
+        &costs[scripts.len()]
+            .iter()
+            .map(|c| c.cpu_us)
+            .collect::<Vec<_>>(),
+    );
+    let names = scripts
+        .iter()
+        .map(|(n, _)| *n)
+        .chain(["raw `XADD` (same fields, MAXLEN =)"]);
+    for (name, c) in names.zip(&costs) {
+        let pick = |f: fn(&Cost) -> f64| c.iter().map(f).collect::<Vec<f64>>();
+        let cpu = pick(|c| c.cpu_us);
+        println!(
+            "| {name} | {} | {:.2} | {} | {:.0} |",
+            spread_us(&cpu),
+            median(&cpu) / raw_cpu,
+            spread_us(&pick(|c| c.stat_us)),
+            median(&pick(|c| c.aof_bytes))
+        );
+    }
+    Ok(())
+}
+
+/// A `redis-server` with AOF everysec, as the broker is deployed (no
+/// automatic rewrite, which would shrink the AOF while it is measured).
+fn start_redis_aof() -> Result<Redis, String> {
+    let extra = ["--auto-aof-rewrite-percentage", "0"];
+    std::panic::catch_unwind(|| Redis::start_with(procs::free_port(), &extra))
+        .map_err(|_| "redis-server did not start (apt-get install redis-server)".to_string())
+}
+
 /// Redis's own account at one moment: `INFO commandstats` (µs inside each
-/// command, calls) and the server process's CPU.
+/// command, calls), the server process's CPU and the AOF's size.
 struct Sample {
     stats: String,
     cpu_s: f64,
+    aof: f64,
 }
 
 /// What one unit of work cost Redis between two samples, in µs.
@@ -343,6 +422,8 @@ struct Cost {
     stat_us: f64,
     /// The server process's CPU (networking included).
     cpu_us: f64,
+    /// Bytes the AOF grew by (0 without AOF).
+    aof_bytes: f64,
 }
 
 impl Sample {
@@ -350,6 +431,7 @@ impl Sample {
         Self {
             stats: server.info("INFO commandstats"),
             cpu_s: procs::cpu_seconds(server.pid()),
+            aof: info_field(&server.info("INFO persistence"), "aof_current_size"),
         }
     }
 
@@ -361,8 +443,18 @@ impl Sample {
         Cost {
             stat_us: (u1 - u0) / units,
             cpu_us: (self.cpu_s - before.cpu_s) * 1e6 / units,
+            aof_bytes: (self.aof - before.aof) / units,
         }
     }
+}
+
+/// A number field of an `INFO` section (0 when absent).
+fn info_field(info: &str, name: &str) -> f64 {
+    let prefix = format!("{name}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// (usec, calls) of `cmdstat_<command>` in `INFO commandstats`.

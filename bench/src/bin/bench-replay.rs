@@ -230,7 +230,7 @@ async fn bench(a: Args) -> Result<(), String> {
     let redis = RedisEngine::connect(&RedisOptions::single(&url), Limits::default(), hub.clone())
         .await
         .map_err(|e| e.to_string())?;
-    let sha = mythos_bench::redis_side::load_append(&url)?;
+    let sha = mythos_bench::redis_side::load(&url, &mythos_bench::redis_side::append_script())?;
     let max = 65536;
     let run = |engine: Arc<dyn Engine>, to: &'static str| {
         let events = &events;
