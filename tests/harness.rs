@@ -61,3 +61,35 @@ fn a_restart_on_a_port_someone_else_took_fails_loudly() {
     );
     assert_eq!(Some(info_pid(&b)), b.pid());
 }
+
+#[test]
+fn a_port_handed_out_stays_reserved_while_its_server_is_down() {
+    let mut a = RedisServer::start_persistent();
+    let port = a.port();
+    a.kill();
+    // Free at the TCP level, but still this process's: neither another test
+    // here nor another test process gets it before the restart.
+    assert!(
+        !support::redis::reserve(port),
+        "port {port} of a killed server was reserved again by this process"
+    );
+    let path = format!("/tmp/mythos-test-ports/{port}");
+    let other = std::process::Command::new("flock")
+        .args(["-n", &path, "true"])
+        .status()
+        .expect("run flock (util-linux) as another process");
+    assert_eq!(
+        other.code(),
+        Some(1),
+        "another process could lock {path} while this one holds it"
+    );
+    for _ in 0..200 {
+        assert_ne!(
+            support::redis::free_port(),
+            port,
+            "a reserved port was handed out"
+        );
+    }
+    a.restart();
+    assert_eq!(Some(info_pid(&a)), a.pid());
+}

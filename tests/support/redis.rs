@@ -6,12 +6,19 @@
 //! the child is alive and the process answering on the port reports the
 //! child's pid (`INFO server` `process_id`); a port taken by someone else
 //! between the probe and the bind is retried with a new port, never shared.
+//! Every port handed out is also reserved for the test process's lifetime
+//! ([`reserve`]), so that no other test (of this process or of another suite
+//! run at the same time) starts a server on a port whose server this one
+//! killed and will restart: its nodes would reconnect to a stranger's Redis.
 
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A `redis-server` child process; killed (and its directory removed) on drop.
@@ -31,7 +38,8 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// Attempts at a fresh port before giving up.
 const PORT_ATTEMPTS: usize = 8;
 
-/// A port nobody listened on a moment ago (never 6379). Someone may take it
+/// A port nobody listened on a moment ago (never 6379), reserved for this
+/// process ([`reserve`]). A process that does not reserve may still take it
 /// before our child binds it: callers check who answers.
 pub fn free_port() -> u16 {
     loop {
@@ -39,18 +47,57 @@ pub fn free_port() -> u16 {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("no free port on 127.0.0.1");
-        if port != 6379 {
+        if port != 6379 && reserve(port) {
             return port;
         }
     }
 }
 
+/// Where the port reservations of every test process on this machine live
+/// (fixed, not `TMPDIR`: two suites with different temporary directories
+/// must still see each other's).
+const RESERVATIONS: &str = "/tmp/mythos-test-ports";
+
+/// The reservation files this process holds locked; never closed, so a
+/// reservation lasts as long as the process (the kernel drops the locks
+/// when it exits, however it exits).
+static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
+
+/// Reserves `port` for this process: an exclusive `flock` on
+/// `RESERVATIONS/<port>`, which fails while another test process, or this
+/// one, holds it (each `open` is its own lock owner). `false`: held
+/// elsewhere, pick another port.
+pub fn reserve(port: u16) -> bool {
+    let dir = Path::new(RESERVATIONS);
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        panic!("cannot create {RESERVATIONS} for test port reservations: {e}");
+    }
+    let file = match OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    {
+        Ok(f) => f,
+        Err(e) => panic!("cannot open {RESERVATIONS}/{port}: {e}"),
+    };
+    // SAFETY: flock on a descriptor this function owns; no memory involved.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if locked {
+        HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
+    }
+    locked
+}
+
 /// A free port below `max` whose port + 10000 (a cluster node's bus port)
-/// is free too.
+/// is free too; both reserved ([`reserve`]).
 pub fn free_port_below(max: u16) -> u16 {
     loop {
         let port = free_port();
-        if port < max && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port < max
+            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            && reserve(port + 10_000)
+        {
             return port;
         }
         // Ephemeral ports are mostly above `max`: try a random lower one.
@@ -58,6 +105,8 @@ pub fn free_port_below(max: u16) -> u16 {
         if guess != 6379
             && TcpListener::bind(("127.0.0.1", guess)).is_ok()
             && TcpListener::bind(("127.0.0.1", guess + 10_000)).is_ok()
+            && reserve(guess)
+            && reserve(guess + 10_000)
         {
             return guess;
         }
