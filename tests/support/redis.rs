@@ -43,14 +43,19 @@ const PORT_ATTEMPTS: usize = 8;
 /// before our child binds it: callers check who answers.
 pub fn free_port() -> u16 {
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port on 127.0.0.1");
+        let port = ephemeral_port();
         if port != 6379 && reserve(port) {
             return port;
         }
     }
+}
+
+/// A port the kernel just gave a listener (and freed again).
+fn ephemeral_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
 }
 
 /// Where the port reservations of every test process on this machine live
@@ -68,6 +73,12 @@ static HELD: Mutex<Vec<File>> = Mutex::new(Vec::new());
 /// one, holds it (each `open` is its own lock owner). `false`: held
 /// elsewhere, pick another port.
 pub fn reserve(port: u16) -> bool {
+    lock(port).map(hold).is_some()
+}
+
+/// The locked reservation file of `port`, or `None` if someone holds it;
+/// dropping the file gives the reservation up.
+fn lock(port: u16) -> Option<File> {
     let dir = Path::new(RESERVATIONS);
     if let Err(e) = std::fs::create_dir_all(dir) {
         panic!("cannot create {RESERVATIONS} for test port reservations: {e}");
@@ -83,32 +94,33 @@ pub fn reserve(port: u16) -> bool {
     };
     // SAFETY: flock on a descriptor this function owns; no memory involved.
     let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if locked {
-        HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
-    }
-    locked
+    locked.then_some(file)
+}
+
+/// Keeps a reservation for the rest of the process.
+fn hold(file: File) {
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
 }
 
 /// A free port below `max` whose port + 10000 (a cluster node's bus port)
-/// is free too; both reserved ([`reserve`]).
+/// is free too; both reserved ([`reserve`]), and nothing else kept.
 pub fn free_port_below(max: u16) -> u16 {
     loop {
-        let port = free_port();
-        if port < max
-            && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
-            && reserve(port + 10_000)
-        {
-            return port;
-        }
-        // Ephemeral ports are mostly above `max`: try a random lower one.
+        // Ephemeral ports are mostly above `max`: a random lower one too.
         let guess = 20_000 + (rand_u16() % (max - 20_000));
-        if guess != 6379
-            && TcpListener::bind(("127.0.0.1", guess)).is_ok()
-            && TcpListener::bind(("127.0.0.1", guess + 10_000)).is_ok()
-            && reserve(guess)
-            && reserve(guess + 10_000)
-        {
-            return guess;
+        for port in [ephemeral_port(), guess] {
+            if port >= max
+                || port == 6379
+                || TcpListener::bind(("127.0.0.1", port)).is_err()
+                || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err()
+            {
+                continue;
+            }
+            if let (Some(a), Some(b)) = (lock(port), lock(port + 10_000)) {
+                hold(a);
+                hold(b);
+                return port;
+            }
         }
     }
 }

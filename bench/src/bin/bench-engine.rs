@@ -59,11 +59,18 @@ struct Args {
 const DATA: &str =
     r#"{"text":"The innkeeper polishes a glass and eyes you warily.","from":"innkeeper","n":1}"#;
 
-/// Its own `redis-server` (no persistence) on a free port.
-fn start_redis() -> Result<Redis, String> {
-    std::panic::catch_unwind(|| Redis::start_with(procs::free_port(), &["--appendonly", "no"]))
+/// Its own `redis-server` on a free port: AOF everysec unless `extra` says
+/// otherwise ([`NO_AOF`] for the ceilings).
+fn start_redis(extra: &[&str]) -> Result<Redis, String> {
+    std::panic::catch_unwind(|| Redis::start_with(procs::free_port(), extra))
         .map_err(|_| "redis-server did not start (apt-get install redis-server)".to_string())
 }
+
+/// No persistence: the ceilings of the engine's own work.
+const NO_AOF: &[&str] = &["--appendonly", "no"];
+/// AOF everysec as deployed, without automatic rewrite (which would shrink
+/// the AOF while it is measured).
+const AOF: &[&str] = &["--auto-aof-rewrite-percentage", "0"];
 
 fn body() -> Arc<EventBody> {
     let data = RawValue::from_string(DATA.to_string()).unwrap_or_default();
@@ -184,7 +191,7 @@ async fn bench(a: Args) -> Result<(), String> {
     if a.aof_writes {
         return aof_writes(&a);
     }
-    let server = start_redis()?;
+    let server = start_redis(NO_AOF)?;
     let url = format!("redis://127.0.0.1:{}/", server.port());
     let options = RedisOptions {
         pool_size: a.pool,
@@ -357,13 +364,13 @@ fn aof_writes(a: &Args) -> Result<(), String> {
     for round in 1..=a.rounds {
         eprintln!("round {round}/{}: AOF writes", a.rounds);
         for (i, (_, script)) in scripts.iter().enumerate() {
-            let server = start_redis_aof()?;
+            let server = start_redis(AOF)?;
             let sha = redis_side::load(&server.url(), script)?;
             let before = Sample::take(&server);
             ceiling(server.port(), &sha, a.room_size, plain, a.seconds)?;
             costs[i].push(Sample::take(&server).cost_since(&before, "evalsha", a.room_size));
         }
-        let server = start_redis_aof()?;
+        let server = start_redis(AOF)?;
         let before = Sample::take(&server);
         xadd_ceiling(server.port(), a.room_size, a.seconds)?;
         costs[scripts.len()].push(Sample::take(&server).cost_since(&before, "xadd", 1));
@@ -398,14 +405,6 @@ fn aof_writes(a: &Args) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-/// A `redis-server` with AOF everysec, as the broker is deployed (no
-/// automatic rewrite, which would shrink the AOF while it is measured).
-fn start_redis_aof() -> Result<Redis, String> {
-    let extra = ["--auto-aof-rewrite-percentage", "0"];
-    std::panic::catch_unwind(|| Redis::start_with(procs::free_port(), &extra))
-        .map_err(|_| "redis-server did not start (apt-get install redis-server)".to_string())
 }
 
 /// Redis's own account at one moment: `INFO commandstats` (µs inside each
