@@ -148,6 +148,11 @@ struct Args {
     /// e.g. `LD_PRELOAD=...` or a `MYTHOS_*` setting; repeatable.
     #[arg(long = "broker-env", value_parser = parse_kv)]
     broker_env: Vec<(String, String)>,
+    /// Diagnostics: an extra `redis-server` argument for the bench's Redis
+    /// (ours and the peer's alike; not for `--cluster`), e.g.
+    /// `--redis-arg=--appendonly --redis-arg=no`; repeatable, in order.
+    #[arg(long = "redis-arg", allow_hyphen_values = true)]
+    redis_args: Vec<String>,
     /// Diagnostics: a command the broker runs under, split on spaces (e.g.
     /// `valgrind --tool=massif`); CPU and RSS figures then describe it.
     #[arg(long)]
@@ -208,6 +213,21 @@ struct Env {
     service: String,
 }
 
+/// How `--redis-arg` changed the bench's Redis, for the report.
+fn redis_note(a: &Args) -> String {
+    if a.redis_args.is_empty() {
+        String::new()
+    } else {
+        format!(" unless overridden by {:?}", a.redis_args.join(" "))
+    }
+}
+
+/// The one Redis of a single-store run, with `--redis-arg`s.
+fn single_redis(a: &Args) -> Redis {
+    let extra: Vec<&str> = a.redis_args.iter().map(String::as_str).collect();
+    Redis::start_with(procs::free_port(), &extra)
+}
+
 impl Env {
     fn start(a: &Args, bin: &std::path::Path) -> Self {
         if a.peer.is_some() {
@@ -216,7 +236,7 @@ impl Env {
         let store = if a.cluster {
             Store::Cluster(RedisCluster::start())
         } else {
-            Store::Single(Redis::start())
+            Store::Single(single_redis(a))
         };
         let (var, value) = match &store {
             Store::Single(r) => ("MYTHOS_REDIS_URL", r.url()),
@@ -242,7 +262,7 @@ impl Env {
 
     /// The Socket.IO peer on its own Redis (same AOF settings as ours).
     fn start_peer(a: &Args) -> Self {
-        let redis = Redis::start();
+        let redis = single_redis(a);
         let broker = Broker::start_peer(&peer_dir(a), &redis.url());
         Self {
             target: Target::SocketIo,
@@ -1906,6 +1926,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if a.cluster && !a.redis_args.is_empty() {
+        eprintln!("bench-delivery: --redis-arg applies to one Redis, not to --cluster");
+        return ExitCode::from(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1945,8 +1969,9 @@ fn main() -> ExitCode {
         if env.is_peer() {
             let _ = writeln!(
                 part,
-                "\n_Topology: the Socket.IO peer ({}; one node process) on one Redis (AOF everysec)._",
-                peer_versions(&a)
+                "\n_Topology: the Socket.IO peer ({}; one node process) on one Redis (AOF everysec{})._",
+                peer_versions(&a),
+                redis_note(&a)
             );
         } else {
             let _ = writeln!(
@@ -1955,9 +1980,9 @@ fn main() -> ExitCode {
                 a.nodes,
                 env.subject(),
                 if a.cluster {
-                    "a Redis Cluster (3 masters + 3 replicas, AOF everysec)"
+                    "a Redis Cluster (3 masters + 3 replicas, AOF everysec)".to_string()
                 } else {
-                    "one Redis (AOF everysec)"
+                    format!("one Redis (AOF everysec{})", redis_note(&a))
                 },
                 if a.broker_env.is_empty() {
                     String::new()
