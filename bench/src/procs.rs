@@ -66,10 +66,6 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub fn start() -> Self {
-        Self::start_with(free_port(), &[])
-    }
-
     /// On `port`, with `extra` arguments.
     pub fn start_with(port: u16, extra: &[&str]) -> Self {
         let dir = temp_dir("redis");
